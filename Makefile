@@ -1,0 +1,70 @@
+# Librorum developer entry points. Every target creates .venv on first use, so a fresh machine
+# with only Python 3.11 needs nothing else: `make run`, `make test`.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+# Reinstall whenever the project metadata changes.
+STAMP  := $(VENV)/.installed
+EXTRAS := test,lint,fuzz
+FUZZ_SECONDS ?= 30
+FUZZ_LONG_SECONDS ?= 1800
+
+.PHONY: help venv install run test test-fast lint fmt type fuzz fuzz-smoke check bench bench-protocol clean
+
+help:
+	@echo "make run            start the daemon (creates .venv and installs on first use)"
+	@echo "make test           lint + type check + the whole test suite + a fuzz smoke run"
+	@echo "make test-fast      protocol tests only, few Hypothesis examples"
+	@echo "make lint | fmt | type | fuzz | check | bench-protocol | clean"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+venv install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/librorum serve $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check librorum tests fuzz bench
+	$(BIN)/ruff format --check librorum tests fuzz bench
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix librorum tests fuzz bench
+	$(BIN)/ruff format librorum tests fuzz bench
+
+type: $(STAMP)
+	$(BIN)/mypy
+
+# pytest exits 5 when it collects nothing; that is not a failure of the suite.
+define PYTEST
+	$(BIN)/pytest $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+endef
+
+test: $(STAMP) lint type
+	HYPOTHESIS_PROFILE=ci $(call PYTEST,-q)
+	$(MAKE) --no-print-directory fuzz-smoke
+
+test-fast: $(STAMP)
+	HYPOTHESIS_PROFILE=fast $(call PYTEST,-q tests/protocol)
+
+fuzz-smoke: $(STAMP)
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+fuzz: $(STAMP)
+	$(PY) fuzz/run.py --seconds $(FUZZ_LONG_SECONDS)
+
+check: lint type test
+
+bench-protocol: $(STAMP)
+	$(PY) -m bench.protocol
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

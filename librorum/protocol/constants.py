@@ -1,0 +1,166 @@
+"""Wire constants of LBRU v1: magic, header size, commands, flags, error codes and limits.
+
+Every number here is normative; ``protocol_spec/lbru-v1.md`` is the prose for it and cites
+these names. Nothing in this module may import anything outside the standard library.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+# The error codes are wire constants too, but they live with the exception tree (which sits
+# below the protocol package); re-exported here so that every wire number is reachable from
+# this module.
+from librorum.errors import (
+    ErrorClass as ErrorClass,
+    ErrorCode as ErrorCode,
+    error_class as error_class,
+)
+
+#: The four ASCII bytes every frame starts with (spec section 2, "Header").
+MAGIC: Final = b"LBRU"
+#: Size of the fixed frame header in bytes: magic(4) version(1) command(1) flags(2)
+#: payload_size(4) session_id(8), big-endian, no padding.
+HEADER_SIZE: Final = 20
+
+#: The protocol version this implementation speaks.
+VERSION: Final = 1
+#: Every version this implementation can negotiate, newest first (spec 4.2).
+SUPPORTED_VERSIONS: Final = (1,)
+#: HELLO, its reply and any ERROR sent before negotiation completes always carry this version
+#: in the header, so that any two implementations can at least negotiate (spec 4.2).
+HANDSHAKE_VERSION: Final = 1
+
+#: session_id 0 addresses the connection itself, never a request (spec 3.1).
+CONNECTION_SESSION: Final = 0
+MAX_SESSION_ID: Final = 2**64 - 1
+MAX_PAYLOAD_SIZE_FIELD: Final = 2**32 - 1
+
+
+class Command(enum.IntEnum):
+    """The command byte of the header (spec section 5).
+
+    Requests and replies share the command byte; a reply carries :attr:`Flags.REPLY`.
+    The first four keep the numbers of the original Librorum protocol design.
+    """
+
+    WRITE = 0x01
+    READ = 0x02
+    LIST = 0x03
+    NODE_STATUS = 0x04
+    STAT = 0x05
+    MKDIR = 0x06
+    DELETE = 0x07
+    RENAME = 0x08
+    UPLOAD_STATUS = 0x09
+
+    HELLO = 0x10
+    PING = 0x11
+    DATA = 0x12
+    WINDOW = 0x13
+    CANCEL = 0x14
+    GOAWAY = 0x15
+    ERROR = 0x16
+
+
+#: Commands indexed by their byte; ``None`` where the byte is not a command. The decoder looks
+#: the byte up here at header time, which is cheaper than ``Command(b)`` in a try block.
+COMMAND_TABLE: Final[tuple[Command | None, ...]] = tuple(
+    Command(b) if b in Command._value2member_map_ else None for b in range(256)
+)
+
+
+class Flags(enum.IntFlag):
+    """The flags field of the header (spec section 3.2). All other bits are reserved and must
+    be zero; a frame with a reserved bit set is a connection error (``BAD_FLAGS``)."""
+
+    NONE = 0
+    #: Last frame this sender will send on this session in this direction.
+    END = 0x0001
+    #: The frame travels from the server to the client (a reply, DATA of a READ, ...).
+    REPLY = 0x0002
+    #: One file descriptor rides with this frame as SCM_RIGHTS ancillary data (Unix sockets
+    #: only, and only when the FD_PASSING feature was negotiated; spec 8).
+    FD = 0x0004
+
+
+#: Bits a v1 frame may set; the rest are reserved.
+KNOWN_FLAGS: Final = int(Flags.END | Flags.REPLY | Flags.FD)
+
+
+class Feature(enum.IntFlag):
+    """Feature bits exchanged in HELLO (spec 4.3). The reply carries the intersection."""
+
+    NONE = 0
+    #: WRITE of a regular file by passing its descriptor over a Unix socket (spec 8.1).
+    FD_PASSING = 0x0001
+    #: WRITE of in-memory data by passing a sealed memfd over a Unix socket (spec 8.2).
+    MEMFD = 0x0002
+
+
+class WriteMode(enum.Enum):
+    """What WRITE does when the target exists or not (spec 5.8)."""
+
+    #: Create the file if absent, replace it if present (open with O_CREAT|O_TRUNC).
+    CREATE = "create"
+    #: Create the file; fail with EXISTS if anything is at the path (O_CREAT|O_EXCL).
+    EXCLUSIVE = "exclusive"
+    #: Replace the file; fail with NOT_FOUND if it is absent.
+    OVERWRITE = "overwrite"
+
+
+class EntryKind(enum.Enum):
+    """What a namespace entry is."""
+
+    FILE = "file"
+    DIRECTORY = "dir"
+
+
+class CancelOutcome(enum.Enum):
+    """The definite answer to CANCEL (spec 5.14)."""
+
+    #: The request was queued and never began; it had no effect.
+    NOT_STARTED = "not_started"
+    #: The request was running and was rolled back; it had no effect.
+    ABORTED = "aborted"
+    #: Too late: the request had already taken effect; its own reply says how.
+    COMMITTED = "committed"
+    #: No request with that session_id is in flight on this connection.
+    UNKNOWN = "unknown"
+
+
+# --- Limits (spec section 9). Each is the default of a negotiable or configurable value. -----
+
+#: Largest payload of any frame after negotiation: one DATA frame carries up to 1 MiB.
+DEFAULT_MAX_PAYLOAD: Final = 1 << 20
+#: Smallest max_payload a peer may announce in HELLO; below it, frames could not carry a
+#: maximal control message.
+MIN_MAX_PAYLOAD: Final = 64 << 10
+#: Largest payload a control frame (every command but DATA) may carry.
+MAX_CONTROL_PAYLOAD: Final = 64 << 10
+#: Largest payload accepted before HELLO has completed (pre-authentication budget).
+MAX_HANDSHAKE_PAYLOAD: Final = 4 << 10
+#: Requests a client may have in flight on one connection.
+DEFAULT_MAX_STREAMS: Final = 128
+#: Of those, uploads (WRITE streams) in flight on one connection.
+DEFAULT_MAX_UPLOADS: Final = 4
+#: Bytes of DATA a sender may send on a new stream before the receiver grants more (spec 6.2).
+DEFAULT_INITIAL_WINDOW: Final = 4 << 20
+#: Largest window a receiver may grant on one stream: bounds what it must buffer.
+MAX_WINDOW: Final = 64 << 20
+#: Largest file a WRITE may create.
+DEFAULT_MAX_FILE_SIZE: Final = 1 << 30
+#: Path limits (spec 5.1): bytes per component, bytes per path.
+MAX_NAME_BYTES: Final = 255
+MAX_PATH_BYTES: Final = 4096
+#: Entries a LIST reply carries at most; the client pages with the cursor.
+DEFAULT_LIST_LIMIT: Final = 1000
+#: Longest free-text string (error messages, client/server names) a peer must accept.
+MAX_TEXT_BYTES: Final = 1024
+#: Longest PING payload.
+MAX_PING_BYTES: Final = 256
+
+assert HEADER_SIZE == 4 + 1 + 1 + 2 + 4 + 8
+assert MIN_MAX_PAYLOAD <= MAX_CONTROL_PAYLOAD <= DEFAULT_MAX_PAYLOAD
+assert MAX_HANDSHAKE_PAYLOAD < MAX_CONTROL_PAYLOAD
