@@ -239,13 +239,13 @@ class AlreadyExistsError(StoreError):
     code = ErrorCode.EXISTS
 
 
-class NotADirectoryError_(StoreError):  # noqa: N801 - the builtin name is taken
+class NotADirectoryError_(StoreError):  # noqa: N801, N818 - the builtin name is taken
     """A path component that must be a directory is a file."""
 
     code = ErrorCode.NOT_A_DIRECTORY
 
 
-class IsADirectoryError_(StoreError):  # noqa: N801 - the builtin name is taken
+class IsADirectoryError_(StoreError):  # noqa: N801, N818 - the builtin name is taken
     """The operation needs a file but the path is a directory."""
 
     code = ErrorCode.IS_A_DIRECTORY
@@ -319,7 +319,7 @@ class UnavailableError(ServerError):
     code = ErrorCode.UNAVAILABLE
 
 
-class TimeoutError_(ServerError):  # noqa: N801 - the builtin name is taken
+class TimeoutError_(ServerError):  # noqa: N801, N818 - the builtin name is taken
     """The operation did not complete within its deadline (a lock wait, an I/O deadline)."""
 
     code = ErrorCode.TIMEOUT
