@@ -14,6 +14,11 @@ over the limit is rejected before any of it is buffered, and nothing is ever all
 declared ``payload_size`` (a slow sender costs only the bytes it actually sent). Buffering is a
 ``bytearray`` with a read offset (wsproto's ``Buffer``), so decoding stays O(n) however the
 input is split.
+
+Copies: a small frame's payload is copied out of the shared buffer once. A large payload
+(>= :data:`LARGE_PAYLOAD`) is collected in a buffer of its own as it arrives, and that buffer
+*is* the frame's payload (a ``bytearray`` the caller now owns), so each payload byte is copied
+exactly once, from the caller's read buffer into the decoder.
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ Closed: TypeAlias = Literal[_Sentinel.CLOSED]
 
 _unpack_header_from: Final = HEADER.unpack_from
 
+#: Payloads at least this large get a buffer of their own (see the module docstring). Below
+#: it, one slice copy out of the shared buffer is cheaper than managing a second buffer.
+LARGE_PAYLOAD: Final = 64 << 10
+
 
 class FrameDecoder:
     """Incremental LBRU frame decoder.
@@ -74,16 +83,19 @@ class FrameDecoder:
             version; the session switches it to the negotiated version after HELLO.
         max_payload: the largest payload a DATA frame may declare.
         max_control_payload: the largest payload any other frame may declare.
+        large_payload: payloads of at least this many bytes get a buffer of their own.
 
     The limits start at the pre-handshake budget (spec 9: 4 KiB) and are raised by the
     session after HELLO with :meth:`set_limits`.
     """
 
     __slots__ = (
+        "_body",
         "_buf",
         "_closed",
         "_error",
         "_expected_version",
+        "_large_payload",
         "_max_control_payload",
         "_max_payload",
         "_pending",
@@ -96,7 +108,9 @@ class FrameDecoder:
         expected_version: int = HANDSHAKE_VERSION,
         max_payload: int = MAX_HANDSHAKE_PAYLOAD,
         max_control_payload: int = MAX_HANDSHAKE_PAYLOAD,
+        large_payload: int = LARGE_PAYLOAD,
     ) -> None:
+        self._large_payload = large_payload
         self._buf = bytearray()
         # Offset of the first unconsumed byte in _buf; bytes before it are dead and reclaimed
         # in bulk, so consuming a frame never moves the rest of the buffer.
@@ -106,6 +120,8 @@ class FrameDecoder:
         # (command, flags, session_id, payload_size, version) of a frame whose header is
         # validated but whose payload is incomplete: validated once, not once per feed.
         self._pending: tuple[Command, int, int, int, int] | None = None
+        # The payload of the pending frame when it is large: filled by receive_data directly.
+        self._body: bytearray | None = None
         self._expected_version = expected_version
         self._max_payload = max_payload
         self._max_control_payload = max_control_payload
@@ -120,18 +136,20 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet returned as frames."""
-        return len(self._buf) - self._start
+        """Bytes received but not yet returned as frames (header bytes of a pending frame
+        included)."""
+        body = self._body
+        return len(self._buf) - self._start + (HEADER_SIZE + len(body) if body is not None else 0)
 
     def bytes_desired(self) -> int:
         """Bytes still missing to complete the frame being received: the rest of a header, or
         the rest of the payload once the header is in; 0 when a whole header is buffered but
         not yet parsed (call :meth:`next_frame`). A transport that must not read past a frame
         boundary (fd passing) reads at most this much."""
-        have = len(self._buf) - self._start
         if self._pending is None:
+            have = len(self._buf) - self._start
             return HEADER_SIZE - have if have < HEADER_SIZE else 0
-        return HEADER_SIZE + self._pending[3] - have
+        return HEADER_SIZE + self._pending[3] - self.buffered
 
     def receive_data(self, data: Payload) -> None:
         """Append bytes from the peer; ``b""`` means the peer closed its sending side.
@@ -145,6 +163,19 @@ class FrameDecoder:
         if self._closed:
             msg = "received data after end of stream"
             raise LocalProtocolError(msg)
+        body = self._body
+        if body is not None:
+            missing = self._pending[3] - len(body)  # type: ignore[index]  # set with _body
+            if len(data) <= missing:
+                body += data
+                return
+            with memoryview(data) as view:
+                body += view[:missing]
+                self._append(view[missing:])
+            return
+        self._append(data)
+
+    def _append(self, data: Payload) -> None:
         buf = self._buf
         if self._start and self._start == len(buf):
             # Everything so far was consumed: restart at offset 0 rather than grow.
@@ -165,6 +196,14 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
+        body = self._body
+        if body is not None:
+            command, flags, session_id, size, version = self._pending  # type: ignore[misc]
+            if len(body) < size:
+                return self._end_of_input(self.buffered)
+            self._body = None
+            self._pending = None
+            return Frame(command, flags, session_id, body, version)
         buf = self._buf
         start = self._start
         have = len(buf) - start
@@ -193,15 +232,17 @@ class FrameDecoder:
         end = start + HEADER_SIZE + size
         if len(buf) < end:
             self._pending = pending
+            if size >= self._large_payload:
+                # Move what has arrived of the payload into its own buffer; the rest will be
+                # appended there by receive_data, never passing through the shared buffer.
+                self._body = buf[start + HEADER_SIZE :]
+                del buf[start:]
             return self._end_of_input(have)
         self._pending = None
         self._start = end
-        if size:
-            with memoryview(buf) as view:
-                payload = bytes(view[start + HEADER_SIZE : end])
-        else:
-            payload = b""
-        return Frame(command, flags, session_id, payload, version)
+        return Frame(
+            command, flags, session_id, buf[start + HEADER_SIZE : end] if size else b"", version
+        )
 
     def _end_of_input(self, have: int) -> NeedData | Closed:
         if not self._closed:

@@ -27,6 +27,7 @@ from librorum.protocol.constants import (
 )
 from librorum.protocol.framing import (
     CLOSED,
+    LARGE_PAYLOAD,
     NEED_DATA,
     Frame,
     FrameDecoder,
@@ -40,13 +41,15 @@ from .strategies import frames, splits
 LIMITS = {"expected_version": 1, "max_payload": 1 << 20, "max_control_payload": MAX_CONTROL_PAYLOAD}
 
 
-def decoder() -> FrameDecoder:
-    return FrameDecoder(**LIMITS)
+def decoder(large_payload: int = LARGE_PAYLOAD) -> FrameDecoder:
+    return FrameDecoder(**LIMITS, large_payload=large_payload)
 
 
-def decode_all(pieces: Iterable[bytes], *, eof: bool = True) -> list[Frame]:
+def decode_all(
+    pieces: Iterable[bytes], *, eof: bool = True, large_payload: int = LARGE_PAYLOAD
+) -> list[Frame]:
     """Feed pieces one at a time, draining after each, as a transport would."""
-    dec = decoder()
+    dec = decoder(large_payload)
     out: list[Frame] = []
     for piece in pieces:
         dec.receive_data(piece)
@@ -77,10 +80,34 @@ def test_whole_byte_by_byte_and_with_trailing_bytes(batch: list[Frame]) -> None:
     assert dec.buffered == len(trailing)
 
 
-@given(st.data(), st.lists(frames(), min_size=1, max_size=8))
-def test_any_split_yields_the_same_frames(data: st.DataObject, batch: list[Frame]) -> None:
+@given(st.data(), st.lists(frames(), min_size=1, max_size=8), st.sampled_from([0, 1, 7, 64]))
+def test_any_split_yields_the_same_frames(
+    data: st.DataObject, batch: list[Frame], large: int
+) -> None:
+    # `large` moves the threshold of the separate payload buffer so both paths, and the
+    # hand-over between them in the middle of a read, are exercised by small frames.
     encoded = encode_frames(batch)
-    assert decode_all(data.draw(splits(encoded))) == batch
+    assert decode_all(data.draw(splits(encoded)), large_payload=large) == batch
+    assert decode_all(byte_by_byte(encoded), large_payload=large) == batch
+
+
+def test_large_payloads_whole_split_and_bytewise() -> None:
+    big = bytes(range(256)) * 1024  # 256 KiB, over LARGE_PAYLOAD
+    batch = [Frame(Command.DATA, 0, 1, big), Frame(Command.PING, 0, 2, b"\x80")] * 3
+    encoded = encode_frames(batch)
+    assert decode_all([encoded]) == batch
+    for step in (1000, 65536, 1 << 20):
+        pieces = [encoded[i : i + step] for i in range(0, len(encoded), step)]
+        assert decode_all(pieces) == batch
+    # The large payload is handed over as the decoder's own buffer, not copied again.
+    dec = decoder()
+    dec.receive_data(encoded[:100])
+    assert dec.next_frame() is NEED_DATA
+    dec.receive_data(encoded[100:])
+    first = dec.next_frame()
+    assert isinstance(first, Frame)
+    assert type(first.payload) is bytearray
+    assert first.payload == big
 
 
 @st.composite
@@ -94,9 +121,9 @@ def mutated_streams(draw: st.DrawFn) -> bytes:
 
 @given(st.binary(max_size=2048) | mutated_streams(), st.data())
 def test_any_bytes_decode_to_frames_or_the_protocol_error(blob: bytes, data: st.DataObject) -> None:
-    for pieces in ([blob], data.draw(splits(blob))):
+    for pieces, large in ([[blob], LARGE_PAYLOAD], [data.draw(splits(blob)), 1]):
         try:
-            frames_out = decode_all(pieces)
+            frames_out = decode_all(pieces, large_payload=large)
         except RemoteProtocolError:
             continue
         # Whatever decodes re-encodes to exactly the input.
