@@ -1,0 +1,300 @@
+"""The connection state machines, driven against each other in memory (no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from librorum.errors import (
+    FlowControlError,
+    LocalProtocolError,
+    MalformedPayloadError,
+    NotFoundError,
+    RemoteProtocolError,
+    SessionInUseError,
+    UnavailableError,
+    UnsupportedVersionError,
+)
+from librorum.protocol.constants import Command, EntryKind, Feature, Flags
+from librorum.protocol.converter import command_of, encode_message
+from librorum.protocol.framing import encode_frame
+from librorum.protocol.messages import (
+    FileInfo,
+    FileRead,
+    FileReadReply,
+    FileStat,
+    FileStatReply,
+    FileWrite,
+    FileWriteReply,
+    Hello,
+    Message,
+    Ping,
+    PingReply,
+)
+from librorum.protocol.session import (
+    ClientSession,
+    ConnectionEnded,
+    DataReceived,
+    ErrorReceived,
+    Event,
+    GoAwayReceived,
+    HelloAccepted,
+    HelloReceived,
+    ReplyReceived,
+    RequestReceived,
+    ServerLimits,
+    ServerSession,
+    State,
+    WindowGranted,
+)
+
+INFO = FileInfo("/f", EntryKind.FILE, 3, 0, 1)
+
+
+def pump(src: ClientSession | ServerSession, dst: ClientSession | ServerSession) -> list[Event]:
+    """Move src's queued frames into dst; return dst's events."""
+    for header, payload in src.frames_to_send():
+        dst.receive_data(header + bytes(payload))
+    return list(dst.events())
+
+
+def connected(
+    limits: ServerLimits | None = None, **hello: int
+) -> tuple[ClientSession, ServerSession]:
+    client = ClientSession()
+    server = ServerSession(limits or ServerLimits(), features=int(Feature.FD_PASSING))
+    client.hello(**hello)
+    [event] = pump(client, server)
+    assert isinstance(event, HelloReceived)
+    server.accept_hello(event.hello)
+    [accepted] = pump(server, client)
+    assert isinstance(accepted, HelloAccepted)
+    assert client.state is server.state is State.OPEN
+    return client, server
+
+
+def test_handshake_negotiates_the_smaller_payload_and_common_features() -> None:
+    client, server = connected(
+        ServerLimits(max_payload=1 << 20, features=3), max_payload=256 << 10, features=1
+    )
+    assert client.max_payload == server.max_payload == 256 << 10
+    assert client.features == server.features == Feature.FD_PASSING
+    assert client.server is not None
+    assert client.server.max_streams == 128
+
+
+def test_no_common_version_is_a_connection_error() -> None:
+    server = ServerSession()
+    with pytest.raises(UnsupportedVersionError):
+        server.accept_hello(Hello((7, 8), 1 << 20, 1 << 20))
+    assert server.closed
+    client = ClientSession()
+    client.hello()
+    client.frames_to_send()
+    [ended] = pump(server, client)
+    assert isinstance(ended, ConnectionEnded)
+    assert isinstance(ended.error, UnsupportedVersionError)
+    assert "speaks 1" in str(ended.error)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        encode_frame(Command.STAT, encode_message(FileStat("/")), session_id=1, flags=Flags.END),
+        encode_frame(Command.HELLO, encode_message(Hello((1,), 1 << 20, 1)), session_id=5),
+        encode_frame(Command.HELLO, b"\x80"),
+        encode_frame(Command.HELLO, encode_message(Hello((1,), 1024, 1))),
+    ],
+    ids=["not-hello", "hello-on-a-session", "malformed-hello", "tiny-max-payload"],
+)
+def test_bad_first_frames_end_the_connection(first: bytes) -> None:
+    server = ServerSession()
+    server.receive_data(first)
+    [event] = server.events()
+    assert isinstance(event, ConnectionEnded)
+    assert isinstance(event.error, RemoteProtocolError)
+    assert server.closed
+    [(header, _payload)] = server.frames_to_send()
+    assert header[5] == Command.ERROR
+    assert header[12:20] == bytes(8)
+
+
+def test_multiplexed_requests_complete_out_of_order() -> None:
+    client, server = connected()
+    ids = [client.start_request(FileStat(f"/{i}")) for i in range(5)]
+    assert len(set(ids)) == 5
+    requests = pump(client, server)
+    assert [e.session_id for e in requests if isinstance(e, RequestReceived)] == ids
+    for session_id in reversed(ids):
+        server.reply(session_id, FileStatReply(INFO))
+    replies = pump(server, client)
+    assert [e.session_id for e in replies if isinstance(e, ReplyReceived)] == list(reversed(ids))
+    assert client.in_flight() == server.in_flight() == 0
+
+
+def test_reusing_an_id_in_flight_is_a_connection_error() -> None:
+    _client, server = connected()
+    frame = encode_frame(Command.PING, encode_message(Ping()), session_id=9, flags=Flags.END)
+    server.receive_data(frame + frame)
+    events = list(server.events())
+    assert isinstance(events[0], RequestReceived)
+    assert isinstance(events[1], ConnectionEnded)
+    assert isinstance(events[1].error, SessionInUseError)
+
+
+def test_malformed_request_is_a_request_error_and_the_connection_survives() -> None:
+    client, server = connected()
+    server.receive_data(
+        encode_frame(Command.STAT, b"\x81\xa4path\x01", session_id=4, flags=Flags.END)
+    )
+    assert list(server.events()) == []
+    sid = client.start_request(FileStat("/a"))  # session id 1; the bad frame used 4
+    client._streams[4] = client._streams[sid].__class__(Command.STAT)  # as if 4 were ours
+    events = pump(server, client)
+    assert isinstance(events[0], ErrorReceived)
+    assert isinstance(events[0].exception, MalformedPayloadError)
+    assert not server.closed
+
+
+def test_stream_and_upload_caps_refuse_with_busy() -> None:
+    client, server = connected(ServerLimits(max_streams=2, max_uploads=1))
+    a = client.start_request(FileWrite("/a"), end=False)
+    with pytest.raises(LocalProtocolError):  # the client knows the caps too
+        client.start_request(FileWrite("/b"), end=False)
+    events = pump(client, server)
+    for session_id, message in ((10, FileWrite("/b")), (11, Ping()), (12, Ping())):
+        server.receive_data(
+            encode_frame(
+                _cmd(message), encode_message(message), session_id=session_id, flags=Flags.END
+            )
+        )
+    events += list(server.events())
+    started = [e.session_id for e in events if isinstance(e, RequestReceived)]
+    assert started == [a, 11]
+    refusals = [f for f in server.frames_to_send() if f[0][5] == Command.ERROR]
+    assert {int.from_bytes(h[12:20], "big") for h, _ in refusals} == {10, 12}
+
+
+def _cmd(message: Message) -> Command:
+    return command_of(message)[0]
+
+
+def test_upload_flow_control_and_credit() -> None:
+    client, server = connected(ServerLimits(initial_window=100))
+    sid = client.start_request(FileWrite("/a", size=250), end=False)
+    assert client.send_window(sid) == 100
+    client.send_data(sid, b"x" * 100)
+    with pytest.raises(LocalProtocolError):
+        client.send_data(sid, b"x")
+    events = pump(client, server)
+    assert isinstance(events[0], RequestReceived)
+    assert not events[0].end
+    assert isinstance(events[1], DataReceived)
+    assert len(events[1].data) == 100
+    server.grant(sid, 150)
+    [granted] = pump(server, client)
+    assert granted == WindowGranted(sid, 150)
+    client.send_data(sid, b"y" * 150, end=True)
+    [data] = pump(client, server)
+    assert isinstance(data, DataReceived)
+    assert data.end
+    server.reply(sid, FileWriteReply(INFO))
+    [reply] = pump(server, client)
+    assert isinstance(reply, ReplyReceived)
+    assert reply.end
+
+
+def test_overrunning_the_window_is_a_connection_error() -> None:
+    client, server = connected(ServerLimits(initial_window=10))
+    sid = client.start_request(FileWrite("/a"), end=False)
+    pump(client, server)
+    server.receive_data(encode_frame(Command.DATA, b"z" * 11, session_id=sid))
+    [event] = server.events()
+    assert isinstance(event, ConnectionEnded)
+    assert isinstance(event.error, FlowControlError)
+
+
+def test_early_error_discards_the_rest_of_the_upload() -> None:
+    client, server = connected(ServerLimits(initial_window=10))
+    sid = client.start_request(FileWrite("/nope/a"), end=False)
+    pump(client, server)
+    server.send_error(sid, NotFoundError("no /nope"))
+    # Crossing in flight: the client still sends its window's worth before seeing the error.
+    client.send_data(sid, b"a" * 10)
+    assert pump(client, server) == []
+    [event] = pump(server, client)
+    assert isinstance(event, ErrorReceived)
+    assert isinstance(event.exception, NotFoundError)
+    client.send_data(sid, b"b" * 10)  # after the error: dropped locally
+    assert client.frames_to_send() == []
+
+
+def test_read_stream_with_client_credit() -> None:
+    client, server = connected(initial_window=8)
+    sid = client.start_request(FileRead("/f"))
+    pump(client, server)
+    with pytest.raises(LocalProtocolError):
+        server.send_data(sid, b"early")  # DATA before the READ reply
+    server.reply(sid, FileReadReply(INFO, 0, 12), end=False)
+    assert server.send_window(sid) == 8
+    server.send_data(sid, b"12345678")
+    with pytest.raises(LocalProtocolError):
+        server.send_data(sid, b"9")
+    events = pump(server, client)
+    assert isinstance(events[0], ReplyReceived)
+    assert not events[0].end
+    assert events[1] == DataReceived(sid, b"12345678", False)
+    client.grant(sid, 8)
+    assert pump(client, server) == [WindowGranted(sid, 8)]
+    server.send_data(sid, b"9abc", end=True)
+    assert pump(server, client) == [DataReceived(sid, b"9abc", True)]
+    assert client.in_flight() == server.in_flight() == 0
+
+
+def test_goaway_drains_then_closes() -> None:
+    client, server = connected()
+    sid = client.start_request(Ping())
+    pump(client, server)
+    server.goaway("restarting", 5000)
+    assert server.state is State.DRAINING
+    server.receive_data(
+        encode_frame(Command.PING, encode_message(Ping()), session_id=77, flags=Flags.END)
+    )
+    assert list(server.events()) == []  # refused with UNAVAILABLE, not started
+    events = pump(server, client)
+    assert isinstance(events[0], GoAwayReceived)
+    with pytest.raises(UnavailableError):
+        client.start_request(Ping())
+    server.reply(sid, PingReply())
+    assert server.closed
+
+
+def test_fd_flag_only_with_negotiated_write() -> None:
+    _client, server = connected(features=0)
+    server.receive_data(
+        encode_frame(
+            Command.WRITE,
+            encode_message(FileWrite("/a", size=1)),
+            session_id=1,
+            flags=Flags.FD | Flags.END,
+        )
+    )
+    [event] = server.events()
+    assert isinstance(event, ConnectionEnded)
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.booleans()), max_size=30))
+def test_random_unary_traffic_keeps_both_tables_in_step(ops: list[tuple[int, bool]]) -> None:
+    client, server = connected(ServerLimits(max_streams=8))
+    pending: list[int] = []
+    for value, answer in ops:
+        if answer and pending:
+            server.reply(pending.pop(value % len(pending)), PingReply())
+        elif client.in_flight() < 8:
+            client.start_request(Ping())
+        for event in pump(client, server):
+            assert isinstance(event, RequestReceived)
+            pending.append(event.session_id)
+        for event in pump(server, client):
+            assert isinstance(event, ReplyReceived)
+        assert client.in_flight() == server.in_flight() == len(pending)
