@@ -246,6 +246,8 @@ class _Session:
         self.features = 0
         #: Set when the connection failed: the reason, for the driver's log.
         self.error: LibrorumError | None = None
+        #: Frames decoded so far: a WebSocket driver checks each message held exactly one.
+        self.frames_received = 0
 
     # Outbox ----------------------------------------------------------------------------------
 
@@ -254,7 +256,14 @@ class _Session:
         out, self._outbox = self._outbox, []
         return out
 
+    @property
+    def queued_frames(self) -> int:
+        """Frames queued and not yet taken by :meth:`frames_to_send`."""
+        return len(self._outbox)
+
     def _queue(self, command: Command, flags: int, session_id: int, payload: Payload) -> None:
+        if self.state is State.CLOSED:
+            return  # the connection is over: its last frame (an ERROR or a reply) is queued
         self._outbox.append(
             encode_frame_parts(
                 command, payload, session_id=session_id, flags=flags, version=self.version
@@ -275,6 +284,11 @@ class _Session:
     def in_flight(self) -> int:
         """Sessions in flight on this connection."""
         return len(self._streams)
+
+    @property
+    def partial_frame(self) -> bool:
+        """Whether part of a frame is buffered: the driver's frame deadline is running."""
+        return self._decoder.buffered > 0
 
     def receive_data(self, data: Payload) -> None:
         """Feed bytes from the transport; ``b""`` means the peer closed its side."""
@@ -297,6 +311,7 @@ class _Session:
                 if frame is CLOSED:
                     self.state = State.CLOSED
                     return ConnectionEnded()
+                self.frames_received += 1
                 event = self._handle(frame.command, frame.flags, frame.session_id, frame.payload)
             except RemoteProtocolError as exc:
                 return self._fail(exc)
