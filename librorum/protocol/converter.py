@@ -19,8 +19,10 @@ import typing
 from collections.abc import Callable
 from typing import Final, TypeVar
 
+import attrs
 import msgpack
 from cattrs.errors import BaseValidationError, ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn
 from cattrs.preconf.msgpack import make_converter
 
 from librorum.errors import LocalProtocolError, MalformedPayloadError
@@ -108,6 +110,34 @@ converter.register_structure_hook_factory(
     lambda tp: isinstance(tp, type) and issubclass(tp, enum.Enum), _enum_hook
 )
 
+
+def _check_keys(value: dict[object, object]) -> None:
+    # MessagePack's strict_map_key still admits binary keys; field names are strings.
+    for key in value:
+        if type(key) is not str:
+            msg = f"map keys must be strings, got {type(key).__name__}"
+            raise TypeError(msg)
+
+
+def _record_hook(cls: type) -> Callable[[object, type], object]:
+    # cattrs' generated function assumes a mapping (it calls ``.keys()``); a record nested in
+    # a message may arrive as any MessagePack value, so check first. Found by fuzz_payload.
+    inner = make_dict_structure_fn(
+        cls, converter, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=False
+    )
+
+    def structure(value: object, _type: type) -> object:
+        if type(value) is not dict:
+            msg = f"expected a map for {cls.__name__}, got {type(value).__name__}"
+            raise TypeError(msg)
+        _check_keys(value)
+        return inner(value, cls)  # type: ignore[arg-type]  # checked to be a dict above
+
+    return structure
+
+
+converter.register_structure_hook_factory(attrs.has, _record_hook)
+
 _packb: Final = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _DECODE_ERRORS: Final = (
     BaseValidationError,
@@ -144,6 +174,7 @@ def decode_payload(payload: bytes | bytearray | memoryview, cls: type[M]) -> M:
         if type(raw) is not dict:
             msg = f"payload must be a map, got {type(raw).__name__}"
             raise TypeError(msg)
+        _check_keys(raw)
         return converter.structure(raw, cls)
     except _DECODE_ERRORS as exc:
         msg = f"malformed {cls.__name__} payload: {_describe(exc)}"
@@ -190,7 +221,13 @@ def command_of(message: Message) -> tuple[Command, bool]:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"missing field {exc.args[0]!r}" if exc.args else "missing field"
-    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ForbiddenExtraKeysError):
+        names = ", ".join(sorted(repr(k) for k in exc.extra_fields))
+        return f"unknown fields {names}"[:200]
+    try:
+        text = str(exc) or type(exc).__name__
+    except Exception:  # a third-party __str__ failing must not escape the decoder
+        text = type(exc).__name__
     return text.splitlines()[0][:200]
 
 

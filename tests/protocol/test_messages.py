@@ -22,6 +22,7 @@ from librorum.protocol.messages import (
     REQUEST_TYPES,
     FileInfo,
     FileStat,
+    FileStatReply,
     FileWrite,
     Hello,
     Message,
@@ -111,6 +112,12 @@ def test_commands_without_a_message_in_that_direction(command: Command, flags: i
         (FileWrite, {"path": "/a", "size": -1}),
         (FileWrite, {"path": "/a", "offset": None}),
         (NodeStatus, {"x": 1}),
+        # Found by fuzz_payload: a nested record that is not a map, and binary map keys
+        # (whose cattrs error message itself used to crash).
+        (FileStatReply, {"info": "not a map"}),
+        (FileStatReply, {"info": [1, 2]}),
+        (FileStat, {b"path": "/a"}),
+        (NodeStatus, {b"x": 1, "y": 2}),
     ],
 )
 def test_strict_types(cls: type[Message], value: object) -> None:
