@@ -617,13 +617,22 @@ def _valid() -> list[dict[str, Any]]:
         15,
         ErrorMessage(code=ErrorCode.CANCELLED, message="cancelled by the client"),
     )
-    for i, outcome in enumerate(CancelOutcome):
+    add(
+        "cancel-reply-aborted",
+        "The CANCEL reply on session 19, after the target's ERROR: aborted, no effect.",
+        Command.CANCEL,
+        rend,
+        19,
+        CancelReply(outcome=CancelOutcome.ABORTED),
+    )
+    others = (CancelOutcome.NOT_STARTED, CancelOutcome.COMMITTED, CancelOutcome.UNKNOWN)
+    for i, outcome in enumerate(others, start=20):
         add(
             f"cancel-reply-{outcome.value.replace('_', '-')}",
-            f"CANCEL reply, outcome {outcome.value}.",
+            f"A CANCEL reply (on session {i}) with outcome {outcome.value}.",
             Command.CANCEL,
             rend,
-            19 + i,
+            i,
             CancelReply(outcome=outcome),
         )
 
@@ -1098,11 +1107,25 @@ def _malformed() -> list[dict[str, Any]]:
         },
     )
     bad(
+        "non-str-key-int",
         "non-str-key",
-        "unknown-field",
         "A map key that is an integer.",
         stat,
         _mp({1: "/a"}),
+    )
+    bad(
+        "non-str-key-bin",
+        "non-str-key",
+        "A map key that is bin, even one holding the bytes of a field name.",
+        stat,
+        b"\x82\xc4\x01x\xa2/a\xa4path\xa2/a",
+    )
+    bad(
+        "non-str-key-bin-field-name",
+        "non-str-key",
+        "The field name 'path' as a bin key.",
+        stat,
+        b"\x81\xc4\x04path\xa2/a",
     )
     bad(
         "wrong-type-bool-for-int",
@@ -1174,6 +1197,29 @@ def _malformed() -> list[dict[str, Any]]:
         "LIST reply entries as a map.",
         Command.LIST,
         {"entries": {}},
+    )
+    bad_reply(
+        "wrong-type-str-for-record",
+        "wrong-type",
+        "STAT reply whose info is a str instead of a FileInfo map.",
+        stat,
+        {"info": "/docs/hello.txt"},
+    )
+    bad_reply(
+        "wrong-type-array-for-record",
+        "wrong-type",
+        "NODE_STATUS reply whose store is an array.",
+        Command.NODE_STATUS,
+        {
+            "version": "0.1.0",
+            "node_id": "n",
+            "uptime_ms": 1,
+            "connections": {},
+            "requests": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "store": [0, 0, 0, 0, 0, 0],
+        },
     )
     bad(
         "invalid-utf8-value",
