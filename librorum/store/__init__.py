@@ -1,0 +1,25 @@
+"""The storage engine: a namespace of files and directories over content-addressed,
+deduplicated, verified chunks, with SQLite metadata. See ``store.py`` for the design."""
+
+from __future__ import annotations
+
+from librorum.store.fs import FS as FS, OsFS as OsFS
+from librorum.store.meta import MetadataStore as MetadataStore, MetaTxn as MetaTxn
+from librorum.store.objects import LocalObjects as LocalObjects, ObjectStore as ObjectStore
+from librorum.store.paths import normalize as normalize
+from librorum.store.reader import Reader as Reader
+from librorum.store.store import (
+    DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE,
+    Store as Store,
+    open_store as open_store,
+)
+from librorum.store.types import (
+    FileInfo as FileInfo,
+    FsckReport as FsckReport,
+    ListPage as ListPage,
+    RecoveryReport as RecoveryReport,
+    Segment as Segment,
+    StoreStatus as StoreStatus,
+    UploadStatus as UploadStatus,
+)
+from librorum.store.upload import Upload as Upload

@@ -1,0 +1,427 @@
+"""Chunk storage: the object-store boundary and its embedded implementation.
+
+:class:`ObjectStore` is the pluggable interface (put / ranged get / delete / list, keys are
+chunk digests); :class:`LocalObjects` is the optional capability of stores that keep objects
+in local files, which lets the transport ``os.sendfile`` straight from them and lets the store
+ingest a client's file with ``os.copy_file_range``. :class:`LocalChunkStore` has both.
+
+Layout of :class:`LocalChunkStore` under the data directory::
+
+    chunks/00 .. chunks/ff/<64 hex digits>   one file per chunk, sharded by the first byte
+    tmp/<random>.tmp                         chunk writes in progress (removed on open)
+
+One level of 256 shards, all created when the store is created, so that no directory is ever
+created on the write path: at 4 MiB chunks a 40 TB store has ~40k files per shard, which ext4's
+hashed directories handle without trouble.
+
+Durability of a new chunk: write a temp file, fsync it, rename it to its final name, fsync the
+shard directory. A chunk file therefore never exists under its final name with content other
+than what was fsynced under it. An fsync failure is reported through ``on_fsync_failure``
+before the error propagates (the store turns read-only: the data's state on disk is unknown
+and must not be acknowledged by a retry).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+import attrs
+import blake3
+import trio
+
+from librorum.errors import ConflictError, CorruptDataError
+from librorum.store._translate import translating
+from librorum.store.fs import FS
+
+#: Shard directories: one per value of the digest's first byte.
+SHARDS: Final = tuple(f"{i:02x}" for i in range(256))
+#: Suffix of temp files.
+TEMP_SUFFIX: Final = ".tmp"
+
+# copy_file_range cannot copy between these (cross-device, e.g. a memfd on tmpfs; or the file
+# system does not support it): fall back to read and write.
+_COPY_FALLBACK_ERRNOS: Final = frozenset(
+    {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+)
+
+Verify = Callable[[memoryview], None]
+
+
+class ObjectStore(Protocol):
+    """Where chunk data lives. Keys are 32-byte digests; objects are immutable."""
+
+    async def put(self, key: bytes, data: memoryview) -> None:
+        """Store ``data`` under ``key``, durably by the time this returns."""
+        ...
+
+    async def get(self, key: bytes, into: memoryview, offset: int, verify: Verify) -> None:
+        """Fill ``into`` with the object's bytes from ``offset`` and call ``verify`` on them
+        (in the same worker thread), raising CorruptDataError if the object is missing or
+        short."""
+        ...
+
+    async def delete(self, keys: Sequence[bytes]) -> None:
+        """Delete objects (missing ones are ignored), durably by the time this returns."""
+        ...
+
+    async def list_shard(self, shard: str) -> list[str]:
+        """The names found in one shard (``SHARDS``): digests in hex, and anything else."""
+        ...
+
+
+@attrs.define
+class Staged:
+    """A chunk copied into a temp file and hashed, not yet published under its digest."""
+
+    temp: str
+    fd: int
+    digest: bytes
+    length: int
+
+
+class LocalObjects(Protocol):
+    """Optional capability: objects are local files."""
+
+    def open_verified(self, key: bytes, length: int, digest: bytes) -> int:
+        """Open the object read-only, check its first ``length`` bytes against ``digest``,
+        and return the descriptor (blocking; the caller closes it)."""
+        ...
+
+    async def stage_from_fd(
+        self, src: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
+    ) -> Staged:
+        """Copy ``length`` bytes of ``src`` from ``offset`` into a temp file and hash them."""
+        ...
+
+    async def publish(self, staged: Staged, key: bytes) -> None:
+        """Make a staged chunk durable under ``key``."""
+        ...
+
+    async def discard(self, staged: Staged) -> None:
+        """Drop a staged chunk."""
+        ...
+
+
+class LocalChunkStore:
+    """Chunks as files in sharded directories (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: str,
+        fs: FS,
+        *,
+        limiter: trio.CapacityLimiter,
+        on_fsync_failure: Callable[[BaseException], None],
+    ) -> None:
+        self.root = root
+        self.chunk_dir = os.path.join(root, "chunks")
+        self.temp_dir = os.path.join(root, "tmp")
+        self._fs = fs
+        self._limiter = limiter
+        self._on_fsync_failure = on_fsync_failure
+
+    def path(self, key: bytes) -> str:
+        """The file of chunk ``key``."""
+        name = key.hex()
+        return f"{self.chunk_dir}/{name[:2]}/{name}"
+
+    # --- setup --------------------------------------------------------------------------------
+
+    def init_sync(self) -> None:
+        """Create the directory layout if missing (blocking). Each directory created is made
+        durable (its parent fsynced)."""
+        with translating("create store directories"):
+            self._ensure_dir(self.root, None)
+            self._ensure_dir(self.chunk_dir, self.root)
+            self._ensure_dir(self.temp_dir, self.root)
+            created = False
+            existing = set(self._fs.listdir(self.chunk_dir))
+            for shard in SHARDS:
+                if shard not in existing:
+                    self._fs.mkdir(f"{self.chunk_dir}/{shard}")
+                    created = True
+            if created:
+                self._fsync_dir(self.chunk_dir)
+
+    def _ensure_dir(self, path: str, parent: str | None) -> None:
+        try:
+            self._fs.mkdir(path)
+        except FileExistsError:
+            return
+        if parent is not None:
+            self._fsync_dir(parent)
+
+    def clear_temp_sync(self) -> int:
+        """Remove every temp file (blocking; only at open, when no write is in progress).
+        Temp entries need no durability, so the directory is not fsynced."""
+        with translating("clear temp files"):
+            names = self._fs.listdir(self.temp_dir)
+            for name in names:
+                try:
+                    self._fs.unlink(f"{self.temp_dir}/{name}")
+                except FileNotFoundError:
+                    pass
+            return len(names)
+
+    def count_temp_sync(self) -> int:
+        """Number of temp files (blocking)."""
+        with translating("list temp files"):
+            return len(self._fs.listdir(self.temp_dir))
+
+    # --- helpers (worker threads) -------------------------------------------------------------
+
+    def _fsync(self, fd: int) -> None:
+        try:
+            self._fs.fsync(fd)
+        except OSError as exc:
+            self._on_fsync_failure(exc)
+            raise
+
+    def _fsync_dir(self, path: str) -> None:
+        fd = self._fs.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._fsync(fd)
+        finally:
+            self._fs.close(fd)
+
+    def _new_temp(self) -> tuple[str, int]:
+        temp = f"{self.temp_dir}/{secrets.token_hex(12)}{TEMP_SUFFIX}"
+        fd = self._fs.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        return temp, fd
+
+    def _drop_temp(self, temp: str, fd: int | None) -> None:
+        # Best effort on an error path: the original error is what the caller reports, and
+        # a leftover temp file is removed at the next open.
+        if fd is not None:
+            try:
+                self._fs.close(fd)
+            except OSError:
+                pass
+        try:
+            self._fs.unlink(temp)
+        except OSError:
+            pass
+
+    def _write_all(self, fd: int, data: memoryview) -> None:
+        while data:
+            written = self._fs.write(fd, data)
+            data = data[written:]
+
+    def _publish_sync(self, temp: str, fd: int, key: bytes) -> None:
+        try:
+            self._fsync(fd)
+        finally:
+            self._fs.close(fd)
+        final = self.path(key)
+        self._fs.rename(temp, final)
+        self._fsync_dir(os.path.dirname(final))
+
+    def _put_sync(self, key: bytes, data: memoryview) -> None:
+        with translating("write chunk"):
+            temp, fd = self._new_temp()
+            open_fd: int | None = fd
+            try:
+                self._write_all(fd, data)
+                open_fd = None  # _publish_sync closes it once fsynced
+                self._publish_sync(temp, fd, key)
+            except BaseException:
+                self._drop_temp(temp, open_fd)
+                raise
+
+    def _get_sync(self, key: bytes, into: memoryview, offset: int, verify: Verify) -> None:
+        with translating("read chunk"):
+            try:
+                fd = self._fs.open(self.path(key), os.O_RDONLY)
+            except FileNotFoundError as exc:
+                msg = f"chunk {key.hex()} is missing"
+                raise CorruptDataError(msg) from exc
+            try:
+                done = 0
+                while done < len(into):
+                    got = self._fs.pread_into(fd, into[done:], offset + done)
+                    if got == 0:
+                        msg = f"chunk {key.hex()} is truncated"
+                        raise CorruptDataError(msg)
+                    done += got
+            finally:
+                self._fs.close(fd)
+            verify(into)
+
+    def _delete_sync(self, keys: Sequence[bytes]) -> None:
+        with translating("delete chunks"):
+            shards: set[str] = set()
+            for key in keys:
+                path = self.path(key)
+                try:
+                    self._fs.unlink(path)
+                except FileNotFoundError:
+                    continue
+                shards.add(os.path.dirname(path))
+            for shard in sorted(shards):
+                self._fsync_dir(shard)
+
+    # --- ObjectStore ----------------------------------------------------------------------------
+
+    async def put(self, key: bytes, data: memoryview) -> None:
+        """Write a chunk durably (temp file, fsync, rename, fsync of the shard).
+
+        Cancellation: runs to completion in its worker thread once started.
+
+        Raises:
+            NoSpaceError, StoreIOError: The write failed; no temp file is left behind.
+        """
+        await trio.to_thread.run_sync(self._put_sync, key, data, limiter=self._limiter)
+
+    async def get(self, key: bytes, into: memoryview, offset: int, verify: Verify) -> None:
+        """Read a chunk range into ``into`` and verify it (see :class:`ObjectStore`).
+
+        Raises:
+            CorruptDataError: The chunk is missing, short, or ``verify`` rejects it.
+            StoreIOError: The read failed.
+        """
+        await trio.to_thread.run_sync(
+            self._get_sync, key, into, offset, verify, limiter=self._limiter
+        )
+
+    async def delete(self, keys: Sequence[bytes]) -> None:
+        """Unlink chunk files and fsync their shards.
+
+        Raises:
+            StoreIOError: An unlink or fsync failed (some files may be gone).
+        """
+        await trio.to_thread.run_sync(self._delete_sync, keys, limiter=self._limiter)
+
+    async def list_shard(self, shard: str) -> list[str]:
+        """The names in one shard directory."""
+
+        def run() -> list[str]:
+            with translating("list chunks"):
+                return self._fs.listdir(f"{self.chunk_dir}/{shard}")
+
+        return await trio.to_thread.run_sync(run, limiter=self._limiter)
+
+    # --- LocalObjects ---------------------------------------------------------------------------
+
+    def open_verified(self, key: bytes, length: int, digest: bytes) -> int:
+        """Open a chunk and verify it by hashing a read-only mapping of it (no copy into
+        user space), so that the caller can ``sendfile`` verified bytes (blocking).
+
+        Raises:
+            CorruptDataError: Missing, short, or not matching ``digest``.
+            StoreIOError: The open or read failed.
+        """
+        with translating("open chunk"):
+            try:
+                fd = self._fs.open(self.path(key), os.O_RDONLY)
+            except FileNotFoundError as exc:
+                msg = f"chunk {key.hex()} is missing"
+                raise CorruptDataError(msg) from exc
+            try:
+                if self._fs.fstat(fd).st_size < length:
+                    msg = f"chunk {key.hex()} is truncated"
+                    raise CorruptDataError(msg)
+                if length:
+                    with self._fs.map_read(fd, length) as mapped:
+                        actual = blake3.blake3(mapped).digest()
+                else:
+                    actual = blake3.blake3(b"").digest()
+                if actual != digest:
+                    msg = f"chunk {key.hex()} failed verification"
+                    raise CorruptDataError(msg)
+            except BaseException:
+                self._fs.close(fd)
+                raise
+            return fd
+
+    def _stage_sync(
+        self, src: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
+    ) -> Staged:
+        with translating("copy from client file"):
+            temp, fd = self._new_temp()
+            try:
+                copied = self._copy_range(src, fd, offset, length, hasher, buf)
+                if copied is None:
+                    # Copied in the kernel: hash what landed in the temp file, not the source,
+                    # so that a client changing its file meanwhile cannot make the chunk's
+                    # content differ from its name.
+                    with self._fs.map_read(fd, length) as mapped:
+                        digest = blake3.blake3(mapped).digest()
+                        hasher.update(mapped)
+                else:
+                    digest = copied
+            except BaseException:
+                self._drop_temp(temp, fd)
+                raise
+            return Staged(temp=temp, fd=fd, digest=digest, length=length)
+
+    def _copy_range(
+        self, src: int, dst: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
+    ) -> bytes | None:
+        """Copy with copy_file_range (returns None) or, where the kernel cannot, with
+        pread/write through ``buf``, hashing on the way (returns the chunk digest)."""
+        done = 0
+        while done < length:
+            try:
+                got = self._fs.copy_file_range(src, dst, length - done, offset + done, done)
+            except OSError as exc:
+                if done == 0 and exc.errno in _COPY_FALLBACK_ERRNOS:
+                    return self._read_write_range(src, dst, offset, length, hasher, buf)
+                raise
+            if got == 0:
+                msg = f"client file ended {length - done} bytes early (it shrank)"
+                raise ConflictError(msg)
+            done += got
+        return None
+
+    def _read_write_range(
+        self, src: int, dst: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
+    ) -> bytes:
+        view = memoryview(buf)[:length]
+        done = 0
+        while done < length:
+            got = self._fs.pread_into(src, view[done:], offset + done)
+            if got == 0:
+                msg = f"client file ended {length - done} bytes early (it shrank)"
+                raise ConflictError(msg)
+            done += got
+        digest = blake3.blake3(view).digest()
+        hasher.update(view)
+        self._write_all(dst, view)
+        return digest
+
+    async def stage_from_fd(
+        self, src: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
+    ) -> Staged:
+        """Copy a range of a client's file into a temp file and hash it (see
+        :class:`LocalObjects`); ``hasher`` is updated with the same bytes.
+
+        Raises:
+            ConflictError: The client's file is shorter than declared.
+            NoSpaceError, StoreIOError: The copy failed.
+        """
+        return await trio.to_thread.run_sync(
+            self._stage_sync, src, offset, length, hasher, buf, limiter=self._limiter
+        )
+
+    async def publish(self, staged: Staged, key: bytes) -> None:
+        """fsync a staged chunk, rename it to its final name and fsync the shard."""
+
+        def run() -> None:
+            with translating("write chunk"):
+                try:
+                    self._publish_sync(staged.temp, staged.fd, key)
+                except BaseException:
+                    self._drop_temp(staged.temp, None)
+                    raise
+
+        await trio.to_thread.run_sync(run, limiter=self._limiter)
+
+    async def discard(self, staged: Staged) -> None:
+        """Remove a staged chunk (best effort)."""
+        await trio.to_thread.run_sync(
+            self._drop_temp, staged.temp, staged.fd, limiter=self._limiter
+        )

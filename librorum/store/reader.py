@@ -1,0 +1,180 @@
+"""Downloads: a snapshot of a file's chunks, streamed in order and verified chunk by chunk."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import blake3
+import trio
+
+from librorum.errors import CorruptDataError
+from librorum.store.types import FileInfo, Segment
+
+if TYPE_CHECKING:
+    from librorum.store.store import Store
+
+
+@attrs.frozen
+class Span:
+    """The part of one chunk that a read covers."""
+
+    digest: bytes
+    chunk_length: int
+    start: int
+    end: int
+
+
+def make_verifier(digest: bytes) -> Callable[[memoryview], None]:
+    """A function that checks a chunk's bytes against its digest (run in the read's thread)."""
+
+    def verify(data: memoryview) -> None:
+        if blake3.blake3(data).digest() != digest:
+            msg = f"chunk {digest.hex()} failed verification"
+            raise CorruptDataError(msg)
+
+    return verify
+
+
+@attrs.define(eq=False)
+class _ReadJob:
+    span: Span
+    buf: bytearray
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: Exception | None = None
+
+
+class Reader:
+    """A verified, in-order stream of one range of a file, as of :meth:`Store.open_read`.
+
+    The reader sees the snapshot taken when it was opened: a concurrent overwrite or delete
+    does not affect it (its chunks are pinned until it closes).
+
+    ``async for piece in reader`` yields memoryviews of the range, chunk by chunk. **Each piece
+    is valid only until the next iteration step** (its buffer is reused); copy it to keep it.
+    Each chunk is read whole and checked against its digest before any of it is returned.
+
+    :meth:`segments` yields the same range as :class:`Segment` (fd, offset, length) triples for
+    ``os.sendfile``; each chunk is verified before its segment is handed out.
+
+    Attributes:
+        info: The file's FileInfo at the snapshot.
+        offset: Where the range starts.
+        length: The range's length (clipped to the file's end).
+    """
+
+    def __init__(self, store: Store, info: FileInfo, offset: int, spans: list[Span]) -> None:
+        self._store = store
+        self.info = info
+        self.offset = offset
+        self.length = sum(s.end - s.start for s in spans)
+        self._spans = spans
+        self._next = 0
+        self._jobs: deque[_ReadJob] = deque()
+        self._held: _ReadJob | None = None
+        self._segment_fd: int | None = None
+        self._closed = False
+
+    def __aiter__(self) -> Reader:
+        return self
+
+    async def __anext__(self) -> memoryview:
+        """The next piece.
+
+        Raises:
+            CorruptDataError: The chunk is missing or does not match its digest.
+            StoreIOError: Reading failed.
+        """
+        if self._held is not None:
+            self._store._put_buffer(self._held.buf)
+            self._held = None
+        if self._closed or self._next >= len(self._spans):
+            raise StopAsyncIteration
+        ahead = self._store.read_ahead
+        queued = self._next + len(self._jobs)
+        while len(self._jobs) < ahead and queued < len(self._spans):
+            span = self._spans[queued]
+            job = _ReadJob(span=span, buf=self._store._get_buffer(span.chunk_length))
+            self._jobs.append(job)
+            self._store._start_job(self._run_job, job)
+            queued += 1
+        job = self._jobs[0]
+        await job.done.wait()
+        self._jobs.popleft()
+        self._held = job
+        if job.error is not None:
+            self._next = len(self._spans)
+            raise job.error
+        self._next += 1
+        return memoryview(job.buf)[job.span.start : job.span.end]
+
+    async def _run_job(self, job: _ReadJob) -> None:
+        span = job.span
+        try:
+            into = memoryview(job.buf)[: span.chunk_length]
+            await self._store._objects.get(span.digest, into, 0, make_verifier(span.digest))
+        except Exception as exc:
+            job.error = exc
+        except BaseException:
+            job.error = CorruptDataError("read interrupted: the store is closing")
+            raise
+        finally:
+            job.done.set()
+
+    def segments(self) -> SegmentIterator:
+        """The range as verified (fd, offset, length) segments, for ``os.sendfile``.
+
+        Each descriptor stays open until the iterator advances or the reader closes; do not
+        close it yourself.
+        """
+        return SegmentIterator(self)
+
+    def _close_segment(self) -> None:
+        if self._segment_fd is not None:
+            fd, self._segment_fd = self._segment_fd, None
+            try:
+                self._store._fs.close(fd)
+            except OSError:
+                pass
+
+    async def _close(self) -> None:
+        self._closed = True
+        self._close_segment()
+        with trio.CancelScope(shield=True):
+            while self._jobs:
+                job = self._jobs.popleft()
+                await job.done.wait()
+                self._store._put_buffer(job.buf)
+        if self._held is not None:
+            self._store._put_buffer(self._held.buf)
+            self._held = None
+
+
+class SegmentIterator:
+    """Iterates a reader's range as :class:`Segment` items."""
+
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
+        self._next = 0
+
+    def __aiter__(self) -> SegmentIterator:
+        return self
+
+    async def __anext__(self) -> Segment:
+        """The next verified segment.
+
+        Raises:
+            CorruptDataError: The chunk is missing or does not match its digest.
+            StoreIOError: Opening or reading it failed.
+        """
+        reader = self._reader
+        reader._close_segment()
+        if reader._closed or self._next >= len(reader._spans):
+            raise StopAsyncIteration
+        span = reader._spans[self._next]
+        self._next += 1
+        fd = await reader._store._open_verified(span)
+        reader._segment_fd = fd
+        return Segment(fd=fd, offset=span.start, length=span.end - span.start)

@@ -1,0 +1,1140 @@
+"""The store: a namespace of files and directories over content-addressed chunks.
+
+Layers::
+
+    Store (this module)        namespace operations, uploads, reads, recovery, GC, fsck
+      namespace.py             the rules, as functions over one metadata transaction
+      meta.MetadataStore       transactions over rows       (embedded: SQLite, WAL, FULL sync)
+      objects.ObjectStore      chunk files by digest        (embedded: sharded directory tree)
+      fs.FS                    every file-system call       (tests put shims here)
+
+Chunks. File data is cut into fixed-size chunks (``chunk_size``, default 4 MiB; every chunk
+but the last is full), each named by its BLAKE3 digest. Fixed-size rather than
+content-defined chunking: a rolling hash in Python would cap ingest far below disk speed,
+while fixed chunks dedup identical files and identical aligned blocks at full speed. 4 MiB
+keeps the per-chunk costs (a journal transaction, two fsyncs, thread hand-offs: ~0.5 ms) small
+against the data's (~3-4 ms per chunk here) and still bounds memory per stream. Identical
+chunks are stored once and reference-counted (references from files and from resumable
+uploads); deleting a file drops its references, and a chunk whose count reaches zero is
+collected.
+
+Journal and durable order. The ``pending`` table is the intent journal: a digest is journalled
+(committed) *before* a new chunk file is renamed into place, and when its last reference is
+dropped. So every chunk file that might exist without a reference is listed there, and
+recovery and the collector only ever look at those rows (and at ``tmp/``), never at the whole
+store. Order for a write: chunk data fsynced, renamed, shard directory fsynced, then the
+metadata commit that references it. An fsync failure (or a failed metadata commit) fails the
+request and turns the store read-only (ReadOnlyError for every later write) until reopened.
+
+Pins and collection. Chunks in use by an upload in progress or by an open reader are pinned
+in memory; the collector skips pinned digests and rechecks under the chunk's lock, so a chunk
+is never deleted while something is about to reference or read it.
+
+Concurrency. There is no global lock. Namespace changes hold per-path locks (see
+``locks.LockTable``) around their metadata transaction; uploads to different paths never
+wait for each other, and uploads to the same path neither (last commit wins; see
+``upload.py``). Readers take no lock: they read a snapshot. The metadata write transaction is
+the one short serialization point, and no data I/O ever happens inside it.
+
+Threads. Chunk I/O and hashing run in worker threads bounded by ``io_threads``
+(``trio.to_thread`` with a CapacityLimiter); metadata reads run inline (see ``meta.py`` for the
+measurements); metadata writes run in a dedicated writer thread.
+
+Cancellation. Every operation is atomic with respect to cancellation: cancelled before its
+metadata commit it has no effect; the commit itself is not interruptible, and once it has
+happened the operation returns its result (the bounded collection that may follow runs
+shielded).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import stat as stat_module
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final, ParamSpec, TypeVar
+
+import blake3
+import trio
+
+from librorum.errors import (
+    BusyError,
+    ConflictError,
+    CorruptDataError,
+    InvalidPathError,
+    IsADirectoryError_,
+    NotFoundError,
+    ReadOnlyError,
+    StoreError,
+    StoreIOError,
+    TimeoutError_,
+    TooLargeError,
+)
+from librorum.protocol.constants import (
+    DEFAULT_LIST_LIMIT,
+    DEFAULT_MAX_FILE_SIZE,
+    MAX_NAME_BYTES,
+    WriteMode,
+)
+from librorum.store import namespace as ns
+from librorum.store._translate import translating
+from librorum.store.fs import FS, OsFS
+from librorum.store.locks import BufferPool, ChunkPins, LockTable
+from librorum.store.meta import KIND_DIR, MetaTxn, SqliteMetadataStore, UploadRow
+from librorum.store.objects import SHARDS, LocalChunkStore, Staged
+from librorum.store.paths import normalize
+from librorum.store.reader import Reader, Span, make_verifier
+from librorum.store.types import (
+    FSCK_REPORT_ITEMS,
+    FileInfo,
+    FsckReport,
+    ListPage,
+    RecoveryReport,
+    StoreStatus,
+    UploadStatus,
+)
+from librorum.store.upload import Upload
+
+log = logging.getLogger("librorum.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Chunk size of new files (see the module docstring for the choice).
+DEFAULT_CHUNK_SIZE: Final = 4 << 20
+MIN_CHUNK_SIZE: Final = 4 << 10
+MAX_CHUNK_SIZE: Final = 64 << 20
+#: Worker threads for chunk I/O and hashing (most of their time is spent waiting for fsync).
+DEFAULT_IO_THREADS: Final = 8
+#: Chunks of one upload being hashed/written at once (memory: that many + 1 chunk buffers).
+DEFAULT_UPLOAD_PIPELINE: Final = 2
+#: Chunks a reader reads and verifies ahead of the consumer.
+DEFAULT_READ_AHEAD: Final = 2
+#: Longest wait for a path or chunk lock before TimeoutError_.
+DEFAULT_LOCK_TIMEOUT: Final = 30.0
+#: Journal entries the collector handles per step (each step runs after a commit that
+#: released chunks, bounded so that the request it follows stays short).
+DEFAULT_GC_BATCH: Final = 256
+#: Longest wait at close for chunk jobs in flight (then they are cancelled).
+DEFAULT_CLOSE_TIMEOUT: Final = 30.0
+#: Idle chunk buffers kept for reuse.
+DEFAULT_MAX_IDLE_BUFFERS: Final = 16
+#: Upload ids follow the rule of a path component: 1 to 255 bytes of UTF-8, no NUL, no "/".
+MAX_UPLOAD_ID_BYTES: Final = MAX_NAME_BYTES
+
+_DB_NAME: Final = "meta.db"
+_LOCK_NAME: Final = "LOCK"
+
+
+def _check_upload_id(upload_id: str) -> None:
+    try:
+        size = len(upload_id.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        msg = "an upload id must be valid Unicode"
+        raise InvalidPathError(msg) from exc
+    if not 0 < size <= MAX_UPLOAD_ID_BYTES or "\x00" in upload_id or "/" in upload_id:
+        msg = f"an upload id must be 1 to {MAX_UPLOAD_ID_BYTES} bytes without NUL or '/'"
+        raise InvalidPathError(msg)
+
+
+def _check_range(offset: int, length: int | None) -> None:
+    if offset < 0 or (length is not None and length < 0):
+        msg = f"offset and length must not be negative (got {offset}, {length})"
+        raise ValueError(msg)
+
+
+class Store:
+    """An open store. Use :func:`open_store`; all methods are safe to call concurrently."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fs: FS,
+        max_file_size: int,
+        chunk_size: int,
+        io_threads: int,
+        upload_pipeline: int,
+        read_ahead: int,
+        lock_timeout: float,
+        gc_batch: int,
+        max_idle_buffers: int,
+    ) -> None:
+        self.data_dir = data_dir
+        self.max_file_size = max_file_size
+        self.chunk_size = chunk_size
+        self.upload_pipeline = upload_pipeline
+        self.read_ahead = read_ahead
+        self._fs = fs
+        self._gc_batch = gc_batch
+        self._io_limiter = trio.CapacityLimiter(io_threads)
+        self._meta = SqliteMetadataStore(
+            str(data_dir / _DB_NAME), fs, on_commit_failure=self._on_fatal_io
+        )
+        self._objects = LocalChunkStore(
+            str(data_dir), fs, limiter=self._io_limiter, on_fsync_failure=self._on_fatal_io
+        )
+        self._pins = ChunkPins()
+        self._path_locks: LockTable[str] = LockTable(timeout=lock_timeout)
+        self._chunk_locks: LockTable[bytes] = LockTable(timeout=lock_timeout)
+        self._pool = BufferPool(chunk_size, max_idle=max_idle_buffers)
+        self._attached: dict[str, Upload | None] = {}
+        self._nursery: trio.Nursery | None = None
+        self._jobs_running = 0
+        self._jobs_idle = trio.Event()
+        self._read_only: str | None = None
+        self._closed = False
+        self._lock_fd: int | None = None
+        self.recovery: RecoveryReport | None = None
+
+    # --- internals used by uploads and readers --------------------------------------------------
+
+    def _on_fatal_io(self, exc: BaseException) -> None:
+        # Called from worker threads: a plain attribute store is atomic.
+        if self._read_only is None:
+            self._read_only = f"an fsync or metadata commit failed ({exc!r})"
+            log.error("store turned read-only: %s", self._read_only)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether writes are refused (after an fsync failure; reopen to clear)."""
+        return self._read_only is not None
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            msg = "the store is closed"
+            raise ReadOnlyError(msg)
+        if self._read_only is not None:
+            msg = f"the store is read-only: {self._read_only}"
+            raise ReadOnlyError(msg)
+
+    def _get_buffer(self, size: int) -> bytearray:
+        return self._pool.get() if size == self._pool.size else bytearray(size)
+
+    def _put_buffer(self, buf: bytearray) -> None:
+        if len(buf) == self._pool.size:
+            self._pool.put(buf)
+
+    async def _in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        assert not kwargs
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._io_limiter)
+
+    def _start_job(self, fn: Callable[[T], Awaitable[None]], job: T) -> None:
+        if self._nursery is None or self._closed:
+            msg = "the store is closed"
+            raise ReadOnlyError(msg)
+        self._nursery.start_soon(self._job_wrapper, fn, job)
+
+    async def _job_wrapper(self, fn: Callable[[T], Awaitable[None]], job: T) -> None:
+        self._jobs_running += 1
+        try:
+            await fn(job)
+        finally:
+            self._jobs_running -= 1
+            if not self._jobs_running:
+                self._jobs_idle.set()
+                self._jobs_idle = trio.Event()
+
+    async def _wait_jobs(self) -> None:
+        """Let chunk jobs in flight finish (so that an attached resumable upload keeps
+        everything it had stored). The caller bounds the wait."""
+        while self._jobs_running:
+            await self._jobs_idle.wait()
+
+    async def _store_chunk(
+        self,
+        digest: bytes,
+        put: Callable[[], Awaitable[None]],
+        discard: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Make a pinned chunk durable unless the store already holds it (dedup).
+
+        Under the chunk's lock: if referenced, it is on disk (``discard`` drops a staged
+        copy); otherwise journal it as pending (the intent: committed before the chunk file
+        can appear under its name) and ``put`` it.
+        """
+        async with self._chunk_locks.hold([digest]):
+            refs, pending = await self._meta.read(lambda t: (t.refs(digest), t.is_pending(digest)))
+            if refs:
+                if discard is not None:
+                    await discard()
+                return
+            self._check_writable()
+            if not pending:
+                await self._meta.write(lambda t: t.add_pending([digest]))
+            await put()
+
+    async def _commit_file(
+        self,
+        path: str,
+        mode: WriteMode,
+        *,
+        size: int,
+        content_hash: bytes,
+        chunk_size: int,
+        chunks: Sequence[tuple[bytes, int]],
+        upload_id: str | None,
+    ) -> FileInfo:
+        self._check_writable()
+        mtime_ns = time.time_ns()
+        async with self._path_locks.hold([path]):
+            info, released = await self._meta.write(
+                lambda t: ns.commit_file(
+                    t,
+                    path,
+                    mode,
+                    size=size,
+                    content_hash=content_hash,
+                    chunk_size=chunk_size,
+                    chunks=chunks,
+                    mtime_ns=mtime_ns,
+                    upload_id=upload_id,
+                )
+            )
+        await self._after_commit(released)
+        return info
+
+    async def _after_commit(self, released: Sequence[bytes]) -> None:
+        if released:
+            with trio.CancelScope(shield=True):
+                await self._collect_step()
+
+    async def _open_verified(self, span: Span) -> int:
+        return await self._in_thread(
+            self._objects.open_verified, span.digest, span.chunk_length, span.digest
+        )
+
+    # --- garbage collection ---------------------------------------------------------------------
+
+    async def _collect_step(self) -> tuple[int, int]:
+        """Handle up to ``gc_batch`` journal entries that no pin protects: delete the chunk
+        files nothing references (then fsync their shards), and drop the entries.
+
+        Never raises: on failure the entries stay journalled and a later step retries.
+
+        Returns:
+            (entries handled, chunk files deleted).
+        """
+        if self._read_only is not None or self._closed:
+            return (0, 0)
+        try:
+            batch = await self._meta.read(lambda t: t.pending(self._gc_batch + len(self._pins)))
+            candidates = [d for d in batch if not self._pins.pinned(d)][: self._gc_batch]
+            if not candidates:
+                return (0, 0)
+            async with self._chunk_locks.hold(candidates):
+                candidates = [d for d in candidates if not self._pins.pinned(d)]
+                refs = await self._meta.read(lambda t: [t.refs(d) for d in candidates])
+                dead = [d for d, r in zip(candidates, refs, strict=True) if r == 0]
+                if dead:
+                    await self._objects.delete(dead)
+                await self._meta.write(lambda t: t.remove_pending(candidates))
+            return (len(candidates), len(dead))
+        except (StoreError, TimeoutError_) as exc:
+            log.warning("chunk collection failed, will retry: %s", exc)
+            return (0, 0)
+
+    async def collect_garbage(self) -> int:
+        """Collect every unreferenced, unpinned chunk now (normally done in bounded steps
+        after each commit that releases chunks, and on open).
+
+        Returns:
+            The number of chunk files deleted.
+        """
+        total = 0
+        while True:
+            handled, deleted = await self._collect_step()
+            total += deleted
+            if not handled:
+                return total
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        start = time.perf_counter()
+        await trio.to_thread.run_sync(self._open_sync)
+        self._meta.open_reader()
+        temp_removed = await self._in_thread(self._objects.clear_temp_sync)
+        checked = collected = 0
+        while True:
+            handled, deleted = await self._collect_step()
+            checked += handled
+            collected += deleted
+            if not handled:
+                break
+        counters = await self._meta.read(lambda t: t.counters())
+        self.recovery = RecoveryReport(
+            temp_files_removed=temp_removed,
+            pending_checked=checked,
+            chunks_collected=collected,
+            uploads_kept=counters.uploads,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _open_sync(self) -> None:
+        with translating("open data directory"):
+            os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+            fd = os.open(self.data_dir / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                os.close(fd)
+                msg = f"the store at {self.data_dir} is open in another process"
+                raise BusyError(msg) from exc
+            except BaseException:
+                os.close(fd)
+                raise
+            self._lock_fd = fd
+        try:
+            self._objects.init_sync()
+            self._meta.open_sync()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _close(self) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self._collect_step()
+            finally:
+                self._closed = True
+                await trio.to_thread.run_sync(self._meta.close)
+                self._unlock()
+
+    # --- namespace --------------------------------------------------------------------------------
+
+    async def stat(self, path: str) -> FileInfo:
+        """Describe the entry at ``path``.
+
+        Cancellation: not interruptible (a short inline read).
+
+        Raises:
+            InvalidPathError: ``path`` breaks the path rules.
+            NotFoundError: Nothing is there.
+            NotADirectoryError_: A file is on the way.
+        """
+        normal = normalize(path)
+        return await self._meta.read(lambda t: ns.stat(t, normal))
+
+    async def list(
+        self, path: str, *, cursor: str | None = None, limit: int = DEFAULT_LIST_LIMIT
+    ) -> ListPage:
+        """One page of a directory's entries, sorted by name (code point order, which is
+        UTF-8 byte order).
+
+        Args:
+            path: The directory.
+            cursor: The previous page's ``next_cursor`` (entries after that name).
+            limit: At most this many entries (>= 1).
+
+        Cancellation: not interruptible (an inline read).
+
+        Raises:
+            InvalidPathError, NotFoundError: As for :meth:`stat`.
+            NotADirectoryError_: ``path`` is a file.
+            ValueError: ``limit`` < 1 (a caller bug).
+        """
+        if limit < 1:
+            msg = f"limit must be at least 1, got {limit}"
+            raise ValueError(msg)
+        normal = normalize(path)
+        entries, next_cursor = await self._meta.read(
+            lambda t: ns.list_dir(t, normal, cursor, limit)
+        )
+        return ListPage(entries=entries, next_cursor=next_cursor)
+
+    async def mkdir(self, path: str, *, parents: bool = False) -> FileInfo:
+        """Create a directory (and missing parents if ``parents``; then an existing directory
+        is not an error).
+
+        Raises:
+            InvalidPathError: ``path`` breaks the path rules.
+            AlreadyExistsError: Something is there.
+            NotFoundError: The parent is missing (and ``parents`` is false).
+            NotADirectoryError_: A file is on the way.
+            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+        """
+        normal = normalize(path)
+        self._check_writable()
+        mtime_ns = time.time_ns()
+        async with self._path_locks.hold([normal]):
+            return await self._meta.write(
+                lambda t: ns.mkdir(t, normal, parents=parents, mtime_ns=mtime_ns)
+            )
+
+    async def delete(self, path: str, *, recursive: bool = False) -> int:
+        """Delete a file, an empty directory, or (``recursive``) a whole tree, atomically.
+
+        Returns:
+            The number of entries removed.
+
+        Raises:
+            InvalidPathError: ``path`` breaks the path rules, or is the root.
+            NotFoundError: Nothing is there.
+            NotEmptyError: A non-empty directory and not ``recursive``.
+            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+        """
+        normal = normalize(path)
+        self._check_writable()
+        async with self._path_locks.hold([normal]):
+            count, released = await self._meta.write(
+                lambda t: ns.delete(t, normal, recursive=recursive)
+            )
+        await self._after_commit(released)
+        return count
+
+    async def rename(self, src: str, dst: str, *, overwrite: bool = False) -> FileInfo:
+        """Move a file or directory atomically (see ``namespace.rename`` for the rules).
+
+        Raises:
+            InvalidPathError: A path breaks the rules, is the root, or ``dst`` is inside
+                ``src``.
+            NotFoundError: ``src`` or ``dst``'s parent is missing.
+            AlreadyExistsError: ``dst`` exists and not ``overwrite``.
+            IsADirectoryError_: ``dst`` is a directory.
+            NotADirectoryError_: A file is on the way, or a directory would replace a file.
+            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+        """
+        normal_src, normal_dst = normalize(src), normalize(dst)
+        self._check_writable()
+        async with self._path_locks.hold([normal_src, normal_dst]):
+            info, released = await self._meta.write(
+                lambda t: ns.rename(t, normal_src, normal_dst, overwrite=overwrite)
+            )
+        await self._after_commit(released)
+        return info
+
+    # --- uploads ---------------------------------------------------------------------------------
+
+    async def begin_upload(
+        self,
+        path: str,
+        *,
+        mode: WriteMode = WriteMode.CREATE,
+        size: int | None = None,
+        upload_id: str | None = None,
+    ) -> Upload:
+        """Start writing a file. The mode's conditions are checked now (fail fast) and again,
+        atomically, at commit.
+
+        Args:
+            path: Where the file will be.
+            mode: CREATE (create or replace), EXCLUSIVE (fail if anything is there) or
+                OVERWRITE (fail if no file is there).
+            size: The total size, if known: checked against the maximum now, and against
+                the data at each write (TooLargeError) and at commit (ConflictError).
+            upload_id: Makes the upload resumable: its progress is recorded chunk by chunk
+                and survives disconnects and restarts (see :meth:`resume_upload`).
+
+        Cancellation: a cancelled call starts nothing.
+
+        Raises:
+            InvalidPathError: ``path`` or ``upload_id`` breaks the rules.
+            TooLargeError: ``size`` exceeds the maximum file size.
+            AlreadyExistsError, NotFoundError, NotADirectoryError_, IsADirectoryError_: The
+                mode's conditions do not hold.
+            ConflictError: An upload with this id exists already.
+            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+        """
+        normal = normalize(path)
+        self._check_writable()
+        if size is not None:
+            if size < 0:
+                msg = f"size must not be negative, got {size}"
+                raise ValueError(msg)
+            if size > self.max_file_size:
+                msg = f"{size} bytes exceeds the maximum file size of {self.max_file_size}"
+                raise TooLargeError(msg)
+        if upload_id is None:
+            await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
+            return Upload(
+                self,
+                path=normal,
+                mode=mode,
+                size=size,
+                upload_id=None,
+                chunk_size=self.chunk_size,
+                recorded=[],
+                hasher=blake3.blake3(),
+            )
+        _check_upload_id(upload_id)
+        if upload_id in self._attached:
+            msg = f"upload {upload_id!r} is in progress on another stream"
+            raise ConflictError(msg)
+        row = UploadRow(
+            id=upload_id,
+            path=normal,
+            mode=mode.value,
+            size=size,
+            chunk_size=self.chunk_size,
+            created_ns=time.time_ns(),
+        )
+
+        def create(t: MetaTxn) -> None:
+            ns.check_write_target(t, normal, mode)
+            if t.upload(upload_id) is not None:
+                msg = f"upload {upload_id!r} exists already (resume it or abort it)"
+                raise ConflictError(msg)
+            t.create_upload(row)
+
+        self._attached[upload_id] = None
+        try:
+            await self._meta.write(create)
+            upload = Upload(
+                self,
+                path=normal,
+                mode=mode,
+                size=size,
+                upload_id=upload_id,
+                chunk_size=self.chunk_size,
+                recorded=[],
+                hasher=blake3.blake3(),
+            )
+        except BaseException:
+            del self._attached[upload_id]
+            raise
+        self._attached[upload_id] = upload
+        return upload
+
+    async def resume_upload(self, upload_id: str, *, offset: int | None = None) -> Upload:
+        """Continue a resumable upload from its committed offset.
+
+        The chunks stored so far are read back and verified to rebuild the content hash
+        (the cost is proportional to the committed offset).
+
+        Args:
+            upload_id: The id given to :meth:`begin_upload`.
+            offset: If given, the offset the client will resume from; it must equal the
+                committed offset.
+
+        Raises:
+            NotFoundError: No such upload.
+            ConflictError: The upload is attached to another stream, or ``offset`` differs
+                from the committed offset.
+            CorruptDataError: A stored chunk fails verification.
+            ReadOnlyError: The store cannot write.
+        """
+        _check_upload_id(upload_id)
+        self._check_writable()
+        if upload_id in self._attached:
+            msg = f"upload {upload_id!r} is in progress on another stream"
+            raise ConflictError(msg)
+
+        def load(t: MetaTxn) -> tuple[UploadRow | None, list[tuple[bytes, int]]]:
+            row = t.upload(upload_id)
+            chunks = t.upload_chunks(upload_id) if row is not None else []
+            # Pinned in the same step as read: protected until the upload lets go.
+            self._pins.pin(d for d, _ in chunks)
+            return row, chunks
+
+        row, chunks = await self._meta.read(load)
+        try:
+            if row is None:
+                msg = f"no upload {upload_id!r}"
+                raise NotFoundError(msg)
+            committed = sum(n for _, n in chunks)
+            if offset is not None and offset != committed:
+                msg = f"upload {upload_id!r} is committed up to {committed}, not {offset}"
+                raise ConflictError(msg)
+            self._attached[upload_id] = None
+            try:
+                hasher = blake3.blake3()
+                for digest, length in chunks:
+                    buf = self._get_buffer(row.chunk_size)
+                    try:
+                        view = memoryview(buf)[:length]
+                        await self._objects.get(digest, view, 0, make_verifier(digest))
+                        await self._in_thread(hasher.update, view)
+                    finally:
+                        self._put_buffer(buf)
+                upload = Upload(
+                    self,
+                    path=row.path,
+                    mode=WriteMode(row.mode),
+                    size=row.size,
+                    upload_id=upload_id,
+                    chunk_size=row.chunk_size,
+                    recorded=chunks,
+                    hasher=hasher,
+                )
+            except BaseException:
+                del self._attached[upload_id]
+                raise
+        finally:
+            self._pins.unpin(d for d, _ in chunks)
+        self._attached[upload_id] = upload
+        return upload
+
+    async def upload_status(self, upload_id: str) -> UploadStatus:
+        """Where a resumable upload stands.
+
+        Raises:
+            InvalidPathError: Malformed id.
+            NotFoundError: No such upload.
+        """
+        _check_upload_id(upload_id)
+
+        def load(t: MetaTxn) -> UploadStatus | None:
+            row = t.upload(upload_id)
+            if row is None:
+                return None
+            offset = sum(n for _, n in t.upload_chunks(upload_id))
+            return UploadStatus(path=row.path, offset=offset, size=row.size)
+
+        status = await self._meta.read(load)
+        if status is None:
+            msg = f"no upload {upload_id!r}"
+            raise NotFoundError(msg)
+        return status
+
+    async def abort_upload(self, upload_id: str) -> None:
+        """Forget a detached resumable upload (and release its chunks).
+
+        Raises:
+            NotFoundError: No such upload.
+            ConflictError: It is attached to a stream (abort it there).
+        """
+        upload = await self.resume_upload(upload_id) if upload_id not in self._attached else None
+        if upload is None:
+            msg = f"upload {upload_id!r} is in progress on another stream"
+            raise ConflictError(msg)
+        await upload.abort()
+
+    async def write_bytes(
+        self, path: str, data: bytes | bytearray | memoryview, *, mode: WriteMode = WriteMode.CREATE
+    ) -> FileInfo:
+        """Write a whole file from memory (a convenience over :meth:`begin_upload`).
+
+        Raises:
+            The errors of :meth:`begin_upload`, :meth:`Upload.write` and :meth:`Upload.commit`.
+        """
+        async with await self.begin_upload(path, mode=mode, size=len(memoryview(data))) as up:
+            await up.write(data)
+            return await up.commit()
+
+    async def ingest_fd(
+        self, path: str, fd: int, size: int, *, mode: WriteMode = WriteMode.CREATE
+    ) -> FileInfo:
+        """Store a client's regular file, given as a descriptor, as the file at ``path``.
+
+        The data is copied in the kernel (``copy_file_range``, falling back to read/write
+        where it cannot, e.g. from a memfd) into temp files and hashed there, so a client that
+        modifies its file meanwhile gets *some* content, never a chunk that does not match its
+        name. The descriptor is not closed and its file position is not moved.
+
+        Cancellation: before the commit, a cancelled ingest has no visible effect.
+
+        Raises:
+            ConflictError: ``fd`` is not a regular file, or its size is not ``size``.
+            TooLargeError: ``size`` exceeds the maximum file size.
+            The mode errors of :meth:`begin_upload`; NoSpaceError, StoreIOError,
+            ReadOnlyError.
+        """
+        normal = normalize(path)
+        self._check_writable()
+        if size < 0:
+            msg = f"size must not be negative, got {size}"
+            raise ValueError(msg)
+        if size > self.max_file_size:
+            msg = f"{size} bytes exceeds the maximum file size of {self.max_file_size}"
+            raise TooLargeError(msg)
+
+        def check() -> os.stat_result:
+            with translating("stat client file"):
+                return self._fs.fstat(fd)
+
+        st = await self._in_thread(check)
+        if not stat_module.S_ISREG(st.st_mode):
+            msg = "the descriptor is not a regular file"
+            raise ConflictError(msg)
+        if st.st_size != size:
+            msg = f"the file has {st.st_size} bytes, not the declared {size}"
+            raise ConflictError(msg)
+        await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
+        hasher = blake3.blake3()
+        chunks: list[tuple[bytes, int]] = []
+        pinned: list[bytes] = []
+        buf = self._get_buffer(self.chunk_size)
+        try:
+            for offset in range(0, size, self.chunk_size):
+                length = min(self.chunk_size, size - offset)
+                staged = await self._objects.stage_from_fd(fd, offset, length, hasher, buf)
+                handled = False
+
+                async def publish(staged: Staged = staged) -> None:
+                    nonlocal handled
+                    handled = True
+                    await self._objects.publish(staged, staged.digest)
+
+                async def discard(staged: Staged = staged) -> None:
+                    nonlocal handled
+                    handled = True
+                    await self._objects.discard(staged)
+
+                try:
+                    self._pins.pin([staged.digest])
+                    pinned.append(staged.digest)
+                    await self._store_chunk(staged.digest, publish, discard)
+                finally:
+                    if not handled:
+                        with trio.CancelScope(shield=True):
+                            await self._objects.discard(staged)
+                chunks.append((staged.digest, length))
+            return await self._commit_file(
+                normal,
+                mode,
+                size=size,
+                content_hash=hasher.digest(),
+                chunk_size=self.chunk_size,
+                chunks=chunks,
+                upload_id=None,
+            )
+        finally:
+            self._put_buffer(buf)
+            self._pins.unpin(pinned)
+            if pinned:
+                with trio.CancelScope(shield=True):
+                    await self._collect_step()
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_read(
+        self, path: str, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[Reader]:
+        """Open a snapshot of a file's range ``[offset, offset + length)`` (clipped to the
+        file's end; ``length=None`` reads to the end; an offset past the end gives an empty
+        range).
+
+        Cancellation: the reader is closed (and its chunks unpinned) on exit, shielded.
+
+        Raises:
+            InvalidPathError, NotFoundError, NotADirectoryError_: As for :meth:`stat`.
+            IsADirectoryError_: ``path`` is a directory.
+            ValueError: Negative offset or length (a caller bug).
+        """
+        _check_range(offset, length)
+        normal = normalize(path)
+
+        def snapshot(t: MetaTxn) -> tuple[FileInfo, list[Span]]:
+            row = ns.resolve(t, normal)
+            if row.kind == KIND_DIR:
+                msg = f"is a directory: {normal}"
+                raise IsADirectoryError_(msg)
+            end = row.size if length is None else min(row.size, offset + length)
+            spans: list[Span] = []
+            chunk_size = row.chunk_size or 1
+            digests = ns.digests(row)
+            if offset < end:
+                first, last = offset // chunk_size, (end - 1) // chunk_size
+                for index in range(first, last + 1):
+                    base = index * chunk_size
+                    chunk_length = min(chunk_size, row.size - base)
+                    spans.append(
+                        Span(
+                            digest=digests[index],
+                            chunk_length=chunk_length,
+                            start=max(offset, base) - base,
+                            end=min(end, base + chunk_length) - base,
+                        )
+                    )
+            # Pinned in the same step as read: the collector cannot take them meanwhile.
+            self._pins.pin(s.digest for s in spans)
+            return ns.to_info(normal, row), spans
+
+        info, spans = await self._meta.read(snapshot)
+        reader = Reader(self, info, offset, spans)
+        try:
+            yield reader
+        finally:
+            try:
+                await reader._close()
+            finally:
+                self._pins.unpin(s.digest for s in spans)
+
+    async def read_bytes(self, path: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        """Read a file's range into memory (see :meth:`open_read`).
+
+        Raises:
+            The errors of :meth:`open_read`; CorruptDataError if a chunk fails verification.
+        """
+        async with self.open_read(path, offset=offset, length=length) as reader:
+            out = bytearray(reader.length)
+            view = memoryview(out)
+            pos = 0
+            async for piece in reader:
+                view[pos : pos + len(piece)] = piece
+                pos += len(piece)
+            return bytes(out)
+
+    # --- figures and checking ------------------------------------------------------------------
+
+    async def status(self) -> StoreStatus:
+        """The store's figures (counters are maintained transactionally: O(1)).
+
+        Raises:
+            StoreIOError: statvfs failed.
+        """
+        counters = await self._meta.read(lambda t: t.counters())
+
+        def free() -> int:
+            with translating("statvfs"):
+                st = self._fs.statvfs(str(self.data_dir))
+                return st.f_bavail * st.f_frsize
+
+        return StoreStatus(
+            files=counters.files,
+            directories=counters.dirs,
+            logical_bytes=counters.logical_bytes,
+            stored_bytes=counters.stored_bytes,
+            chunks=counters.chunk_count,
+            free_bytes=await self._in_thread(free),
+            uploads=counters.uploads,
+            read_only=self.read_only,
+        )
+
+    async def fsck(self) -> FsckReport:
+        """Check the whole store: rehash every chunk file, recount every reference, check the
+        namespace and the figures, and look for missing and orphan chunk files.
+
+        Safe on a live store: findings that concurrent activity could explain (a chunk
+        written or collected during the scan) are rechecked against the current state
+        before being reported. Reports, never repairs.
+
+        Raises:
+            StoreIOError: The metadata could not be read.
+        """
+        scan = await self._meta.read_slow(_scan_metadata)
+        expected: Counter[bytes] = scan.refs
+        stored = scan.chunks
+        refcount_errors = [
+            f"{d.hex()}: recorded {stored.get(d, (0, 0))[1]}, counted {expected.get(d, 0)}"
+            for d in set(expected) | set(stored)
+            if stored.get(d, (0, 0))[1] != expected.get(d, 0)
+        ]
+        on_disk: set[bytes] = set()
+        foreign: list[str] = []
+        for shard in SHARDS:
+            for name in await self._objects.list_shard(shard):
+                try:
+                    digest = bytes.fromhex(name)
+                except ValueError:
+                    digest = b""
+                if len(digest) != 32 or name[:2] != shard:
+                    foreign.append(f"{shard}/{name}")
+                else:
+                    on_disk.add(digest)
+        missing = [d for d in stored if d not in on_disk]
+        orphans = [d for d in on_disk if d not in stored and d not in scan.pending]
+        corrupt: list[bytes] = []
+        checked_bytes = 0
+        todo = [d for d in stored if d in on_disk]
+
+        async def worker() -> None:
+            nonlocal checked_bytes
+            while todo:
+                digest = todo.pop()
+                size = stored[digest][0]
+                buf = self._get_buffer(size)
+                try:
+                    await self._objects.get(
+                        digest, memoryview(buf)[:size], 0, make_verifier(digest)
+                    )
+                    checked_bytes += size
+                except (CorruptDataError, StoreIOError):
+                    corrupt.append(digest)
+                finally:
+                    self._put_buffer(buf)
+
+        to_check = len(todo)
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, int(self._io_limiter.total_tokens))):
+                nursery.start_soon(worker)
+
+        # Recheck findings a concurrent write or collection could explain.
+        if orphans or missing:
+            now = await self._meta.read(
+                lambda t: {d: (t.refs(d), t.is_pending(d)) for d in orphans + missing}
+            )
+            orphans = [d for d in orphans if now[d] == (0, False) and not self._pins.pinned(d)]
+            missing = [d for d in missing if now[d][0] > 0]
+        temp_files = await self._in_thread(self._objects.count_temp_sync)
+        namespace_errors = scan.namespace_errors + [
+            f"foreign file in chunks/: {f}" for f in foreign
+        ]
+        cap = FSCK_REPORT_ITEMS
+        return FsckReport(
+            files=scan.files,
+            directories=scan.dirs,
+            chunks_checked=to_check,
+            bytes_checked=checked_bytes,
+            corrupt=sorted(d.hex() for d in corrupt)[:cap],
+            corrupt_count=len(corrupt),
+            missing=sorted(d.hex() for d in missing)[:cap],
+            missing_count=len(missing),
+            orphans=sorted(d.hex() for d in orphans)[:cap],
+            orphan_count=len(orphans),
+            refcount_errors=sorted(refcount_errors)[:cap],
+            refcount_error_count=len(refcount_errors),
+            namespace_errors=namespace_errors[:cap],
+            pending=len(scan.pending),
+            temp_files=temp_files,
+        )
+
+
+class _Scan:
+    def __init__(self) -> None:
+        self.refs: Counter[bytes] = Counter()
+        self.chunks: dict[bytes, tuple[int, int]] = {}
+        self.pending: set[bytes] = set()
+        self.namespace_errors: list[str] = []
+        self.files = 0
+        self.dirs = 0
+
+
+def _scan_metadata(t: MetaTxn) -> _Scan:
+    """One consistent pass over the metadata (worker thread)."""
+    scan = _Scan()
+    kinds: dict[int, int] = {}
+    parents: list[tuple[int, int, str]] = []
+    logical = 0
+    for row in t.all_entries():
+        kinds[row.id] = row.kind
+        if row.id != 1:
+            parents.append((row.id, row.parent, row.name))
+        if row.kind == KIND_DIR:
+            scan.dirs += 1
+            continue
+        scan.files += 1
+        logical += row.size
+        digests = ns.digests(row)
+        lengths = ns.chunk_lengths(row.size, row.chunk_size or 1)
+        if len(digests) != len(lengths):
+            scan.namespace_errors.append(
+                f"entry {row.id} ({row.name!r}): {len(digests)} chunks for {row.size} bytes"
+            )
+        scan.refs.update(digests)
+    for entry_id, parent, name in parents:
+        if kinds.get(parent) != KIND_DIR:
+            scan.namespace_errors.append(f"entry {entry_id} ({name!r}): parent is not a directory")
+    for digest, _size in t.all_upload_chunks():
+        scan.refs[digest] += 1
+    stored_bytes = 0
+    for digest, size, refs in t.all_chunks():
+        scan.chunks[digest] = (size, refs)
+        stored_bytes += size
+    scan.pending = set(t.all_pending())
+    c = t.counters()
+    actual = (scan.files, scan.dirs, logical, stored_bytes, len(scan.chunks), len(t.upload_ids()))
+    recorded = (c.files, c.dirs, c.logical_bytes, c.stored_bytes, c.chunk_count, c.uploads)
+    if actual != recorded:
+        scan.namespace_errors.append(f"figures: recorded {recorded}, counted {actual}")
+    return scan
+
+
+@asynccontextmanager
+async def open_store(
+    data_dir: Path | str,
+    *,
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    io_threads: int = DEFAULT_IO_THREADS,
+    upload_pipeline: int = DEFAULT_UPLOAD_PIPELINE,
+    read_ahead: int = DEFAULT_READ_AHEAD,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    gc_batch: int = DEFAULT_GC_BATCH,
+    max_idle_buffers: int = DEFAULT_MAX_IDLE_BUFFERS,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    fs: FS | None = None,
+) -> AsyncIterator[Store]:
+    """Open (creating if needed) the store in ``data_dir``, recover from any crash, and close
+    it cleanly on exit.
+
+    Recovery removes temp files of interrupted chunk writes and collects the chunk files
+    journalled as pending (intents of writes that never committed, releases not yet
+    collected); resumable uploads are kept, resumable from their committed offsets. Its cost
+    is proportional to that leftover work, not to the size of the store; see
+    :attr:`Store.recovery`.
+
+    Args:
+        data_dir: The store's directory (created if missing).
+        max_file_size: Largest file accepted.
+        chunk_size: Chunk size for new files (4 KiB .. 64 MiB).
+        io_threads: Worker threads for chunk I/O and hashing.
+        upload_pipeline: Chunks of one upload in flight at once.
+        read_ahead: Chunks a reader prefetches.
+        lock_timeout: Longest lock wait (seconds) before TimeoutError_.
+        gc_batch: Journal entries collected per step.
+        max_idle_buffers: Chunk buffers kept for reuse.
+        close_timeout: Longest wait at close for chunk writes in flight.
+        fs: The file-system interface (tests pass shims).
+
+    Raises:
+        BusyError: Another process has the store open.
+        StoreIOError, CorruptDataError, NoSpaceError: The store cannot be opened.
+        ValueError: A setting is out of range (a configuration bug).
+    """
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        msg = f"chunk_size must be in {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}, got {chunk_size}"
+        raise ValueError(msg)
+    for name, value in (
+        ("max_file_size", max_file_size),
+        ("io_threads", io_threads),
+        ("upload_pipeline", upload_pipeline),
+        ("read_ahead", read_ahead),
+        ("gc_batch", gc_batch),
+    ):
+        if value < 1:
+            msg = f"{name} must be at least 1, got {value}"
+            raise ValueError(msg)
+    store = Store(
+        Path(data_dir),
+        fs=fs if fs is not None else OsFS(),
+        max_file_size=max_file_size,
+        chunk_size=chunk_size,
+        io_threads=io_threads,
+        upload_pipeline=upload_pipeline,
+        read_ahead=read_ahead,
+        lock_timeout=lock_timeout,
+        gc_batch=gc_batch,
+        max_idle_buffers=max_idle_buffers,
+    )
+    try:
+        await store._open()
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            store._closed = True
+            await trio.to_thread.run_sync(store._meta.close)
+            store._unlock()
+        raise
+    single: BaseException | None = None
+    try:
+        try:
+            async with trio.open_nursery() as nursery:
+                store._nursery = nursery
+                try:
+                    yield store
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(close_timeout):
+                        await store._wait_jobs()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The nursery only runs chunk jobs, which never raise: the one exception is the
+            # caller's own, which it should see as it raised it.
+            if len(group.exceptions) != 1:
+                raise
+            single = group.exceptions[0]
+        if single is not None:
+            raise single
+    finally:
+        await store._close()

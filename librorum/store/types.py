@@ -1,0 +1,179 @@
+"""The records the store hands out. All are frozen ``attrs`` classes."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+
+from librorum.protocol.constants import EntryKind
+
+#: At most this many items are listed by kind in an :class:`FsckReport` (the counts are exact).
+FSCK_REPORT_ITEMS: Final = 100
+
+
+@attrs.frozen
+class FileInfo:
+    """A snapshot of one namespace entry.
+
+    Attributes:
+        path: The normalised path.
+        kind: File or directory.
+        size: File size in bytes (0 for a directory).
+        mtime_ns: When the content was last committed (files), or the directory was created;
+            nanoseconds since the epoch. A rename keeps it.
+        version: The store-wide commit sequence number of the last transaction that changed
+            this entry (content, creation or rename). It strictly increases with every change
+            of the entry at a path, even across delete and re-create.
+        content_hash: BLAKE3 (32 bytes) of the file's whole content; ``None`` for directories.
+    """
+
+    path: str
+    kind: EntryKind
+    size: int
+    mtime_ns: int
+    version: int
+    content_hash: bytes | None = None
+
+    @property
+    def name(self) -> str:
+        """The last component of the path (``""`` for the root)."""
+        return self.path.rpartition("/")[2]
+
+
+@attrs.frozen
+class ListPage:
+    """One page of a directory listing, sorted by name.
+
+    Attributes:
+        entries: The entries of this page.
+        next_cursor: Pass as ``cursor`` to get the next page; ``None`` on the last page.
+    """
+
+    entries: list[FileInfo]
+    next_cursor: str | None
+
+
+@attrs.frozen
+class UploadStatus:
+    """Where a resumable upload stands.
+
+    Attributes:
+        path: The path the upload will commit to.
+        offset: Bytes durably stored: resume by sending the data from here.
+        size: The declared total size, if one was given.
+    """
+
+    path: str
+    offset: int
+    size: int | None
+
+
+@attrs.frozen
+class Segment:
+    """A verified, contiguous piece of file content inside a chunk file, for ``os.sendfile``.
+
+    The descriptor belongs to the reader: it stays open until the segment iterator advances
+    or the reader closes, whichever comes first. Do not close it.
+    """
+
+    fd: int
+    offset: int
+    length: int
+
+
+@attrs.frozen
+class StoreStatus:
+    """Store figures (the store's part of NODE_STATUS).
+
+    Attributes:
+        files: Number of files.
+        directories: Number of directories, the root included.
+        logical_bytes: Sum of file sizes.
+        stored_bytes: Bytes of chunk data on disk after deduplication.
+        chunks: Number of distinct stored chunks.
+        free_bytes: Space available to the store on its file system.
+        uploads: Resumable uploads kept (attached or not).
+        read_only: Whether the store refuses writes (after an fsync failure).
+    """
+
+    files: int
+    directories: int
+    logical_bytes: int
+    stored_bytes: int
+    chunks: int
+    free_bytes: int
+    uploads: int
+    read_only: bool
+
+
+@attrs.frozen
+class RecoveryReport:
+    """What opening the store found left over from a crash and cleaned up.
+
+    Attributes:
+        temp_files_removed: Temp files of interrupted chunk writes.
+        pending_checked: Journalled chunk intents and releases examined.
+        chunks_collected: Chunk files deleted (unreferenced).
+        uploads_kept: Resumable uploads kept, resumable from their committed offsets.
+        seconds: Wall time of the recovery.
+    """
+
+    temp_files_removed: int
+    pending_checked: int
+    chunks_collected: int
+    uploads_kept: int
+    seconds: float
+
+
+@attrs.frozen
+class FsckReport:
+    """The result of :meth:`Store.fsck`. Lists hold at most ``FSCK_REPORT_ITEMS`` items each;
+    the ``*_count`` figures are exact.
+
+    Attributes:
+        files: Files checked.
+        directories: Directories checked.
+        chunks_checked: Chunk files rehashed.
+        bytes_checked: Bytes rehashed.
+        corrupt: Hex digests of chunks whose content does not match their name.
+        corrupt_count: Their number.
+        missing: Referenced chunks with no file.
+        missing_count: Their number.
+        orphans: Chunk files that nothing references and no journal entry explains.
+        orphan_count: Their number.
+        refcount_errors: ``"<hex>: recorded N, counted M"`` for each chunk whose stored
+            reference count differs from the references counted.
+        refcount_error_count: Their number.
+        namespace_errors: Descriptions of broken entries (a parent that is not a directory,
+            a file whose size does not match its chunks, wrong figures).
+        pending: Chunks awaiting collection (journalled; not an error).
+        temp_files: Temp files present (chunk writes in progress; not an error).
+    """
+
+    files: int
+    directories: int
+    chunks_checked: int
+    bytes_checked: int
+    corrupt: list[str]
+    corrupt_count: int
+    missing: list[str]
+    missing_count: int
+    orphans: list[str]
+    orphan_count: int
+    refcount_errors: list[str]
+    refcount_error_count: int
+    namespace_errors: list[str]
+    pending: int
+    temp_files: int
+
+    @property
+    def ok(self) -> bool:
+        """No corruption, nothing missing, no orphans, counts and namespace consistent."""
+        return not (
+            self.corrupt_count
+            or self.missing_count
+            or self.orphan_count
+            or self.refcount_error_count
+            or self.namespace_errors
+        )

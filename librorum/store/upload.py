@@ -1,0 +1,389 @@
+"""Uploads: a stream of pieces of any size, cut into chunks, committed atomically at the end.
+
+Pipeline (per upload). ``write`` copies pieces into a chunk-sized buffer on the Trio thread
+(a memoryview copy, ~9 GB/s). A full buffer becomes a *chunk job* run in the store's nursery:
+
+1. hash, in a worker thread: the chunk's BLAKE3 (its name) and the running whole-file BLAKE3
+   (the content hash). Jobs take this step in order (the whole-file hash is sequential);
+2. pin the digest; under the chunk's lock, skip it if the store already holds it (dedup),
+   else journal it as pending and write it durably (temp file, fsync, rename, shard fsync);
+3. resumable uploads only: record it in the metadata, in order; that advances the committed
+   offset.
+
+Up to ``upload_pipeline`` jobs run at once per upload, so hashing, writing and fsyncing of
+consecutive chunks overlap with each other and with receiving (on 2 cores: ~2x a sequential
+loop). Memory per upload is bounded: ``upload_pipeline + 1`` chunk buffers.
+
+Same-file writers: *last commit wins, atomically*. Uploads to one path proceed independently
+and never wait for each other; each commit replaces the file in one metadata transaction
+(under the path's lock), so readers see one complete version or the other. With
+``WriteMode.EXCLUSIVE`` the first commit wins and later ones fail with AlreadyExistsError.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import attrs
+import blake3
+import trio
+
+from librorum.errors import ConflictError, TooLargeError
+from librorum.protocol.constants import WriteMode
+from librorum.store.types import FileInfo
+
+if TYPE_CHECKING:
+    from librorum.store.store import Store
+
+
+def hash_chunk(view: memoryview, hasher: blake3.blake3) -> bytes:
+    """The chunk's digest; also feeds the chunk to the whole-file ``hasher`` (worker thread)."""
+    digest: bytes = blake3.blake3(view).digest()
+    hasher.update(view)
+    return digest
+
+
+@attrs.define(eq=False)
+class ChunkJob:
+    """One chunk on its way to disk."""
+
+    index: int
+    buf: bytearray
+    length: int
+    #: Record the chunk in the upload's metadata once durable (resumable uploads, full chunks).
+    record: bool
+    prev: ChunkJob | None
+    hashed: trio.Event = attrs.field(factory=trio.Event)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    digest: bytes = b""
+    error: Exception | None = None
+
+
+_OPEN = "open"
+_FAILED = "failed"
+_COMMITTED = "committed"
+_ABORTED = "aborted"
+_DETACHED = "detached"
+
+
+class Upload:
+    """An upload in progress. Obtain one from :meth:`Store.begin_upload` or
+    :meth:`Store.resume_upload`; finish it with :meth:`commit`, :meth:`abort` or (resumable
+    uploads) :meth:`detach`. As an ``async with`` block it finishes itself on exit unless
+    committed: a resumable upload is detached (kept, resumable from its committed offset), an
+    anonymous one aborted.
+
+    One task at a time may call ``write``/``commit`` (a second concurrent call raises
+    ConflictError).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        path: str,
+        mode: WriteMode,
+        size: int | None,
+        upload_id: str | None,
+        chunk_size: int,
+        recorded: list[tuple[bytes, int]],
+        hasher: blake3.blake3,
+    ) -> None:
+        self._store = store
+        self.path = path
+        self.mode = mode
+        self.size = size
+        self._upload_id = upload_id
+        self._chunk_size = chunk_size
+        self._chunks: list[tuple[bytes, int]] = list(recorded)
+        self._pinned: list[bytes] = [d for d, _ in recorded]
+        self._hasher = hasher
+        self._offset = sum(n for _, n in recorded)
+        self._committed = self._offset
+        self._buf: bytearray | None = None
+        self._fill = 0
+        self._buffers = 0
+        self._jobs: deque[ChunkJob] = deque()
+        self._last_job: ChunkJob | None = None
+        self._next_index = len(recorded)
+        self._state = _OPEN
+        self._busy = False
+        store._pins.pin(self._pinned)
+
+    # --- properties ---------------------------------------------------------------------------
+
+    @property
+    def upload_id(self) -> str | None:
+        """The resumable upload's id; ``None`` for an anonymous upload."""
+        return self._upload_id
+
+    @property
+    def offset(self) -> int:
+        """Bytes accepted so far (including the resumed prefix)."""
+        return self._offset
+
+    @property
+    def committed_offset(self) -> int:
+        """Bytes durably stored and recorded: where a resume would start (resumable uploads;
+        0 for anonymous ones, which cannot be resumed)."""
+        return self._committed
+
+    @property
+    def state(self) -> str:
+        """``open``, ``failed``, ``committed``, ``aborted`` or ``detached``."""
+        return self._state
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def _enter(self) -> None:
+        if self._state != _OPEN:
+            msg = f"upload to {self.path} is {self._state}"
+            raise ConflictError(msg)
+        if self._busy:
+            msg = f"upload to {self.path} is already being written by another task"
+            raise ConflictError(msg)
+        self._busy = True
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` (any size; copied before this returns, so the caller may reuse
+        its buffer).
+
+        Cancellation: a cancelled write leaves the upload failed (it may have consumed part
+        of ``data``); abort or detach it.
+
+        Raises:
+            TooLargeError: The data would exceed the declared size or the store's maximum file
+                size (nothing of ``data`` is taken; the upload stays usable).
+            ConflictError: The upload is not open, or is busy in another task.
+            NoSpaceError, StoreIOError, ReadOnlyError: Storing a chunk failed (the upload is
+                failed).
+        """
+        self._enter()
+        try:
+            view = memoryview(data)
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+            total = len(view)
+            limit = self._store.max_file_size if self.size is None else self.size
+            if self._offset + total > limit:
+                what = "declared size" if self.size is not None else "maximum file size"
+                msg = f"upload to {self.path} would exceed the {what} of {limit} bytes"
+                raise TooLargeError(msg)
+            await self._write(view)
+        finally:
+            self._busy = False
+
+    async def _write(self, view: memoryview) -> None:
+        try:
+            pos, total, size = 0, len(view), self._chunk_size
+            while pos < total:
+                if self._buf is None:
+                    self._buf = await self._take_buffer()
+                n = min(total - pos, size - self._fill)
+                memoryview(self._buf)[self._fill : self._fill + n] = view[pos : pos + n]
+                self._fill += n
+                self._offset += n
+                pos += n
+                if self._fill == size:
+                    await self._submit(final=False)
+        except BaseException:
+            self._state = _FAILED
+            raise
+
+    async def _take_buffer(self) -> bytearray:
+        while self._buffers > self._store.upload_pipeline and self._jobs:
+            await self._reap()
+        buf = self._store._get_buffer(self._chunk_size)
+        self._buffers += 1
+        return buf
+
+    def _give_buffer(self, buf: bytearray) -> None:
+        self._buffers -= 1
+        self._store._put_buffer(buf)
+
+    async def _submit(self, *, final: bool) -> None:
+        assert self._buf is not None
+        job = ChunkJob(
+            index=self._next_index,
+            buf=self._buf,
+            length=self._fill,
+            record=self._upload_id is not None and not final,
+            prev=self._last_job,
+        )
+        self._next_index += 1
+        self._last_job = job
+        self._buf = None
+        self._fill = 0
+        self._jobs.append(job)
+        self._store._start_job(self._run_job, job)
+        while len(self._jobs) > self._store.upload_pipeline:
+            await self._reap()
+
+    async def _run_job(self, job: ChunkJob) -> None:
+        store = self._store
+        try:
+            if job.prev is not None:
+                await job.prev.hashed.wait()
+                if job.prev.error is not None:
+                    msg = "an earlier chunk of this upload failed"
+                    raise ConflictError(msg)
+            view = memoryview(job.buf)[: job.length]
+            job.digest = await store._in_thread(hash_chunk, view, self._hasher)
+            job.hashed.set()
+            store._pins.pin([job.digest])
+            self._pinned.append(job.digest)
+            await store._store_chunk(job.digest, lambda: store._objects.put(job.digest, view))
+            if job.record:
+                if job.prev is not None:
+                    await job.prev.done.wait()
+                    if job.prev.error is not None:
+                        msg = "an earlier chunk of this upload failed"
+                        raise ConflictError(msg)
+                upload_id = self._upload_id
+                assert upload_id is not None
+                await store._meta.write(
+                    lambda t: t.append_upload_chunk(upload_id, job.index, job.digest, job.length)
+                )
+                self._committed += job.length
+        except Exception as exc:
+            job.error = exc
+        except BaseException:
+            job.error = ConflictError("chunk write interrupted: the store is closing")
+            raise
+        finally:
+            job.hashed.set()
+            job.done.set()
+
+    async def _reap(self) -> None:
+        """Wait for the oldest job; take its result or raise its error (upload failed)."""
+        job = self._jobs[0]
+        await job.done.wait()
+        self._jobs.popleft()
+        self._give_buffer(job.buf)
+        if job.error is not None:
+            self._state = _FAILED
+            raise job.error
+        self._chunks.append((job.digest, job.length))
+
+    async def _drain(self) -> None:
+        """Wait for every job (errors ignored) and return every buffer. Shielded: the jobs
+        own the buffers until their threads finish."""
+        with trio.CancelScope(shield=True):
+            while self._jobs:
+                job = self._jobs.popleft()
+                await job.done.wait()
+                self._give_buffer(job.buf)
+            if self._buf is not None:
+                self._give_buffer(self._buf)
+                self._buf = None
+                self._fill = 0
+
+    def _release(self, state: str) -> None:
+        self._state = state
+        self._store._pins.unpin(self._pinned)
+        self._pinned = []
+        if self._upload_id is not None:
+            self._store._attached.pop(self._upload_id, None)
+
+    # --- finishing ------------------------------------------------------------------------------
+
+    async def commit(self) -> FileInfo:
+        """Make the uploaded data the file's content, atomically (mode rechecked).
+
+        Cancellation: before the metadata commit, a cancelled commit leaves the upload failed
+        and the file unchanged; the commit itself is not interruptible, and once it has
+        happened this returns normally.
+
+        Raises:
+            ConflictError: The data ended short of the declared size (the upload stays open),
+                or the upload is not open.
+            AlreadyExistsError, NotFoundError, NotADirectoryError_, IsADirectoryError_: The
+                mode's conditions no longer hold at commit time (the upload is failed).
+            NoSpaceError, StoreIOError, ReadOnlyError: Storing failed (the upload is failed).
+        """
+        self._enter()
+        try:
+            if self.size is not None and self._offset != self.size:
+                msg = f"upload to {self.path} ended at {self._offset} of {self.size} bytes"
+                raise ConflictError(msg)
+            try:
+                if self._buf is not None:
+                    if self._fill:
+                        await self._submit(final=True)
+                    else:
+                        self._give_buffer(self._buf)
+                        self._buf = None
+                while self._jobs:
+                    await self._reap()
+                content_hash: bytes = self._hasher.digest()
+                info = await self._store._commit_file(
+                    self.path,
+                    self.mode,
+                    size=self._offset,
+                    content_hash=content_hash,
+                    chunk_size=self._chunk_size,
+                    chunks=self._chunks,
+                    upload_id=self._upload_id,
+                )
+            except BaseException:
+                self._state = _FAILED
+                raise
+            self._release(_COMMITTED)
+            return info
+        finally:
+            self._busy = False
+
+    async def abort(self) -> None:
+        """Discard the upload: nothing becomes visible, and a resumable upload is forgotten.
+        Idempotent; a no-op after commit.
+
+        Cancellation: shielded (waits for chunk writes in flight, then cleans up).
+
+        Raises:
+            StoreIOError, ReadOnlyError: Forgetting a resumable upload failed; it is then
+                detached instead and can be aborted again later.
+        """
+        if self._state in (_COMMITTED, _ABORTED, _DETACHED):
+            return
+        await self._drain()
+        with trio.CancelScope(shield=True):
+            if self._upload_id is not None:
+                upload_id = self._upload_id
+                try:
+                    self._store._check_writable()
+                    await self._store._meta.write(lambda t: t.delete_upload(upload_id))
+                except BaseException:
+                    self._release(_DETACHED)
+                    raise
+            self._release(_ABORTED)
+            await self._store._collect_step()
+
+    async def detach(self) -> None:
+        """Stop using a resumable upload and keep it: :meth:`Store.resume_upload` continues
+        from :attr:`committed_offset` (data past it is dropped). Aborts an anonymous upload.
+
+        Cancellation: shielded (waits for chunk writes in flight).
+        """
+        if self._upload_id is None:
+            await self.abort()
+            return
+        if self._state in (_COMMITTED, _ABORTED, _DETACHED):
+            return
+        await self._drain()
+        self._release(_DETACHED)
+        with trio.CancelScope(shield=True):
+            await self._store._collect_step()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state in (_OPEN, _FAILED):
+            await self.detach()
