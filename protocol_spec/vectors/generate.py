@@ -1069,6 +1069,33 @@ def _malformed() -> list[dict[str, Any]]:
         {"info": {k: v for k, v in info.items() if k != "version"}},
     )
     bad(
+        "repeated-key",
+        "repeated-key",
+        "STAT whose map holds 'path' twice: receivers must not pick one.",
+        stat,
+        b"\x82\xa4path\xa2/a\xa4path\xa2/b",
+    )
+    bad(
+        "repeated-key-same-value",
+        "repeated-key",
+        "A key repeated with the same value is malformed too.",
+        stat,
+        b"\x82\xa4path\xa2/a\xa4path\xa2/a",
+    )
+    entries = [("path", "/a"), ("kind", "file"), ("size", 1), ("mtime_ns", 0), ("version", 1)]
+    entries.append(("size", 2))
+    nested = b"\x81" + _mp("info") + bytes([0x80 | len(entries)])
+    nested += b"".join(_mp(k) + _mp(v) for k, v in entries)
+    add(
+        "repeated-key-nested",
+        "repeated-key",
+        "STAT reply whose FileInfo holds 'size' twice.",
+        _frame(stat, nested, Flags.REPLY | Flags.END, 1),
+        "MalformedPayloadError",
+        ErrorCode.MALFORMED_PAYLOAD,
+        "payload",
+    )
+    bad(
         "unknown-field",
         "unknown-field",
         "STAT with an extra key 'follow'.",
