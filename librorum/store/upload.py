@@ -193,8 +193,6 @@ class Upload:
             raise
 
     async def _take_buffer(self) -> bytearray:
-        while self._buffers > self._store.upload_pipeline and self._jobs:
-            await self._reap()
         buf = self._store._get_buffer(self._chunk_size)
         self._buffers += 1
         return buf
@@ -212,14 +210,20 @@ class Upload:
             record=self._upload_id is not None and not final,
             prev=self._last_job,
         )
-        self._next_index += 1
-        self._last_job = job
         self._buf = None
         self._fill = 0
+        # At most upload_pipeline jobs in flight, the new one included (with 1, chunk jobs run
+        # strictly one after the other: the file-system operations come in a fixed order).
+        try:
+            while len(self._jobs) >= self._store.upload_pipeline:
+                await self._reap()
+        except BaseException:
+            self._give_buffer(job.buf)
+            raise
+        self._next_index += 1
+        self._last_job = job
         self._jobs.append(job)
         self._store._start_job(self._run_job, job)
-        while len(self._jobs) > self._store.upload_pipeline:
-            await self._reap()
 
     async def _run_job(self, job: ChunkJob) -> None:
         store = self._store
