@@ -18,7 +18,7 @@ from librorum.errors import (
     error_class as error_class,
 )
 
-#: The four ASCII bytes every frame starts with (spec section 2, "Header").
+#: The four ASCII bytes every frame starts with (spec 3.1).
 MAGIC: Final = b"LBRU"
 #: Size of the fixed frame header in bytes: magic(4) version(1) command(1) flags(2)
 #: payload_size(4) session_id(8), big-endian, no padding.
@@ -32,7 +32,7 @@ SUPPORTED_VERSIONS: Final = (1,)
 #: in the header, so that any two implementations can at least negotiate (spec 4.2).
 HANDSHAKE_VERSION: Final = 1
 
-#: session_id 0 addresses the connection itself, never a request (spec 3.1).
+#: session_id 0 addresses the connection itself, never a request (spec 3.3).
 CONNECTION_SESSION: Final = 0
 MAX_SESSION_ID: Final = 2**64 - 1
 MAX_PAYLOAD_SIZE_FIELD: Final = 2**32 - 1
@@ -81,7 +81,7 @@ class Flags(enum.IntFlag):
     #: The frame travels from the server to the client (a reply, DATA of a READ, ...).
     REPLY = 0x0002
     #: One file descriptor rides with this frame as SCM_RIGHTS ancillary data (Unix sockets
-    #: only, and only when the FD_PASSING feature was negotiated; spec 8).
+    #: only, and only when FD_PASSING or MEMFD was negotiated; spec 8).
     FD = 0x0004
 
 
@@ -100,7 +100,7 @@ class Feature(enum.IntFlag):
 
 
 class WriteMode(enum.Enum):
-    """What WRITE does when the target exists or not (spec 5.8)."""
+    """What WRITE does when the target exists or not (spec 5.9)."""
 
     #: Create the file if absent, replace it if present (open with O_CREAT|O_TRUNC).
     CREATE = "create"
@@ -147,7 +147,8 @@ DEFAULT_MAX_STREAMS: Final = 128
 DEFAULT_MAX_UPLOADS: Final = 4
 #: Bytes of DATA a sender may send on a new stream before the receiver grants more (spec 6.2).
 DEFAULT_INITIAL_WINDOW: Final = 4 << 20
-#: Largest window a receiver may grant on one stream: bounds what it must buffer.
+#: Largest increment one WINDOW frame may grant; receivers SHOULD keep at most this much
+#: granted and unconsumed on a stream, which bounds what they buffer (spec 6.2).
 MAX_WINDOW: Final = 64 << 20
 #: Largest file a WRITE may create.
 DEFAULT_MAX_FILE_SIZE: Final = 1 << 30

@@ -58,6 +58,20 @@ def _u32(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
         raise ValueError(msg)
 
 
+def _version(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= 255:
+        msg = f"{attribute.name} must be a protocol version in 1..255, got {value}"
+        raise ValueError(msg)
+
+
+def _u64_values(
+    _inst: object, attribute: attrs.Attribute[dict[str, int]], value: dict[str, int]
+) -> None:
+    if not all(0 <= v <= _U64_MAX for v in value.values()):
+        msg = f"{attribute.name} values must be in 0..2**64-1"
+        raise ValueError(msg)
+
+
 def _versions(
     _inst: object, _attribute: attrs.Attribute[tuple[int, ...]], value: tuple[int, ...]
 ) -> None:
@@ -161,7 +175,7 @@ class Hello:
 class HelloReply:
     """Server → client answer to HELLO: the negotiated connection parameters (spec 4.2)."""
 
-    version: int = attrs.field(validator=_u32)
+    version: int = attrs.field(validator=_version)
     #: Largest payload either side may send from now on: min(client's, server's).
     max_payload: int = attrs.field(validator=_u32)
     #: Bytes of DATA the client may send on a WRITE stream before the server grants more.
@@ -179,7 +193,7 @@ class HelloReply:
 
 @attrs.frozen
 class Ping:
-    """Liveness and latency probe; any session (spec 5.12)."""
+    """Liveness and latency probe: a request on its own session (spec 5.12)."""
 
     data: bytes = attrs.field(default=b"", validator=_ping_data)
 
@@ -316,7 +330,7 @@ class NodeStatusReply:
     node_id: str
     uptime_ms: int = attrs.field(validator=_u64)
     #: Open connections per transport name ("uds", "websocket").
-    connections: dict[str, int]
+    connections: dict[str, int] = attrs.field(validator=_u64_values)
     requests: int = attrs.field(validator=_u64)
     bytes_in: int = attrs.field(validator=_u64)
     bytes_out: int = attrs.field(validator=_u64)

@@ -52,10 +52,12 @@ from librorum.protocol.constants import (
     MAX_CONTROL_PAYLOAD,
     MAX_PAYLOAD_SIZE_FIELD,
     MAX_SESSION_ID,
+    MAX_TEXT_BYTES,
     MIN_MAX_PAYLOAD,
     SUPPORTED_VERSIONS,
     Command,
     ErrorClass,
+    ErrorCode,
     Feature,
     Flags,
     error_class,
@@ -320,8 +322,11 @@ class _Session:
         return None
 
     def _fail(self, exc: LibrorumError) -> ConnectionEnded:
-        """A connection error: queue ERROR on session 0 for the peer and close."""
-        self._queue_message(ErrorMessage(exc.wire_code, _text(exc)), self._error_flags(), 0)
+        """A connection error: queue ERROR on session 0 for the peer and close. The frame
+        carries a connection-class code (spec 7.1): a request-class cause, such as a
+        malformed WINDOW payload, travels as PROTOCOL_ERROR."""
+        code = exc.wire_code if is_connection_error(exc.wire_code) else ErrorCode.PROTOCOL_ERROR
+        self._queue_message(ErrorMessage(code, _text(exc)), self._error_flags(), 0)
         self.state = State.CLOSED
         self.error = exc
         return ConnectionEnded(exc)
@@ -357,6 +362,9 @@ class _Session:
         self.state = State.OPEN
 
     def _window_update(self, session_id: int, payload: Payload, flags: int) -> Event | None:
+        if flags & _END:
+            msg = "WINDOW never carries END"
+            raise BadFlagsError(msg)
         increment = self._decode(Command.WINDOW, flags, payload)
         assert isinstance(increment, WindowUpdate)
         stream = self._streams.get(session_id)
@@ -414,8 +422,12 @@ class _Session:
 
 
 def _text(exc: BaseException) -> str:
+    """An error message within MAX_TEXT_BYTES of UTF-8 (spec 9.1), cut on a character."""
     text = str(exc)
-    return text if len(text) <= 1000 else text[:997] + "..."
+    data = text.encode()
+    if len(data) <= MAX_TEXT_BYTES:
+        return text
+    return data[: MAX_TEXT_BYTES - 3].decode(errors="ignore") + "..."
 
 
 # --- Server ------------------------------------------------------------------------------------
@@ -525,6 +537,9 @@ class ServerSession(_Session):
         if fd and not end:
             msg = "a WRITE carrying an fd must also carry END"
             raise BadFlagsError(msg)
+        if not end and command is not Command.WRITE:
+            msg = f"{command.name} is a one-frame request and must carry END"
+            raise BadFlagsError(msg)
         try:
             message = self._decode(command, flags, payload)
         except MalformedPayloadError as exc:
@@ -619,7 +634,7 @@ class ServerSession(_Session):
         """Start draining: queue GOAWAY; new requests are refused with UNAVAILABLE; the
         connection is ``closed`` once the last request in flight completes."""
         if self.state is State.OPEN:
-            self._queue_message(GoAway(reason, grace_ms), _REPLY_END, CONNECTION_SESSION)
+            self._queue_message(GoAway(reason, grace_ms), _REPLY, CONNECTION_SESSION)
             self.state = State.CLOSED if not self._streams else State.DRAINING
 
     def _stream(self, session_id: int) -> _Stream:
@@ -645,6 +660,7 @@ class ClientSession(_Session):
         self._next_id = 1
         self.server: HelloReply | None = None
         self.read_window = DEFAULT_INITIAL_WINDOW
+        self._offered_max_payload = DEFAULT_MAX_PAYLOAD
         #: Set when the server sent GOAWAY.
         self.goaway_received: GoAway | None = None
 
@@ -658,6 +674,7 @@ class ClientSession(_Session):
     ) -> None:
         """Queue the HELLO that opens the connection."""
         self.read_window = initial_window
+        self._offered_max_payload = max_payload
         hello = Hello(SUPPORTED_VERSIONS, max_payload, initial_window, features, client)
         self._queue_message(hello, _END, CONNECTION_SESSION)
 
@@ -756,6 +773,11 @@ class ClientSession(_Session):
             report = self._decode(command, flags, payload)
             assert isinstance(report, ErrorMessage)
             self._streams.pop(session_id)
+            if is_connection_error(report.code):
+                # Spec 7.3: a connection-class code ends the connection wherever it comes.
+                self.state = State.CLOSED
+                self.error = _remote_error(report)
+                return ConnectionEnded(self.error)
             return ErrorReceived(session_id, _remote_error(report))
         if command is not stream.command:
             msg = f"{command.name} reply on session {session_id}, a {stream.command.name}"
@@ -774,7 +796,10 @@ class ClientSession(_Session):
         if command is Command.HELLO and self.state is State.HANDSHAKE and flags & _REPLY:
             reply = self._decode(command, flags, payload)
             assert isinstance(reply, HelloReply)
-            if reply.version not in SUPPORTED_VERSIONS or reply.max_payload < MIN_MAX_PAYLOAD:
+            if (
+                reply.version not in SUPPORTED_VERSIONS
+                or not MIN_MAX_PAYLOAD <= reply.max_payload <= self._offered_max_payload
+            ):
                 msg = f"server chose version {reply.version} / max_payload {reply.max_payload}"
                 raise RemoteProtocolError(msg)
             self.server = reply
@@ -788,7 +813,7 @@ class ClientSession(_Session):
             error = _remote_error(report)
             self.error = error
             return ConnectionEnded(error)
-        if command is Command.GOAWAY and self.state is State.OPEN:
+        if command is Command.GOAWAY and self.state is State.OPEN and flags == _REPLY:
             goaway = self._decode(command, flags, payload)
             assert isinstance(goaway, GoAway)
             self.goaway_received = goaway

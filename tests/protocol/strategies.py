@@ -37,6 +37,8 @@ _BY_VALIDATOR: dict[str, st.SearchStrategy[object]] = {
     "_list_limit": st.integers(1, 1000),
     "_session": st.integers(1, MAX_SESSION_ID),
     "_error_code": st.integers(0, 0xFFFF),
+    "_version": st.integers(1, 255),
+    "_u64_values": st.dictionaries(st.text(max_size=10), U64, max_size=4),
 }
 
 ALL_MESSAGE_TYPES: tuple[type[Message], ...] = tuple(

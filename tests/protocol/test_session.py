@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from librorum.errors import (
+    BadFlagsError,
     FlowControlError,
     LocalProtocolError,
     MalformedPayloadError,
@@ -15,7 +16,14 @@ from librorum.errors import (
     UnavailableError,
     UnsupportedVersionError,
 )
-from librorum.protocol.constants import Command, EntryKind, Feature, Flags
+from librorum.protocol.constants import (
+    MAX_TEXT_BYTES,
+    Command,
+    EntryKind,
+    ErrorCode,
+    Feature,
+    Flags,
+)
 from librorum.protocol.converter import command_of, encode_message
 from librorum.protocol.framing import encode_frame
 from librorum.protocol.messages import (
@@ -27,9 +35,11 @@ from librorum.protocol.messages import (
     FileWrite,
     FileWriteReply,
     Hello,
+    HelloReply,
     Message,
     Ping,
     PingReply,
+    WindowUpdate,
 )
 from librorum.protocol.session import (
     ClientSession,
@@ -267,6 +277,57 @@ def test_goaway_drains_then_closes() -> None:
         client.start_request(Ping())
     server.reply(sid, PingReply())
     assert server.closed
+
+
+@pytest.mark.parametrize(
+    ("command", "message", "flags"),
+    [
+        (Command.STAT, FileStat("/a"), 0),  # a one-frame request without END
+        (Command.READ, FileRead("/a"), 0),
+        (Command.WINDOW, WindowUpdate(5), Flags.END),  # WINDOW never ends anything
+    ],
+)
+def test_end_flag_rules(command: Command, message: Message, flags: int) -> None:
+    _client, server = connected()
+    server.receive_data(encode_frame(command, encode_message(message), session_id=3, flags=flags))
+    [event] = server.events()
+    assert isinstance(event, ConnectionEnded)
+    assert isinstance(event.error, BadFlagsError)
+
+
+def test_connection_errors_always_carry_a_connection_class_code() -> None:
+    client, server = connected()
+    # A malformed WINDOW payload is a request-class problem, but on no request: the
+    # connection ends, and the ERROR on session 0 says PROTOCOL_ERROR (spec 7.1).
+    server.receive_data(encode_frame(Command.WINDOW, b"\x80", session_id=3))
+    [event] = server.events()
+    assert isinstance(event, ConnectionEnded)
+    [ended] = pump(server, client)
+    assert isinstance(ended, ConnectionEnded)
+    assert ended.error is not None
+    assert ended.error.wire_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_long_error_text_is_capped_in_utf8_bytes() -> None:
+    client, server = connected()
+    sid = client.start_request(Ping())
+    pump(client, server)
+    server.send_error(sid, NotFoundError("é" * 5000))
+    [event] = pump(server, client)
+    assert isinstance(event, ErrorReceived)
+    assert len(str(event.exception).encode()) <= MAX_TEXT_BYTES
+
+
+def test_client_rejects_a_reply_raising_max_payload() -> None:
+    client = ClientSession()
+    client.hello(max_payload=128 << 10)
+    client.frames_to_send()
+    reply = HelloReply(1, 1 << 20, 1, 1, 1, 1)
+    client.receive_data(
+        encode_frame(Command.HELLO, encode_message(reply), flags=Flags.REPLY | Flags.END)
+    )
+    [event] = client.events()
+    assert isinstance(event, ConnectionEnded)
 
 
 def test_fd_flag_only_with_negotiated_write() -> None:
