@@ -1,0 +1,246 @@
+"""What the async and the sync client share: limits, the per-request state fed by events,
+event routing, error copies and the reconnect schedule.
+
+Nothing here does I/O or knows about trio: both clients drive the same sans-I/O
+:class:`~librorum.protocol.session.ClientSession` and route its events through
+:func:`route_event` into :class:`RequestState` objects, one per session in flight.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Final, TypeAlias, TypeVar
+
+from librorum.errors import (
+    ConnectionClosed,
+    LibrorumError,
+    RemoteProtocolError,
+)
+from librorum.protocol.constants import DEFAULT_INITIAL_WINDOW, Command
+from librorum.protocol.framing import Payload
+from librorum.protocol.messages import Message
+from librorum.protocol.session import (
+    ConnectionEnded,
+    DataReceived,
+    ErrorReceived,
+    Event,
+    GoAwayReceived,
+    ReplyReceived,
+    WindowGranted,
+)
+
+# --- Limits: every one is a keyword argument of the clients with these defaults. ---------------
+
+#: Seconds a request waits for the server to make progress (a reply, a window grant, the next
+#: chunk of a read) before it gives up with ConnectionTimeoutError. Also bounds each send.
+DEFAULT_TIMEOUT: Final = 30.0
+#: Seconds to open a connection and complete the HELLO exchange.
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
+#: Reconnect backoff: the first retry is immediate, then this delay doubling up to the maximum.
+RECONNECT_INITIAL_DELAY: Final = 0.05
+RECONNECT_MAX_DELAY: Final = 2.0
+#: Connection attempts per reconnect, and the total time they may take.
+RECONNECT_ATTEMPTS: Final = 8
+RECONNECT_DEADLINE: Final = 15.0
+#: Times an interrupted resumable upload is resumed before the error is raised.
+DEFAULT_RESUME_ATTEMPTS: Final = 5
+#: Bytes of DATA the server may send on one READ before the client grants more; the client
+#: grants credit back once half of it is consumed, so the pipe stays full.
+DEFAULT_READ_WINDOW: Final = DEFAULT_INITIAL_WINDOW
+#: Bytes per receive call and the size of the reused receive buffer.
+RECEIVE_SIZE: Final = 1 << 20
+#: SO_SNDBUF / SO_RCVBUF of Unix sockets: 1 MiB frames need room for a few in flight.
+SOCKET_BUFFER_SIZE: Final = 4 << 20
+#: Small DATA payloads are merged into one buffer while queued, so that the queue of a READ
+#: holds at most about window / COALESCE_BELOW items however small the server's frames are.
+COALESCE_BELOW: Final = 64 << 10
+#: Environment variables that choose the endpoint when the caller does not.
+ENV_SOCKET: Final = "LIBRORUM_SOCKET"
+ENV_URL: Final = "LIBRORUM_URL"
+ENV_TOKEN_FILE: Final = "LIBRORUM_TOKEN_FILE"
+
+#: ``progress(done_bytes, total_bytes_or_None)``, called after each chunk; an exception it
+#: raises abandons the request (which is then cancelled on the server).
+ProgressCallback: TypeAlias = Callable[[int, "int | None"], object]
+#: A chunk handed to a reader: a buffer the caller owns.
+Chunk: TypeAlias = bytes | bytearray
+
+M = TypeVar("M", bound=Message)
+S = TypeVar("S", bound="RequestState")
+
+
+def backoff_delays(
+    *,
+    attempts: int = RECONNECT_ATTEMPTS,
+    initial: float = RECONNECT_INITIAL_DELAY,
+    maximum: float = RECONNECT_MAX_DELAY,
+) -> Iterator[float]:
+    """Delays before each connection attempt: 0 first, then ``initial`` doubling up to
+    ``maximum``; ``attempts`` values in all."""
+    delay = initial
+    for attempt in range(attempts):
+        if attempt == 0:
+            yield 0.0
+            continue
+        yield delay
+        delay = min(delay * 2, maximum)
+
+
+def copy_error(exc: LibrorumError) -> LibrorumError:
+    """A fresh instance of ``exc`` for one waiter, chained to the original: one exception
+    object raised in several tasks would collect all their tracebacks."""
+    new = type(exc)(exc.message, wire_code=exc.wire_code)
+    new.__cause__ = exc
+    return new
+
+
+def lost(exc: LibrorumError, command: Command, endpoint: str) -> LibrorumError:
+    """The error a request in flight gets when its connection ends with ``exc``."""
+    if isinstance(exc, ConnectionClosed):
+        msg = (
+            f"connection to {endpoint} lost before the {command.name} reply arrived; "
+            f"its outcome is unknown ({exc.message})"
+        )
+        new = ConnectionClosed(msg)
+        new.__cause__ = exc
+        return new
+    return copy_error(exc)
+
+
+def expect(message: Message | None, cls: type[M]) -> M:
+    """Narrow a reply to the class its request expects.
+
+    Raises:
+        RemoteProtocolError: the reply is missing or of another class (a server bug: the
+            session already checked that the command matches).
+    """
+    if not isinstance(message, cls):
+        msg = f"expected a {cls.__name__} reply, got {type(message).__name__}"
+        raise RemoteProtocolError(msg)
+    return message
+
+
+class RequestState:
+    """What one request in flight has received so far. The reader feeds it; the request's
+    owner consumes it. Pure state: the async client adds a wake-up on top (:meth:`changed`).
+
+    Memory is bounded: DATA queued here never exceeds the READ window the client granted
+    (the session ends the connection with FLOW_CONTROL otherwise), and small payloads are
+    merged (:data:`COALESCE_BELOW`) so the number of queued items is bounded too.
+    """
+
+    __slots__ = (
+        "_tail",
+        "buffered",
+        "chunks",
+        "command",
+        "data_ended",
+        "error",
+        "finished",
+        "reply",
+        "session_id",
+    )
+
+    def __init__(self, session_id: int, command: Command) -> None:
+        self.session_id = session_id
+        self.command = command
+        #: The first (READ) or only reply.
+        self.reply: Message | None = None
+        #: Set when the request ended with an error (ERROR frame or lost connection).
+        self.error: LibrorumError | None = None
+        #: No more frames will arrive for this request.
+        self.finished = False
+        #: The last DATA (or a READ reply with END) arrived.
+        self.data_ended = False
+        self.chunks: deque[Chunk] = deque()
+        #: Bytes in ``chunks``.
+        self.buffered = 0
+        # A bytearray at the end of ``chunks`` that small payloads are appended to.
+        self._tail: bytearray | None = None
+
+    def changed(self) -> None:
+        """Hook: something arrived. The async client wakes the owner here."""
+
+    def on_reply(self, message: Message, end: bool) -> None:
+        self.reply = message
+        if end:
+            self.finished = True
+            self.data_ended = True
+        self.changed()
+
+    def on_data(self, data: Payload, end: bool) -> None:
+        size = len(data)
+        if size:
+            tail = self._tail
+            if size < COALESCE_BELOW and tail is not None and len(tail) < COALESCE_BELOW:
+                tail += data
+            elif size < COALESCE_BELOW:
+                # Our own buffer, so later small payloads can be appended to it.
+                tail = bytearray(data)
+                self.chunks.append(tail)
+                self._tail = tail
+            else:
+                # Large payloads arrive in a buffer of their own: hand it over, no copy.
+                self.chunks.append(data if not isinstance(data, memoryview) else bytes(data))
+                self._tail = None
+            self.buffered += size
+        if end:
+            self.data_ended = True
+            self.finished = True
+        self.changed()
+
+    def on_error(self, exc: LibrorumError) -> None:
+        if not self.finished:
+            self.error = exc
+            self.finished = True
+        self.changed()
+
+    def take_chunk(self) -> Chunk | None:
+        """The oldest queued chunk, or ``None`` if nothing is queued."""
+        if not self.chunks:
+            return None
+        chunk = self.chunks.popleft()
+        if chunk is self._tail:
+            self._tail = None
+        self.buffered -= len(chunk)
+        return chunk
+
+
+#: What :func:`route_event` tells the driver about the connection.
+GOAWAY: Final = "goaway"
+
+
+def route_event(event: Event, requests: dict[int, S]) -> ConnectionEnded | str | None:
+    """Hand one session event to the request it belongs to.
+
+    Finished requests are removed from ``requests``. Returns the :class:`ConnectionEnded`
+    event when the connection is over, :data:`GOAWAY` when the server started draining,
+    otherwise ``None``. Events for sessions nobody waits for are dropped (the session
+    already discards frames of forgotten sessions; this covers the rest).
+    """
+    if isinstance(event, DataReceived):
+        state = requests.get(event.session_id)
+        if state is not None:
+            state.on_data(event.data, event.end)
+            if event.end:
+                del requests[event.session_id]
+    elif isinstance(event, ReplyReceived):
+        state = requests.get(event.session_id)
+        if state is not None:
+            state.on_reply(event.message, event.end)
+            if event.end:
+                del requests[event.session_id]
+    elif isinstance(event, WindowGranted):
+        state = requests.get(event.session_id)
+        if state is not None:
+            state.changed()
+    elif isinstance(event, ErrorReceived):
+        state = requests.pop(event.session_id, None)
+        if state is not None:
+            state.on_error(event.exception)
+    elif isinstance(event, ConnectionEnded):
+        return event
+    elif isinstance(event, GoAwayReceived):
+        return GOAWAY
+    return None

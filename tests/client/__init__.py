@@ -1,0 +1,1 @@
+"""Tests of the async and the sync client against an in-process fake server."""
