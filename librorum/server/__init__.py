@@ -1,0 +1,3 @@
+"""The daemon: connection handling and request dispatch over the store."""
+
+from __future__ import annotations

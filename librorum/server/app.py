@@ -1,0 +1,273 @@
+"""The daemon: ``serve(config, *, task_status)`` runs the store and both listeners.
+
+Nesting (hypercorn's): the store outlives the connection handlers, which outlive the listeners.
+Shutdown (SIGINT/SIGTERM, or :meth:`RunningServer.shutdown`): every connection gets GOAWAY and
+drains its requests in flight; after ``grace`` seconds what still runs is cancelled (a commit in
+progress is shielded and completes, nothing partial becomes visible); then the listeners stop
+and the store closes.
+
+    trio.run(librorum.serve)                       # a daemon on the defaults
+    running = await nursery.start(librorum.serve, config)   # embedded; returns once both
+                                                            # listeners accept connections
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import secrets
+import signal
+import ssl
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from librorum import limits
+from librorum.config import Config, load_config
+from librorum.protocol.constants import DEFAULT_MAX_FILE_SIZE, Feature
+from librorum.protocol.session import ServerLimits
+from librorum.server.connection import Connection
+from librorum.store import open_store
+from librorum.transport import (
+    load_or_create_token,
+    serve_uds,
+    serve_websocket,
+    single_instance_lock,
+)
+
+if TYPE_CHECKING:
+    from librorum.store import Store
+    from librorum.transport import FrameTransport
+
+log = logging.getLogger("librorum.server")
+
+
+@attrs.define
+class Stats:
+    """Live figures for NODE_STATUS."""
+
+    connections: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def connection_opened(self, kind: str) -> None:
+        self.connections[kind] += 1
+
+    def connection_closed(self, kind: str) -> None:
+        self.connections[kind] -= 1
+
+
+@attrs.frozen
+class Timeouts:
+    """Server-side deadlines (spec 9; values from the config)."""
+
+    handshake: float = limits.HANDSHAKE_TIMEOUT
+    frame: float = limits.FRAME_TIMEOUT
+    idle_uds: float = limits.IDLE_TIMEOUT_UDS
+    idle_ws: float = limits.IDLE_TIMEOUT_WS
+    close: float = limits.CLOSE_GRACE
+
+    def idle(self, kind: str) -> float:
+        return self.idle_uds if kind == "uds" else self.idle_ws
+
+
+class Server:
+    """What every connection of one daemon shares: the store, limits, figures, and the list
+    of live connections that shutdown drains."""
+
+    def __init__(
+        self, config: Config, store: Store, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.limits = ServerLimits(
+            max_file_size=max_file_size,
+            # Fd passing arrives with the performance work; until then none is offered.
+            features=int(Feature.NONE),
+            server=f"librorum/{_version()}",
+        )
+        self.timeouts = Timeouts(
+            handshake=config.handshake_timeout,
+            idle_uds=config.idle_timeout_uds,
+            idle_ws=config.idle_timeout_ws,
+        )
+        self.grace = config.shutdown_grace
+        self.stats = Stats()
+        self.node_id = secrets.token_hex(8)
+        self.started_at = time.monotonic()
+        self.shutting_down = False
+        self.connections: set[Connection] = set()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.shutdown_requested = trio.Event()
+
+    @property
+    def grace_ms(self) -> int:
+        return int(self.grace * 1000)
+
+    def features_for(self, transport: FrameTransport) -> int:
+        """Feature bits a connection over ``transport`` can use (fd passing: Unix only)."""
+        return self.limits.features if transport.kind == "uds" else 0
+
+    async def handle(self, transport: FrameTransport) -> None:
+        """Serve one connection (the listeners' handler)."""
+        connection = Connection(self, transport)
+        self.connections.add(connection)
+        self._idle = trio.Event()
+        try:
+            if self.shutting_down:
+                connection.goaway()
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+            if not self.connections:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """Shut down gracefully: GOAWAY everywhere, wait up to ``grace`` for requests in flight,
+        cancel the rest, and wait (briefly) for the connections to say goodbye."""
+        self.shutting_down = True
+        for connection in list(self.connections):
+            connection.goaway()
+        with trio.move_on_after(self.grace):
+            await self._idle.wait()
+        for connection in list(self.connections):
+            connection.cancel_requests()
+        with trio.move_on_after(self.timeouts.close):
+            await self._idle.wait()
+
+
+@attrs.frozen
+class RunningServer:
+    """What ``nursery.start(serve, config)`` returns: where the daemon listens, and how to
+    stop it."""
+
+    socket_path: Path
+    #: (host, port) of the WebSocket listener, or ``None`` when remote access is off.
+    websocket: tuple[str, int] | None
+    server: Server = attrs.field(repr=False)
+
+    @property
+    def url(self) -> str | None:
+        if self.websocket is None:
+            return None
+        host, port = self.websocket
+        scheme = "wss" if self.server.config.tls_enabled else "ws"
+        return f"{scheme}://{host}:{port}"
+
+    def shutdown(self) -> None:
+        """Ask the daemon to shut down gracefully; ``serve`` returns when it is done."""
+        self.server.shutdown_requested.set()
+
+
+async def serve(
+    config: Config | None = None,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until SIGINT/SIGTERM or :meth:`RunningServer.shutdown`.
+
+    Args:
+        config: the configuration; ``None`` loads it from the environment and the default
+            config file (:func:`librorum.config.load_config`).
+        handle_signals: shut down gracefully on SIGINT/SIGTERM (only possible in the main
+            thread; an embedding program that handles signals itself passes ``False``).
+        task_status: receives a :class:`RunningServer` once both listeners accept.
+
+    Raises:
+        AlreadyRunningError: another daemon holds the data directory or the socket.
+        ConfigError: the configuration is unusable (e.g. a public address without a token).
+        LibrorumError: the store could not be opened.
+
+    Cancellation: cancelling ``serve`` stops everything at once (no drain); prefer
+    :meth:`RunningServer.shutdown` for a graceful stop.
+    """
+    if config is None:
+        config = load_config()
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with single_instance_lock(config.data_dir):
+        async with (
+            open_store(config.data_dir / "store") as store,
+            trio.open_nursery() as handlers,
+        ):
+            server = Server(config, store)
+            async with trio.open_nursery() as listeners:
+                # Connections run in the outer nursery, so stopping the listeners does not
+                # cut the requests in flight: shutdown drains them first.
+                socket_path = await listeners.start(
+                    functools.partial(
+                        serve_uds,
+                        server.handle,
+                        config.socket_path,
+                        allowed_uids=config.allowed_uids,
+                        max_connections=config.max_connections,
+                        max_per_uid=config.max_connections_per_uid,
+                        handler_nursery=handlers,
+                    )
+                )
+                websocket = None
+                if config.remote_enabled:
+                    token = None
+                    if config.token_file is not None:
+                        token = load_or_create_token(config.token_file)
+                    websocket = await listeners.start(
+                        functools.partial(
+                            serve_websocket,
+                            server.handle,
+                            config.listen_host,
+                            config.listen_port,
+                            token=token,
+                            ssl_context=_server_ssl_context(config),
+                            max_connections=config.max_connections,
+                            max_per_ip=config.max_connections_per_ip,
+                            max_unauthenticated=config.max_unauthenticated,
+                            handshake_timeout=config.handshake_timeout,
+                            handler_nursery=handlers,
+                        )
+                    )
+                running = RunningServer(socket_path, websocket, server)
+                log.info(
+                    "librorum %s serving %s on %s%s",
+                    _version(),
+                    config.data_dir,
+                    socket_path,
+                    f" and {running.url}" if running.url else "",
+                )
+                if handle_signals:
+                    listeners.start_soon(_watch_signals, server)
+                task_status.started(running)
+                await server.shutdown_requested.wait()
+                listeners.cancel_scope.cancel()  # stop accepting
+            log.info("shutting down: draining %d connections", len(server.connections))
+            await server.drain()
+            handlers.cancel_scope.cancel()
+    log.info("stopped")
+
+
+def _server_ssl_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+async def _watch_signals(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s received", signal.Signals(signum).name)
+            server.shutdown_requested.set()
+            return
+
+
+def _version() -> str:
+    from librorum import __version__
+
+    return __version__

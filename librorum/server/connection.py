@@ -1,0 +1,423 @@
+"""One client connection: the Trio driver between a transport and a ``ServerSession``.
+
+Shape (h11's trio example, hypercorn's handler): the connection task reads and feeds the
+sans-I/O session; each request runs in its own task (so replies go out in whatever order they
+finish); one writer task sends everything the session queued, as one batch per wake-up, which
+coalesces the small replies of many requests into one write.
+
+Cancellation and outcomes (spec 5.14): every request task has its own cancel scope. A store
+mutation that has begun is shielded until it has committed or failed, so a CANCEL or a
+disconnect never leaves an outcome unknown to the server: the request's final frame says
+what happened and the CANCEL reply repeats it (NOT_STARTED, ABORTED, COMMITTED, UNKNOWN).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+
+from librorum.errors import (
+    CancelledError,
+    ConnectionClosed,
+    ConnectionTimeoutError,
+    InternalError,
+    LibrorumError,
+    RemoteProtocolError,
+    UnavailableError,
+)
+from librorum.protocol.constants import CancelOutcome, Command
+from librorum.protocol.messages import (
+    Cancel,
+    CancelReply,
+    FileRead,
+    FileReadReply,
+    FileWrite,
+    FileWriteReply,
+    Message,
+)
+from librorum.protocol.session import (
+    ConnectionEnded,
+    DataReceived,
+    Event,
+    HelloReceived,
+    RequestReceived,
+    ServerSession,
+    WindowGranted,
+)
+from librorum.server import dispatch
+
+if TYPE_CHECKING:
+    from librorum.server.app import Server
+    from librorum.transport import FrameTransport
+
+log = logging.getLogger("librorum.server")
+
+#: Frames the session may hold unsent before a READ producer waits for the writer: bounds a
+#: connection's output buffer (with 1 MiB frames, a few MiB) when the client reads slowly.
+MAX_QUEUED_FRAMES: Final = 4
+#: DATA frames buffered between the reader and an upload task. The window bounds the bytes;
+#: this bounds the count, so a client sending tiny frames cannot queue millions of them.
+UPLOAD_QUEUE_FRAMES: Final = 256
+
+
+@attrs.define(eq=False)
+class RequestState:
+    """What the connection knows about one request in flight."""
+
+    session_id: int
+    command: Command
+    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    #: The request reached the store (a cancel now aborts rather than prevents it).
+    started: bool = False
+    #: The request's normal final reply, once its effect is committed; sent even if the
+    #: task is cancelled afterwards.
+    reply: Message | None = None
+    #: For READ: woken when the client grants credit.
+    window: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    #: For WRITE: DATA from the reader to the upload task.
+    data_in: trio.MemorySendChannel[bytes | bytearray | memoryview] | None = None
+    #: For WRITE: the client sent its last DATA (END).
+    end_received: bool = False
+
+
+class Connection:
+    """Serve one client over ``transport`` until it leaves, breaks the protocol, times out,
+    or the server shuts down (GOAWAY, then drain)."""
+
+    def __init__(self, server: Server, transport: FrameTransport) -> None:
+        self.server = server
+        self.transport = transport
+        self.session = ServerSession(server.limits, features=server.features_for(transport))
+        self.requests: dict[int, RequestState] = {}
+        self._doorbell_send, self._doorbell = trio.open_memory_channel[None](1)
+        self._drained = trio.lowlevel.ParkingLot()
+        self._writer_done = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._last_activity = trio.current_time()
+        self._frame_started: float | None = None
+        # Cancelled to stop waiting for the client once the session closed by itself (the
+        # last request of a drained connection finished).
+        self._read_scope: trio.CancelScope | None = None
+
+    # --- Top level -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until the connection ends. Never raises for anything the peer does; a bug in
+        the server is logged with its traceback and ends only this connection."""
+        peer = self.transport.peer
+        log.info("connection from %s", peer)
+        self.server.stats.connection_opened(self.transport.kind)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                try:
+                    await self._read_loop()
+                finally:
+                    # Whatever ended the loop, say goodbye (a queued ERROR, the last replies)
+                    # before the requests still running are cancelled with the connection.
+                    with trio.move_on_after(self.server.timeouts.close) as scope:
+                        scope.shield = True
+                        await self._flush_and_stop_writer()
+                    nursery.cancel_scope.cancel()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("connection from %s failed", peer)
+        finally:
+            self.server.stats.connection_closed(self.transport.kind)
+            with trio.CancelScope(shield=True):
+                await self.transport.aclose()
+            reason = self.session.error
+            log.info("connection from %s closed%s", peer, f": {reason}" if reason else "")
+
+    async def _read_loop(self) -> None:
+        session = self.session
+        framed = self.transport.message_framed
+        while not session.closed:
+            data = await self._receive()
+            if data is None:
+                return
+            before = session.frames_received
+            session.receive_data(data)
+            for event in session.events():
+                await self._dispatch(event)
+            one_frame = session.frames_received - before == 1 and not session.partial_frame
+            if framed and data and not session.closed and not one_frame:
+                msg = "a WebSocket message must hold exactly one LBRU frame"
+                session.fail(RemoteProtocolError(msg))
+            self._wake_writer()
+            if not data:
+                return
+
+    async def _receive(self) -> bytes | bytearray | memoryview | None:
+        """The next bytes, or ``None`` when a deadline passed (an ERROR is then queued)."""
+        session = self.session
+        now = trio.current_time()
+        limits = self.server.timeouts
+        if session.partial_frame:
+            if self._frame_started is None:
+                self._frame_started = now
+            deadline = self._frame_started + limits.frame
+            what = "frame not completed"
+        else:
+            self._frame_started = None
+            if session.state.value == "handshake":
+                deadline = self._last_activity + limits.handshake
+                what = "no HELLO"
+            elif session.in_flight():
+                deadline = math.inf  # requests are running: not idle
+                what = ""
+            else:
+                deadline = self._last_activity + limits.idle(self.transport.kind)
+                what = "idle"
+        with trio.move_on_at(deadline) as scope:
+            self._read_scope = scope
+            data = await self.transport.receive_some()
+            self._last_activity = trio.current_time()
+            self.server.stats.bytes_in += len(data)
+            return data
+        if not session.closed:
+            session.fail(ConnectionTimeoutError(f"{what} within the deadline"))
+        return None
+
+    # --- Events ----------------------------------------------------------------------------
+
+    async def _dispatch(self, event: Event) -> None:
+        session = self.session
+        if isinstance(event, RequestReceived):
+            self.server.stats.requests += 1
+            self._start_request(event)
+        elif isinstance(event, DataReceived):
+            state = self.requests.get(event.session_id)
+            if state is not None and state.data_in is not None:
+                try:
+                    await state.data_in.send(event.data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the upload already ended; the session discards the rest
+                if event.end:
+                    state.end_received = True
+                    state.data_in.close()
+        elif isinstance(event, WindowGranted):
+            state = self.requests.get(event.session_id)
+            if state is not None:
+                state.window.unpark_all()
+        elif isinstance(event, HelloReceived):
+            try:
+                session.accept_hello(event.hello)
+            except LibrorumError:
+                return  # no common version: the ERROR is queued and the session closed
+            if self.server.shutting_down:
+                session.goaway("server is shutting down", self.server.grace_ms)
+        elif isinstance(event, ConnectionEnded) and event.error is not None:
+            log.info("%s: connection error: %s", self.transport.peer, event.error)
+
+    def _start_request(self, event: RequestReceived) -> None:
+        assert self._nursery is not None
+        state = RequestState(event.session_id, event.command)
+        self.requests[event.session_id] = state
+        message = event.message
+        handler: Callable[[], Awaitable[Message | None]]
+        if isinstance(message, FileWrite):
+            send, receive = trio.open_memory_channel[bytes | bytearray | memoryview](
+                UPLOAD_QUEUE_FRAMES
+            )
+            state.data_in = send
+            if event.end:
+                state.end_received = True
+                send.close()
+
+            async def handler() -> Message | None:
+                return await self._upload(state, message, receive)
+
+        elif isinstance(message, FileRead):
+
+            async def handler() -> Message | None:
+                await self._download(state, message)
+                return None
+
+        elif isinstance(message, Cancel):
+
+            async def handler() -> Message | None:
+                return await self._cancel(message)
+
+        else:
+
+            async def handler() -> Message | None:
+                state.started = True
+                return await dispatch.unary(self.server, message)
+
+        self._nursery.start_soon(self._run_request, state, handler)
+
+    async def _run_request(
+        self, state: RequestState, handler: Callable[[], Awaitable[Message | None]]
+    ) -> None:
+        session = self.session
+        sid = state.session_id
+        error: LibrorumError | None = None
+        try:
+            with state.cancel_scope:
+                reply = await handler()
+                if reply is not None:
+                    state.reply = reply
+        except LibrorumError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception(
+                "%s: %s on session %d failed", self.transport.peer, state.command.name, sid
+            )
+            error = InternalError(f"internal error ({type(exc).__name__}); see the server log")
+        finally:
+            del self.requests[sid]
+            if state.reply is not None:
+                session.reply(sid, state.reply)
+            elif error is not None:
+                log.info("%s: %s failed: %s", self.transport.peer, state.command.name, error)
+                session.send_error(sid, error)
+            elif session.is_in_flight(sid):
+                # Cancelled (CANCEL, shutdown deadline or disconnect) before any effect.
+                what = "aborted: no effect" if state.started else "cancelled before it started"
+                session.send_error(sid, CancelledError(what))
+            state.done.set()
+            self._wake_writer()
+            if session.closed and self._read_scope is not None:
+                self._read_scope.cancel()  # a drained connection: stop waiting for the client
+
+    # --- Requests with streams -------------------------------------------------------------
+
+    async def _upload(
+        self,
+        state: RequestState,
+        message: FileWrite,
+        data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
+    ) -> Message:
+        session = self.session
+        sid = state.session_id
+        window = self.server.limits.initial_window
+        async with data, dispatch.open_upload(self.server, message) as upload:
+            state.started = True
+            granted_back = 0
+            async for piece in data:
+                await upload.write(piece)
+                granted_back += len(piece)
+                # Grant in batches (a quarter window), or at once when the queue ran dry so a
+                # client waiting for credit is never left stalled.
+                if granted_back >= window // 4 or data.statistics().current_buffer_used == 0:
+                    session.grant(sid, granted_back)
+                    granted_back = 0
+                    self._wake_writer()
+            if not state.end_received:
+                # The channel closed without END: the connection is going away.
+                msg = "the upload ended without its last DATA frame"
+                raise CancelledError(msg)
+            # Once the commit starts it completes: a cancel arriving now answers COMMITTED.
+            with trio.CancelScope(shield=True):
+                info = await upload.commit()
+                reply = FileWriteReply(dispatch.wire_info(info))
+                state.reply = reply
+        return reply
+
+    async def _download(self, state: RequestState, message: FileRead) -> None:
+        session = self.session
+        sid = state.session_id
+        async with dispatch.open_read(self.server, message) as reader:
+            state.started = True
+            remaining = reader.length
+            reply = FileReadReply(dispatch.wire_info(reader.info), message.offset, remaining)
+            session.reply(sid, reply, end=remaining == 0)
+            self._wake_writer()
+            async for piece in reader:
+                view = memoryview(piece)
+                while view:
+                    allowed = min(session.send_window(sid), session.max_payload)
+                    if allowed == 0:
+                        await state.window.park()
+                        continue
+                    chunk, view = view[:allowed], view[allowed:]
+                    remaining -= len(chunk)
+                    session.send_data(sid, chunk, end=remaining == 0)
+                    self.server.stats.bytes_out += len(chunk)
+                    self._wake_writer()
+                    await self._wait_for_writer()
+            if remaining:
+                msg = f"{remaining} bytes of the file went missing while reading"
+                raise InternalError(msg)
+
+    async def _cancel(self, message: Cancel) -> Message:
+        target = self.requests.get(message.target)
+        if target is None:
+            return CancelReply(CancelOutcome.UNKNOWN)
+        target.cancel_scope.cancel()
+        await target.done.wait()
+        # The target's final frame is already queued: the CANCEL reply goes out after it.
+        if target.reply is not None:
+            return CancelReply(CancelOutcome.COMMITTED)
+        return CancelReply(CancelOutcome.ABORTED if target.started else CancelOutcome.NOT_STARTED)
+
+    # --- Writing -----------------------------------------------------------------------------
+
+    def _wake_writer(self) -> None:
+        try:
+            self._doorbell_send.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # already rung: the writer will take everything queued
+        except trio.ClosedResourceError:
+            pass  # the writer has stopped
+
+    async def _wait_for_writer(self) -> None:
+        """Backpressure for producers of bulk data: wait while the session holds more than
+        a few unsent frames (the transport is slower than the producer)."""
+        while self.session.queued_frames > MAX_QUEUED_FRAMES and not self._writer_done.is_set():
+            await self._drained.park()
+
+    async def _writer(self) -> None:
+        """The one task that writes to the transport (frames are never interleaved)."""
+        try:
+            async for _ in self._doorbell:
+                await self._send_queued()
+        finally:
+            self._writer_done.set()
+            self._drained.unpark_all()
+
+    async def _send_queued(self) -> None:
+        frames = self.session.frames_to_send()
+        if frames:
+            await self.transport.send_frames(frames)
+        self._drained.unpark_all()
+
+    async def _flush_and_stop_writer(self) -> None:
+        """Stop the writer after its current batch, then send what is still queued from this
+        task (the writer may have been cancelled: a closed connection's last frames must not
+        depend on it)."""
+        self._doorbell_send.close()
+        await self._writer_done.wait()
+        try:
+            await self._send_queued()
+        except ConnectionClosed:
+            pass
+
+    # --- Shutdown ------------------------------------------------------------------------------
+
+    def goaway(self) -> None:
+        """Start draining this connection (server shutdown): GOAWAY now, close when the last
+        request in flight has finished."""
+        self.session.goaway("server is shutting down", self.server.grace_ms)
+        self._wake_writer()
+        if self.session.closed and self._read_scope is not None:
+            self._read_scope.cancel()  # nothing in flight: stop reading now
+
+    def cancel_requests(self) -> None:
+        """The shutdown grace expired: cancel what still runs. Each request ends with ERROR
+        CANCELLED (no effect; commits in progress are shielded and complete)."""
+        for state in list(self.requests.values()):
+            state.cancel_scope.cancel()
+        if not self.requests:
+            self.session.fail(UnavailableError("server shut down"))
+            if self._read_scope is not None:
+                self._read_scope.cancel()
