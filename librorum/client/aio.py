@@ -56,6 +56,7 @@ from librorum.client._common import (
     RECEIVE_SIZE,
     RECONNECT_ATTEMPTS,
     RECONNECT_DEADLINE,
+    RECONNECT_INITIAL_DELAY,
     Chunk,
     M,
     ProgressCallback,
@@ -75,6 +76,7 @@ from librorum.client._endpoints import (
 from librorum.client._sources import Source, WriteData, open_source
 from librorum.client._transport import FrameTransport, connect_uds, connect_websocket
 from librorum.errors import (
+    ConflictError,
     ConnectionClosed,
     ConnectionTimeoutError,
     LibrorumError,
@@ -83,6 +85,7 @@ from librorum.errors import (
     ServerError,
     TransportError,
     UnauthorizedError,
+    UnavailableError,
 )
 from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
@@ -189,6 +192,9 @@ class _Request(RequestState):
     async def wait_finished(self, what: str) -> None:
         await self.wait_until(lambda: self.finished, what)
 
+    async def wait_reply(self, what: str) -> None:
+        await self.wait_until(lambda: self.reply is not None, what)
+
     def result(self, cls: type[M]) -> M:
         """The reply, narrowed to ``cls``.
 
@@ -208,6 +214,18 @@ class _Request(RequestState):
         if self.holds_stream:
             self.holds_stream = False
             self.conn.streams.release()
+
+
+def _refused_by_goaway(request: _Request) -> bool:
+    """Whether the server refused ``request`` because it is draining (GOAWAY): such a request
+    had no effect and may be sent again on a new connection (spec 5.15)."""
+    return isinstance(request.error, UnavailableError) and request.conn.draining
+
+
+class _RefusedByGoAway(Exception):  # noqa: N818 - an internal signal, never escapes
+    def __init__(self, error: LibrorumError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 # --- One connection ----------------------------------------------------------------------------
@@ -526,14 +544,18 @@ class ReadStream:
             LibrorumError: the server's error (NotFoundError, IsADirectoryError_, ...),
                 ConnectionClosed, or ConnectionTimeoutError.
         """
-        async with AsyncExitStack() as stack:
-            request = await stack.enter_async_context(self._client._request(self._message))
-            await request.wait_until(lambda: request.reply is not None, "READ reply")
-            reply = request.result(FileReadReply)
-            self.info, self.offset, self.length = reply.info, reply.offset, reply.length
-            self._request = request
-            self._stack = stack.pop_all()
-        return self
+        for attempt in range(1, ROUTE_ATTEMPTS + 1):
+            async with AsyncExitStack() as stack:
+                request = await stack.enter_async_context(self._client._request(self._message))
+                await request.wait_reply("READ reply")
+                if attempt < ROUTE_ATTEMPTS and _refused_by_goaway(request):
+                    continue  # it had no effect: send it again on a new connection
+                reply = request.result(FileReadReply)
+                self.info, self.offset, self.length = reply.info, reply.offset, reply.length
+                self._request = request
+                self._stack = stack.pop_all()
+                return self
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def __aexit__(
         self,
@@ -559,8 +581,9 @@ class ReadStream:
         """The next chunk, or ``b""`` once all ``length`` bytes were returned.
 
         Raises:
-            LibrorumError: the server's error in mid-stream (after the chunks received before
-                it), ConnectionClosed, ConnectionTimeoutError (no data within ``timeout``).
+            LibrorumError: the server's error in mid-stream (e.g. CorruptDataError),
+                ConnectionClosed, ConnectionTimeoutError (no data within ``timeout``). The
+                chunks returned before it are then incomplete and must be discarded.
             RemoteProtocolError: the stream ended short of ``length``.
         """
         request = self._request
@@ -568,10 +591,13 @@ class ReadStream:
             msg = "use the read stream inside `async with`"
             raise RuntimeError(msg)
         await request.wait_until(lambda: bool(request.chunks), "READ data")
+        if request.error is not None:
+            # Spec 5.11: data of a READ that ended in an error must be discarded, so what is
+            # still queued is dropped rather than handed out before the error.
+            request.chunks.clear()
+            raise request.error
         chunk = request.take_chunk()
         if chunk is None:  # finished and drained
-            if request.error is not None:
-                raise request.error
             if self._received != self.length:
                 msg = f"READ announced {self.length} bytes but {self._received} arrived"
                 raise RemoteProtocolError(msg)
@@ -719,14 +745,20 @@ class Client:
         """One attempt at each endpoint in order (``auto``: local first)."""
         failures: list[str] = []
         last: LibrorumError | None = None
+        refused: UnauthorizedError | None = None
         for endpoint in self._endpoints:
             try:
                 return await self._open_connection(endpoint)
-            except UnauthorizedError:
-                raise
+            except UnauthorizedError as exc:
+                # In auto mode a local socket we may not use is no reason not to try the
+                # remote one; if nothing works, the refusal is the error worth reporting.
+                refused = refused or exc
+                failures.append(f"{endpoint}: {exc}")
             except (TransportError, ServerError) as exc:
                 failures.append(f"{endpoint}: {exc}")
                 last = exc
+        if refused is not None:
+            raise refused
         msg = "; ".join(failures)
         raise ConnectionClosed(msg) from last
 
@@ -804,9 +836,13 @@ class Client:
             request.conn.close_request(request)
 
     async def _unary(self, message: Message, reply_type: type[M]) -> M:
-        async with self._request(message) as request:
-            await request.wait_finished(f"{request.command.name} reply")
-            return request.result(reply_type)
+        for attempt in range(1, ROUTE_ATTEMPTS + 1):
+            async with self._request(message) as request:
+                await request.wait_finished(f"{request.command.name} reply")
+                if attempt < ROUTE_ATTEMPTS and _refused_by_goaway(request):
+                    continue  # it had no effect: send it again on a new connection
+                return request.result(reply_type)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     # Namespace ---------------------------------------------------------------------------------
 
@@ -943,20 +979,27 @@ class Client:
         upload_id = secrets.token_urlsafe(16) if resumable else None
         try:
             offset = 0
-            attempt = 0
+            resumes = 0
+            reroutes = 0
             while True:
                 try:
                     return await self._write_once(
                         path, source, mode=mode, upload_id=upload_id, offset=offset,
                         progress=progress,
                     )  # fmt: skip
+                except _RefusedByGoAway as refused:
+                    # Refused before it started (spec 5.15): it had no effect, so the same
+                    # WRITE may go to a new connection if the content can be read again.
+                    reroutes += 1
+                    if not source.seekable or reroutes >= ROUTE_ATTEMPTS:
+                        raise refused.error from None
                 except ConnectionClosed:
-                    attempt += 1
+                    resumes += 1
                     if upload_id is None or not source.seekable:
                         raise
-                    if attempt > self._resume_attempts:
+                    if resumes > self._resume_attempts:
                         raise
-                offset = await self._committed(upload_id)
+                    offset = await self._committed(upload_id)
                 await source.seek(offset)
         finally:
             with trio.CancelScope(shield=True):
@@ -964,11 +1007,19 @@ class Client:
 
     async def _committed(self, upload_id: str) -> int:
         """Where an interrupted upload resumes: the committed offset, or 0 if the server
-        never saw it."""
-        try:
-            return (await self.upload_status(upload_id)).offset
-        except NotFoundError:
-            return 0
+        never saw it. Retries (with backoff) while the server still has the upload in flight
+        on the old stream (CONFLICT), which it may until it notices the disconnect."""
+        delays = backoff_delays()
+        while True:
+            try:
+                return (await self.upload_status(upload_id)).offset
+            except NotFoundError:
+                return 0
+            except ConflictError:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                await trio.sleep(delay or RECONNECT_INITIAL_DELAY)
 
     async def _write_once(
         self,
@@ -991,6 +1042,9 @@ class Client:
             if not no_data:
                 await self._send_content(request, source, offset, total, progress)
             await request.wait_finished("WRITE reply")
+            if _refused_by_goaway(request):
+                assert request.error is not None
+                raise _RefusedByGoAway(request.error)
             return request.result(FileWriteReply).info
 
     async def _send_content(

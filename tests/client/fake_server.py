@@ -25,11 +25,13 @@ from librorum.errors import (
     BadRequestError,
     CancelledError,
     ConflictError,
+    CorruptDataError,
     IsADirectoryError_,
     LibrorumError,
     NotADirectoryError_,
     NotEmptyError,
     NotFoundError,
+    UnavailableError,
 )
 from librorum.protocol.constants import CancelOutcome, Command, EntryKind, WriteMode
 from librorum.protocol.messages import (
@@ -91,6 +93,11 @@ class Behaviour:
     fail_connection_once: LibrorumError | None = None
     #: Send GOAWAY after answering this many requests on a connection.
     goaway_after: int | None = None
+    #: Answer this command with GOAWAY then ERROR UNAVAILABLE, as a server does for a request
+    #: that crossed its GOAWAY (spec 5.15).
+    goaway_refuse_once: Command | None = None
+    #: End a READ with ERROR CORRUPT once this many bytes of it were sent.
+    corrupt_read_after: int | None = None
     #: Expected bearer token on the WebSocket (None: no check).
     token: str | None = None
 
@@ -290,6 +297,12 @@ class _ConnectionState:
 
     def request(self, event: RequestReceived) -> None:
         sid, message = event.session_id, event.message
+        behaviour = self.server.behaviour
+        if behaviour.goaway_refuse_once is event.command:
+            behaviour.goaway_refuse_once = None
+            self.session.goaway("restarting", 1000)
+            self.session.send_error(sid, UnavailableError("the server is shutting down"))
+            return
         if event.command in self.server.behaviour.hold:
             self.held.add(sid)
             return
@@ -554,8 +567,13 @@ class _ConnectionState:
 
     def pump_reads(self) -> None:
         session = self.session
+        corrupt_after = self.server.behaviour.corrupt_read_after
         for sid, read in list(self.reads.items()):
             while True:
+                if corrupt_after is not None and read.position >= corrupt_after:
+                    session.send_error(sid, CorruptDataError("chunk failed verification"))
+                    del self.reads[sid]
+                    break
                 left = len(read.view) - read.position
                 window = session.send_window(sid)
                 n = min(left, window, session.max_payload, READ_CHUNK)

@@ -14,6 +14,7 @@ from librorum.client import WriteMode, open_client
 from librorum.errors import (
     AlreadyExistsError,
     ConnectionClosed,
+    CorruptDataError,
     ErrorCode,
     FlowControlError,
     IsADirectoryError_,
@@ -279,6 +280,51 @@ async def test_goaway_moves_new_requests_to_a_new_connection(
             for _ in range(5):
                 await client.ping()
         assert server.connections == 3
+
+
+@pytest.mark.parametrize("command", [Command.STAT, Command.READ, Command.WRITE])
+async def test_request_refused_after_goaway_is_retried_on_a_new_connection(
+    nursery: trio.Nursery, socket_path: Path, command: Command
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(goaway_refuse_once=command)
+        )
+        server.files["/f"] = b"content"
+        async with open_client(socket_path, transport="local") as client:
+            if command is Command.STAT:
+                assert (await client.stat("/f")).size == 7
+            elif command is Command.READ:
+                assert await client.read("/f") == b"content"
+            else:
+                assert (await client.write("/f", b"new content")).size == 11
+        assert server.connections == 2
+        assert server.counts[command] == 2
+
+
+async def test_error_in_the_middle_of_a_read_discards_its_data(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(corrupt_read_after=2 * MiB)
+        )
+        server.files["/f"] = os.urandom(5 * MiB)
+        async with open_client(socket_path, transport="local") as client:
+            with pytest.raises(CorruptDataError):
+                await client.read("/f")
+            received = 0
+
+            async def consume() -> None:
+                nonlocal received
+                async with client.open_read("/f") as stream:
+                    async for chunk in stream:
+                        received += len(chunk)
+
+            with pytest.raises(CorruptDataError):
+                await consume()
+            assert received <= 2 * MiB
+            assert (await client.stat("/f")).size == 5 * MiB
 
 
 async def test_resumable_write_resumes_after_a_drop(
