@@ -98,6 +98,9 @@ class Connection:
         self._doorbell_send, self._doorbell = trio.open_memory_channel[None](1)
         self._drained = trio.lowlevel.ParkingLot()
         self._writer_done = trio.Event()
+        # True while a batch is being written: its frames are out of the session's queue but
+        # not yet on the wire.
+        self._sending = False
         self._nursery: trio.Nursery | None = None
         self._last_activity = trio.current_time()
         self._frame_started: float | None = None
@@ -345,6 +348,9 @@ class Connection:
                     self.server.stats.bytes_out += len(chunk)
                     self._wake_writer()
                     await self._wait_for_writer()
+                # The frames just queued are views of the reader's buffer, which the next
+                # step reuses: they must be on the wire before the loop advances.
+                await self._wait_until_sent()
             if remaining:
                 msg = f"{remaining} bytes of the file went missing while reading"
                 raise InternalError(msg)
@@ -376,6 +382,13 @@ class Connection:
         while self.session.queued_frames > MAX_QUEUED_FRAMES and not self._writer_done.is_set():
             await self._drained.park()
 
+    async def _wait_until_sent(self) -> None:
+        """Wait until every frame queued so far has been written to the transport (or the
+        writer stopped, in which case the connection is going away)."""
+        while (self.session.queued_frames or self._sending) and not self._writer_done.is_set():
+            self._wake_writer()
+            await self._drained.park()
+
     async def _writer(self) -> None:
         """The one task that writes to the transport (frames are never interleaved)."""
         try:
@@ -388,7 +401,11 @@ class Connection:
     async def _send_queued(self) -> None:
         frames = self.session.frames_to_send()
         if frames:
-            await self.transport.send_frames(frames)
+            self._sending = True
+            try:
+                await self.transport.send_frames(frames)
+            finally:
+                self._sending = False
         self._drained.unpark_all()
 
     async def _flush_and_stop_writer(self) -> None:
