@@ -1,0 +1,494 @@
+"""Configuration of the daemon and of its clients: one frozen :class:`Config`, built by
+:func:`load_config` from four layers, each overriding the one before:
+
+1. the defaults documented on :class:`Config`;
+2. a TOML file: ``config_file`` if given, else ``$LIBRORUM_CONFIG``, else
+   ``$XDG_CONFIG_HOME/librorum/config.toml`` (``~/.config/librorum/config.toml``) when it
+   exists. Keys are the :class:`Config` field names at the **top level** of the file (no
+   ``[librorum]`` table: the file belongs to Librorum alone); an unknown key is an error, so a
+   typo never silently falls back to a default. Relative paths in the file are relative to the
+   file's directory;
+3. the environment (empty values count as unset):
+
+   ``LIBRORUM_DATA_DIR``
+       ``data_dir``.
+   ``LIBRORUM_SOCKET``
+       ``socket_path``: where the daemon listens and where local clients connect.
+   ``LIBRORUM_TOKEN_FILE``
+       ``token_file``: the daemon reads (or creates) it, remote clients send its content.
+   ``LIBRORUM_URL``
+       ``url``, **clients only**: ``ws://host:port`` or ``wss://host:port`` of a remote
+       daemon; unset means "use the local socket". The daemon never reads it: where it
+       listens is ``listen_host``/``listen_port``, so a client setting leaking into the
+       daemon's environment cannot move or expose its listener.
+   ``LIBRORUM_CONFIG``
+       the TOML file of layer 2 (when ``config_file`` is not given).
+
+4. ``overrides``, from the command line: field names to values; ``None`` means "not given".
+
+Nothing here touches the filesystem but reading the TOML file: the socket directory is created
+and checked by :func:`librorum.transport.serve_uds`, the token file by
+:func:`librorum.transport.load_or_create_token`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import tomllib
+import types
+import urllib.parse
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from librorum.errors import LibrorumError
+from librorum.limits import (
+    HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT_UDS,
+    IDLE_TIMEOUT_WS,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_IP,
+    MAX_CONNECTIONS_PER_UID,
+    MAX_UNAUTHENTICATED,
+    SHUTDOWN_GRACE,
+)
+
+#: The WebSocket port when none is configured.
+DEFAULT_PORT: Final = 7878
+#: The name of the socket file inside its private directory.
+SOCKET_NAME: Final = "librorum.sock"
+
+
+class ConfigError(LibrorumError):
+    """The configuration is invalid or unsafe: a bad key or value, or a file or directory
+    with permissions that would expose the daemon."""
+
+
+# --- Defaults that depend on the environment ---------------------------------------------------
+
+
+def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_DATA_HOME/librorum``, else ``~/.local/share/librorum``. A relative
+    ``XDG_DATA_HOME`` is ignored, as the XDG specification requires."""
+    xdg = env.get("XDG_DATA_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "librorum"
+    return _home(env) / ".local" / "share" / "librorum"
+
+
+def default_socket_path(env: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_RUNTIME_DIR/librorum/librorum.sock`` when ``XDG_RUNTIME_DIR`` is set (a per-user
+    tmpfs the system cleans at logout), else ``/tmp/librorum-<uid>/librorum.sock``. Either
+    directory is created 0700 by the daemon, which refuses to use one that another user owns
+    or that group or others can access: in /tmp, anyone could have created it first."""
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime):
+        return Path(runtime) / "librorum" / SOCKET_NAME
+    return Path("/tmp") / f"librorum-{os.getuid()}" / SOCKET_NAME
+
+
+def default_config_file(env: Mapping[str, str] = os.environ) -> Path:
+    """``$XDG_CONFIG_HOME/librorum/config.toml``, else ``~/.config/librorum/config.toml``."""
+    xdg = env.get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else _home(env) / ".config"
+    return base / "librorum" / "config.toml"
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    home = env.get("HOME", "")
+    return Path(home) if home else Path.home()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine: ``localhost`` (and ``*.localhost``, RFC 6761),
+    127.0.0.0/8, ``::1`` (brackets allowed) or an IPv4-mapped loopback. Wildcards (``0.0.0.0``,
+    ``::``) and every other name are not loopback."""
+    name = host.strip().rstrip(".").lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+# --- The configuration -------------------------------------------------------------------------
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or value <= 0:
+        msg = f"{attribute.name} must be positive, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not 0 <= value <= 65535:
+        msg = f"{attribute.name} must be 0-65535 (0: any free port), got {value!r}"
+        raise ConfigError(msg)
+
+
+def _uids(instance: object, attribute: attrs.Attribute[tuple[int, ...]], value: object) -> None:
+    if (
+        not isinstance(value, tuple)
+        or not value
+        or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in value)
+    ):
+        msg = f"allowed_uids must be a non-empty list of uids (integers >= 0), got {value!r}"
+        raise ConfigError(msg)
+
+
+def _log_level(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in _LOG_LEVELS:
+        msg = f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {value!r}"
+        raise ConfigError(msg)
+
+
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything the daemon and its clients are configured with. Build it with
+    :func:`load_config`; constructing it directly takes the defaults from ``os.environ``.
+
+    Construction validates every field and the combination rule below.
+
+    Raises:
+        ConfigError: a value is out of range, or the combination is unsafe: the WebSocket
+            listener on a non-loopback host (anything but 127.0.0.0/8, ::1, localhost)
+            without both a token file and TLS (a certificate and a key) is refused, since
+            anyone on the network could then read or use the store; and ``url`` must not
+            send the token unencrypted (``ws://``) to a non-loopback host.
+    """
+
+    #: Where the store keeps its data; also home of the token file and the instance lock.
+    data_dir: Path = attrs.field(factory=default_data_dir, converter=Path)
+    #: The Unix socket (see :func:`default_socket_path`).
+    socket_path: Path = attrs.field(factory=default_socket_path, converter=Path)
+    #: The WebSocket listener's address. Loopback by default: remote use is opt-in.
+    listen_host: str = "127.0.0.1"
+    #: The WebSocket listener's port (0: any free port, for tests).
+    listen_port: int = attrs.field(default=DEFAULT_PORT, validator=_port)
+    #: Whether the daemon listens for WebSocket clients at all.
+    remote_enabled: bool = True
+    #: The bearer token WebSocket clients must present (created 0600 on first start).
+    #: ``None`` (an empty string in the file) disables token authentication: any local user
+    #: could then use the loopback listener, so this is for tests and single-user machines,
+    #: and it is refused on a non-loopback host.
+    token_file: Path | None = attrs.field(
+        default=attrs.Factory(lambda self: self.data_dir / "token", takes_self=True)
+    )
+    #: TLS certificate chain and private key (PEM) for ``wss://``; both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Uids allowed to use the Unix socket (checked with SO_PEERCRED). Default: our own.
+    allowed_uids: tuple[int, ...] = attrs.field(
+        factory=lambda: (os.getuid(),), converter=tuple, validator=_uids
+    )
+    #: Logging threshold: DEBUG, INFO, WARNING, ERROR or CRITICAL.
+    log_level: str = attrs.field(default="INFO", validator=_log_level)
+    #: Clients only: the remote daemon (``ws://`` or ``wss://``); ``None``: the local socket.
+    url: str | None = None
+    #: Connection policies; see :mod:`librorum.limits` for what each one bounds.
+    max_connections: int = attrs.field(default=MAX_CONNECTIONS, validator=_positive)
+    max_unauthenticated: int = attrs.field(default=MAX_UNAUTHENTICATED, validator=_positive)
+    max_connections_per_uid: int = attrs.field(default=MAX_CONNECTIONS_PER_UID, validator=_positive)
+    max_connections_per_ip: int = attrs.field(default=MAX_CONNECTIONS_PER_IP, validator=_positive)
+    handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT, validator=_positive)
+    idle_timeout_uds: float = attrs.field(default=IDLE_TIMEOUT_UDS, validator=_positive)
+    idle_timeout_ws: float = attrs.field(default=IDLE_TIMEOUT_WS, validator=_positive)
+    #: Seconds requests in flight get to finish when the daemon stops.
+    shutdown_grace: float = attrs.field(default=SHUTDOWN_GRACE, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            msg = "tls_cert and tls_key go together: set both (wss://) or neither"
+            raise ConfigError(msg)
+        if self.remote_enabled and not is_loopback(self.listen_host):
+            missing = [
+                what
+                for what, value in (("a token_file", self.token_file), ("TLS", self.tls_cert))
+                if value is None
+            ]
+            if missing:
+                msg = (
+                    f"refusing to listen on non-loopback host {self.listen_host!r} without "
+                    f"{' and '.join(missing)}: anyone on the network could use the store. "
+                    "Set tls_cert, tls_key and token_file, or listen on 127.0.0.1."
+                )
+                raise ConfigError(msg)
+        if self.url is not None:
+            _check_url(self.url)
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the WebSocket listener speaks TLS (``wss://``)."""
+        return self.tls_cert is not None
+
+
+def _check_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        msg = f"url must look like ws://HOST:PORT or wss://HOST:PORT, got {url!r}"
+        raise ConfigError(msg)
+    if parts.scheme == "ws" and not is_loopback(parts.hostname):
+        msg = (
+            f"url {url!r} would send the token unencrypted to a non-loopback host; "
+            "use wss:// (the daemon refuses plain ws:// off loopback anyway)"
+        )
+        raise ConfigError(msg)
+
+
+# --- Loading -----------------------------------------------------------------------------------
+
+_NO_OVERRIDES: Final[Mapping[str, object]] = types.MappingProxyType({})
+
+#: The environment variables and the field each sets (LIBRORUM_CONFIG is handled apart).
+ENV_VARS: Final = types.MappingProxyType(
+    {
+        "LIBRORUM_DATA_DIR": "data_dir",
+        "LIBRORUM_SOCKET": "socket_path",
+        "LIBRORUM_TOKEN_FILE": "token_file",
+        "LIBRORUM_URL": "url",
+    }
+)
+
+
+def load_config(
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] = os.environ,
+    overrides: Mapping[str, object] = _NO_OVERRIDES,
+) -> Config:
+    """Build the configuration: defaults < TOML file < environment < ``overrides``.
+
+    Args:
+        config_file: the TOML file; when ``None``, ``$LIBRORUM_CONFIG``, else the XDG default
+            if it exists. A file named explicitly (argument or variable) must exist.
+        env: the environment to read (``os.environ``; tests pass a dict).
+        overrides: field names to values, typically from the command line; ``None`` values
+            are skipped, so an option left unset does not override anything.
+
+    Returns:
+        The validated, frozen configuration. The defaults that depend on the environment
+        (``data_dir``, ``socket_path``) are computed from ``env``; ``token_file`` defaults to
+        ``data_dir/token`` with the final ``data_dir``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not TOML; a key is unknown; a value has
+            the wrong type or is out of range; the result is unsafe (see :class:`Config`).
+    """
+    values: dict[str, object] = {}
+    path = config_file
+    if path is None and env.get("LIBRORUM_CONFIG"):
+        path = Path(env["LIBRORUM_CONFIG"])
+    if path is not None:
+        values.update(_read_file(path))
+    else:
+        default = default_config_file(env)
+        if default.is_file():
+            values.update(_read_file(default))
+    for var, field in ENV_VARS.items():
+        raw = env.get(var, "")
+        if raw:
+            values[field] = _convert(field, raw, source=var, base=None)
+    for key, value in overrides.items():
+        if value is not None:
+            _check_known(key, source="overrides")
+            values[key] = _convert(key, value, source="overrides", base=None)
+    values.setdefault("data_dir", default_data_dir(env))
+    values.setdefault("socket_path", default_socket_path(env))
+    try:
+        return Config(**values)  # type: ignore[arg-type]  # types checked by _convert
+    except (TypeError, ValueError) as exc:
+        msg = f"invalid configuration: {exc}"
+        raise ConfigError(msg) from exc
+
+
+def _read_file(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        msg = f"cannot read config file {path}: {exc.strerror or exc}"
+        raise ConfigError(msg) from exc
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"config file {path} is not valid TOML: {exc}"
+        raise ConfigError(msg) from exc
+    source = str(path)
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        _check_known(key, source=source)
+        values[key] = _convert(key, value, source=source, base=path.parent, parse_strings=False)
+    return values
+
+
+_FIELDS: Final = frozenset(field.name for field in attrs.fields(Config))
+
+
+def _check_known(key: str, *, source: str) -> None:
+    if key not in _FIELDS:
+        msg = (
+            f"{source}: unknown configuration key {key!r}; known keys: {', '.join(sorted(_FIELDS))}"
+        )
+        raise ConfigError(msg)
+
+
+def _convert(
+    key: str, value: object, *, source: str, base: Path | None, parse_strings: bool = True
+) -> object:
+    """Check and convert one value to its field's type. Strings from the environment and the
+    command line are parsed; a TOML file must use the right type (it has integers, floats,
+    booleans and arrays), so ``listen_port = "80"`` is an error there."""
+    kind = _KINDS.get(key, "str")
+    try:
+        if not parse_strings and isinstance(value, str) and kind in _NOT_STRINGS:
+            raise TypeError(value)
+        return _CONVERTERS[kind](value, base)
+    except (TypeError, ValueError) as exc:
+        msg = f"{source}: {key} = {value!r}: expected {_KIND_NAMES[kind]}"
+        raise ConfigError(msg) from exc
+
+
+def _to_path(value: object, base: Path | None) -> Path:
+    if isinstance(value, Path):
+        path = value
+    elif isinstance(value, str) and value and "\0" not in value:
+        path = Path(value).expanduser()
+    else:
+        raise TypeError(value)
+    return base / path if base is not None and not path.is_absolute() else path
+
+
+def _to_optional_path(value: object, base: Path | None) -> Path | None:
+    # An empty string is the one way TOML and the command line can spell "none".
+    return None if value == "" else _to_path(value, base)
+
+
+def _to_int(value: object, base: Path | None) -> int:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return int(value, 10)
+    raise TypeError(value)
+
+
+def _to_float(value: object, base: Path | None) -> float:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return float(value)
+    raise TypeError(value)
+
+
+def _to_bool(value: object, base: Path | None) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]
+    raise TypeError(value)
+
+
+_BOOL_WORDS: Final = types.MappingProxyType(
+    {
+        "1": True,
+        "true": True,
+        "yes": True,
+        "on": True,
+        "0": False,
+        "false": False,
+        "no": False,
+        "off": False,
+    }
+)
+
+
+def _to_uids(value: object, base: Path | None) -> tuple[int, ...]:
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise TypeError(value)
+    return tuple(_to_int(item, base) for item in value)
+
+
+def _to_str(value: object, base: Path | None) -> str:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _to_optional_str(value: object, base: Path | None) -> str | None:
+    return None if value == "" else _to_str(value, base)
+
+
+def _to_log_level(value: object, base: Path | None) -> str:
+    name = _to_str(value, base).upper()
+    if logging.getLevelName(name) == f"Level {name}":
+        raise ValueError(value)
+    return name
+
+
+_CONVERTERS: Final[Mapping[str, Callable[[object, Path | None], object]]] = types.MappingProxyType(
+    {
+        "path": _to_path,
+        "optional_path": _to_optional_path,
+        "int": _to_int,
+        "float": _to_float,
+        "bool": _to_bool,
+        "uids": _to_uids,
+        "str": _to_str,
+        "optional_str": _to_optional_str,
+        "log_level": _to_log_level,
+    }
+)
+_NOT_STRINGS: Final = frozenset({"int", "float", "bool", "uids"})
+_KIND_NAMES: Final = types.MappingProxyType(
+    {
+        "path": "a path",
+        "optional_path": 'a path, or "" for none',
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "uids": "a list of uids",
+        "str": "a string",
+        "optional_str": "a string",
+        "log_level": "a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)",
+    }
+)
+_KINDS: Final = types.MappingProxyType(
+    {
+        "data_dir": "path",
+        "socket_path": "path",
+        "token_file": "optional_path",
+        "tls_cert": "optional_path",
+        "tls_key": "optional_path",
+        "listen_host": "str",
+        "listen_port": "int",
+        "remote_enabled": "bool",
+        "allowed_uids": "uids",
+        "log_level": "log_level",
+        "url": "optional_str",
+        "max_connections": "int",
+        "max_unauthenticated": "int",
+        "max_connections_per_uid": "int",
+        "max_connections_per_ip": "int",
+        "handshake_timeout": "float",
+        "idle_timeout_uds": "float",
+        "idle_timeout_ws": "float",
+        "shutdown_grace": "float",
+    }
+)
+assert set(_KINDS) == _FIELDS, "every field needs a converter kind"
