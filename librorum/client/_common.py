@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Final, TypeAlias, TypeVar
 
+from librorum import limits
 from librorum.errors import (
     ConnectionClosed,
     LibrorumError,
@@ -48,10 +49,10 @@ DEFAULT_RESUME_ATTEMPTS: Final = 5
 #: Bytes of DATA the server may send on one READ before the client grants more; the client
 #: grants credit back once half of it is consumed, so the pipe stays full.
 DEFAULT_READ_WINDOW: Final = DEFAULT_INITIAL_WINDOW
-#: Bytes per receive call and the size of the reused receive buffer.
-RECEIVE_SIZE: Final = 1 << 20
-#: SO_SNDBUF / SO_RCVBUF of Unix sockets: 1 MiB frames need room for a few in flight.
-SOCKET_BUFFER_SIZE: Final = 4 << 20
+#: Bytes per receive call (one maximal frame), and SO_SNDBUF / SO_RCVBUF of Unix sockets:
+#: the daemon's values, so both ends of a connection agree.
+RECEIVE_SIZE: Final = limits.RECEIVE_SIZE
+SOCKET_BUFFER_SIZE: Final = limits.UDS_SOCKET_BUFFER
 #: Small DATA payloads are merged into one buffer while queued, so that the queue of a READ
 #: holds at most about window / COALESCE_BELOW items however small the server's frames are.
 COALESCE_BELOW: Final = 64 << 10

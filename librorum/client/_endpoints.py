@@ -9,33 +9,26 @@ from __future__ import annotations
 
 import os
 import ssl
-import tempfile
 from pathlib import Path
 from typing import Final, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 import attrs
 
+from librorum import config
 from librorum.client._common import ENV_SOCKET, ENV_TOKEN_FILE, ENV_URL
 
 TransportChoice: TypeAlias = Literal["auto", "local", "remote"]
 
-#: Directory and file name of the daemon's socket under the runtime directory.
-SOCKET_DIRECTORY: Final = "librorum"
-SOCKET_NAME: Final = "librorum.sock"
 #: Largest token file read: a token is a line of text, not a document.
 MAX_TOKEN_FILE_BYTES: Final = 4096
 
 
 def default_socket_path() -> Path:
-    """The daemon's default socket: ``$XDG_RUNTIME_DIR/librorum/librorum.sock``, or
-    ``/tmp/librorum-<uid>/librorum.sock`` when there is no runtime directory."""
-    # XX TODO(#4): take this from librorum.config once the daemon's configuration lands, so
-    # that client and daemon cannot disagree.
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / SOCKET_DIRECTORY / SOCKET_NAME
-    return Path(tempfile.gettempdir()) / f"librorum-{os.getuid()}" / SOCKET_NAME
+    """The daemon's default socket (the daemon's own default, so the two cannot disagree):
+    ``$XDG_RUNTIME_DIR/librorum/librorum.sock``, or ``/tmp/librorum-<uid>/librorum.sock``
+    when there is no runtime directory."""
+    return config.default_socket_path()
 
 
 @attrs.frozen

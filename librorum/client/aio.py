@@ -74,7 +74,6 @@ from librorum.client._endpoints import (
     resolve_endpoints,
 )
 from librorum.client._sources import Source, WriteData, open_source
-from librorum.client._transport import FrameTransport, connect_uds, connect_websocket
 from librorum.errors import (
     ConflictError,
     ConnectionClosed,
@@ -128,6 +127,7 @@ from librorum.protocol.session import (
     HelloAccepted,
     State,
 )
+from librorum.transport import FrameTransport, connect_uds, connect_websocket
 
 __all__ = ["Client", "ListIterator", "ReadStream", "open_client"]
 
@@ -713,12 +713,33 @@ class Client:
             if self._closed:
                 msg = "the client is closed"
                 raise ConnectionClosed(msg)
+            if conn is not None and conn.error is None:
+                self._conn = await self._replace_draining(conn)
+                return self._conn
             if conn is not None and not self._reconnect:
-                why = conn.error or "the server is going away"
-                msg = f"connection to {conn.endpoint} is closed ({why}) and reconnect is off"
+                msg = f"connection to {conn.endpoint} is closed ({conn.error}) and reconnect is off"
                 raise ConnectionClosed(msg)
             self._conn = await self._connect(attempts=1 if conn is None else RECONNECT_ATTEMPTS)
             return self._conn
+
+    async def _replace_draining(self, conn: _Connection) -> _Connection:
+        """A new connection in place of one the server is retiring (GOAWAY). One immediate
+        attempt, no backoff: the server said it is going away, so a failure is reported at
+        once rather than retried for seconds.
+
+        Raises:
+            UnavailableError: no new connection could be made (or reconnect is off).
+        """
+        goaway = conn.session.goaway_received
+        reason = f": {goaway.reason}" if goaway is not None and goaway.reason else ""
+        if not self._reconnect:
+            msg = f"{conn.endpoint} is going away{reason}, and reconnect is off"
+            raise UnavailableError(msg)
+        try:
+            return await self._connect(attempts=1)
+        except ConnectionClosed as exc:
+            msg = f"{conn.endpoint} is going away{reason}, and no new connection could be made"
+            raise UnavailableError(msg) from exc
 
     async def _connect(self, *, attempts: int) -> _Connection:
         """Connect, retrying with backoff.
@@ -769,10 +790,10 @@ class Client:
                 transport = await connect_uds(endpoint.path)
             else:
                 transport = await connect_websocket(
-                    self._nursery,
                     endpoint.url,
                     token=endpoint.token,
                     ssl_context=endpoint.ssl_context,
+                    handshake_timeout=self._connect_timeout,
                 )
             conn = _Connection(
                 transport, endpoint, timeout=self._timeout, read_window=self._read_window

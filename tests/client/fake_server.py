@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket as stdlib_socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -33,7 +34,14 @@ from librorum.errors import (
     NotFoundError,
     UnavailableError,
 )
-from librorum.protocol.constants import CancelOutcome, Command, EntryKind, WriteMode
+from librorum.protocol.constants import (
+    DEFAULT_MAX_PAYLOAD,
+    HEADER_SIZE,
+    CancelOutcome,
+    Command,
+    EntryKind,
+    WriteMode,
+)
 from librorum.protocol.messages import (
     Cancel,
     CancelReply,
@@ -182,7 +190,15 @@ class FakeServer:
     ) -> None:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
-                trio_websocket.serve_websocket, self._serve_ws_request, "127.0.0.1", 0, None
+                partial(
+                    trio_websocket.serve_websocket,
+                    self._serve_ws_request,
+                    "127.0.0.1",
+                    0,
+                    None,
+                    # One maximal frame per message (spec 2.2); the default is 1 MiB.
+                    max_message_size=HEADER_SIZE + DEFAULT_MAX_PAYLOAD,
+                )
             )
             self.port = server.port
             task_status.started(server.port)

@@ -21,13 +21,14 @@ from librorum.errors import (
     NotADirectoryError_,
     NotEmptyError,
     NotFoundError,
+    UnauthorizedError,
 )
 from librorum.protocol.constants import CancelOutcome, Command, EntryKind
 from librorum.protocol.messages import Cancel, FileRead, FileStat, FileWrite, UploadStatus
 from librorum.protocol.session import ServerLimits
 
 from .conftest import TEST_TIMEOUT, start_server
-from .fake_server import Behaviour
+from .fake_server import Behaviour, FakeServer
 
 MiB = 1 << 20
 
@@ -453,3 +454,31 @@ async def test_client_body_exception_is_not_wrapped(
         with pytest.raises(NotFoundError):
             async with open_client(socket_path, transport="local") as client:
                 await client.stat("/nope")
+
+
+async def test_websocket_with_a_token(nursery: trio.Nursery) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = FakeServer(behaviour=Behaviour(token="s3cret"))
+        port = await nursery.start(server.serve_websocket)
+        url = f"ws://127.0.0.1:{port}/"
+        data = os.urandom(3 * MiB)
+        async with open_client(url, token="s3cret") as client:
+            assert await client.ping() >= 0
+            await client.write("/w", data)
+            assert await client.read("/w") == data
+            assert str(client.endpoint) == url
+        with pytest.raises(UnauthorizedError):
+            async with open_client(url, token="wrong", reconnect=False):
+                pass  # pragma: no cover
+
+
+async def test_token_file_is_read(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = FakeServer(behaviour=Behaviour(token="from-a-file"))
+        port = await nursery.start(server.serve_websocket)
+        token_file = tmp_path / "token"
+        await trio.Path(token_file).write_text("from-a-file\n")
+        async with open_client(
+            transport="remote", url=f"ws://127.0.0.1:{port}", token_file=token_file
+        ) as client:
+            await client.ping()
