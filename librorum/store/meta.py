@@ -666,15 +666,23 @@ class SqliteMetadataStore:
         with translating("open metadata database"):
             self._reader = _connect(self._path, same_thread=True)
 
-    def close(self) -> None:
-        """Close both connections (blocking; a checkpoint may run)."""
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-        self._reader = self._writer = None
+    def close_reader(self) -> None:
+        """Close the Trio thread's read connection (call on the Trio thread)."""
+        if self._reader is not None:
+            conn, self._reader = self._reader, None
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def close_writer(self) -> None:
+        """Close the write connection (blocking: the last checkpoint may run)."""
+        if self._writer is not None:
+            conn, self._writer = self._writer, None
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
 
     async def read(self, fn: Callable[[MetaTxn], T]) -> T:
         """Run ``fn`` inline in a read snapshot (no checkpoint: not cancellable)."""

@@ -68,8 +68,8 @@ class ObjectStore(Protocol):
         """Delete objects (missing ones are ignored), durably by the time this returns."""
         ...
 
-    async def list_shard(self, shard: str) -> list[str]:
-        """The names found in one shard (``SHARDS``): digests in hex, and anything else."""
+    async def list_all(self) -> dict[str, list[str]]:
+        """The names found in each shard (``SHARDS``): digests in hex, and anything else."""
         ...
 
 
@@ -295,12 +295,12 @@ class LocalChunkStore:
         """
         await trio.to_thread.run_sync(self._delete_sync, keys, limiter=self._limiter)
 
-    async def list_shard(self, shard: str) -> list[str]:
-        """The names in one shard directory."""
+    async def list_all(self) -> dict[str, list[str]]:
+        """The names in each shard directory (one worker thread call)."""
 
-        def run() -> list[str]:
+        def run() -> dict[str, list[str]]:
             with translating("list chunks"):
-                return self._fs.listdir(f"{self.chunk_dir}/{shard}")
+                return {s: self._fs.listdir(f"{self.chunk_dir}/{s}") for s in SHARDS}
 
         return await trio.to_thread.run_sync(run, limiter=self._limiter)
 

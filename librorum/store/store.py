@@ -86,7 +86,7 @@ from librorum.store._translate import translating
 from librorum.store.fs import FS, OsFS
 from librorum.store.locks import BufferPool, ChunkPins, LockTable
 from librorum.store.meta import KIND_DIR, MetaTxn, SqliteMetadataStore, UploadRow
-from librorum.store.objects import SHARDS, LocalChunkStore, Staged
+from librorum.store.objects import LocalChunkStore, Staged
 from librorum.store.paths import normalize
 from librorum.store.reader import Reader, Span, make_verifier
 from librorum.store.types import (
@@ -408,7 +408,8 @@ class Store:
                 await self._collect_step()
             finally:
                 self._closed = True
-                await trio.to_thread.run_sync(self._meta.close)
+                self._meta.close_reader()
+                await trio.to_thread.run_sync(self._meta.close_writer)
                 self._unlock()
 
     # --- namespace --------------------------------------------------------------------------------
@@ -924,8 +925,8 @@ class Store:
         ]
         on_disk: set[bytes] = set()
         foreign: list[str] = []
-        for shard in SHARDS:
-            for name in await self._objects.list_shard(shard):
+        for shard, names in (await self._objects.list_all()).items():
+            for name in names:
                 try:
                     digest = bytes.fromhex(name)
                 except ValueError:
@@ -1114,7 +1115,8 @@ async def open_store(
     except BaseException:
         with trio.CancelScope(shield=True):
             store._closed = True
-            await trio.to_thread.run_sync(store._meta.close)
+            store._meta.close_reader()
+            await trio.to_thread.run_sync(store._meta.close_writer)
             store._unlock()
         raise
     single: BaseException | None = None

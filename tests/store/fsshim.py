@@ -56,10 +56,11 @@ class RecordingFS(OsFS):
         """A file was created at ``path`` (under the lock)."""
 
     def close(self, fd: int) -> None:
-        self._op("close", self._fd_paths.get(fd, "?"))
+        # close releases the descriptor even when it reports an error: fail after it.
         with self._lock:
-            self._fd_paths.pop(fd, None)
+            path = self._fd_paths.pop(fd, "?")
         super().close(fd)
+        self._op("close", path)
 
     def pread_into(self, fd: int, buf: memoryview, offset: int) -> int:
         self._op("read", self._fd_paths.get(fd, "?"))
@@ -129,17 +130,38 @@ class RecordingFS(OsFS):
 
 
 class FaultFS(RecordingFS):
-    """Raises ``OSError(errno)`` at operation number ``fail_at`` (0-based, counting every
-    operation), once."""
+    """Once armed, raises ``OSError(error)`` at operation number ``fail_at`` (0-based,
+    counting every operation since arming), once."""
 
-    def __init__(self, fail_at: int | None = None, error: int = errno_module.EIO) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.fail_at = fail_at
-        self.error = error
+        self.fail_at: int | None = None
+        self.error = errno_module.EIO
         self.fired: tuple[str, str] | None = None
+        self.counted = 0
+        self._armed = False
+        self._only: frozenset[str] | None = None
+
+    def arm(
+        self, fail_at: int | None, error: int = errno_module.EIO, only: frozenset[str] | None = None
+    ) -> None:
+        """Fail the ``fail_at``-th operation from now (counting only operations named in
+        ``only``, if given)."""
+        with self._lock:
+            self.fail_at, self.error, self.counted, self._armed = fail_at, error, 0, True
+            self._only = only
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._armed = False
+            self.fail_at = None
 
     def _before(self, op: str, detail: str) -> None:
-        if self.fail_at is not None and len(self.trace) - 1 == self.fail_at:
+        if not self._armed or (self._only is not None and op not in self._only):
+            return
+        index = self.counted
+        self.counted += 1
+        if index == self.fail_at:
             self.fail_at = None
             self.fired = (op, detail)
             raise OSError(self.error, os.strerror(self.error), detail)
