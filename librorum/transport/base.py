@@ -1,0 +1,225 @@
+"""What both transports share: the :class:`FrameTransport` interface, :class:`PeerInfo`, and
+the listeners' common machinery (refusal frames, the per-connection handler guard, the
+descriptor reserve)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Final, Protocol, TypeAlias
+
+import attrs
+import trio
+
+from librorum.errors import ErrorCode, LibrorumError, TransportError
+from librorum.limits import RECEIVE_SIZE
+from librorum.protocol.constants import Command, Flags
+from librorum.protocol.converter import encode_message
+from librorum.protocol.framing import encode_frame
+from librorum.protocol.messages import ErrorMessage
+
+logger: Final = logging.getLogger("librorum.transport")
+
+#: One part of an encoded frame (a header, a payload).
+Buffer: TypeAlias = bytes | bytearray | memoryview
+#: One encoded frame as its parts, e.g. ``encode_frame_parts(...)`` or ``(encode_frame(...),)``.
+FrameParts: TypeAlias = Sequence[Buffer]
+
+
+class AlreadyRunningError(LibrorumError):
+    """Another daemon already serves this socket or uses this data directory."""
+
+
+@attrs.frozen
+class PeerInfo:
+    """Who is at the other end of a connection.
+
+    Attributes:
+        kind: ``"uds"`` or ``"websocket"``.
+        uid, gid, pid: the peer process's credentials, from SO_PEERCRED (Unix sockets only;
+            the kernel's word, not the peer's). ``None`` on WebSocket.
+        address: ``"ip:port"`` of a WebSocket peer (``"[ip]:port"`` for IPv6); ``None`` on
+            Unix sockets.
+        authenticated: on the server, whether the peer proved who it is (its uid is on the
+            allow-list; it presented the token). On a client, whether the *server* is
+            verified: its uid is ours or root (Unix socket), or TLS verified it (``wss://``).
+    """
+
+    kind: str
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+    address: str | None = None
+    authenticated: bool = False
+
+
+class FrameTransport(Protocol):
+    """One connection carrying LBRU frames; the server and the clients use it alike.
+
+    Each method's docstring states what cancelling it does. One task may send while another
+    receives; two concurrent senders are serialized (a call's frames stay contiguous); two
+    concurrent receivers are a bug (``trio.BusyResourceError``).
+    """
+
+    @property
+    def kind(self) -> str:
+        """``"uds"`` or ``"websocket"``."""
+        ...
+
+    @property
+    def peer(self) -> PeerInfo:
+        """Who is at the other end."""
+        ...
+
+    @property
+    def message_framed(self) -> bool:
+        """True when each :meth:`receive_some` result is exactly one whole frame (WebSocket:
+        one message, one frame); False for a byte stream cut anywhere (Unix socket)."""
+        ...
+
+    async def send_frames(self, frames: Sequence[FrameParts]) -> None:
+        """Send whole frames, in order. Each item is the parts of one encoded frame.
+
+        Cancellation: a cancelled send may have written part of a frame; the transport then
+        refuses further sends (ConnectionClosed) and the caller must close it. Frames that
+        were completely written stay written.
+
+        Raises:
+            ConnectionClosed: the peer is gone, the transport is closed, or an earlier send
+                was cancelled mid-frame.
+        """
+        ...
+
+    async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> Buffer:
+        """Receive what is available: up to ``max_bytes`` of the byte stream (Unix socket) or
+        the next message, whatever ``max_bytes`` (WebSocket). ``b""`` means the peer closed
+        cleanly.
+
+        Cancellation: nothing is lost; the bytes stay for the next call.
+
+        Raises:
+            ConnectionClosed: the connection broke or was closed locally.
+            RemoteProtocolError: (WebSocket) a text message, or a message that is not exactly
+                one frame.
+        """
+        ...
+
+    async def send_fd_frame(self, parts: FrameParts, fd: int) -> None:
+        """Send one frame with a file descriptor attached to its first byte (Unix sockets).
+        The descriptor stays open on our side; the caller closes it.
+
+        Cancellation: as :meth:`send_frames`.
+
+        Raises:
+            LocalProtocolError: the transport cannot carry descriptors, or ``fd`` is not open.
+            ConnectionClosed: as :meth:`send_frames`.
+        """
+        ...
+
+    async def receive_with_fds(self, max_bytes: int, max_fds: int = 1) -> tuple[bytes, list[int]]:
+        """Receive up to ``max_bytes`` and the descriptors that came with them (Unix sockets).
+        The caller owns (and must close) the returned descriptors, which are close-on-exec.
+
+        Cancellation: nothing is lost.
+
+        Raises:
+            LocalProtocolError: the transport cannot carry descriptors.
+            RemoteProtocolError: the peer sent more than ``max_fds`` descriptors, or the
+                kernel truncated them; every descriptor received is closed first.
+            ConnectionClosed: as :meth:`receive_some`.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection; idempotent. Pending receives and sends in other tasks fail
+        with ConnectionClosed.
+
+        Cancellation: the connection is still closed, only less gracefully (no WebSocket
+        close handshake).
+        """
+        ...
+
+
+#: What a listener calls for each accepted, authenticated connection.
+Handler: TypeAlias = Callable[[FrameTransport], Awaitable[None]]
+
+
+def refusal_frame(code: ErrorCode, message: str) -> bytes:
+    """The bytes of the ERROR frame (session 0, REPLY|END) a listener sends to a connection it
+    refuses, before closing it: the client learns why instead of seeing a bare EOF."""
+    payload = encode_message(ErrorMessage(int(code), message))
+    return encode_frame(Command.ERROR, payload, session_id=0, flags=int(Flags.REPLY | Flags.END))
+
+
+async def run_handler(handler: Handler, transport: FrameTransport) -> None:
+    """Run one connection's handler so that its failure ends only that connection.
+
+    A transport or protocol error is the peer's doing and is logged briefly; any other
+    exception is a bug and is logged at ERROR with its traceback, never swallowed silently.
+    Cancellation (and any other BaseException) propagates.
+    """
+    peer = transport.peer
+    try:
+        await handler(transport)
+    except* TransportError as group:
+        logger.debug("connection %s ended: %s", _describe(peer), _first(group))
+    except* LibrorumError as group:
+        logger.info("connection %s closed on error: %s", _describe(peer), _first(group))
+    except* Exception as group:
+        logger.error("handler failed on connection %s", _describe(peer), exc_info=group)
+
+
+#: What a peer can make a connection's plumbing (not its handler) raise: it vanished, or sent
+#: garbage. Anything else escaping a connection task is a bug.
+PEER_ERRORS: Final = (
+    LibrorumError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    OSError,
+)
+
+
+@contextlib.contextmanager
+def connection_guard(
+    what: str, peer_errors: tuple[type[Exception], ...] = PEER_ERRORS
+) -> Iterator[None]:
+    """Contain whatever escapes one connection's task, so that it never reaches the nursery
+    shared by all connections (which would take the listener down). Errors a peer can cause
+    are logged at DEBUG; anything else at ERROR with its traceback. Cancellation (and any
+    other BaseException) propagates.
+
+    Args:
+        what: names the connection in the log.
+        peer_errors: the exception types a peer can cause (a transport adds its library's).
+    """
+    try:
+        yield
+    except* peer_errors as group:
+        logger.debug("connection %s ended: %s", what, _first(group))
+    except* Exception as group:
+        logger.error("connection %s failed", what, exc_info=group)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exceptions = group.exceptions
+    while len(exceptions) == 1 and isinstance(exceptions[0], BaseExceptionGroup):
+        exceptions = exceptions[0].exceptions
+    return exceptions[0]
+
+
+def _describe(peer: PeerInfo) -> str:
+    if peer.address is not None:
+        return f"{peer.kind}:{peer.address}"
+    return f"{peer.kind}:uid={peer.uid},pid={peer.pid}"
+
+
+def fd_headroom(fd: int, reserve: int) -> bool:
+    """Whether a freshly accepted descriptor leaves ``reserve`` descriptors free.
+
+    Linux hands out the lowest free descriptor number, so the number of the one just accepted
+    says how close the process is to RLIMIT_NOFILE without counting /proc/self/fd.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft == resource.RLIM_INFINITY or fd < soft - reserve

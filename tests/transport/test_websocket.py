@@ -1,0 +1,512 @@
+"""The WebSocket transport and listener, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import logging
+import os
+import socket
+import struct
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+import wsproto
+from wsproto.events import BytesMessage
+
+from librorum.errors import (
+    ConnectionClosed,
+    ErrorCode,
+    FrameTooLargeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UnauthorizedError,
+)
+from librorum.limits import WS_MAX_MESSAGE_SIZE, WS_RECEIVE_BUFFER
+from librorum.protocol import Command
+from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
+from librorum.protocol.framing import encode_frame
+from librorum.transport import FrameTransport, connect_websocket, websocket as ws_module
+
+from .conftest import (
+    DEADLINE,
+    TOKEN,
+    data_frame,
+    echo,
+    error_of,
+    receive_frames,
+    ws_server,
+    ws_url,
+)
+
+
+async def connect(address: tuple[str, int], path: str = "/", token: str | None = TOKEN) -> Any:
+    return await connect_websocket(ws_url(address, path), token=token)
+
+
+def raw_ws(address: tuple[str, int], headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    """A plain trio-websocket client, to send what our client never would."""
+    return trio_websocket.open_websocket_url(
+        ws_url(address),
+        extra_headers=headers
+        if headers is not None
+        else [(b"Authorization", b"Bearer " + TOKEN.encode())],
+    )
+
+
+# --- Frames ------------------------------------------------------------------------------------
+
+
+async def test_small_frames_one_message_each() -> None:
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            client = await connect(address)
+            assert client.kind == "websocket"
+            assert client.message_framed
+            frames = [data_frame(i.to_bytes(2, "big"), session_id=i + 1) for i in range(200)]
+            await client.send_frames(frames)
+            got = await receive_frames(client, 200)  # checks one frame per message
+            assert [f.payload for f in got] == [i.to_bytes(2, "big") for i in range(200)]
+            await client.aclose()
+
+
+async def test_large_payload_in_maximal_frames() -> None:
+    payload = os.urandom(4 * DEFAULT_MAX_PAYLOAD)
+    view = memoryview(payload)
+    frames = [
+        data_frame(view[i : i + DEFAULT_MAX_PAYLOAD])
+        for i in range(0, len(payload), DEFAULT_MAX_PAYLOAD)
+    ]
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            client = await connect(address)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_frames, frames)
+                got = await receive_frames(client, 4)
+            assert b"".join(bytes(f.payload) for f in got) == payload
+            await client.aclose()
+
+
+async def test_server_sees_one_frame_per_message() -> None:
+    sizes: list[int] = []
+    done = trio.Event()
+
+    async def record(transport: FrameTransport) -> None:
+        for _ in range(3):
+            message = await transport.receive_some()
+            sizes.append(len(message))
+        done.set()
+
+    with trio.fail_after(DEADLINE):
+        async with ws_server(record) as address:
+            client = await connect(address)
+            await client.send_frames([data_frame(b""), data_frame(b"ab"), data_frame(bytes(70000))])
+            await done.wait()
+            await client.aclose()
+    assert sizes == [HEADER_SIZE, HEADER_SIZE + 2, HEADER_SIZE + 70000]
+
+
+async def test_text_message_is_not_lbru() -> None:
+    errors: list[BaseException] = []
+    done = trio.Event()
+
+    async def expect_binary(transport: FrameTransport) -> None:
+        try:
+            await transport.receive_some()
+        except RemoteProtocolError as exc:
+            errors.append(exc)
+        done.set()
+
+    with trio.fail_after(DEADLINE):
+        async with ws_server(expect_binary) as address, raw_ws(address) as ws:
+            await ws.send_message("hello")
+            await done.wait()
+    assert "text messages are not LBRU" in str(errors[0])
+
+
+async def test_client_rejects_text_from_the_server() -> None:
+    async def send_text(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message("not a frame")
+        await ws.get_message()  # wait for the client to go away
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                trio_websocket.serve_websocket, send_text, "127.0.0.1", 0, None
+            )
+            client = await connect(("127.0.0.1", server.port))
+            with pytest.raises(RemoteProtocolError, match="text messages"):
+                await client.receive_some()
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_message_with_two_frames_is_refused() -> None:
+    errors: list[BaseException] = []
+    done = trio.Event()
+
+    async def one_frame_only(transport: FrameTransport) -> None:
+        try:
+            await transport.receive_some()
+        except RemoteProtocolError as exc:
+            errors.append(exc)
+        done.set()
+
+    two = encode_frame(Command.DATA, b"a")
+    with trio.fail_after(DEADLINE):
+        async with ws_server(one_frame_only) as address, raw_ws(address) as ws:
+            await ws.send_message(two + two)
+            await done.wait()
+    assert "exactly one LBRU frame" in str(errors[0])
+
+
+async def test_oversized_message_closes_with_frame_too_large() -> None:
+    errors: list[BaseException] = []
+    done = trio.Event()
+
+    async def receive(transport: FrameTransport) -> None:
+        try:
+            await transport.receive_some()
+        except FrameTooLargeError as exc:
+            errors.append(exc)
+        done.set()
+
+    with trio.fail_after(DEADLINE):
+        async with ws_server(receive, max_message_size=1000) as address:
+            client = await connect(address)
+            await client.send_frames([data_frame(bytes(2000))])
+            await done.wait()
+            await client.aclose()
+    assert errors
+
+
+async def test_default_max_message_is_one_maximal_frame() -> None:
+    assert WS_MAX_MESSAGE_SIZE == HEADER_SIZE + DEFAULT_MAX_PAYLOAD
+    assert WS_RECEIVE_BUFFER >= 1 << 20
+
+
+async def test_clean_close_reads_as_eof_both_ways() -> None:
+    got: list[bytes] = []
+    done = trio.Event()
+
+    async def wait_for_eof(transport: FrameTransport) -> None:
+        got.append(bytes(await transport.receive_some()))
+        done.set()
+
+    with trio.fail_after(DEADLINE):
+        async with ws_server(wait_for_eof) as address:
+            client = await connect(address)
+            await client.aclose()
+            await done.wait()
+            assert got == [b""]
+            with pytest.raises(ConnectionClosed, match="closed"):
+                await client.receive_some()
+        async with ws_server(lambda t: t.aclose()) as address:
+            client = await connect(address)
+            assert await client.receive_some() == b""
+            await client.aclose()
+
+
+async def test_no_descriptors_over_websocket() -> None:
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            client = await connect(address)
+            with pytest.raises(LocalProtocolError):
+                await client.send_fd_frame(data_frame(b"x"), 0)
+            with pytest.raises(LocalProtocolError):
+                await client.receive_with_fds(100)
+            await client.aclose()
+
+
+# --- Authentication ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "token"),
+    [
+        ("/", None),
+        ("/", "wrong-token"),
+        ("/", TOKEN[:-1]),
+        (f"/?token={TOKEN}", None),
+        (f"/?access_token={TOKEN}&token={TOKEN}", None),
+    ],
+    ids=["no-token", "wrong-token", "prefix-of-token", "token-in-query", "tokens-in-query"],
+)
+async def test_bad_credentials_get_401(path: str, token: str | None) -> None:
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            with pytest.raises(UnauthorizedError, match="HTTP 401"):
+                await connect(address, path, token=token)
+
+
+async def test_right_token_works_and_compare_digest_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def counting(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counting)
+    seen: list[Any] = []
+
+    async def record(transport: FrameTransport) -> None:
+        seen.append(transport.peer)
+        await echo(transport)
+
+    with trio.fail_after(DEADLINE):
+        async with ws_server(record) as address:
+            client = await connect(address)
+            await client.send_frames([data_frame(b"authorized")])
+            assert (await receive_frames(client, 1))[0].payload == b"authorized"
+            await client.aclose()
+            with pytest.raises(UnauthorizedError):
+                await connect(address, token="nope")
+    assert calls == [(TOKEN.encode(), TOKEN.encode()), (b"nope", TOKEN.encode())]
+    (peer,) = seen
+    assert peer.kind == "websocket"
+    assert peer.authenticated
+    assert peer.address.startswith("127.0.0.1:")
+    assert "compare_digest" in inspect.getsource(ws_module._authorize)
+
+
+async def raw_upgrade(address: tuple[str, int], headers: list[bytes]) -> bytes:
+    """Send an upgrade request by hand; return the response's status line."""
+    request = b"\r\n".join(
+        [
+            b"GET / HTTP/1.1",
+            b"Host: 127.0.0.1",
+            b"Upgrade: websocket",
+            b"Connection: Upgrade",
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            b"Sec-WebSocket-Version: 13",
+            *headers,
+            b"",
+            b"",
+        ]
+    )
+    with trio.socket.socket() as sock:
+        await sock.connect(address)
+        await sock.send(request)
+        response = b""
+        while b"\r\n" not in response:
+            chunk = await sock.recv(4096)
+            if not chunk:
+                break
+            response += chunk
+    return response.split(b"\r\n", 1)[0]
+
+
+async def test_browser_origin_gets_403() -> None:
+    bearer = b"Authorization: Bearer " + TOKEN.encode()
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            status = await raw_upgrade(address, [bearer, b"Origin: https://evil.example"])
+            assert status.startswith(b"HTTP/1.1 403")
+            # The same request without the token is refused for the token first.
+            status = await raw_upgrade(address, [b"Origin: https://evil.example"])
+            assert status.startswith(b"HTTP/1.1 401")
+        async with ws_server(echo, allowed_origins={"https://app.example"}) as address:
+            headers = [(b"Authorization", b"Bearer " + TOKEN.encode())]
+            headers.append((b"Origin", b"https://app.example"))
+            async with raw_ws(address, headers) as ws:
+                await ws.send_message(encode_frame(Command.PING))
+                assert len(await ws.get_message()) == HEADER_SIZE
+
+
+async def test_no_token_means_no_authentication() -> None:
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo, token=None) as address:
+            client = await connect(address, token=None)
+            await client.send_frames([data_frame(b"open")])
+            assert (await receive_frames(client, 1))[0].payload == b"open"
+            await client.aclose()
+
+
+# --- Limits ------------------------------------------------------------------------------------
+
+
+async def test_connection_cap() -> None:
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo, max_connections=2) as address:
+            first, second = await connect(address), await connect(address)
+            for client in (first, second):
+                await client.send_frames([data_frame(b"in")])
+                await receive_frames(client, 1)
+            third = await connect(address)
+            frames = await receive_frames(third, 2)
+            assert [error_of(f).code for f in frames] == [ErrorCode.CONNECTION_LIMIT]
+            for client in (first, second):
+                await client.send_frames([data_frame(b"still")])
+                assert (await receive_frames(client, 1))[0].payload == b"still"
+            for client in (first, second, third):
+                await client.aclose()
+
+
+async def test_handshake_flood_is_capped() -> None:
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo, max_unauthenticated=1) as address:
+            with trio.socket.socket() as silent:
+                await silent.connect(address)  # connects, never sends the upgrade request
+                await trio.testing.wait_all_tasks_blocked()  # the server accepted it, waits
+                with pytest.raises(ConnectionClosed, match="closed the connection during"):
+                    await connect(address)
+
+
+async def test_per_ip_cap_counts_handshakes() -> None:
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo, max_per_ip=1) as address:
+            with trio.socket.socket() as silent:
+                await silent.connect(address)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(ConnectionClosed, match="closed the connection during"):
+                    await connect(address)
+
+
+async def test_handshake_timeout_frees_the_slot() -> None:
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo, max_unauthenticated=1, handshake_timeout=0.05) as address:
+            with trio.socket.socket() as silent:
+                await silent.connect(address)
+                assert await silent.recv(10) == b"", "the server hangs up after the deadline"
+            client = await connect(address)  # the slot is free again
+            await client.aclose()
+
+
+async def test_keepalive_closes_a_peer_that_never_answers() -> None:
+    errors: list[BaseException] = []
+    done = trio.Event()
+
+    async def wait(transport: FrameTransport) -> None:
+        try:
+            await transport.receive_some()
+        except ConnectionClosed as exc:
+            errors.append(exc)
+        done.set()
+
+    with trio.fail_after(DEADLINE):
+        async with ws_server(wait, ping_interval=0.01, pong_timeout=0.05) as address:
+            client = await connect(address)  # never reads, so never answers a ping
+            await done.wait()
+            await client.aclose()
+    assert "did not answer a ping" in str(errors[0])
+
+
+async def test_client_answers_pings_while_reading() -> None:
+    async def ping_then_send(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        with trio.fail_after(DEADLINE):
+            await ws.ping(b"are you there")
+        await ws.send_message(encode_frame(Command.PING))
+        await ws.get_message()
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                trio_websocket.serve_websocket, ping_then_send, "127.0.0.1", 0, None
+            )
+            client = await connect(("127.0.0.1", server.port))
+            message = await client.receive_some()  # answers the ping on the way
+            assert len(message) == HEADER_SIZE
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_connect_to_nothing() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: connections are refused
+        with trio.fail_after(DEADLINE), pytest.raises(ConnectionClosed, match="cannot connect"):
+            await connect_websocket(f"ws://127.0.0.1:{port}/", token=TOKEN)
+
+
+# --- The client's frame writer -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 127, 65535, 65536, 1 << 20])
+def test_masked_frames_parse_in_wsproto(size: int) -> None:
+    payload = os.urandom(size)
+    server = wsproto.connection.Connection(wsproto.connection.ConnectionType.SERVER)
+    frame = ws_module._masked_frame(payload)
+    assert frame[1] & 0x80, "client frames are masked"
+    server.receive_data(bytes(frame))
+    events = list(server.events())
+    assert all(isinstance(e, BytesMessage) for e in events)
+    assert b"".join(e.data for e in events) == payload
+    assert events[-1].message_finished
+
+
+def test_masked_frames_use_fresh_keys() -> None:
+    keys = {bytes(ws_module._masked_frame(b"x" * 10)[2:6]) for _ in range(50)}
+    assert len(keys) > 40
+
+
+# --- Robustness --------------------------------------------------------------------------------
+
+
+def reset_on_close(sock: trio.socket.SocketType) -> None:
+    """Make close() send a TCP RST instead of a FIN: the rudest way to leave."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def test_abrupt_peers_never_take_the_listener_down() -> None:
+    upgrade_with_wrong_token = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Authorization: Bearer wrong\r\n\r\n"
+    )
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo, handshake_timeout=0.2) as address:
+            for payload in [upgrade_with_wrong_token, b"\x16\x03\x01garbage\r\n\r\n", b""] * 10:
+                with trio.socket.socket() as sock:
+                    await sock.connect(address)
+                    if payload:
+                        await sock.send(payload)
+                    reset_on_close(sock)
+            client = await connect(address)
+            await client.send_frames([data_frame(b"survived")])
+            assert (await receive_frames(client, 1))[0].payload == b"survived"
+            await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("error", "level"),
+    [
+        (ZeroDivisionError("a bug"), logging.ERROR),
+        (trio_websocket.ConnectionClosed(None), logging.DEBUG),
+        (trio.BrokenResourceError("peer reset"), logging.DEBUG),
+    ],
+    ids=["bug", "peer-closed", "peer-reset"],
+)
+async def test_connection_errors_are_contained(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    level: int,
+) -> None:
+    real = ws_module._authorize
+    calls = 0
+
+    def failing_once(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise error
+        return real(*args)
+
+    monkeypatch.setattr(ws_module, "_authorize", failing_once)
+    with trio.fail_after(DEADLINE), caplog.at_level(logging.DEBUG, "librorum.transport"):
+        async with ws_server(echo) as address:
+            with pytest.raises(ConnectionClosed):
+                await connect(address)
+            client = await connect(address)  # the listener is still there
+            await client.aclose()
+    records = [r for r in caplog.records if "connection 127.0.0.1" in r.getMessage()]
+    assert [r.levelno for r in records] == [level]
+    assert (records[0].exc_info is not None) == (level == logging.ERROR)
