@@ -621,7 +621,9 @@ async def serve_websocket(
     are cancelled (each gets ``close_grace`` to close), those in ``handler_nursery`` are not.
 
     Raises:
-        OSError: the address cannot be bound (in use, not local, no permission).
+        ConfigError: the address cannot be bound (in use, not local, no permission, unknown
+            host name); the OS error is the ``__cause__``.
+        ValueError: ``token`` is an empty string.
     """
     if token is not None and not token:
         msg = "token must be None (no authentication) or a non-empty string"
@@ -639,7 +641,11 @@ async def serve_websocket(
         receive_buffer_size=receive_buffer_size,
     )
     gate = _Gate(max_connections, max_per_ip, max_unauthenticated, fd_reserve)
-    tcp_listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    try:
+        tcp_listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+    except OSError as exc:
+        msg = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise ConfigError(msg) from exc
     if port == 0 and len(tcp_listeners) > 1:
         # Each address would get its own random port; serve one so that there is one answer.
         for extra in tcp_listeners[1:]:

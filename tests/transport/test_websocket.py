@@ -6,8 +6,12 @@ import hmac
 import inspect
 import logging
 import os
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ import trio_websocket
 import wsproto
 from wsproto.events import BytesMessage
 
+from librorum.config import ConfigError
 from librorum.errors import (
     ConnectionClosed,
     ErrorCode,
@@ -29,7 +34,12 @@ from librorum.limits import WS_MAX_MESSAGE_SIZE, WS_RECEIVE_BUFFER
 from librorum.protocol import Command
 from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
 from librorum.protocol.framing import encode_frame
-from librorum.transport import FrameTransport, connect_websocket, websocket as ws_module
+from librorum.transport import (
+    FrameTransport,
+    connect_websocket,
+    serve_websocket,
+    websocket as ws_module,
+)
 
 from .conftest import (
     DEADLINE,
@@ -38,6 +48,8 @@ from .conftest import (
     echo,
     error_of,
     receive_frames,
+    running,
+    start_fails,
     ws_server,
     ws_url,
 )
@@ -510,3 +522,59 @@ async def test_connection_errors_are_contained(
     records = [r for r in caplog.records if "connection 127.0.0.1" in r.getMessage()]
     assert [r.levelno for r in records] == [level]
     assert (records[0].exc_info is not None) == (level == logging.ERROR)
+
+
+async def test_port_in_use_is_a_config_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with trio.fail_after(DEADLINE), start_fails(ConfigError, "cannot listen on 127.0.0.1"):
+            async with running(serve_websocket, echo, "127.0.0.1", port, token=TOKEN):
+                pass
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_round_trip(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo, ssl_context=server_context) as (host, port):
+            url = f"wss://{host}:{port}/"
+            client = await connect_websocket(url, token=TOKEN, ssl_context=client_context)
+            assert client.peer.authenticated, "TLS verified the server"
+            payload = os.urandom(DEFAULT_MAX_PAYLOAD)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_frames, [data_frame(payload)])
+                (frame,) = await receive_frames(client, 1)
+            assert frame.payload == payload
+            await client.aclose()
+            # A client that does not trust the certificate never gets to send its token.
+            with pytest.raises(ConnectionClosed, match="CERTIFICATE_VERIFY_FAILED"):
+                await connect_websocket(url, token=TOKEN)
+            with pytest.raises(UnauthorizedError):
+                await connect_websocket(url, token="wrong", ssl_context=client_context)
