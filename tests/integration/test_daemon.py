@@ -1,0 +1,235 @@
+"""End to end: a real daemon (librorum.testing) and real clients over real sockets.
+
+Unix sockets live in tmp_path; WebSocket listens on 127.0.0.1 with an ephemeral port. Every
+test runs under a deadline; nothing waits on a sleep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from librorum.client.aio import open_client
+from librorum.errors import (
+    AlreadyExistsError,
+    ConnectionClosed,
+    LibrorumError,
+    NotFoundError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from librorum.protocol.constants import WriteMode
+from librorum.protocol.messages import FileWrite, Ping
+from librorum.protocol.session import ClientSession, ErrorReceived, HelloAccepted, ReplyReceived
+from librorum.server.app import serve
+from librorum.testing import Transport, open_test_daemon, test_config
+from librorum.transport import AlreadyRunningError, FrameTransport, connect_uds
+
+TRANSPORTS: list[Transport] = ["uds", "websocket"]
+MIB = 1 << 20
+
+
+def pattern(index: int) -> bytes:
+    """1 MiB of data that differs per index (so dedup does not hide anything)."""
+    seed = hashlib.blake2b(index.to_bytes(8, "big")).digest()
+    return seed * (MIB // len(seed))
+
+
+async def stream(count: int) -> AsyncIterator[bytes]:
+    for index in range(count):
+        yield pattern(index)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_200_mib_streamed_upload_and_download(transport: Transport, tmp_path: Path) -> None:
+    expected = hashlib.sha256()
+    for index in range(200):
+        expected.update(pattern(index))
+    with trio.fail_after(120):
+        async with open_test_daemon(tmp_path) as daemon, daemon.client(transport) as client:
+            info = await client.write("/big.bin", stream(200), size=200 * MIB)
+            assert info.size == 200 * MIB
+            got = hashlib.sha256()
+            async with client.open_read("/big.bin") as reader:
+                async for chunk in reader:
+                    got.update(chunk)
+            assert got.hexdigest() == expected.hexdigest()
+
+
+async def test_many_concurrent_clients(tmp_path: Path) -> None:
+    # 100 clients at once, half on each transport, each with its own connection.
+    overrides = {"max_connections_per_uid": 128, "max_connections_per_ip": 128}
+    results: list[bytes] = []
+
+    async def one(index: int) -> None:
+        transport: Transport = "uds" if index % 2 else "websocket"
+        async with daemon.client(transport) as client:
+            body = f"client {index}".encode() * 100
+            await client.write(f"/c/{index}", body)
+            assert (await client.stat(f"/c/{index}")).size == len(body)
+            results.append(await client.read(f"/c/{index}"))
+
+    with trio.fail_after(120):
+        async with open_test_daemon(tmp_path, **overrides) as daemon:
+            async with daemon.client() as client:
+                await client.mkdir("/c")
+            async with trio.open_nursery() as nursery:
+                for index in range(100):
+                    nursery.start_soon(one, index)
+            async with daemon.client() as client:
+                assert len(await client.list("/c")) == 100
+    assert sorted(results) == sorted(f"client {i}".encode() * 100 for i in range(100))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_requests_complete_out_of_order_on_one_connection(
+    transport: Transport, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon, daemon.client(transport) as client:
+            await client.write("/big", stream(16))
+            await client.write("/small", b"x")
+            async with client.open_read("/big") as reader:
+                first = await reader.receive_some()
+                assert first
+                # The READ is still in flight (we stopped consuming); later requests on the
+                # same connection complete meanwhile.
+                assert (await client.stat("/small")).size == 1
+                assert await client.read("/small") == b"x"
+                rest = len(first)
+                async for chunk in reader:
+                    rest += len(chunk)
+            assert rest == 16 * MIB
+
+
+async def raw_connection(socket_path: Path) -> tuple[FrameTransport, ClientSession]:
+    """A connection driven by hand: the sans-I/O session over a real Unix socket."""
+    transport = await connect_uds(socket_path)
+    session = ClientSession()
+    session.hello()
+    await transport.send_frames(session.frames_to_send())
+    while True:
+        session.receive_data(await transport.receive_some())
+        if any(isinstance(e, HelloAccepted) for e in session.events()):
+            return transport, session
+
+
+async def test_disconnect_mid_upload_leaves_nothing_visible(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+            transport, session = await raw_connection(daemon.socket_path)
+            sid = session.start_request(FileWrite("/partial", size=3 * MIB), end=False)
+            session.send_data(sid, pattern(0))
+            session.send_data(sid, pattern(1))
+            await transport.send_frames(session.frames_to_send())
+            await transport.aclose()  # gone before the last MiB and END
+            async with daemon.client() as client:
+                with pytest.raises(NotFoundError):
+                    await client.stat("/partial")
+                assert (await client.status()).store.files == 0
+                # The daemon still serves.
+                await client.write("/after", b"ok")
+                assert await client.read("/after") == b"ok"
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+async def test_websocket_refuses_a_missing_or_wrong_token(
+    token: str | None, tmp_path: Path
+) -> None:
+    with trio.fail_after(30):
+        async with open_test_daemon(tmp_path) as daemon:
+            with pytest.raises(UnauthorizedError):
+                async with open_client(
+                    transport="remote", url=daemon.url, token=token, reconnect=False
+                ) as client:
+                    await client.ping()
+
+
+async def test_second_daemon_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with open_test_daemon(tmp_path) as daemon:
+            # Same data directory, a different socket: the instance lock must refuse.
+            other = test_config(tmp_path, socket_path=tmp_path / "other" / "s.sock")
+            assert other.data_dir == daemon.config.data_dir
+            with pytest.raises(AlreadyRunningError):
+                await serve(other, handle_signals=False)
+            async with daemon.client() as client:
+                await client.ping()
+
+
+async def test_graceful_shutdown_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
+    halfway = trio.Event()
+    resume = trio.Event()
+
+    async def slow_source() -> AsyncIterator[bytes]:
+        yield pattern(0)
+        halfway.set()
+        await resume.wait()
+        yield pattern(1)
+
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+            async with daemon.client() as client, trio.open_nursery() as nursery:
+                result: list[int] = []
+
+                async def upload() -> None:
+                    info = await client.write("/in-flight", slow_source(), size=2 * MIB)
+                    result.append(info.size)
+
+                nursery.start_soon(upload)
+                await halfway.wait()
+                daemon.shutdown()  # GOAWAY: the upload may finish, nothing new may start
+                # Shutdown is asynchronous: ping until the daemon refuses new requests (GOAWAY
+                # on this connection, and no listener left to reconnect to).
+                refused: LibrorumError | None = None
+                for _ in range(10_000):
+                    try:
+                        await client.ping()
+                    except (UnavailableError, ConnectionClosed) as exc:
+                        refused = exc
+                        break
+                assert refused is not None, "the daemon kept accepting requests"
+                resume.set()
+            assert result == [2 * MIB]
+    # The daemon has stopped; a new one on the same directory sees the committed file.
+    async with open_test_daemon(tmp_path) as daemon, daemon.client() as client:
+        assert (await client.stat("/in-flight")).size == 2 * MIB
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_write_modes_and_resumable_status(transport: Transport, tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon, daemon.client(transport) as client:
+            await client.write("/f", b"one", mode=WriteMode.EXCLUSIVE)
+            with pytest.raises(AlreadyExistsError):
+                await client.write("/f", b"two", mode=WriteMode.EXCLUSIVE)
+            info = await client.write("/f", stream(3), resumable=True)
+            assert info.size == 3 * MIB
+            with pytest.raises(NotFoundError):
+                await client.upload_status("no-such-upload-0000")
+
+
+async def test_data_after_a_refused_upload_is_discarded(tmp_path: Path) -> None:
+    # DATA for an upload the server already ended is dropped, not an error (spec 3.3): the
+    # connection stays up and answers the next request.
+    with trio.fail_after(30):
+        async with open_test_daemon(tmp_path) as daemon:
+            transport, session = await raw_connection(daemon.socket_path)
+            sid = session.start_request(FileWrite("/no/such/dir/file", size=9), end=False)
+            session.send_data(sid, b"late data", end=True)
+            ping = session.start_request(Ping())
+            await transport.send_frames(session.frames_to_send())
+            events = []
+            while not any(isinstance(e, ReplyReceived) for e in events):
+                session.receive_data(await transport.receive_some())
+                events += list(session.events())
+            [refused] = [e for e in events if isinstance(e, ErrorReceived)]
+            assert refused.session_id == sid
+            assert isinstance(refused.exception, NotFoundError)
+            [pong] = [e for e in events if isinstance(e, ReplyReceived)]
+            assert pong.session_id == ping
+            await transport.aclose()
