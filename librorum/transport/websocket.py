@@ -158,7 +158,6 @@ class WsTransport:
         Raises:
             ConnectionClosed: the connection is closed or broken.
         """
-        messages = [_join(parts) for parts in frames]
         async with self._send_lock:
             if self._broken is not None:
                 msg = f"cannot send: {self._broken}"
@@ -166,7 +165,9 @@ class WsTransport:
             in_flight = False
             try:
                 with self._errors("send"):
-                    for message in messages:
+                    for parts in frames:
+                        # Joined one at a time: a batch never holds more than one extra copy.
+                        message = _join(parts)
                         in_flight = True
                         await self._ws.send_message(message)
                         in_flight = False
