@@ -13,6 +13,7 @@ import array
 import contextlib
 import fcntl
 import os
+import secrets
 import socket
 import stat
 import struct
@@ -416,9 +417,11 @@ async def serve_uds(
     start returns ``path`` once connections are being accepted.
 
     The directory of ``path`` is created 0700 if missing (an existing one must be ours and
-    private). The socket is created under umask 0o177 so that it is 0600 from the moment it
-    exists, and verified after bind. A socket file already at ``path`` is replaced when it is
-    stale (connect() is refused: its daemon died) and never when something answers on it.
+    private). The socket is bound under a temporary name in that directory, made 0600 and
+    verified, then renamed onto ``path``, so ``path`` is 0600 from the moment it exists (the
+    process umask is never touched: it is shared with every thread). A socket file already at
+    ``path`` is replaced (atomically) when it is stale (connect() is refused: its daemon
+    died) and never when something answers on it.
     A lock file next to the socket (``PATH.lock``) keeps two starting daemons from both taking
     the stale path. The socket is unlinked on exit, unless another daemon replaced it since.
 
@@ -481,8 +484,16 @@ async def serve_uds(
 
 
 def _bind(path: Path, name: str, backlog: int) -> tuple[socket.socket, tuple[int, int]]:
-    """Create, bind (0600 from the start) and listen; return the socket and the (st_dev,
-    st_ino) of its file, so that on exit we unlink our socket and never a successor's."""
+    """Create, bind and listen, so that ``path`` is 0600 from the moment it exists; return
+    the socket and the (st_dev, st_ino) of its file, so that on exit we unlink our socket and
+    never a successor's.
+
+    The socket is bound under a temporary name in the (verified 0700) directory, made 0600,
+    checked, and then renamed onto ``path``: the final name appears atomically with its final
+    mode, and a stale socket there is replaced atomically too. Changing the umask around
+    bind() would do the first part, but the umask is process-wide: a worker thread creating a
+    directory in that window would make it unusable (0600, no search bit).
+    """
     try:
         existing = path.lstat()
     except FileNotFoundError:
@@ -495,30 +506,29 @@ def _bind(path: Path, name: str, backlog: int) -> tuple[socket.socket, tuple[int
             msg = f"a daemon is already listening on {path}"
             raise AlreadyRunningError(msg)
         logger.info("replacing stale socket %s", path)
-        path.unlink(missing_ok=True)
+    temporary = path.with_name(f".{secrets.token_hex(4)}.tmp")
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        # bind() creates the file with mode 0777 & ~umask: 0o177 makes it 0600 at birth. This
-        # is a synchronous stretch with no checkpoint, so no other task runs under this umask
-        # (threads could; the daemon binds before starting any).
-        old_umask = os.umask(0o177)
+        raw.bind(_check_socket_path(temporary))
         try:
-            raw.bind(name)
-        finally:
-            os.umask(old_umask)
-        info = path.lstat()
-        if (
-            not stat.S_ISSOCK(info.st_mode)
-            or info.st_uid != os.geteuid()
-            or stat.S_IMODE(info.st_mode) & 0o177
-        ):
-            path.unlink(missing_ok=True)
-            msg = (
-                f"socket {path} came out with mode {stat.S_IMODE(info.st_mode):04o}, owner "
-                f"{info.st_uid}; expected 0600 and uid {os.geteuid()}"
-            )
-            raise ConfigError(msg)
-        raw.listen(backlog)
+            os.chmod(temporary, 0o600)
+            info = temporary.lstat()
+            if (
+                not stat.S_ISSOCK(info.st_mode)
+                or info.st_uid != os.geteuid()
+                or stat.S_IMODE(info.st_mode) != 0o600
+            ):
+                msg = (
+                    f"socket {temporary} has mode {stat.S_IMODE(info.st_mode):04o}, owner "
+                    f"{info.st_uid}; expected 0600 and uid {os.geteuid()}"
+                )
+                raise ConfigError(msg)
+            # Listening before the rename: the path accepts connections as soon as it exists.
+            raw.listen(backlog)
+            os.rename(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
     except OSError as exc:
         raw.close()
         msg = f"cannot listen on {path}: {exc.strerror or exc}"

@@ -173,7 +173,7 @@ async def test_socket_never_observed_with_group_or_other_bits(sock_path: Path) -
         stop.set()
         watcher.join()
         umask_after = os.umask(old_umask)
-    assert umask_after == 0o000, "serve_uds restores the umask it found"
+    assert umask_after == 0o000, "serve_uds leaves the umask alone"
     assert observed, "the watcher never saw the socket: the test proved nothing"
     bad = [oct(stat.S_IMODE(mode)) for mode in observed if mode & 0o077]
     assert not bad
