@@ -54,6 +54,12 @@ class PeerInfo:
     address: str | None = None
     authenticated: bool = False
 
+    def __str__(self) -> str:
+        """For log lines: ``websocket:127.0.0.1:5000`` or ``uds:uid=1000,pid=42``."""
+        if self.address is not None:
+            return f"{self.kind}:{self.address}"
+        return f"{self.kind}:uid={self.uid},pid={self.pid}"
+
 
 class FrameTransport(Protocol):
     """One connection carrying LBRU frames; the server and the clients use it alike.
@@ -164,11 +170,11 @@ async def run_handler(handler: Handler, transport: FrameTransport) -> None:
     try:
         await handler(transport)
     except* TransportError as group:
-        logger.debug("connection %s ended: %s", _describe(peer), _first(group))
+        logger.debug("connection %s ended: %s", peer, _first(group))
     except* LibrorumError as group:
-        logger.info("connection %s closed on error: %s", _describe(peer), _first(group))
+        logger.info("connection %s closed on error: %s", peer, _first(group))
     except* Exception as group:
-        logger.error("handler failed on connection %s", _describe(peer), exc_info=group)
+        logger.error("handler failed on connection %s", peer, exc_info=group)
 
 
 #: What a peer can make a connection's plumbing (not its handler) raise: it vanished, or sent
@@ -207,12 +213,6 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while len(exceptions) == 1 and isinstance(exceptions[0], BaseExceptionGroup):
         exceptions = exceptions[0].exceptions
     return exceptions[0]
-
-
-def _describe(peer: PeerInfo) -> str:
-    if peer.address is not None:
-        return f"{peer.kind}:{peer.address}"
-    return f"{peer.kind}:uid={peer.uid},pid={peer.pid}"
 
 
 def fd_headroom(fd: int, reserve: int) -> bool:
