@@ -10,9 +10,15 @@ Pipeline (per upload). ``write`` copies pieces into a chunk-sized buffer on the 
 3. resumable uploads only: record it in the metadata, in order; that advances the committed
    offset.
 
-Up to ``upload_pipeline`` jobs run at once per upload, so hashing, writing and fsyncing of
-consecutive chunks overlap with each other and with receiving (on 2 cores: ~2x a sequential
-loop). Memory per upload is bounded: ``upload_pipeline + 1`` chunk buffers.
+Up to ``upload_pipeline`` jobs run at once per upload (default 2), so hashing the next chunk
+overlaps writing the previous one and receiving; step 2 runs one job at a time per upload (a
+"write lane"): on this machine two concurrent fsyncs of one stream each took about twice as
+long (the device is the bottleneck), so overlapping them gained nothing. Measured with 256 MiB
+uploads (``bench/store.py`` has the 1 GiB figures): hashing ~0.12 s, chunk writes ~0.26 s,
+journal transactions ~0.03-0.06 s; a one-job pipeline ran at 0.51-0.55 GB/s in warm rounds,
+two jobs with the lane at 0.50-0.60 GB/s. The spread comes from the host: writing into fresh
+page-cache pages ran anywhere between 0.25 and 4 GB/s from one round to the next.
+Memory per upload is bounded: ``upload_pipeline + 1`` chunk buffers.
 
 Same-file writers: *last commit wins, atomically*. Uploads to one path proceed independently
 and never wait for each other; each commit replaces the file in one metadata transaction
@@ -110,6 +116,7 @@ class Upload:
         self._next_index = len(recorded)
         self._state = _OPEN
         self._busy = False
+        self._write_lane = trio.Lock()
         store._pins.pin(self._pinned)
 
     # --- properties ---------------------------------------------------------------------------
@@ -238,7 +245,10 @@ class Upload:
             job.hashed.set()
             store._pins.pin([job.digest])
             self._pinned.append(job.digest)
-            await store._store_chunk(job.digest, lambda: store._objects.put(job.digest, view))
+            # One chunk write at a time per upload: concurrent fsyncs of one stream only slow
+            # each other down; the pipeline overlaps hashing with writing instead.
+            async with self._write_lane:
+                await store._store_chunk(job.digest, lambda: store._objects.put(job.digest, view))
             if job.record:
                 if job.prev is not None:
                     await job.prev.done.wait()
