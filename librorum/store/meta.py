@@ -27,7 +27,7 @@ from typing import Final, Protocol, TypeVar
 import attrs
 import trio
 
-from librorum.errors import NoSpaceError
+from librorum.errors import NoSpaceError, TimeoutError_
 from librorum.store._translate import store_error_for, translating
 from librorum.store.fs import FS
 
@@ -612,12 +612,19 @@ class SqliteMetadataStore:
         on_commit_failure: Called (from a worker thread) when a commit fails other than for
             lack of space: the commit's outcome on disk is then unknown, and the store must
             stop acknowledging writes.
+        lock_timeout: Longest wait for the writer (seconds) before TimeoutError_.
     """
 
     def __init__(
-        self, path: str, fs: FS, *, on_commit_failure: Callable[[BaseException], None]
+        self,
+        path: str,
+        fs: FS,
+        *,
+        on_commit_failure: Callable[[BaseException], None],
+        lock_timeout: float,
     ) -> None:
         self._path = path
+        self._lock_timeout = lock_timeout
         self._fs = fs
         self._on_commit_failure = on_commit_failure
         self._write_lock = trio.Lock()
@@ -719,9 +726,17 @@ class SqliteMetadataStore:
         Raises:
             StoreError: Whatever ``fn`` raises (the transaction is rolled back), or the
                 translation of a database error.
+            TimeoutError_: The writer was busy for longer than the lock timeout.
         """
-        async with self._write_lock:
+        with trio.move_on_after(self._lock_timeout) as scope:
+            await self._write_lock.acquire()
+        if scope.cancelled_caught:
+            msg = f"metadata writer busy for more than {self._lock_timeout} s"
+            raise TimeoutError_(msg)
+        try:
             return await trio.to_thread.run_sync(self._write_sync, fn, limiter=self._limiter)
+        finally:
+            self._write_lock.release()
 
     def _write_sync(self, fn: Callable[[MetaTxn], T]) -> T:
         conn = self._writer

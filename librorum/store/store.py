@@ -115,7 +115,7 @@ DEFAULT_IO_THREADS: Final = 8
 DEFAULT_UPLOAD_PIPELINE: Final = 2
 #: Chunks a reader reads and verifies ahead of the consumer.
 DEFAULT_READ_AHEAD: Final = 2
-#: Longest wait for a path or chunk lock before TimeoutError_.
+#: Longest wait for a path lock, a chunk lock or the metadata writer before TimeoutError_.
 DEFAULT_LOCK_TIMEOUT: Final = 30.0
 #: Journal entries the collector handles per step (each step runs after a commit that
 #: released chunks, bounded so that the request it follows stays short).
@@ -174,7 +174,10 @@ class Store:
         self._gc_batch = gc_batch
         self._io_limiter = trio.CapacityLimiter(io_threads)
         self._meta = SqliteMetadataStore(
-            str(data_dir / _DB_NAME), fs, on_commit_failure=self._on_fatal_io
+            str(data_dir / _DB_NAME),
+            fs,
+            on_commit_failure=self._on_fatal_io,
+            lock_timeout=lock_timeout,
         )
         self._objects = LocalChunkStore(
             str(data_dir), fs, limiter=self._io_limiter, on_fsync_failure=self._on_fatal_io
@@ -343,6 +346,9 @@ class Store:
         """Collect every unreferenced, unpinned chunk now (normally done in bounded steps
         after each commit that releases chunks, and on open).
 
+        Cancellation: safe at any point: a step interrupted between deleting files and
+        dropping their journal entries is finished by the next step or the next open.
+
         Returns:
             The number of chunk files deleted.
         """
@@ -458,6 +464,9 @@ class Store:
         """Create a directory (and missing parents if ``parents``; then an existing directory
         is not an error).
 
+        Cancellation: cancelled before its metadata commit, it has no effect; the commit is
+        not interruptible, and once made the result is returned.
+
         Raises:
             InvalidPathError: ``path`` breaks the path rules.
             AlreadyExistsError: Something is there.
@@ -479,6 +488,9 @@ class Store:
         Returns:
             The number of entries removed.
 
+        Cancellation: cancelled before its metadata commit, it has no effect; the commit is
+        not interruptible, and once made the result is returned.
+
         Raises:
             InvalidPathError: ``path`` breaks the path rules, or is the root.
             NotFoundError: Nothing is there.
@@ -496,6 +508,9 @@ class Store:
 
     async def rename(self, src: str, dst: str, *, overwrite: bool = False) -> FileInfo:
         """Move a file or directory atomically (see ``namespace.rename`` for the rules).
+
+        Cancellation: cancelled before its metadata commit, it has no effect; the commit is
+        not interruptible, and once made the result is returned.
 
         Raises:
             InvalidPathError: A path breaks the rules, is the root, or ``dst`` is inside
@@ -618,6 +633,8 @@ class Store:
             offset: If given, the offset the client will resume from; it must equal the
                 committed offset.
 
+        Cancellation: a cancelled resume leaves the upload detached, as it was.
+
         Raises:
             NotFoundError: No such upload.
             ConflictError: The upload is attached to another stream, or ``offset`` differs
@@ -679,6 +696,8 @@ class Store:
     async def upload_status(self, upload_id: str) -> UploadStatus:
         """Where a resumable upload stands.
 
+        Cancellation: not interruptible (an inline read).
+
         Raises:
             InvalidPathError: Malformed id.
             NotFoundError: No such upload.
@@ -701,25 +720,43 @@ class Store:
     async def abort_upload(self, upload_id: str) -> None:
         """Forget a detached resumable upload (and release its chunks).
 
+        Cancellation: cancelled before its metadata commit, it has no effect; the commit is
+        not interruptible, and once made the result is returned.
+
         Raises:
+            InvalidPathError: Malformed id.
             NotFoundError: No such upload.
             ConflictError: It is attached to a stream (abort it there).
+            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
         """
-        upload = await self.resume_upload(upload_id) if upload_id not in self._attached else None
-        if upload is None:
+        _check_upload_id(upload_id)
+        self._check_writable()
+        if upload_id in self._attached:
             msg = f"upload {upload_id!r} is in progress on another stream"
             raise ConflictError(msg)
-        await upload.abort()
+
+        def forget(t: MetaTxn) -> list[bytes]:
+            if t.upload(upload_id) is None:
+                msg = f"no upload {upload_id!r}"
+                raise NotFoundError(msg)
+            return t.delete_upload(upload_id)
+
+        released = await self._meta.write(forget)
+        await self._after_commit(released)
 
     async def write_bytes(
         self, path: str, data: bytes | bytearray | memoryview, *, mode: WriteMode = WriteMode.CREATE
     ) -> FileInfo:
         """Write a whole file from memory (a convenience over :meth:`begin_upload`).
 
+        Cancellation: cancelled before its metadata commit, it has no effect; the commit is
+        not interruptible, and once made the result is returned.
+
         Raises:
             The errors of :meth:`begin_upload`, :meth:`Upload.write` and :meth:`Upload.commit`.
         """
-        async with await self.begin_upload(path, mode=mode, size=len(memoryview(data))) as up:
+        size = memoryview(data).nbytes
+        async with await self.begin_upload(path, mode=mode, size=size) as up:
             await up.write(data)
             return await up.commit()
 
@@ -866,6 +903,8 @@ class Store:
     async def read_bytes(self, path: str, *, offset: int = 0, length: int | None = None) -> bytes:
         """Read a file's range into memory (see :meth:`open_read`).
 
+        Cancellation: a cancelled read returns nothing and releases its snapshot.
+
         Raises:
             The errors of :meth:`open_read`; CorruptDataError if a chunk fails verification.
         """
@@ -882,6 +921,8 @@ class Store:
 
     async def status(self) -> StoreStatus:
         """The store's figures (counters are maintained transactionally: O(1)).
+
+        Cancellation: safe at any point (reads only).
 
         Raises:
             StoreIOError: statvfs failed.
@@ -911,6 +952,8 @@ class Store:
         Safe on a live store: findings that concurrent activity could explain (a chunk
         written or collected during the scan) are rechecked against the current state
         before being reported. Reports, never repairs.
+
+        Cancellation: safe at any point (reads only; chunk reads in flight are waited for).
 
         Raises:
             StoreIOError: The metadata could not be read.
