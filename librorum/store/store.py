@@ -37,8 +37,12 @@ wait for each other, and uploads to the same path neither (last commit wins; see
 the one short serialization point, and no data I/O ever happens inside it.
 
 Threads. Chunk I/O and hashing run in worker threads bounded by ``io_threads``
-(``trio.to_thread`` with a CapacityLimiter); metadata reads run inline (see ``meta.py`` for the
-measurements); metadata writes run in a dedicated writer thread.
+(``trio.to_thread`` with a CapacityLimiter): per 4 MiB chunk, hashing takes ~0.9 ms per hash
+(two: the chunk's and the whole file's), the copy into the page cache 1 ms warm and up to
+15 ms on fresh pages, its fsync 3-10 ms; inline, each would stall every other connection for
+that long, and the thread hand-off (~50-90 us) is small against any of them. Metadata reads
+run inline (see ``meta.py`` for the measurements); metadata writes run in a dedicated writer
+thread.
 
 Cancellation. Every operation is atomic with respect to cancellation: cancelled before its
 metadata commit it has no effect; the commit itself is not interruptible, and once it has
