@@ -14,7 +14,8 @@ cheaper inline than the thread hand-off alone. ``python -m bench.store`` measure
 resolution, two indexed lookups, the FileInfo) over 100,000 files both ways: inline 37,000/s
 (27 us) against 10,700/s (93 us) for the same query through ``trio.to_thread`` on an idle
 machine, 23,000/s against 6,100/s with other jobs running. A LIST page of 1,000 entries takes
-~6 ms inline (150,000-180,000 entries/s), the longest inline read the store does. Running
+~6 ms (150,000-180,000 entries/s): too long for the event loop, so the store reads pages of
+more than 100 entries through :meth:`MetadataStore.read_slow` in a worker thread. Running
 reads inline also lets the store pin the chunks a snapshot names in the same step that read
 them (see ``locks.ChunkPins``).
 """

@@ -428,3 +428,23 @@ async def test_cancelled_upload_write_leaves_nothing(store: Store) -> None:
         await store.stat("/f")
     await store.collect_garbage()
     assert (await store.fsck()).ok
+
+
+async def test_large_list_pages_match_small_ones(store: Store) -> None:
+    # Pages above the inline limit are read in a worker thread: same answers.
+    await store.mkdir("/big")
+    for i in range(150):
+        await store.mkdir(f"/big/d{i:03d}")
+    big = await store.list("/big", limit=1000)
+    assert big.next_cursor is None
+    small: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list("/big", cursor=cursor, limit=40)
+        small += [e.path for e in page.entries]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert [e.path for e in big.entries] == small == [f"/big/d{i:03d}" for i in range(150)]
+    page = await store.list("/big", cursor="d099", limit=120)
+    assert [e.name for e in page.entries] == [f"d{i:03d}" for i in range(100, 150)]
