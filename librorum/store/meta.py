@@ -279,6 +279,10 @@ class MetaTxn(Protocol):
         """Every resumable upload's id."""
         ...
 
+    def uploads_created_before(self, created_ns: int, limit: int) -> list[str]:
+        """Up to ``limit`` ids of uploads created before ``created_ns``, oldest first."""
+        ...
+
 
 class MetadataStore(Protocol):
     """Transactions over the metadata.
@@ -594,6 +598,13 @@ class _SqliteTxn:
 
     def upload_ids(self) -> list[str]:
         return [str(r[0]) for r in self._c.execute("SELECT id FROM uploads")]
+
+    def uploads_created_before(self, created_ns: int, limit: int) -> list[str]:
+        cur = self._c.execute(
+            "SELECT id FROM uploads WHERE created_ns < ? ORDER BY created_ns LIMIT ?",
+            (created_ns, limit),
+        )
+        return [str(r[0]) for r in cur]
 
 
 def _connect(path: str, *, same_thread: bool) -> sqlite3.Connection:

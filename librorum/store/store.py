@@ -753,6 +753,36 @@ class Store:
         released = await self._meta.write(forget)
         await self._after_commit(released)
 
+    async def expire_uploads(self, max_age: float) -> int:
+        """Forget the detached resumable uploads started more than ``max_age`` seconds ago
+        (the daemon calls this periodically; the store keeps uploads until told otherwise).
+
+        Cancellation: uploads already forgotten stay forgotten; the rest are kept.
+
+        Returns:
+            The number of uploads forgotten.
+
+        Raises:
+            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+        """
+        self._check_writable()
+        cutoff = time.time_ns() - int(max_age * 1e9)
+        forgotten = 0
+        while True:
+            ids = await self._meta.read(
+                lambda t: t.uploads_created_before(cutoff, self._gc_batch + len(self._attached))
+            )
+            ids = [i for i in ids if i not in self._attached][: self._gc_batch]
+            if not ids:
+                return forgotten
+
+            def forget(t: MetaTxn, ids: list[str] = ids) -> list[bytes]:
+                return [d for i in ids for d in t.delete_upload(i)]
+
+            released = await self._meta.write(forget)
+            forgotten += len(ids)
+            await self._after_commit(released)
+
     async def write_bytes(
         self, path: str, data: bytes | bytearray | memoryview, *, mode: WriteMode = WriteMode.CREATE
     ) -> FileInfo:

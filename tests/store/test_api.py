@@ -448,3 +448,18 @@ async def test_large_list_pages_match_small_ones(store: Store) -> None:
     assert [e.path for e in big.entries] == small == [f"/big/d{i:03d}" for i in range(150)]
     page = await store.list("/big", cursor="d099", limit=120)
     assert [e.name for e in page.entries] == [f"d{i:03d}" for i in range(100, 150)]
+
+
+async def test_expire_uploads(store: Store) -> None:
+    for name in ("old-1", "old-2"):
+        async with await store.begin_upload(f"/{name}", upload_id=name) as up:
+            await up.write(data(2 * CS, seed=len(name)))
+    attached = await store.begin_upload("/busy", upload_id="busy")
+    assert await store.expire_uploads(3600) == 0
+    assert await store.expire_uploads(0) == 2  # the attached one is kept
+    with pytest.raises(NotFoundError):
+        await store.upload_status("old-1")
+    await attached.abort()
+    await store.collect_garbage()
+    assert chunk_files(store) == set()
+    assert (await store.status()).uploads == 0
