@@ -21,6 +21,11 @@ from librorum.client.aio import (
     ReadStream as ReadStream,
     open_client as open_client,
 )
+from librorum.client.sync import (
+    SyncClient as SyncClient,
+    SyncReadStream as SyncReadStream,
+    connect as connect,
+)
 from librorum.protocol.constants import WriteMode as WriteMode
 from librorum.protocol.messages import (
     DirEntry as DirEntry,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol, TypeAlias
 
@@ -165,6 +165,133 @@ async def open_source(data: WriteData, size: int | None) -> Source:
         return IterableSource(data, size)
     if size is not None and size != source.size:
         await source.aclose()
+        msg = f"size={size} but the content has {source.size} bytes"
+        raise ValueError(msg)
+    return source
+
+
+# --- Blocking sources, for the sync client ------------------------------------------------------
+
+#: What the sync client's ``write`` accepts as content.
+SyncWriteData: TypeAlias = bytes | bytearray | memoryview | Iterable[bytes] | os.PathLike[str]
+
+
+class SyncSource(Protocol):
+    size: int | None
+    seekable: bool
+    local_path: Path | None
+
+    def read(self, max_bytes: int) -> Payload:
+        """Up to ``max_bytes`` (at least 1) bytes, ``b""`` at the end; valid until the next
+        call."""
+        ...
+
+    def seek(self, offset: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SyncBufferSource:
+    """Bytes in memory: chunks are views, never copies."""
+
+    seekable = True
+    local_path: Path | None = None
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        self.size: int | None = len(self._view)
+        self._position = 0
+
+    def read(self, max_bytes: int) -> Payload:
+        start = self._position
+        self._position = min(start + max_bytes, len(self._view))
+        return self._view[start : self._position]
+
+    def seek(self, offset: int) -> None:
+        self._position = min(offset, len(self._view))
+
+    def close(self) -> None:
+        self._view.release()
+
+
+class SyncFileSource:
+    """A local file, read into one reused buffer."""
+
+    seekable = True
+
+    def __init__(self, path: Path, *, buffer_size: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self._file = io.FileIO(path, "rb")
+        try:
+            self.size: int | None = os.fstat(self._file.fileno()).st_size
+        except BaseException:
+            self._file.close()
+            raise
+        self.local_path: Path | None = path
+        self._buffer = memoryview(bytearray(buffer_size))
+
+    def read(self, max_bytes: int) -> Payload:
+        view = self._buffer[: min(max_bytes, len(self._buffer))]
+        n = self._file.readinto(view)
+        return view[: n or 0]
+
+    def seek(self, offset: int) -> None:
+        self._file.seek(offset)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SyncIterableSource:
+    """An iterable of byte strings; not seekable."""
+
+    seekable = False
+    local_path: Path | None = None
+
+    def __init__(self, iterable: Iterable[bytes], size: int | None) -> None:
+        self._iterator: Iterator[bytes] = iter(iterable)
+        self.size = size
+        self._rest = memoryview(b"")
+
+    def read(self, max_bytes: int) -> Payload:
+        while not self._rest:
+            item = next(self._iterator, None)
+            if item is None:
+                return b""
+            self._rest = memoryview(item).cast("B")
+        chunk = self._rest[:max_bytes]
+        self._rest = self._rest[max_bytes:]
+        return chunk
+
+    def seek(self, offset: int) -> None:
+        msg = "an iterable cannot be rewound"
+        raise ValueError(msg)
+
+    def close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def open_sync_source(data: SyncWriteData, size: int | None) -> SyncSource:
+    """The source for the sync client's ``write(data, size=size)``.
+
+    Raises:
+        TypeError: ``data`` is a ``str`` (pass bytes, or a ``pathlib.Path`` for a file).
+        ValueError: ``size`` contradicts the size of a buffer or a file.
+        OSError: a file cannot be opened.
+    """
+    if isinstance(data, str):
+        msg = "write() takes bytes or a pathlib.Path, not str (encode text, or use Path(...))"
+        raise TypeError(msg)
+    source: SyncSource
+    if isinstance(data, bytes | bytearray | memoryview):
+        source = SyncBufferSource(data)
+    elif isinstance(data, os.PathLike):
+        source = SyncFileSource(Path(data))
+    else:
+        return SyncIterableSource(data, size)
+    if size is not None and size != source.size:
+        source.close()
         msg = f"size={size} but the content has {source.size} bytes"
         raise ValueError(msg)
     return source

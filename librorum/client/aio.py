@@ -252,6 +252,9 @@ class _Connection:
         self.error: LibrorumError | None = None
         #: GOAWAY received: requests in flight finish, new ones go elsewhere.
         self.draining = False
+        #: A send failed: the connection is ending, once the reader has taken what the
+        #: server sent before it closed.
+        self.send_error: LibrorumError | None = None
         self.server: HelloReply | None = None
         # Replaced with the sizes from the HELLO reply before any request starts.
         self.streams = trio.Semaphore(1)
@@ -265,7 +268,12 @@ class _Connection:
     @property
     def usable(self) -> bool:
         """Whether a new request may start here."""
-        return self.error is None and not self.draining and self.session.state is State.OPEN
+        return (
+            self.error is None
+            and self.send_error is None
+            and not self.draining
+            and self.session.state is State.OPEN
+        )
 
     @property
     def max_payload(self) -> int:
@@ -314,7 +322,7 @@ class _Connection:
                     await self._reader()
                     nursery.cancel_scope.cancel()
         finally:
-            self.die(ConnectionClosed(f"connection to {self.endpoint} closed"))
+            self.die(self.send_error or ConnectionClosed(f"connection to {self.endpoint} closed"))
             # Abandoned requests still queued for CANCEL: their slots go back now.
             while True:
                 try:
@@ -447,7 +455,8 @@ class _Connection:
         """Send every frame queued in the session (this task's and others').
 
         When this returns, every frame this task queued before the call has been handed to
-        the transport (by this task or by the one that held the lock).
+        the transport (by this task or by the one that held the lock), or dropped because
+        the connection is ending (the requests then end with its error).
 
         Cancellation: safe while waiting for the lock (the frames stay queued for the next
         flush); the send itself is shielded and bounded by ``timeout``.
@@ -464,6 +473,8 @@ class _Connection:
     async def _send(self, frames: Sequence[Sequence[Payload]]) -> None:
         if self.error is not None:
             raise self.closed_error()
+        if self.send_error is not None:
+            return  # the connection is ending; its requests learn how from the reader
         # A frame cut in half would corrupt the stream for every request on the connection:
         # shield the send from cancellation, and bound it instead.
         with trio.CancelScope(shield=True):
@@ -471,12 +482,22 @@ class _Connection:
                 try:
                     await self.transport.send_frames(frames)
                 except LibrorumError as exc:
-                    self.die(exc)
-                    raise self.closed_error() from exc
+                    self._send_failed(exc)
                 return
             msg = f"sending to {self.endpoint} took more than {self.timeout:g} s"
             self.die(ConnectionTimeoutError(msg))
             raise self.closed_error()
+
+    def _send_failed(self, exc: LibrorumError) -> None:
+        """The server may have ended a request (an early ERROR, a refusal after GOAWAY) and
+        closed the connection before our send: what it sent is still unread and decides the
+        outcome. So the send does not fail the requests itself: the reader takes what
+        arrived, then meets the end of the stream, which fails the rest. The deadline bounds
+        that in case the end never comes."""
+        if self.send_error is None:
+            self.send_error = exc
+            deadline = trio.current_time() + CLOSE_TIMEOUT
+            self._scope.deadline = min(self._scope.deadline, deadline)
 
     def closed_error(self) -> LibrorumError:
         """A fresh exception saying why the connection is unusable."""
@@ -1082,7 +1103,11 @@ class Client:
         session = conn.session
         session_id = request.session_id
         while True:
-            await request.wait_until(lambda: session.send_window(session_id) > 0, "WRITE window")
+            # After a failed send nothing more goes out: wait for the request's end instead.
+            await request.wait_until(
+                lambda: session.send_window(session_id) > 0 and conn.send_error is None,
+                "WRITE window",
+            )
             if request.finished:
                 return  # an early ERROR (or the connection died): stop sending
             room = min(session.send_window(session_id), conn.max_payload)
