@@ -27,6 +27,7 @@ from librorum.errors import (
     CancelledError,
     ConflictError,
     CorruptDataError,
+    ErrorCode,
     IsADirectoryError_,
     LibrorumError,
     NotADirectoryError_,
@@ -79,6 +80,7 @@ from librorum.protocol.session import (
     ServerSession,
     WindowGranted,
 )
+from librorum.transport import refusal_frame
 
 #: Largest DATA frame the fake sends on a READ (smaller than max_payload on purpose, so that
 #: the client sees several frames per window).
@@ -106,6 +108,10 @@ class Behaviour:
     goaway_refuse_once: Command | None = None
     #: End a READ with ERROR CORRUPT once this many bytes of it were sent.
     corrupt_read_after: int | None = None
+    #: Close this many new Unix connections at once, before HELLO (a daemon restarting).
+    close_first_connections: int = 0
+    #: Refuse every Unix connection with ERROR UNAUTHORIZED on session 0 (spec 2.4).
+    unauthorized: bool = False
     #: Expected bearer token on the WebSocket (None: no check).
     token: str | None = None
 
@@ -148,6 +154,8 @@ class FakeServer:
         self.received: list[tuple[int, int, Message]] = []
         self.counts: Counter[Command] = Counter()
         self.connections = 0
+        #: Connections closed or refused before HELLO.
+        self.refused = 0
         #: Highest number of requests in flight at once on one connection.
         self.max_in_flight = 0
         #: WINDOW frames received (credit the client granted on READs) and sent.
@@ -204,6 +212,18 @@ class FakeServer:
             task_status.started(server.port)
 
     async def _serve_stream(self, stream: trio.SocketStream) -> None:
+        behaviour = self.behaviour
+        if behaviour.close_first_connections:
+            behaviour.close_first_connections -= 1
+            self.refused += 1
+            await stream.aclose()
+            return
+        if behaviour.unauthorized:
+            self.refused += 1
+            async with stream:
+                await stream.send_all(refusal_frame(ErrorCode.UNAUTHORIZED, "uid not allowed"))
+            return
+
         async def receive() -> bytes:
             return bytes(await stream.receive_some(1 << 20))
 

@@ -482,3 +482,36 @@ async def test_token_file_is_read(nursery: trio.Nursery, tmp_path: Path) -> None
             transport="remote", url=f"ws://127.0.0.1:{port}", token_file=token_file
         ) as client:
             await client.ping()
+
+
+async def test_reconnect_retries_with_backoff(nursery: trio.Nursery, socket_path: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(drop_on_once=Command.PING)
+        )
+        async with open_client(socket_path, transport="local") as client:
+            with pytest.raises(ConnectionClosed):
+                await client.ping()
+            # The daemon "restarts": the next three connections close before HELLO.
+            server.behaviour.close_first_connections = 3
+            start = trio.current_time()
+            assert await client.ping() >= 0
+            # Immediately, then after 0.05, 0.1 and 0.2 s.
+            assert trio.current_time() - start >= 0.05 + 0.1 + 0.2
+        assert server.refused == 3
+        assert server.connections == 2
+
+
+async def test_unauthorized_local_socket(nursery: trio.Nursery, socket_path: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        await start_server(nursery, socket_path, behaviour=Behaviour(unauthorized=True))
+        with pytest.raises(UnauthorizedError, match="uid not allowed"):
+            async with open_client(socket_path, transport="local"):
+                pass  # pragma: no cover
+        # auto: a local socket we may not use is no reason not to try the remote endpoint.
+        remote = FakeServer()
+        port = await nursery.start(remote.serve_websocket)
+        url = f"ws://127.0.0.1:{port}"
+        async with open_client(socket_path=socket_path, url=url) as client:
+            await client.ping()
+            assert str(client.endpoint) == url
