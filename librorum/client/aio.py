@@ -379,7 +379,12 @@ class _Connection:
     async def _cancel(self, target: _Request) -> None:
         if not self.usable:
             return  # draining or dead: no new request may start, not even CANCEL
-        session_id = self.session.start_request(Cancel(target.session_id))
+        try:
+            session_id = self.session.start_request(Cancel(target.session_id))
+        except LibrorumError:
+            # No stream free for it (a server allowing a single stream): the server finishes
+            # the target and its result is discarded.
+            return
         request = _Request(self, session_id, Command.CANCEL, holds_stream=False, holds_upload=False)
         self.requests[session_id] = request
         try:
@@ -462,8 +467,9 @@ class _Connection:
         flush); the send itself is shielded and bounded by ``timeout``.
 
         Raises:
-            ConnectionClosed: the connection is closed or the send failed.
-            ConnectionTimeoutError: the send took longer than ``timeout``.
+            ConnectionClosed: the connection had already ended.
+            ConnectionTimeoutError: the send took longer than ``timeout`` (the connection is
+                closed: a frame may have been cut in half).
         """
         async with self._send_lock:
             frames = self.session.frames_to_send()

@@ -497,9 +497,9 @@ class _SyncConnection:
         self.session.forget(request.session_id)
         if not self.usable:
             return
-        cancel_id = self.session.start_request(Cancel(request.session_id))
-        self.session.forget(cancel_id)
         with contextlib.suppress(LibrorumError):
+            cancel_id = self.session.start_request(Cancel(request.session_id))
+            self.session.forget(cancel_id)
             self.flush()
 
     def die(self, exc: LibrorumError) -> None:
