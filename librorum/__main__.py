@@ -1,17 +1,389 @@
-"""The ``librorum`` command line."""
+"""The ``librorum`` command line (also ``python -m librorum``).
+
+    librorum serve [--data-dir DIR] [--socket PATH] [--listen HOST:PORT] [--token-file FILE]
+                   [--no-remote] [--config FILE] [--log-level LEVEL]
+    librorum [--socket PATH | --url ws://HOST:PORT] [--token-file FILE]
+             [--transport auto|local|remote] COMMAND ...
+
+Exit status: 0 on success, 1 for an operation error (one line on stderr), 2 for a usage error.
+Client commands use the synchronous client: a one-shot command needs no event loop.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import logging
+import os
 import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, TextIO
+
+from librorum.errors import LibrorumError
+from librorum.protocol.constants import EntryKind, WriteMode
+
+if TYPE_CHECKING:
+    from librorum.client.sync import SyncClient
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the process exit status."""
-    args = sys.argv[1:] if argv is None else argv
+# --- Formatting ----------------------------------------------------------------------------
+
+
+def human_size(n: int) -> str:
+    """1536 -> '1.5 KiB' (binary units, as ``ls -lh``)."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_time(mtime_ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime_ns / 1e9))
+
+
+def table(rows: Sequence[Sequence[str]], *, right: Sequence[int] = ()) -> str:
+    """Aligned columns; the column indexes in ``right`` are right-aligned (numbers)."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+class Progress:
+    """A one-line progress bar on a terminal's stderr; silent when stderr is not a tty."""
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+        self.label = label
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.started = time.monotonic()
+        self._last_draw = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last_draw < 0.1 and done != total:
+            return  # redraw at most 10 times a second
+        self._last_draw = now
+        rate = done / max(now - self.started, 1e-6)
+        if total:
+            width = 30
+            filled = int(width * done / total)
+            bar = "#" * filled + "-" * (width - filled)
+            eta = (total - done) / rate if rate else 0
+            text = (
+                f"\r{self.label} [{bar}] {done * 100 // total:3d}% "
+                f"{human_size(done)}/{human_size(total)} {human_size(int(rate))}/s ETA {eta:.0f}s"
+            )
+        else:
+            text = f"\r{self.label} {human_size(done)} {human_size(int(rate))}/s"
+        self.stream.write(text)
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --- Commands --------------------------------------------------------------------------------
+
+
+def cmd_put(client: SyncClient, args: argparse.Namespace) -> int:
+    mode = WriteMode.EXCLUSIVE if args.exclusive else WriteMode.CREATE
+    progress = Progress(f"put {args.remote}")
+    if args.local == "-":
+        info = client.write(args.remote, _chunks(sys.stdin.buffer), mode=mode, progress=progress)
+    else:
+        info = client.write(args.remote, Path(args.local), mode=mode, progress=progress)
+    progress.finish()
+    if args.verbose:
+        print(f"{info.path}: {info.size} bytes, version {info.version}")
+    return EXIT_OK
+
+
+def _chunks(stream: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := stream.read(size):
+        yield chunk
+
+
+def cmd_get(client: SyncClient, args: argparse.Namespace) -> int:
+    if args.local == "-":
+        return cmd_cat(client, args)
+    progress = Progress(f"get {args.remote}")
+    client.read_to_file(args.remote, Path(args.local), progress=progress)
+    progress.finish()
+    return EXIT_OK
+
+
+def cmd_cat(client: SyncClient, args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    with client.open_read(args.remote) as stream:
+        for chunk in stream:
+            out.write(chunk)
+    out.flush()
+    return EXIT_OK
+
+
+def cmd_ls(client: SyncClient, args: argparse.Namespace) -> int:
+    path = args.remote or "/"
+    info = client.stat(path)
+    entries = [info] if info.kind is EntryKind.FILE else client.list(path)
+    if not args.long:
+        for entry in entries:
+            name = getattr(entry, "name", None) or Path(info.path).name
+            print(name + ("/" if entry.kind is EntryKind.DIRECTORY else ""))
+        return EXIT_OK
+    rows = []
+    for entry in entries:
+        name = getattr(entry, "name", None) or Path(info.path).name
+        kind = "d" if entry.kind is EntryKind.DIRECTORY else "-"
+        size = "-" if entry.kind is EntryKind.DIRECTORY else human_size(entry.size)
+        rows.append([kind, size, human_time(entry.mtime_ns), f"v{entry.version}", name])
+    if rows:
+        print(table(rows, right=(1,)))
+    return EXIT_OK
+
+
+def cmd_stat(client: SyncClient, args: argparse.Namespace) -> int:
+    info = client.stat(args.remote)
+    rows = [
+        ["path", info.path],
+        ["kind", "directory" if info.kind is EntryKind.DIRECTORY else "file"],
+        ["size", f"{info.size} ({human_size(info.size)})"],
+        ["modified", human_time(info.mtime_ns)],
+        ["version", str(info.version)],
+    ]
+    if info.content_hash is not None:
+        rows.append(["blake3", info.content_hash.hex()])
+    print(table(rows))
+    return EXIT_OK
+
+
+def cmd_rm(client: SyncClient, args: argparse.Namespace) -> int:
+    client.delete(args.remote, recursive=args.recursive)
+    return EXIT_OK
+
+
+def cmd_mv(client: SyncClient, args: argparse.Namespace) -> int:
+    client.rename(args.src, args.dst, overwrite=args.force)
+    return EXIT_OK
+
+
+def cmd_mkdir(client: SyncClient, args: argparse.Namespace) -> int:
+    client.mkdir(args.remote, parents=args.parents)
+    return EXIT_OK
+
+
+def cmd_status(client: SyncClient, args: argparse.Namespace) -> int:
     del args
-    # XX TODO(#4): the daemon and the client commands.
-    print("librorum: the daemon is not built yet (see issue 4)", file=sys.stderr)
-    return 1
+    status = client.status()
+    store = status.store
+    saved = store.logical_bytes - store.stored_bytes
+    data = (
+        f"{human_size(store.logical_bytes)} ({human_size(store.stored_bytes)} stored, "
+        f"{human_size(max(saved, 0))} saved by dedup)"
+    )
+    connections = ", ".join(f"{k} {v}" for k, v in sorted(status.connections.items())) or "0"
+    rows = [
+        ["version", f"{status.version} (protocol {status.protocol_version})"],
+        ["node", status.node_id],
+        ["uptime", _duration(status.uptime_ms / 1000)],
+        ["connections", connections],
+        ["requests", f"{status.requests:,}"],
+        ["bytes in / out", f"{human_size(status.bytes_in)} / {human_size(status.bytes_out)}"],
+        ["files", f"{store.files:,} in {store.directories:,} directories"],
+        ["data", data],
+        ["chunks", f"{store.chunks:,}"],
+        ["free space", human_size(store.free_bytes)],
+    ]
+    print(table(rows))
+    return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [f"{days}d"] if days else []
+    return " ".join([*parts, f"{hours:02d}:{minutes:02d}:{sec:02d}"])
+
+
+def cmd_ping(client: SyncClient, args: argparse.Namespace) -> int:
+    rtts = [client.ping() for _ in range(args.count)]
+    for rtt in rtts:
+        print(f"pong in {rtt * 1000:.3f} ms")
+    return EXIT_OK
+
+
+# --- Parsing ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="librorum",
+        description="Librorum file service: run the daemon, or talk to one.",
+        epilog="Start a daemon with `librorum serve`; then e.g. `librorum put notes.txt /notes.txt`.",
+    )
+    parser.add_argument("--socket", type=Path, help="Unix socket of a local daemon")
+    parser.add_argument("--url", help="WebSocket URL of a remote daemon (ws://HOST:PORT)")
+    parser.add_argument("--token-file", type=Path, help="file holding the remote access token")
+    parser.add_argument(
+        "--transport",
+        choices=("auto", "local", "remote"),
+        default="auto",
+        help="auto: the local socket if a daemon answers there, else --url (default)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="say more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--data-dir", type=Path, help="where the store lives")
+    serve.add_argument("--socket", dest="serve_socket", type=Path, help="Unix socket path")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="WebSocket address (port 0: any)")
+    serve.add_argument(
+        "--token-file", dest="serve_token_file", type=Path, help="token file (created if missing)"
+    )
+    serve.add_argument("--no-remote", action="store_true", help="no WebSocket listener")
+    serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+
+    put = sub.add_parser("put", help="upload LOCAL (- for stdin) to REMOTE")
+    put.add_argument("local")
+    put.add_argument("remote")
+    put.add_argument("-x", "--exclusive", action="store_true", help="fail if REMOTE exists")
+    put.set_defaults(func=cmd_put)
+
+    get = sub.add_parser("get", help="download REMOTE to LOCAL (- for stdout)")
+    get.add_argument("remote")
+    get.add_argument("local")
+    get.set_defaults(func=cmd_get)
+
+    cat = sub.add_parser("cat", help="write REMOTE to stdout")
+    cat.add_argument("remote")
+    cat.set_defaults(func=cmd_cat)
+
+    ls = sub.add_parser("ls", help="list a directory")
+    ls.add_argument("-l", dest="long", action="store_true", help="long format")
+    ls.add_argument("remote", nargs="?")
+    ls.set_defaults(func=cmd_ls)
+
+    stat = sub.add_parser("stat", help="describe REMOTE")
+    stat.add_argument("remote")
+    stat.set_defaults(func=cmd_stat)
+
+    rm = sub.add_parser("rm", help="delete REMOTE")
+    rm.add_argument("-r", dest="recursive", action="store_true", help="delete a directory tree")
+    rm.add_argument("remote")
+    rm.set_defaults(func=cmd_rm)
+
+    mv = sub.add_parser("mv", help="rename SRC to DST (atomic)")
+    mv.add_argument("-f", "--force", action="store_true", help="replace an existing file at DST")
+    mv.add_argument("src")
+    mv.add_argument("dst")
+    mv.set_defaults(func=cmd_mv)
+
+    mkdir = sub.add_parser("mkdir", help="create a directory")
+    mkdir.add_argument("-p", dest="parents", action="store_true", help="create parents too")
+    mkdir.add_argument("remote")
+    mkdir.set_defaults(func=cmd_mkdir)
+
+    status = sub.add_parser("status", help="the daemon's health and figures")
+    status.set_defaults(func=cmd_status)
+
+    ping = sub.add_parser("ping", help="round trip to the daemon")
+    ping.add_argument("-c", "--count", type=int, default=1, help="how many pings")
+    ping.set_defaults(func=cmd_ping)
+    return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from librorum.config import load_config
+    from librorum.server.app import serve
+
+    overrides: dict[str, object] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    if args.serve_socket is not None:
+        overrides["socket_path"] = args.serve_socket
+    if args.serve_token_file is not None:
+        overrides["token_file"] = args.serve_token_file
+    if args.no_remote:
+        overrides["remote_enabled"] = False
+    if args.listen is not None:
+        host, sep, port = args.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            print(f"librorum: --listen wants HOST:PORT, got {args.listen!r}", file=sys.stderr)
+            return EXIT_USAGE
+        overrides["listen_host"] = host.strip("[]") or "127.0.0.1"
+        overrides["listen_port"] = int(port)
+    if args.log_level is not None:
+        overrides["log_level"] = args.log_level.upper()
+    config = load_config(config_file=args.config, overrides=overrides)
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    trio.run(serve, config)
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _client(args: argparse.Namespace) -> Iterator[SyncClient]:
+    from librorum.client.sync import connect
+
+    with connect(
+        transport=args.transport,
+        socket_path=args.socket,
+        url=args.url,
+        token_file=args.token_file,
+    ) as client:
+        yield client
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[SyncClient, argparse.Namespace], int] | None = getattr(args, "func", None)
+    try:
+        if args.command == "serve":
+            return run_serve(args)
+        assert func is not None
+        with _client(args) as client:
+            return func(client, args)
+    except KeyboardInterrupt:
+        print("librorum: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `librorum cat big | head`: the reader left; not an error of ours.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except LibrorumError as exc:
+        print(f"librorum: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        # Local files: a missing LOCAL for put, an unwritable LOCAL for get.
+        print(f"librorum: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

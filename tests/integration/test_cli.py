@@ -1,0 +1,108 @@
+"""The command line, run as a real subprocess against a real daemon: outputs and exit codes
+(0 success, 1 operation error with one line on stderr, 2 usage error; never a traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from librorum.testing import TestDaemon, open_test_daemon
+
+
+async def cli(*args: str | Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [sys.executable, "-m", "librorum", *map(str, args)],
+        stdin=stdin,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+
+def local(daemon: TestDaemon) -> list[str | Path]:
+    return ["--socket", daemon.socket_path]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[bytes], *words: str) -> None:
+    assert result.returncode == 1, result
+    err = result.stderr.decode()
+    assert err.count("\n") == 1, err
+    assert err.startswith("librorum: ")
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, err
+
+
+async def test_file_commands_round_trip(tmp_path: Path) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path / "d") as daemon:
+            base = local(daemon)
+            assert (await cli(*base, "mkdir", "-p", "/a/b")).returncode == 0
+            assert (await cli(*base, "put", source, "/a/b/s.bin")).returncode == 0
+            assert (await cli(*base, "put", "-", "/a/note.txt", stdin=b"hello\n")).returncode == 0
+            result = await cli(*base, "cat", "/a/note.txt")
+            assert result.stdout == b"hello\n"
+            copy = tmp_path / "copy.bin"
+            assert (await cli(*base, "get", "/a/b/s.bin", copy)).returncode == 0
+            assert copy.read_bytes() == source.read_bytes()
+            listing = (await cli(*base, "ls", "-l", "/a")).stdout.decode().splitlines()
+            assert [line.split()[-1] for line in listing] == ["b", "note.txt"]
+            assert listing[1].split()[1:3] == ["6", "B"]
+            stat = (await cli(*base, "stat", "/a/b/s.bin")).stdout.decode()
+            assert "2.0 MiB" in stat
+            assert "blake3" in stat
+            assert (await cli(*base, "mv", "/a/note.txt", "/note.txt")).returncode == 0
+            assert (await cli(*base, "ls", "/")).stdout.decode().split() == ["a/", "note.txt"]
+            assert (await cli(*base, "rm", "-r", "/a")).returncode == 0
+            status = (await cli(*base, "status")).stdout.decode()
+            assert "files" in status
+            assert "1 in 1 directories" in status
+            assert (await cli(*base, "ping")).stdout.startswith(b"pong in ")
+
+
+async def test_remote_commands_use_the_token(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+            remote = ["--url", daemon.url, "--transport", "remote"]
+            ok = await cli(*remote, "--token-file", daemon.token_file, "put", "-", "/r", stdin=b"x")
+            assert ok.returncode == 0, ok.stderr
+            assert (
+                await cli(*remote, "--token-file", daemon.token_file, "cat", "/r")
+            ).stdout == b"x"
+            assert_one_line_error(await cli(*remote, "ls", "/"), "401")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["stat", "/missing"], ["no such file"]),
+        (["mkdir", "/x/y"], ["no such"]),
+        (["rm", "/"], []),
+        (["put", "/definitely/not/here.bin", "/x"], ["No such file"]),
+    ],
+)
+async def test_operation_errors_exit_1_with_one_line(
+    args: list[str], words: list[str], tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+            assert_one_line_error(await cli(*local(daemon), *args), *words)
+
+
+async def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    del tmp_path
+    for args in (["bogus"], ["put", "only-one"], [], ["ls", "-z"]):
+        result = await cli(*args)
+        assert result.returncode == 2, (args, result)
+        assert b"usage:" in result.stderr
+
+
+async def test_no_daemon_says_how_to_start_one(tmp_path: Path) -> None:
+    result = await cli("--socket", tmp_path / "none.sock", "--transport", "local", "ping")
+    assert_one_line_error(result, "librorum serve")
