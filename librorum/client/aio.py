@@ -786,7 +786,8 @@ class Client:
                 except (TransportError, ServerError) as exc:
                     last = exc
         where = ", ".join(map(str, self._endpoints))
-        msg = f"cannot connect to {where}: {last or 'reconnect deadline passed'}"
+        # The last error names its endpoint already; only a deadline needs saying where.
+        msg = str(last) if last is not None else f"cannot connect to {where}: deadline passed"
         raise ConnectionClosed(msg) from last
 
     async def _connect_once(self) -> _Connection:
@@ -801,9 +802,9 @@ class Client:
                 # In auto mode a local socket we may not use is no reason not to try the
                 # remote one; if nothing works, the refusal is the error worth reporting.
                 refused = refused or exc
-                failures.append(f"{endpoint}: {exc}")
+                failures.append(str(exc))  # names its endpoint already
             except (TransportError, ServerError) as exc:
-                failures.append(f"{endpoint}: {exc}")
+                failures.append(str(exc))  # names its endpoint already
                 last = exc
         if refused is not None:
             raise refused

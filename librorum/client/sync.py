@@ -752,7 +752,8 @@ class SyncClient:
             except (TransportError, ServerError) as exc:
                 last = exc
         where = ", ".join(map(str, self._endpoints))
-        msg = f"cannot connect to {where}: {last or 'reconnect deadline passed'}"
+        # The last error names its endpoint already; only a deadline needs saying where.
+        msg = str(last) if last is not None else f"cannot connect to {where}: deadline passed"
         raise ConnectionClosed(msg) from last
 
     def _connect_once(self) -> _SyncConnection:
@@ -764,9 +765,9 @@ class SyncClient:
                 return self._open_connection(endpoint)
             except UnauthorizedError as exc:
                 refused = refused or exc
-                failures.append(f"{endpoint}: {exc}")
+                failures.append(str(exc))  # names its endpoint already
             except (TransportError, ServerError) as exc:
-                failures.append(f"{endpoint}: {exc}")
+                failures.append(str(exc))  # names its endpoint already
                 last = exc
         if refused is not None:
             raise refused
