@@ -11,13 +11,14 @@ EXTRAS := test,lint,fuzz
 FUZZ_SECONDS ?= 30
 FUZZ_LONG_SECONDS ?= 1800
 
-.PHONY: help venv install run test test-fast lint fmt type fuzz fuzz-smoke check bench bench-protocol clean
+.PHONY: help venv install run test test-fast lint fmt type fuzz fuzz-smoke check bench bench-quick bench-protocol clean
 
 help:
 	@echo "make run            start the daemon (creates .venv and installs on first use)"
 	@echo "make test           lint + type check + the whole test suite + a fuzz smoke run"
 	@echo "make test-fast      protocol tests only, few Hypothesis examples"
 	@echo "make lint | fmt | type | fuzz | check | bench-protocol | clean"
+	@echo "make bench          side-by-side benchmark vs gRPC and the limits (bench-quick: < 2 min)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,19 @@ check: lint type test
 
 bench-protocol: $(STAMP)
 	$(PY) -m bench.protocol
+
+# The side-by-side benchmark needs the bench extra (grpcio, matplotlib) on top of the others.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m bench
+
+bench-quick: $(BENCH_STAMP)
+	$(PY) -m bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

@@ -1,0 +1,390 @@
+"""The side-by-side benchmark: every workload against every contender, in one run.
+
+    python -m bench [--quick] [--only upload,stat,...] [--json PATH] [--chart PATH]
+                    [--markdown PATH] [--dir DIR]
+
+Contenders, moving the same bytes on the same machine:
+
+1. the limit: the same bytes over a plain blocking socket, or a file copy (no protocol);
+2. a gRPC peer (grpcio, in a subprocess) over a Unix socket and over TCP loopback;
+3. Librorum over its Unix socket (Trio and blocking clients);
+4. Librorum over its Unix socket with fd passing (not available yet: listed, not measured);
+5. Librorum over WebSocket on loopback.
+
+Every server runs in its own process; the clients run in this one. The items of a workload
+run interleaved, round after round (the machine is noisy), each warmed up right before it
+is measured; the table gives medians, min..max, spread and the ratios to gRPC and to the
+limit of the same transport, then the issue's targets, MET or NOT MET. Results go to JSON
+(``bench/results/``, not committed), a chart and a Markdown summary.
+
+``--quick`` shrinks sizes, durations and rounds so that the whole run takes under two
+minutes; its outputs go to ``bench/results/`` only. A full run writes ``bench/chart.png``
+and ``bench/RESULTS.md``, the published results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bench import report, workloads as w
+from bench.common import (
+    GIB,
+    MIB,
+    ServerProcess,
+    busy_cpu_seconds,
+    can_connect_tcp,
+    can_connect_unix,
+    free_port,
+    load_average,
+    make_source,
+    own_cpu_seconds,
+    read_status_kib,
+    server_process,
+    stamp,
+)
+from bench.daemon import Daemon, run_daemon
+from librorum.client.aio import open_client
+from librorum.client.sync import connect
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+START = time.perf_counter()
+#: Every server this run started, for the CPU accounting at the end.
+PROCESSES: list[ServerProcess] = []
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - START:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# --- Servers ------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def raw_server(work: Path, source: Path) -> Iterator[tuple[ServerProcess, str, tuple[str, int]]]:
+    uds = work / "raw.sock"
+    port = free_port()
+    args = ["-m", "bench.raw_peer", "--uds", str(uds), "--port", str(port), "--file", str(source)]
+    with server_process(
+        "raw peer",
+        args,
+        work / "raw.log",
+        lambda: can_connect_unix(uds) and can_connect_tcp(port),
+    ) as process:
+        yield process, str(uds), ("127.0.0.1", port)
+
+
+@contextmanager
+def grpc_server(work: Path, source: Path) -> Iterator[tuple[ServerProcess, Path, int]]:
+    uds = work / "grpc.sock"
+    port = free_port()
+    args = [
+        "-m",
+        "bench.grpc_peer",
+        "--uds",
+        str(uds),
+        "--port",
+        str(port),
+        "--file",
+        str(source),
+        "--root",
+        str(work),
+    ]
+    with server_process(
+        "gRPC peer",
+        args,
+        work / "grpc.log",
+        lambda: can_connect_unix(uds) and can_connect_tcp(port),
+    ) as process:
+        yield process, uds, port
+
+
+def prepare_store(daemon: Daemon, source: Path) -> None:
+    """The file every download and STAT uses, stored once and read once (page cache)."""
+    stamp(source)
+    with connect(transport="local", socket_path=daemon.socket_path) as client:
+        client.mkdir("/bench", parents=True)
+        client.write(w.DOWNLOAD_PATH, source)
+        with client.open_read(w.DOWNLOAD_PATH) as stream:
+            for _ in stream:
+                pass
+
+
+# --- Running the items --------------------------------------------------------------------------------
+
+
+def _run_sample(item: w.Item) -> tuple[float, dict[str, float]] | None:
+    assert item.sample is not None
+    try:
+        return item.sample()
+    except Exception:
+        log(f"  {item.label}: FAILED\n{traceback.format_exc()}")
+        item.stats.extra.setdefault("failed", []).append(1.0)
+        return None
+
+
+def run_workload(workload: w.Workload, *, warm_up: bool) -> None:
+    """Warm-up round (discarded) if asked, then ``rounds`` rounds over the items, each round
+    starting one item further along, so that no contender always runs first or last."""
+    items = [item for item in workload.items if item.available]
+    if warm_up:
+        log(f"{workload.key}: warm-up round")
+        for item in items:
+            _run_sample(item)
+    for round_index in range(workload.rounds):
+        shift = round_index % len(items)
+        for item in items[shift:] + items[:shift]:
+            result = _run_sample(item)
+            if result is None:
+                continue
+            value, extra = result
+            item.stats.add(value, **extra)
+            log(
+                f"{workload.key} {round_index + 1}/{workload.rounds}: {item.label}: "
+                f"{report.fmt_value(value, item.unit)} {item.unit}"
+            )
+
+
+def measure_rss(env: w.Env, work: Path) -> w.Workload:
+    """The daemon's peak RSS (VmHWM) while moving ``rss_iterations`` x (upload + download)
+    of the bulk size, in a fresh daemon; plus the peaks of the long-running servers."""
+    scale = env.scale
+    size = scale.bulk_size
+    fresh = w.Item(
+        "rss",
+        f"Librorum daemon, fresh: {scale.rss_iterations} x (upload + download) "
+        f"of {size // MIB} MiB, UDS Trio client",
+        w.LIBRORUM,
+        "MiB",
+        sample=None,
+        higher_is_better=False,
+    )
+    with run_daemon(work / "rss-daemon", name="librorum (rss)") as daemon:
+        PROCESSES.append(daemon.process)
+        baseline = daemon.process.vm_hwm_kib() / 1024
+
+        async def move() -> float:
+            moved = 0
+            async with open_client(transport="local", socket_path=daemon.socket_path) as client:
+                for index in range(scale.rss_iterations):
+                    stamp(env.source)
+                    await client.write("/rss.bin", env.source)
+                    async with client.open_read("/rss.bin") as stream:
+                        async for chunk in stream:
+                            moved += len(chunk)
+                    moved += size
+                    log(
+                        f"rss {index + 1}/{scale.rss_iterations}: "
+                        f"VmHWM {daemon.process.vm_hwm_kib() / 1024:.1f} MiB"
+                    )
+            return moved / GIB
+
+        started = time.perf_counter()
+        moved = trio.run(move)
+        seconds = time.perf_counter() - started
+        peak = daemon.process.vm_hwm_kib() / 1024
+    fresh.stats.add(peak, baseline_mib=baseline, moved_gib=moved, seconds=seconds)
+    items = [fresh]
+    for label, group, process in (
+        ("Librorum daemon of the workloads above, at the end", w.LIBRORUM, env.daemon.process),
+        ("gRPC peer of the workloads above, at the end", w.GRPC, None),
+    ):
+        pid = process.pid if process is not None else env.grpc_pid
+        item = w.Item("rss", label, group, "MiB", sample=None, higher_is_better=False)
+        item.stats.add(read_status_kib(pid, "VmHWM") / 1024)
+        items.append(item)
+    return w.Workload(
+        "rss",
+        "Peak RSS (VmHWM)",
+        items,
+        1,
+        f"fresh daemon: VmHWM right after start {baseline:.1f} MiB; {moved:.1f} GiB moved in "
+        f"{seconds:.0f} s. The long-running servers' peaks include the 16 concurrent uploads "
+        "and the 100 clients.",
+    )
+
+
+# --- Output ------------------------------------------------------------------------------------------
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def _meta(args: argparse.Namespace, scale: w.Scale, seconds: float) -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": _git_commit(),
+        "mode": "quick" if scale.quick else "full",
+        "command": "python -m bench" + (" --quick" if scale.quick else ""),
+        "runtime_s": round(seconds, 1),
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.0f} GiB",
+        "bulk_size": scale.bulk_size,
+        "only": args.only,
+    }
+
+
+def markdown(text: str, targets_text: str, meta: dict[str, Any], chart_name: str | None) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        (
+            f"`{meta['command']}` (`make bench`), {meta['date']}, commit {meta['commit']}, "
+            f"{meta['machine']}, Python {meta['python']}; the run took {meta['runtime_s']:.0f} s."
+        ),
+        "",
+        (
+            "Every server runs in its own process on the same machine, the clients in the "
+            "benchmark's process; all traffic stays on loopback and Unix sockets. The machine is "
+            "noisy: compare ratios within this run rather than numbers across runs."
+        ),
+        "",
+    ]
+    if chart_name:
+        lines += [f"![benchmark chart]({chart_name})", ""]
+    lines += ["```", text.strip("\n"), targets_text.strip("\n"), "```", ""]
+    return "\n".join(lines)
+
+
+# --- Main ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few samples (< 2 min)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated workloads: upload,download,stat,pipelined,crowd,parallel,rss",
+    )
+    parser.add_argument("--json", type=Path, help="results file (default: bench/results/)")
+    parser.add_argument("--chart", type=Path, help="chart PNG")
+    parser.add_argument("--markdown", type=Path, help="Markdown summary")
+    parser.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    busy_start = busy_cpu_seconds()
+    load_start = load_average()
+    scale = w.Scale.quick_scale() if args.quick else w.Scale.full()
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    suffix = "-quick" if scale.quick else ""
+    json_path = args.json or RESULTS / f"bench{suffix}.json"
+    chart_path = args.chart or (RESULTS / "chart-quick.png" if scale.quick else HERE / "chart.png")
+    md_path = args.markdown or (
+        RESULTS / "RESULTS-quick.md" if scale.quick else HERE / "RESULTS.md"
+    )
+    if only and not (args.chart or args.markdown):
+        # A partial run must not overwrite the published results.
+        chart_path = RESULTS / f"chart-partial{suffix}.png"
+        md_path = RESULTS / f"RESULTS-partial{suffix}.md"
+
+    with ExitStack() as stack:
+        if args.dir is not None:
+            work = args.dir
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="librorum-bench-")))
+        log(f"work directory {work}; {'quick' if scale.quick else 'full'} run")
+        source = make_source(work / "source.bin", scale.bulk_size)
+        warm_source = make_source(work / "warm.bin", scale.warm_size)
+        parallel_sources = [
+            make_source(work / f"parallel-{i}.bin", scale.parallel_size)
+            for i in range(scale.parallel_uploads)
+        ]
+        log("source files written")
+        raw, raw_uds, raw_tcp = stack.enter_context(raw_server(work, source))
+        grpc_proc, grpc_uds, grpc_port = stack.enter_context(grpc_server(work, source))
+        daemon = stack.enter_context(run_daemon(work / "daemon"))
+        PROCESSES.extend((raw, grpc_proc, daemon.process))
+        log(f"servers up: raw peer {raw.pid}, gRPC peer {grpc_proc.pid}, daemon {daemon.pid}")
+        prepare_store(daemon, source)
+        env = w.Env(
+            scale=scale,
+            work=work,
+            source=source,
+            warm_source=warm_source,
+            parallel_sources=parallel_sources,
+            daemon=daemon,
+            raw_uds=raw_uds,
+            raw_tcp=raw_tcp,
+            raw_pid=raw.pid,
+            grpc_uds=f"unix://{grpc_uds}",
+            grpc_tcp=f"127.0.0.1:{grpc_port}",
+            grpc_pid=grpc_proc.pid,
+            grpc_stat_path=b"/source.bin",
+        )
+        stack.callback(env.close)
+        workloads = [wl for wl in w.build(env) if not only or wl.key in only]
+        for workload in workloads:
+            # Each sample warms its contender up right before it is measured; the quick run
+            # skips the extra warm-up round where a sample is long.
+            long = workload.key in ("upload", "download", "parallel", "crowd")
+            run_workload(workload, warm_up=not (long and scale.quick))
+            for process in (raw, grpc_proc, daemon.process):
+                process.check_alive()
+        if not only or "rss" in only:
+            workloads.append(measure_rss(env, work))
+        env.close()
+
+    seconds = time.perf_counter() - START
+    ours = own_cpu_seconds() + sum(process.final_cpu for process in PROCESSES)
+    others = max(0.0, busy_cpu_seconds() - busy_start - ours)
+    results = report.targets(workloads, scale.quick)
+    text = report.table(workloads)
+    targets_text = report.targets_text(results)
+    print(text)
+    print(targets_text)
+    meta = _meta(args, scale, seconds)
+    cpus = os.cpu_count() or 1
+    meta["load_average"] = f"{load_start} at the start, {load_average()} at the end"
+    meta["other_processes_cpu_share"] = round(others / (seconds * cpus), 3)
+    print(
+        f"\nother processes on this machine used {others / (seconds * cpus):.0%} of its "
+        f"{cpus} CPUs during the run (load average {meta['load_average']})"
+    )
+    print(f"\nruntime {seconds:.0f} s ({meta['mode']} run)")
+    report.write_json(json_path, report.as_json(workloads, results, meta))
+    subtitle = f"{meta['mode']} run, {meta['date'][:10]}, {meta['machine']}"
+    report.chart(workloads, results, chart_path, subtitle)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        chart_ref = os.path.relpath(chart_path, md_path.parent)
+    except ValueError:
+        chart_ref = str(chart_path)
+    md_path.write_text(markdown(text, targets_text, meta, chart_ref))
+    print(f"results: {json_path}, {chart_path}, {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

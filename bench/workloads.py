@@ -1,0 +1,1069 @@
+"""The workloads, each as a list of items (one per contender). An item's ``sample()`` warms
+its contender up (a short run of the same kind, right before: idle memory goes back to the
+host and costs ~10x on first touch), measures once, and returns the value with secondary
+figures. The runner interleaves the items of a workload round by round.
+
+Contenders: the limit (plain sockets, file copy; no protocol), the gRPC peer over a Unix
+socket and TCP, Librorum over its Unix socket (Trio and blocking clients), Librorum with fd
+passing (not available yet), and Librorum over WebSocket on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal, Self
+
+import attrs
+import grpc
+import grpc.aio
+import trio
+
+from bench import grpc_peer, lbru_raw, raw_peer
+from bench.common import GIB, MIB, Stats, cpu_seconds, percentile, stamp
+from bench.daemon import Daemon
+from librorum.client.aio import Client, open_client
+from librorum.client.sync import SyncClient, connect
+
+Sample = tuple[float, dict[str, float]]
+Transport = Literal["uds", "ws"]
+
+#: Paths in the Librorum store.
+DOWNLOAD_PATH: Final = "/bench/download.bin"
+#: Size of a small-op message for the limit (about a STAT request or reply).
+SMALL_MESSAGE: Final = 128
+#: Requests kept in flight on one connection by the pipelined workloads.
+PIPELINE_DEPTH: Final = 100
+#: The raw LBRU driver keeps the stream limit less one (what the async client may use).
+RAW_PIPELINE_DEPTH: Final = 127
+
+# Groups, for the chart's colours and the ratios.
+LIMIT, GRPC, LIBRORUM, FD, WS = "limit", "grpc", "librorum-uds", "librorum-fd", "librorum-ws"
+
+
+@attrs.define
+class Scale:
+    """Sizes, durations and sample counts of one run."""
+
+    quick: bool
+    bulk_size: int
+    warm_size: int
+    bulk_rounds: int
+    small_rounds: int
+    small_seconds: float
+    crowd_rounds: int
+    crowd_seconds: float
+    parallel_size: int
+    crowd_clients: int = 100
+    #: Paced crowd: each client starts one STAT every this many seconds.
+    crowd_interval: float = 0.05
+    parallel_uploads: int = 16
+    rss_iterations: int = 10
+
+    @classmethod
+    def full(cls) -> Scale:
+        return cls(
+            quick=False,
+            bulk_size=GIB,
+            warm_size=32 * MIB,
+            bulk_rounds=5,
+            small_rounds=5,
+            small_seconds=1.0,
+            crowd_rounds=3,
+            crowd_seconds=3.0,
+            parallel_size=64 * MIB,
+        )
+
+    @classmethod
+    def quick_scale(cls) -> Scale:
+        return cls(
+            quick=True,
+            bulk_size=128 * MIB,
+            warm_size=16 * MIB,
+            bulk_rounds=3,
+            small_rounds=3,
+            small_seconds=0.3,
+            crowd_rounds=2,
+            crowd_seconds=0.7,
+            parallel_size=8 * MIB,
+            rss_iterations=4,
+        )
+
+
+@attrs.define
+class Env:
+    """Everything the items use: files, the servers and the clients' addresses."""
+
+    scale: Scale
+    work: Path
+    source: Path
+    warm_source: Path
+    parallel_sources: list[Path]
+    daemon: Daemon
+    raw_uds: str
+    raw_tcp: tuple[str, int]
+    raw_pid: int
+    grpc_uds: str
+    grpc_tcp: str
+    grpc_pid: int
+    #: The file the gRPC peer's Stat answers about (relative to its root).
+    grpc_stat_path: bytes
+    channels: dict[str, grpc.Channel] = attrs.field(factory=dict)
+
+    def channel(self, target: str) -> grpc.Channel:
+        if target not in self.channels:
+            self.channels[target] = grpc_peer.channel(target)
+        return self.channels[target]
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+        self.channels.clear()
+
+
+@attrs.define
+class Item:
+    """One contender in one workload."""
+
+    workload: str
+    label: str
+    group: str
+    unit: str
+    sample: Callable[[], Sample] | None
+    higher_is_better: bool = True
+    #: Labels of the items this one is compared with (same workload).
+    grpc_ref: str | None = None
+    limit_ref: str | None = None
+    note: str = ""
+    stats: Stats = attrs.field(factory=Stats)
+
+    @property
+    def available(self) -> bool:
+        """Measured by this benchmark (contender 4 is listed but not available yet)."""
+        return self.sample is not None or bool(self.stats.samples)
+
+
+@attrs.define
+class Workload:
+    key: str
+    title: str
+    items: list[Item]
+    rounds: int
+    note: str = ""
+    #: Name of the secondary figure in the table ("server CPU" column).
+    cpu_unit: str = ""
+    #: A few words for the chart.
+    short: str = ""
+
+
+# --- Helpers ---------------------------------------------------------------------------------------
+
+
+def _client_kwargs(env: Env, transport: Transport) -> dict[str, Any]:
+    if transport == "uds":
+        return {"transport": "local", "socket_path": env.daemon.socket_path}
+    return {"transport": "remote", "url": env.daemon.url, "token_file": env.daemon.token_file}
+
+
+def _sync_client(env: Env, transport: Transport) -> SyncClient:
+    return connect(**_client_kwargs(env, transport))
+
+
+class _CpuMeter:
+    """CPU seconds a server process used during a measurement."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.start = 0.0
+
+    def __enter__(self) -> Self:
+        if self.pid is not None:
+            self.start = cpu_seconds(self.pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = cpu_seconds(self.pid) - self.start if self.pid is not None else float("nan")
+
+
+def _bulk(size: int, seconds: float, cpu: _CpuMeter) -> Sample:
+    return size / seconds / 1e9, {"server_cpu": cpu.used / (size / GIB), "seconds": seconds}
+
+
+def _ops(count: int, seconds: float, cpu: _CpuMeter, errors: int = 0) -> Sample:
+    return count / seconds, {
+        "server_cpu": cpu.used / count * 1e6 if count else float("nan"),
+        "errors": float(errors),
+    }
+
+
+def _run_trio(fn: Callable[[], Awaitable[Sample]]) -> Sample:
+    return trio.run(fn)
+
+
+# --- Bulk: one upload, one download ---------------------------------------------------------------
+
+
+def limit_upload(env: Env, address: raw_peer.Address) -> Sample:
+    raw_peer.upload(address, env.warm_source, env.scale.warm_size)
+    size = env.scale.bulk_size
+    with _CpuMeter(env.raw_pid) as cpu:
+        start = time.perf_counter()
+        raw_peer.upload(address, env.source, size)
+        seconds = time.perf_counter() - start
+    return _bulk(size, seconds, cpu)
+
+
+def limit_download(env: Env, address: raw_peer.Address) -> Sample:
+    raw_peer.download(address, env.scale.warm_size)
+    size = env.scale.bulk_size
+    with _CpuMeter(env.raw_pid) as cpu:
+        start = time.perf_counter()
+        raw_peer.download(address, size)
+        seconds = time.perf_counter() - start
+    return _bulk(size, seconds, cpu)
+
+
+def _copy(source: Path, target: Path, *, fsync: bool) -> None:
+    size = source.stat().st_size
+    target.unlink(missing_ok=True)
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        done = 0
+        while done < size:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), size - done)
+            if not n:
+                break
+            done += n
+        if fsync:
+            os.fsync(dst.fileno())
+
+
+def file_copy(env: Env, *, fsync: bool) -> Sample:
+    """The file-copy limit, into the daemon's file system (where an fd-passing upload goes)."""
+    target = env.daemon.socket_path.parent.parent / "copy.bin"
+    _copy(env.warm_source, target, fsync=fsync)
+    size = env.scale.bulk_size
+    start = time.perf_counter()
+    _copy(env.source, target, fsync=fsync)
+    seconds = time.perf_counter() - start
+    target.unlink()
+    return size / seconds / 1e9, {"seconds": seconds}
+
+
+def grpc_upload(env: Env, target: str) -> Sample:
+    ch = env.channel(target)
+    grpc_peer.upload(ch, env.warm_source, env.scale.warm_size)
+    size = env.scale.bulk_size
+    with _CpuMeter(env.grpc_pid) as cpu:
+        start = time.perf_counter()
+        received = grpc_peer.upload(ch, env.source, size)
+        seconds = time.perf_counter() - start
+    assert received == size, (received, size)
+    return _bulk(size, seconds, cpu)
+
+
+def grpc_download(env: Env, target: str) -> Sample:
+    ch = env.channel(target)
+    grpc_peer.download(ch, env.scale.warm_size)
+    size = env.scale.bulk_size
+    with _CpuMeter(env.grpc_pid) as cpu:
+        start = time.perf_counter()
+        received = grpc_peer.download(ch, size)
+        seconds = time.perf_counter() - start
+    assert received == size, (received, size)
+    return _bulk(size, seconds, cpu)
+
+
+def librorum_upload_trio(env: Env, transport: Transport) -> Sample:
+    async def run() -> Sample:
+        async with open_client(**_client_kwargs(env, transport)) as client:
+            stamp(env.warm_source)
+            await client.write(f"/bench/warm-{transport}-trio.bin", env.warm_source)
+            stamp(env.source)
+            size = env.scale.bulk_size
+            with _CpuMeter(env.daemon.pid) as cpu:
+                start = time.perf_counter()
+                info = await client.write(f"/bench/upload-{transport}-trio.bin", env.source)
+                seconds = time.perf_counter() - start
+            assert info.size == size
+            return _bulk(size, seconds, cpu)
+
+    return _run_trio(run)
+
+
+def librorum_upload_sync(env: Env, transport: Transport) -> Sample:
+    with _sync_client(env, transport) as client:
+        stamp(env.warm_source)
+        client.write(f"/bench/warm-{transport}-sync.bin", env.warm_source)
+        stamp(env.source)
+        size = env.scale.bulk_size
+        with _CpuMeter(env.daemon.pid) as cpu:
+            start = time.perf_counter()
+            info = client.write(f"/bench/upload-{transport}-sync.bin", env.source)
+            seconds = time.perf_counter() - start
+        assert info.size == size
+        return _bulk(size, seconds, cpu)
+
+
+async def _read_all(client: Client, path: str, length: int | None = None) -> int:
+    total = 0
+    async with client.open_read(path, length=length) as stream:
+        async for chunk in stream:
+            total += len(chunk)
+    return total
+
+
+def librorum_download_trio(env: Env, transport: Transport) -> Sample:
+    async def run() -> Sample:
+        async with open_client(**_client_kwargs(env, transport)) as client:
+            await _read_all(client, DOWNLOAD_PATH, env.scale.warm_size)
+            with _CpuMeter(env.daemon.pid) as cpu:
+                start = time.perf_counter()
+                size = await _read_all(client, DOWNLOAD_PATH)
+                seconds = time.perf_counter() - start
+            assert size == env.scale.bulk_size
+            return _bulk(size, seconds, cpu)
+
+    return _run_trio(run)
+
+
+def librorum_download_sync(env: Env, transport: Transport) -> Sample:
+    def read_all(client: SyncClient, length: int | None = None) -> int:
+        total = 0
+        with client.open_read(DOWNLOAD_PATH, length=length) as stream:
+            for chunk in stream:
+                total += len(chunk)
+        return total
+
+    with _sync_client(env, transport) as client:
+        read_all(client, env.scale.warm_size)
+        with _CpuMeter(env.daemon.pid) as cpu:
+            start = time.perf_counter()
+            size = read_all(client)
+            seconds = time.perf_counter() - start
+        assert size == env.scale.bulk_size
+        return _bulk(size, seconds, cpu)
+
+
+# --- Small ops: sequential -------------------------------------------------------------------------
+
+
+def _loop_for(seconds: float, op: Callable[[], object]) -> tuple[int, float]:
+    """Call ``op`` until ``seconds`` have passed (checked every 20 calls)."""
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(20):
+            op()
+        count += 20
+        now = time.perf_counter()
+        if now >= deadline:
+            return count, now - start
+
+
+def limit_ping_pong(env: Env, address: raw_peer.Address) -> Sample:
+    raw_peer.ping_pong(address, SMALL_MESSAGE, 0.1)
+    with _CpuMeter(env.raw_pid) as cpu:
+        count, seconds = raw_peer.ping_pong(address, SMALL_MESSAGE, env.scale.small_seconds)
+    return _ops(count, seconds, cpu)
+
+
+def grpc_stat_sequential(env: Env, target: str) -> Sample:
+    call = grpc_peer.stat_callable(env.channel(target))
+    path = env.grpc_stat_path
+    _loop_for(0.1, lambda: call(path))
+    with _CpuMeter(env.grpc_pid) as cpu:
+        count, seconds = _loop_for(env.scale.small_seconds, lambda: call(path))
+    return _ops(count, seconds, cpu)
+
+
+def librorum_stat_sync(env: Env, transport: Transport) -> Sample:
+    with _sync_client(env, transport) as client:
+        _loop_for(0.1, lambda: client.stat(DOWNLOAD_PATH))
+        with _CpuMeter(env.daemon.pid) as cpu:
+            count, seconds = _loop_for(env.scale.small_seconds, lambda: client.stat(DOWNLOAD_PATH))
+    return _ops(count, seconds, cpu)
+
+
+async def _aloop_for(seconds: float, op: Callable[[], Awaitable[object]]) -> tuple[int, float]:
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(20):
+            await op()
+        count += 20
+        now = time.perf_counter()
+        if now >= deadline:
+            return count, now - start
+
+
+def librorum_stat_trio(env: Env, transport: Transport) -> Sample:
+    async def run() -> Sample:
+        async with open_client(**_client_kwargs(env, transport)) as client:
+            await _aloop_for(0.1, lambda: client.stat(DOWNLOAD_PATH))
+            with _CpuMeter(env.daemon.pid) as cpu:
+                count, seconds = await _aloop_for(
+                    env.scale.small_seconds, lambda: client.stat(DOWNLOAD_PATH)
+                )
+        return _ops(count, seconds, cpu)
+
+    return _run_trio(run)
+
+
+# --- Small ops: pipelined on one connection --------------------------------------------------------
+
+
+def limit_pipelined(env: Env, address: raw_peer.Address) -> Sample:
+    raw_peer.pipelined(address, SMALL_MESSAGE, 128, 0.1)
+    with _CpuMeter(env.raw_pid) as cpu:
+        count, seconds = raw_peer.pipelined(address, SMALL_MESSAGE, 128, env.scale.small_seconds)
+    return _ops(count, seconds, cpu)
+
+
+def _grpc_pipelined(call: Any, path: bytes, seconds: float) -> tuple[int, float]:
+    pending: collections.deque[Any] = collections.deque(
+        call.future(path) for _ in range(PIPELINE_DEPTH)
+    )
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while pending:
+        pending.popleft().result(timeout=30)
+        count += 1
+        if count % 20 == 0 and time.perf_counter() >= deadline:
+            for future in pending:
+                future.result(timeout=30)
+            count += len(pending)
+            pending.clear()
+            break
+        pending.append(call.future(path))
+    return count, time.perf_counter() - start
+
+
+def grpc_stat_pipelined(env: Env, target: str) -> Sample:
+    call = grpc_peer.stat_callable(env.channel(target))
+    _grpc_pipelined(call, env.grpc_stat_path, 0.1)
+    with _CpuMeter(env.grpc_pid) as cpu:
+        count, seconds = _grpc_pipelined(call, env.grpc_stat_path, env.scale.small_seconds)
+    return _ops(count, seconds, cpu)
+
+
+def librorum_pipelined_trio(env: Env, transport: Transport) -> Sample:
+    async def burst(client: Client, seconds: float) -> tuple[int, float]:
+        counts = [0] * PIPELINE_DEPTH
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def worker(index: int) -> None:
+            while time.perf_counter() < deadline:
+                await client.stat(DOWNLOAD_PATH)
+                counts[index] += 1
+
+        async with trio.open_nursery() as nursery:
+            for index in range(PIPELINE_DEPTH):
+                nursery.start_soon(worker, index)
+        return sum(counts), time.perf_counter() - start
+
+    async def run() -> Sample:
+        async with open_client(**_client_kwargs(env, transport)) as client:
+            await burst(client, 0.1)
+            with _CpuMeter(env.daemon.pid) as cpu:
+                count, seconds = await burst(client, env.scale.small_seconds)
+        return _ops(count, seconds, cpu)
+
+    return _run_trio(run)
+
+
+def librorum_pipelined_raw(env: Env) -> Sample:
+    socket_path = env.daemon.socket_path
+    lbru_raw.pipelined_stat(socket_path, DOWNLOAD_PATH, RAW_PIPELINE_DEPTH, 0.1)
+    with _CpuMeter(env.daemon.pid) as cpu:
+        count, seconds, errors = lbru_raw.pipelined_stat(
+            socket_path, DOWNLOAD_PATH, RAW_PIPELINE_DEPTH, env.scale.small_seconds
+        )
+    return _ops(count, seconds, cpu, errors)
+
+
+# --- 100 concurrent clients ------------------------------------------------------------------------
+
+
+@attrs.define
+class _Crowd:
+    """Latencies and errors of a crowd of clients."""
+
+    latencies: list[float] = attrs.field(factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+
+    def sample(self, cpu: _CpuMeter) -> Sample:
+        values = sorted(self.latencies)
+        count = len(values)
+        return percentile(values, 0.99) * 1e3, {
+            "p50_ms": percentile(values, 0.50) * 1e3,
+            "p999_ms": percentile(values, 0.999) * 1e3,
+            "max_ms": (values[-1] * 1e3) if values else float("nan"),
+            "ops_per_s": count / self.seconds if self.seconds else float("nan"),
+            "errors": float(self.errors),
+            "server_cpu": cpu.used / count * 1e6 if count else float("nan"),
+        }
+
+
+def _next_time(next_at: float, interval: float | None, now: float) -> float:
+    if interval is None:
+        return now
+    # Paced: one op per interval; an op that ran late does not make the next ones burst.
+    return max(next_at + interval, now)
+
+
+async def _trio_crowd(
+    connect_one: Callable[[], Any],
+    op: Callable[[Any], Awaitable[object]],
+    clients: int,
+    seconds: float,
+    interval: float | None,
+    crowd: _Crowd,
+) -> None:
+    """``clients`` tasks, each with its own connection (``connect_one()``, an async context
+    manager), doing ``op`` until ``seconds`` after all are connected."""
+    connected = 0
+    go = trio.Event()
+    timing: dict[str, float] = {}
+
+    async def member(index: int) -> None:
+        nonlocal connected
+        try:
+            async with connect_one() as conn:
+                connected += 1
+                if connected == clients:
+                    timing["start"] = time.perf_counter()
+                    timing["deadline"] = timing["start"] + seconds
+                    go.set()
+                await go.wait()
+                deadline = timing["deadline"]
+                next_at = timing["start"] + (
+                    random.random() * interval if interval is not None else 0.0
+                )
+                while True:
+                    now = time.perf_counter()
+                    if next_at > now:
+                        await trio.sleep(next_at - now)
+                    begin = time.perf_counter()
+                    if begin >= deadline:
+                        return
+                    try:
+                        await op(conn)
+                    except Exception:
+                        crowd.errors += 1
+                    else:
+                        crowd.latencies.append(time.perf_counter() - begin)
+                    next_at = _next_time(next_at, interval, time.perf_counter())
+        except Exception:
+            crowd.errors += 1
+            connected += 1
+            if connected == clients:
+                go.set()
+
+    with trio.fail_after(seconds + 120):
+        async with trio.open_nursery() as nursery:
+            for index in range(clients):
+                nursery.start_soon(member, index)
+    crowd.seconds = time.perf_counter() - timing.get("start", time.perf_counter())
+
+
+def librorum_crowd(env: Env, transport: Transport, interval: float | None) -> Sample:
+    scale = env.scale
+
+    async def stat(client: Client) -> object:
+        return await client.stat(DOWNLOAD_PATH)
+
+    async def run() -> Sample:
+        warm = _Crowd()
+        await _trio_crowd(
+            lambda: open_client(**_client_kwargs(env, transport)),
+            stat,
+            scale.crowd_clients,
+            0.2,
+            interval,
+            warm,
+        )
+        crowd = _Crowd()
+        with _CpuMeter(env.daemon.pid) as cpu:
+            await _trio_crowd(
+                lambda: open_client(**_client_kwargs(env, transport)),
+                stat,
+                scale.crowd_clients,
+                scale.crowd_seconds,
+                interval,
+                crowd,
+            )
+        return crowd.sample(cpu)
+
+    return _run_trio(run)
+
+
+class _RawEcho:
+    """A connection to the raw peer's echo, as an async context manager (trio)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.message = b"x" * SMALL_MESSAGE
+
+    async def __aenter__(self) -> Self:
+        self.stream = await trio.open_unix_socket(self.path)
+        await self.stream.send_all(b"E" + bytes(8))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stream.aclose()
+
+    async def round_trip(self) -> None:
+        await self.stream.send_all(self.message)
+        left = len(self.message)
+        while left:
+            data = await self.stream.receive_some(left)
+            if not data:
+                msg = "the raw peer closed"
+                raise ConnectionError(msg)
+            left -= len(data)
+
+
+def limit_crowd(env: Env, interval: float | None) -> Sample:
+    scale = env.scale
+
+    async def op(conn: _RawEcho) -> None:
+        await conn.round_trip()
+
+    async def run() -> Sample:
+        await _trio_crowd(
+            lambda: _RawEcho(env.raw_uds), op, scale.crowd_clients, 0.2, interval, _Crowd()
+        )
+        crowd = _Crowd()
+        with _CpuMeter(env.raw_pid) as cpu:
+            await _trio_crowd(
+                lambda: _RawEcho(env.raw_uds),
+                op,
+                scale.crowd_clients,
+                scale.crowd_seconds,
+                interval,
+                crowd,
+            )
+        return crowd.sample(cpu)
+
+    return _run_trio(run)
+
+
+async def _grpc_crowd(
+    target: str, path: bytes, clients: int, seconds: float, interval: float | None, crowd: _Crowd
+) -> None:
+    channels = [
+        grpc.aio.insecure_channel(target, options=grpc_peer.OPTIONS) for _ in range(clients)
+    ]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), 60)
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def member(ch: grpc.aio.Channel) -> None:
+            call = ch.unary_unary(grpc_peer.STAT)
+            next_at = start + (random.random() * interval if interval is not None else 0.0)
+            while True:
+                now = time.perf_counter()
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)
+                begin = time.perf_counter()
+                if begin >= deadline:
+                    return
+                try:
+                    await call(path, timeout=30)
+                except grpc.RpcError:
+                    crowd.errors += 1
+                else:
+                    crowd.latencies.append(time.perf_counter() - begin)
+                next_at = _next_time(next_at, interval, time.perf_counter())
+
+        await asyncio.wait_for(asyncio.gather(*(member(ch) for ch in channels)), seconds + 120)
+        crowd.seconds = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(ch.close() for ch in channels))
+
+
+def grpc_crowd(env: Env, target: str, interval: float | None) -> Sample:
+    scale = env.scale
+    asyncio.run(
+        _grpc_crowd(target, env.grpc_stat_path, scale.crowd_clients, 0.2, interval, _Crowd())
+    )
+    crowd = _Crowd()
+    with _CpuMeter(env.grpc_pid) as cpu:
+        asyncio.run(
+            _grpc_crowd(
+                target,
+                env.grpc_stat_path,
+                scale.crowd_clients,
+                scale.crowd_seconds,
+                interval,
+                crowd,
+            )
+        )
+    return crowd.sample(cpu)
+
+
+# --- 16 concurrent uploads -------------------------------------------------------------------------
+
+
+def _threads(work: Sequence[Callable[[], object]]) -> float:
+    """Run each callable in its own thread, all at once; the seconds until all finished."""
+    errors: list[BaseException] = []
+
+    def guarded(fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(fn,)) for fn in work]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return seconds
+
+
+def _parallel_total(env: Env) -> int:
+    return env.scale.parallel_size * len(env.parallel_sources)
+
+
+def limit_parallel(env: Env, address: raw_peer.Address) -> Sample:
+    size = env.scale.parallel_size
+    _threads([lambda: raw_peer.upload(address, env.warm_source, 4 * MIB) for _ in range(4)])
+    with _CpuMeter(env.raw_pid) as cpu:
+        seconds = _threads(
+            [lambda p=p: raw_peer.upload(address, p, size) for p in env.parallel_sources]  # type: ignore[misc]
+        )
+    return _bulk(_parallel_total(env), seconds, cpu)
+
+
+def grpc_parallel(env: Env, target: str) -> Sample:
+    ch = env.channel(target)
+    size = env.scale.parallel_size
+    _threads([lambda: grpc_peer.upload(ch, env.warm_source, 4 * MIB) for _ in range(4)])
+    with _CpuMeter(env.grpc_pid) as cpu:
+        seconds = _threads(
+            [lambda p=p: grpc_peer.upload(ch, p, size) for p in env.parallel_sources]  # type: ignore[misc]
+        )
+    return _bulk(_parallel_total(env), seconds, cpu)
+
+
+def librorum_parallel(env: Env, transport: Transport) -> Sample:
+    sources = env.parallel_sources
+
+    async def run() -> Sample:
+        async with trio.open_nursery() as connections:
+            clients: list[Client] = []
+            ready = trio.Event()
+            done = trio.Event()
+
+            async def hold(index: int) -> None:
+                async with open_client(**_client_kwargs(env, transport)) as client:
+                    clients.append(client)
+                    if len(clients) == len(sources):
+                        ready.set()
+                    await done.wait()
+
+            for index in range(len(sources)):
+                connections.start_soon(hold, index)
+            with trio.fail_after(60):
+                await ready.wait()
+            warm = os.urandom(4 * MIB)
+            async with trio.open_nursery() as nursery:
+                for index, client in enumerate(clients[:4]):
+                    nursery.start_soon(client.write, f"/bench/warm-par-{index}.bin", warm)
+            for source in sources:
+                stamp(source)
+            with _CpuMeter(env.daemon.pid) as cpu:
+                start = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for index, (client, source) in enumerate(zip(clients, sources, strict=True)):
+                        nursery.start_soon(
+                            client.write, f"/bench/par-{transport}-{index}.bin", source
+                        )
+                seconds = time.perf_counter() - start
+            done.set()
+        return _bulk(_parallel_total(env), seconds, cpu)
+
+    return _run_trio(run)
+
+
+# --- The workloads ----------------------------------------------------------------------------------
+
+GRPC_UDS, GRPC_TCP = "gRPC, Unix socket", "gRPC, TCP loopback"
+LIMIT_UDS, LIMIT_TCP = "limit: plain Unix socket", "limit: plain TCP loopback"
+FILE_COPY, FILE_COPY_FSYNC = "limit: file copy (copy_file_range)", "limit: file copy + fsync"
+LIB_UDS_TRIO, LIB_UDS_SYNC = "Librorum UDS, Trio client", "Librorum UDS, sync client"
+LIB_FD = "Librorum UDS + fd passing"
+LIB_WS_TRIO, LIB_WS_SYNC = "Librorum WebSocket, Trio client", "Librorum WebSocket, sync client"
+LIB_RAW = "Librorum UDS, lean pipelined driver"
+NOT_YET = "not available yet: fd passing is not implemented"
+
+
+def _item(
+    label: str,
+    group: str,
+    sample: Callable[[], Sample] | None,
+    unit: str,
+    *,
+    grpc: str | None = None,
+    limit: str | None = None,
+    note: str = "",
+) -> Item:
+    return Item(
+        "",
+        label,
+        group,
+        unit,
+        sample,
+        higher_is_better=not unit.startswith("ms"),
+        grpc_ref=grpc,
+        limit_ref=limit,
+        note=note,
+    )
+
+
+def build(env: Env) -> list[Workload]:
+    s = env.scale
+    size = f"{s.bulk_size // MIB} MiB" if s.bulk_size < GIB else f"{s.bulk_size // GIB} GiB"
+    uds, tcp = env.raw_uds, env.raw_tcp
+    gu, gt = env.grpc_uds, env.grpc_tcp
+    bulk_note = (
+        "warm source file, 1 MiB messages/frames. Librorum's store hashes (BLAKE3), chunks "
+        "(4 MiB), fsyncs and stores what it receives; the gRPC peer and the limit only move "
+        "the bytes (received into a buffer and dropped)."
+    )
+    # Librorum over the Unix socket is compared with gRPC and the limit over a Unix socket;
+    # over WebSocket, with gRPC and the limit over TCP loopback.
+    on_uds = {"grpc": GRPC_UDS, "limit": LIMIT_UDS}
+    on_tcp = {"grpc": GRPC_TCP, "limit": LIMIT_TCP}
+    workloads = [
+        Workload(
+            "upload",
+            f"Upload {size}",
+            [
+                _item(LIMIT_UDS, LIMIT, lambda: limit_upload(env, uds), "GB/s"),
+                _item(LIMIT_TCP, LIMIT, lambda: limit_upload(env, tcp), "GB/s"),
+                _item(FILE_COPY, LIMIT, lambda: file_copy(env, fsync=False), "GB/s"),
+                _item(FILE_COPY_FSYNC, LIMIT, lambda: file_copy(env, fsync=True), "GB/s"),
+                _item(GRPC_UDS, GRPC, lambda: grpc_upload(env, gu), "GB/s", limit=LIMIT_UDS),
+                _item(GRPC_TCP, GRPC, lambda: grpc_upload(env, gt), "GB/s", limit=LIMIT_TCP),
+                _item(
+                    LIB_UDS_TRIO,
+                    LIBRORUM,
+                    lambda: librorum_upload_trio(env, "uds"),
+                    "GB/s",
+                    **on_uds,
+                ),
+                _item(
+                    LIB_UDS_SYNC,
+                    LIBRORUM,
+                    lambda: librorum_upload_sync(env, "uds"),
+                    "GB/s",
+                    **on_uds,
+                ),
+                _item(LIB_FD, FD, None, "GB/s", grpc=GRPC_UDS, limit=FILE_COPY, note=NOT_YET),
+                _item(LIB_WS_TRIO, WS, lambda: librorum_upload_trio(env, "ws"), "GB/s", **on_tcp),
+            ],
+            s.bulk_rounds,
+            bulk_note,
+            "s/GiB",
+            "Upload",
+        ),
+        Workload(
+            "download",
+            f"Download {size}",
+            [
+                _item(LIMIT_UDS, LIMIT, lambda: limit_download(env, uds), "GB/s"),
+                _item(LIMIT_TCP, LIMIT, lambda: limit_download(env, tcp), "GB/s"),
+                _item(GRPC_UDS, GRPC, lambda: grpc_download(env, gu), "GB/s", limit=LIMIT_UDS),
+                _item(GRPC_TCP, GRPC, lambda: grpc_download(env, gt), "GB/s", limit=LIMIT_TCP),
+                _item(
+                    LIB_UDS_TRIO,
+                    LIBRORUM,
+                    lambda: librorum_download_trio(env, "uds"),
+                    "GB/s",
+                    **on_uds,
+                ),
+                _item(
+                    LIB_UDS_SYNC,
+                    LIBRORUM,
+                    lambda: librorum_download_sync(env, "uds"),
+                    "GB/s",
+                    **on_uds,
+                ),
+                _item(LIB_FD, FD, None, "GB/s", note=NOT_YET, **on_uds),
+                _item(LIB_WS_TRIO, WS, lambda: librorum_download_trio(env, "ws"), "GB/s", **on_tcp),
+            ],
+            s.bulk_rounds,
+            "a stored file, in the page cache; Librorum verifies every chunk's BLAKE3 as it "
+            "reads; the client counts the bytes and drops them.",
+            "s/GiB",
+            "Download",
+        ),
+    ]
+    ping_uds, ping_tcp = "limit: 128-byte ping-pong, Unix socket", "limit: 128-byte ping-pong, TCP"
+    small_uds = {"grpc": GRPC_UDS, "limit": ping_uds}
+    small_tcp = {"grpc": GRPC_TCP, "limit": ping_tcp}
+    workloads.append(
+        Workload(
+            "stat",
+            "Sequential small ops (STAT of an existing file, one at a time)",
+            [
+                _item(ping_uds, LIMIT, lambda: limit_ping_pong(env, uds), "ops/s"),
+                _item(ping_tcp, LIMIT, lambda: limit_ping_pong(env, tcp), "ops/s"),
+                _item(
+                    GRPC_UDS, GRPC, lambda: grpc_stat_sequential(env, gu), "ops/s", limit=ping_uds
+                ),
+                _item(
+                    GRPC_TCP, GRPC, lambda: grpc_stat_sequential(env, gt), "ops/s", limit=ping_tcp
+                ),
+                _item(
+                    LIB_UDS_SYNC,
+                    LIBRORUM,
+                    lambda: librorum_stat_sync(env, "uds"),
+                    "ops/s",
+                    **small_uds,
+                ),
+                _item(
+                    LIB_UDS_TRIO,
+                    LIBRORUM,
+                    lambda: librorum_stat_trio(env, "uds"),
+                    "ops/s",
+                    **small_uds,
+                ),
+                _item(LIB_WS_SYNC, WS, lambda: librorum_stat_sync(env, "ws"), "ops/s", **small_tcp),
+                _item(LIB_WS_TRIO, WS, lambda: librorum_stat_trio(env, "ws"), "ops/s", **small_tcp),
+            ],
+            s.small_rounds,
+            "gRPC: unary Stat (os.stat on the peer); Librorum: STAT (a metadata lookup); "
+            "limit: a 128-byte message echoed by a blocking thread.",
+            "us/op",
+            "Sequential",
+        )
+    )
+    echo = "limit: echo of 128 x 128-byte batches, Unix socket"
+    grpc_pipe = f"{GRPC_UDS}, {PIPELINE_DEPTH} futures"
+    pipe = {"grpc": grpc_pipe, "limit": echo}
+    workloads.append(
+        Workload(
+            "pipelined",
+            "Pipelined small ops on one connection (STAT)",
+            [
+                _item(echo, LIMIT, lambda: limit_pipelined(env, uds), "ops/s"),
+                _item(grpc_pipe, GRPC, lambda: grpc_stat_pipelined(env, gu), "ops/s", limit=echo),
+                _item(
+                    f"{LIB_UDS_TRIO}, {PIPELINE_DEPTH} tasks",
+                    LIBRORUM,
+                    lambda: librorum_pipelined_trio(env, "uds"),
+                    "ops/s",
+                    **pipe,
+                ),
+                _item(
+                    f"{LIB_RAW}, {RAW_PIPELINE_DEPTH} in flight",
+                    LIBRORUM,
+                    lambda: librorum_pipelined_raw(env),
+                    "ops/s",
+                    **pipe,
+                ),
+                _item(
+                    f"{LIB_WS_TRIO}, {PIPELINE_DEPTH} tasks",
+                    WS,
+                    lambda: librorum_pipelined_trio(env, "ws"),
+                    "ops/s",
+                    **pipe,
+                ),
+            ],
+            s.small_rounds,
+            "one connection, many requests in flight. The lean driver pre-encodes the "
+            "requests and reads only the reply headers: it measures the daemon, not a client.",
+            "us/op",
+            "Pipelined, one connection",
+        )
+    )
+    crowd_items: list[Item] = []
+    paced = f"1 STAT / {s.crowd_interval * 1e3:.0f} ms each"
+    for interval, how in ((s.crowd_interval, paced), (None, "closed loop")):
+        limit = f"limit: raw echo, {how}"
+        grpc_label = f"{GRPC_UDS} (grpc.aio), {how}"
+        crowd_items += [
+            _item(limit, LIMIT, lambda i=interval: limit_crowd(env, i), "ms p99"),  # type: ignore[misc]
+            _item(
+                grpc_label,
+                GRPC,
+                lambda i=interval: grpc_crowd(env, gu, i),  # type: ignore[misc]
+                "ms p99",
+                limit=limit,
+            ),
+            _item(
+                f"{LIB_UDS_TRIO}s, {how}",
+                LIBRORUM,
+                lambda i=interval: librorum_crowd(env, "uds", i),  # type: ignore[misc]
+                "ms p99",
+                grpc=grpc_label,
+                limit=limit,
+            ),
+            _item(
+                f"{LIB_WS_TRIO}s, {how}",
+                WS,
+                lambda i=interval: librorum_crowd(env, "ws", i),  # type: ignore[misc]
+                "ms p99",
+                limit=limit,
+            ),
+        ]
+    workloads.append(
+        Workload(
+            "crowd",
+            f"{s.crowd_clients} concurrent clients, small ops (STAT), each on its own connection",
+            crowd_items,
+            s.crowd_rounds,
+            f"latency of each op (value: p99); paced: every client starts {paced} "
+            f"({s.crowd_clients / s.crowd_interval:.0f} ops/s offered); closed loop: each "
+            "client starts its next op when the last one returns. All clients in one process "
+            "(the limit and Librorum: Trio; gRPC: asyncio).",
+            "us/op",
+            f"{s.crowd_clients} clients",
+        )
+    )
+    n = s.parallel_uploads
+    workloads.append(
+        Workload(
+            "parallel",
+            f"{n} concurrent uploads to different files, {s.parallel_size // MIB} MiB each",
+            [
+                _item(LIMIT_UDS, LIMIT, lambda: limit_parallel(env, uds), "GB/s"),
+                _item(GRPC_UDS, GRPC, lambda: grpc_parallel(env, gu), "GB/s", limit=LIMIT_UDS),
+                _item(
+                    LIB_UDS_TRIO, LIBRORUM, lambda: librorum_parallel(env, "uds"), "GB/s", **on_uds
+                ),
+                _item(LIB_FD, FD, None, "GB/s", note=NOT_YET, **on_uds),
+                _item(LIB_WS_TRIO, WS, lambda: librorum_parallel(env, "ws"), "GB/s", grpc=GRPC_UDS),
+            ],
+            s.bulk_rounds,
+            f"aggregate throughput; limit: {n} sockets from {n} threads; gRPC: {n} streams on "
+            f"one channel from {n} threads; Librorum: {n} Trio clients (connections) in one "
+            "process (a connection takes 4 uploads at a time).",
+            "s/GiB",
+            f"{n} uploads at once",
+        )
+    )
+    for workload in workloads:
+        for item in workload.items:
+            item.workload = workload.key
+    return workloads
