@@ -704,8 +704,12 @@ class Client:
         connect_timeout: float,
         read_window: int,
         resume_attempts: int,
+        reconnect_attempts: int = RECONNECT_ATTEMPTS,
+        reconnect_deadline: float = RECONNECT_DEADLINE,
     ) -> None:
         self._nursery = nursery
+        self._reconnect_attempts = reconnect_attempts
+        self._reconnect_deadline = reconnect_deadline
         self._endpoints = tuple(endpoints)
         self._reconnect = reconnect
         self._timeout = timeout
@@ -746,7 +750,9 @@ class Client:
             if conn is not None and not self._reconnect:
                 msg = f"connection to {conn.endpoint} is closed ({conn.error}) and reconnect is off"
                 raise ConnectionClosed(msg)
-            self._conn = await self._connect(attempts=1 if conn is None else RECONNECT_ATTEMPTS)
+            self._conn = await self._connect(
+                attempts=1 if conn is None else self._reconnect_attempts
+            )
             return self._conn
 
     async def _replace_draining(self, conn: _Connection) -> _Connection:
@@ -776,7 +782,7 @@ class Client:
             ConnectionClosed: every attempt failed (the last failure is the cause).
         """
         last: LibrorumError | None = None
-        with trio.move_on_after(RECONNECT_DEADLINE):
+        with trio.move_on_after(self._reconnect_deadline):
             for delay in backoff_delays(attempts=attempts):
                 await trio.sleep(delay)
                 try:
@@ -828,9 +834,13 @@ class Client:
             )
             try:
                 await conn.handshake()
-            except BaseException:
+            except BaseException as exc:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                     await transport.aclose()
+                if isinstance(exc, ConnectionClosed):
+                    # The transport's words ("cannot send: ...") do not say where.
+                    msg = f"HELLO with {endpoint} failed: {exc}"
+                    raise ConnectionClosed(msg) from exc
                 raise
             self._connections.add(conn)
             self._nursery.start_soon(self._run_connection, conn)
@@ -1215,6 +1225,8 @@ async def open_client(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     read_window: int = DEFAULT_READ_WINDOW,
     resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
+    reconnect_attempts: int = RECONNECT_ATTEMPTS,
+    reconnect_deadline: float = RECONNECT_DEADLINE,
 ) -> AsyncIterator[Client]:
     """Connect to a Librorum daemon for the duration of the block.
 
@@ -1235,6 +1247,9 @@ async def open_client(
         connect_timeout: seconds to connect and complete the handshake.
         read_window: bytes the server may send ahead on each READ.
         resume_attempts: times a resumable upload resumes after disconnects.
+        reconnect_attempts: connection attempts when a request finds the connection
+            dropped (immediately, then with backoff from 0.05 s doubling to 2 s).
+        reconnect_deadline: seconds those attempts may take in all.
 
     Raises:
         ConnectionClosed: no daemon answered at any endpoint.
@@ -1266,6 +1281,8 @@ async def open_client(
             connect_timeout=connect_timeout,
             read_window=read_window,
             resume_attempts=resume_attempts,
+            reconnect_attempts=reconnect_attempts,
+            reconnect_deadline=reconnect_deadline,
         )
         try:
             await client._connection()

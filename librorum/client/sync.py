@@ -667,8 +667,12 @@ class SyncClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_window: int = DEFAULT_READ_WINDOW,
         resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
+        reconnect_attempts: int = RECONNECT_ATTEMPTS,
+        reconnect_deadline: float = RECONNECT_DEADLINE,
     ) -> None:
         self._endpoints = tuple(endpoints)
+        self._reconnect_attempts = reconnect_attempts
+        self._reconnect_deadline = reconnect_deadline
         self._reconnect = reconnect
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -729,7 +733,7 @@ class SyncClient:
         if conn is not None and not self._reconnect:
             msg = f"connection to {conn.endpoint} is closed ({conn.error}) and reconnect is off"
             raise ConnectionClosed(msg)
-        self._conn = self._connect(attempts=1 if conn is None else RECONNECT_ATTEMPTS)
+        self._conn = self._connect(attempts=1 if conn is None else self._reconnect_attempts)
         return self._conn
 
     def _connect(self, *, attempts: int) -> _SyncConnection:
@@ -739,7 +743,7 @@ class SyncClient:
             UnauthorizedError: the server refused the credentials (never retried).
             ConnectionClosed: every attempt failed.
         """
-        deadline = time.monotonic() + RECONNECT_DEADLINE
+        deadline = time.monotonic() + self._reconnect_deadline
         last: LibrorumError | None = None
         for delay in backoff_delays(attempts=attempts):
             if time.monotonic() + delay > deadline:
@@ -788,8 +792,12 @@ class SyncClient:
         conn = _SyncConnection(transport, endpoint, read_window=self._read_window)
         try:
             conn.handshake()
-        except BaseException:
+        except BaseException as exc:
             transport.close()
+            if isinstance(exc, ConnectionClosed):
+                # The transport's words ("send failed: ...") may not say where.
+                msg = f"HELLO with {endpoint} failed: {exc}"
+                raise ConnectionClosed(msg) from exc
             raise
         # The connect timeout bounded the handshake; from now on each operation gets `timeout`.
         transport.set_timeout(self._timeout)
@@ -1084,6 +1092,8 @@ def connect(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     read_window: int = DEFAULT_READ_WINDOW,
     resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
+    reconnect_attempts: int = RECONNECT_ATTEMPTS,
+    reconnect_deadline: float = RECONNECT_DEADLINE,
 ) -> SyncClient:
     """Connect to a Librorum daemon with a blocking client (a context manager; or call
     :meth:`SyncClient.close`). The arguments are those of :func:`librorum.client.open_client`.
@@ -1109,6 +1119,8 @@ def connect(
         connect_timeout=connect_timeout,
         read_window=read_window,
         resume_attempts=resume_attempts,
+        reconnect_attempts=reconnect_attempts,
+        reconnect_deadline=reconnect_deadline,
     )
     try:
         client._connection()

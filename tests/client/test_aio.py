@@ -443,7 +443,7 @@ async def test_auto_uses_the_local_socket(nursery: trio.Nursery, socket_path: Pa
 async def test_no_daemon_raises_connection_closed(tmp_path: Path) -> None:
     with (
         trio.fail_after(TEST_TIMEOUT),
-        pytest.raises(ConnectionClosed, match="no daemon at .*librorum serve"),
+        pytest.raises(ConnectionClosed, match=r"no daemon at .*librorum serve"),
     ):
         async with open_client(tmp_path / "nothing.sock", transport="local"):
             pass  # pragma: no cover
@@ -503,6 +503,23 @@ async def test_reconnect_retries_with_backoff(nursery: trio.Nursery, socket_path
             assert trio.current_time() - start >= 0.05 + 0.1 + 0.2
         assert server.refused == 3
         assert server.connections == 2
+
+
+async def test_reconnect_gives_up_after_its_attempts(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(drop_on_once=Command.PING)
+        )
+        async with open_client(socket_path, transport="local", reconnect_attempts=2) as client:
+            with pytest.raises(ConnectionClosed):
+                await client.ping()
+            server.behaviour.close_first_connections = 3
+            with pytest.raises(ConnectionClosed, match=r"HELLO with unix:.* failed"):
+                await client.ping()
+            assert server.refused == 2
+            assert await client.ping() >= 0  # the third refusal, then a connection
 
 
 async def test_unauthorized_local_socket(nursery: trio.Nursery, socket_path: Path) -> None:
