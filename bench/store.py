@@ -239,11 +239,13 @@ async def child_main(data_dir: Path, upload_size: int) -> None:
 
         async def uploader(i: int) -> None:
             nonlocal started
-            piece = os.urandom(PIECE)
+            piece = bytearray(os.urandom(PIECE))
             upload_id = f"resumable-{i}" if i % 2 else None
             async with await store.begin_upload(f"/crash/u{i}", upload_id=upload_id) as up:
                 written = 0
                 while True:
+                    # Every piece different, so that no chunk deduplicates.
+                    piece[:8] = written.to_bytes(8, "little")
                     await up.write(piece)
                     written += len(piece)
                     if written == upload_size // 2:
