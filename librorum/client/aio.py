@@ -1040,6 +1040,7 @@ class Client:
             offset = 0
             resumes = 0
             reroutes = 0
+            conflict_delays = backoff_delays()
             while True:
                 try:
                     return await self._write_once(
@@ -1058,6 +1059,17 @@ class Client:
                         raise
                     if resumes > self._resume_attempts:
                         raise
+                    offset = await self._committed(upload_id)
+                except ConflictError:
+                    # A resumed WRITE may find the upload still attached to the stream that
+                    # broke, until the server notices the disconnect (spec 5.10): ask again
+                    # after a pause, as the committed offset may also have moved.
+                    if upload_id is None or resumes == 0:
+                        raise
+                    delay = next(conflict_delays, None)
+                    if delay is None:
+                        raise
+                    await trio.sleep(delay or RECONNECT_INITIAL_DELAY)
                     offset = await self._committed(upload_id)
                 await source.seek(offset)
         finally:

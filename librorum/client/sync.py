@@ -943,6 +943,7 @@ class SyncClient:
             offset = 0
             resumes = 0
             reroutes = 0
+            conflict_delays = backoff_delays()
             while True:
                 try:
                     return self._write_once(path, source, mode, upload_id, offset, progress)
@@ -956,6 +957,16 @@ class SyncClient:
                         raise
                     if resumes > self._resume_attempts:
                         raise
+                    offset = self._committed(upload_id)
+                except ConflictError:
+                    # The upload may still be attached to the stream that broke, until the
+                    # server notices the disconnect (spec 5.10): ask again after a pause.
+                    if upload_id is None or resumes == 0:
+                        raise
+                    delay = next(conflict_delays, None)
+                    if delay is None:
+                        raise
+                    time.sleep(delay or RECONNECT_INITIAL_DELAY)
                     offset = self._committed(upload_id)
                 source.seek(offset)
         finally:
