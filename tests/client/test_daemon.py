@@ -129,3 +129,25 @@ async def test_sync_client_against_the_daemon(tmp_path: Path) -> None:
                         assert client.delete("/s", recursive=True) == 2
 
             await trio.to_thread.run_sync(body)
+
+
+async def test_sync_resumable_upload_survives_a_dropped_connection(tmp_path: Path) -> None:
+    data = os.urandom(9 * MiB + 1)
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+
+            def body() -> None:
+                with connect(daemon.socket_path, transport="local", timeout=10) as client:
+                    first = client._conn
+                    assert first is not None
+
+                    def progress(done: int, total: int | None) -> None:
+                        if done >= 5 * MiB and first.error is None:
+                            first.die(ConnectionClosed("cut by the test"))
+
+                    info = client.write("/r", data, resumable=True, progress=progress)
+                    assert info.size == len(data)
+                    assert client._conn is not first
+                    assert client.read("/r") == data
+
+            await trio.to_thread.run_sync(body)
