@@ -7,7 +7,7 @@ test runs under a deadline; nothing waits on a sleep.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -16,15 +16,23 @@ import trio
 from librorum.client.aio import open_client
 from librorum.errors import (
     AlreadyExistsError,
+    CancelledError,
     ConnectionClosed,
+    ConnectionTimeoutError,
     LibrorumError,
     NotFoundError,
     UnauthorizedError,
     UnavailableError,
 )
-from librorum.protocol.constants import WriteMode
-from librorum.protocol.messages import FileWrite, Ping
-from librorum.protocol.session import ClientSession, ErrorReceived, HelloAccepted, ReplyReceived
+from librorum.protocol.constants import CancelOutcome, WriteMode
+from librorum.protocol.messages import Cancel, CancelReply, FileRead, FileWrite, Ping
+from librorum.protocol.session import (
+    ClientSession,
+    ConnectionEnded,
+    ErrorReceived,
+    HelloAccepted,
+    ReplyReceived,
+)
 from librorum.server.app import serve
 from librorum.testing import Transport, open_test_daemon, test_config
 from librorum.transport import AlreadyRunningError, FrameTransport, connect_uds
@@ -236,3 +244,73 @@ async def test_data_after_a_refused_upload_is_discarded(tmp_path: Path) -> None:
             assert isinstance(refused.exception, NotFoundError)
             [pong] = [e for e in events if isinstance(e, ReplyReceived)]
             assert pong.session_id == ping
+
+
+async def drain_until(
+    transport: FrameTransport, session: ClientSession, done: Callable[[list[object]], bool]
+) -> list[object]:
+    events: list[object] = []
+    while not done(events):
+        data = await transport.receive_some()
+        session.receive_data(data)
+        events += list(session.events())
+        if not data:
+            break
+    return events
+
+
+async def test_cancel_has_a_definite_outcome(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+            async with daemon.client() as client:
+                await client.write("/big", stream(8))
+            transport, session = await raw_connection(daemon.socket_path)
+            try:
+                # A READ the client never grants credit for stalls after its first window.
+                read = session.start_request(FileRead("/big"))
+                await transport.send_frames(session.frames_to_send())
+                await drain_until(
+                    transport, session, lambda ev: any(isinstance(e, ReplyReceived) for e in ev)
+                )
+                cancel = session.start_request(Cancel(read))
+                unknown = session.start_request(Cancel(999_999))
+                await transport.send_frames(session.frames_to_send())
+                events = await drain_until(transport, session, lambda ev: not session.in_flight())
+            finally:
+                await transport.aclose()
+            ends = [e for e in events if isinstance(e, (ErrorReceived, ReplyReceived))]
+            # The target's own final frame comes first, then the CANCEL's answer.
+            order = [e.session_id for e in ends]
+            assert order.index(read) < order.index(cancel)
+            [target_end] = [e for e in ends if e.session_id == read]
+            assert isinstance(target_end, ErrorReceived)
+            assert isinstance(target_end.exception, CancelledError)
+            outcomes = {
+                e.session_id: e.message.outcome
+                for e in ends
+                if isinstance(e, ReplyReceived) and isinstance(e.message, CancelReply)
+            }
+            assert outcomes == {cancel: CancelOutcome.ABORTED, unknown: CancelOutcome.UNKNOWN}
+
+
+async def test_handshake_and_idle_deadlines_close_the_connection(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with open_test_daemon(
+            tmp_path, handshake_timeout=0.3, idle_timeout_uds=0.3
+        ) as daemon:
+            # Connected but silent: no HELLO within the handshake deadline.
+            silent = await connect_uds(daemon.socket_path)
+            session = ClientSession()
+            events = await drain_until(silent, session, lambda ev: bool(ev))
+            await silent.aclose()
+            [ended] = events
+            assert isinstance(ended, ConnectionEnded)
+            assert isinstance(ended.error, ConnectionTimeoutError)
+            # After HELLO, nothing in flight and nothing sent: closed when idle.
+            transport, session = await raw_connection(daemon.socket_path)
+            events = await drain_until(transport, session, lambda ev: bool(ev))
+            await transport.aclose()
+            [ended] = events
+            assert isinstance(ended, ConnectionEnded)
+            assert isinstance(ended.error, ConnectionTimeoutError)
+            assert "idle" in str(ended.error)
