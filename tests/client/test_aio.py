@@ -283,7 +283,9 @@ async def test_goaway_moves_new_requests_to_a_new_connection(
         assert server.connections == 3
 
 
-@pytest.mark.parametrize("command", [Command.STAT, Command.READ, Command.WRITE])
+@pytest.mark.parametrize(
+    "command", [Command.STAT, Command.READ, Command.WRITE], ids=lambda c: c.name
+)
 async def test_request_refused_after_goaway_is_retried_on_a_new_connection(
     nursery: trio.Nursery, socket_path: Path, command: Command
 ) -> None:
