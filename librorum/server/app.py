@@ -120,8 +120,8 @@ class Server:
         self.connections.add(connection)
         self._idle = trio.Event()
         try:
-            if self.shutting_down:
-                connection.goaway()
+            # During a drain, a new connection gets GOAWAY right after its HELLO (see
+            # Connection._dispatch): before the handshake there is nothing to say it with.
             await connection.run()
         finally:
             self.connections.discard(connection)

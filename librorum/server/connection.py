@@ -129,9 +129,9 @@ class Connection:
                         scope.shield = True
                         await self._flush_and_stop_writer()
                     nursery.cancel_scope.cancel()
-        except ConnectionClosed:
-            pass
-        except Exception:
+        except* ConnectionClosed:
+            pass  # the peer went away mid-reply: an ordinary disconnect, not worth a traceback
+        except* Exception:
             log.exception("connection from %s failed", peer)
         finally:
             self.server.stats.connection_closed(self.transport.kind)
