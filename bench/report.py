@@ -96,7 +96,8 @@ def table(workloads: Sequence[Workload]) -> str:
     lines: list[str] = []
     for workload in workloads:
         lines.append("")
-        lines.append(f"== {workload.title} ({workload.rounds} rounds, interleaved) ==")
+        how = f"{workload.rounds} rounds, interleaved" if workload.rounds > 1 else "one run"
+        lines.append(f"== {workload.title} ({how}) ==")
         if workload.note:
             lines.append(f"   {workload.note}")
         header = [
@@ -204,6 +205,9 @@ def targets(workloads: Sequence[Workload], quick: bool) -> list[TargetResult]:
         2.0,
         also=w.LIB_UDS_SYNC,
     )
+    pattern = median(workloads, "upload", w.STORE_PATTERN)
+    if pattern is not None:
+        out[-1].measured += f"; the store's disk-write pattern alone: {pattern:.2f} GB/s"
     ratio_target(
         "local download >= 4x gRPC download (UDS)",
         "download",

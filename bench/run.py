@@ -65,6 +65,8 @@ RESULTS = HERE / "results"
 START = time.perf_counter()
 #: Every server this run started, for the CPU accounting at the end.
 PROCESSES: list[ServerProcess] = []
+#: The long-running daemon's VmHWM (MiB) after each workload: which one raised its peak.
+HWM_AFTER: dict[str, float] = {}
 
 
 def log(message: str) -> None:
@@ -213,8 +215,9 @@ def measure_rss(env: w.Env, work: Path) -> w.Workload:
         items,
         1,
         f"fresh daemon: VmHWM right after start {baseline:.1f} MiB; {moved:.1f} GiB moved in "
-        f"{seconds:.0f} s. The long-running servers' peaks include the 16 concurrent uploads "
-        "and the 100 clients.",
+        f"{seconds:.0f} s. The long-running daemon's peak after each workload (MiB): "
+        + ", ".join(f"{key} {value:.0f}" for key, value in HWM_AFTER.items())
+        + ".",
     )
 
 
@@ -352,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_workload(workload, warm_up=not (long and scale.quick))
             for process in (raw, grpc_proc, daemon.process):
                 process.check_alive()
+            peak = daemon.process.vm_hwm_kib() / 1024
+            HWM_AFTER[workload.key] = round(peak, 1)
+            log(f"{workload.key} done; the daemon's VmHWM so far: {peak:.1f} MiB")
         if not only or "rss" in only:
             workloads.append(measure_rss(env, work))
         env.close()
@@ -368,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     meta["load_average"] = f"{load_start} at the start, {load_average()} at the end"
     meta["other_processes_cpu_share"] = round(others / (seconds * cpus), 3)
+    meta["daemon_vmhwm_mib_after"] = HWM_AFTER
     print(
         f"\nother processes on this machine used {others / (seconds * cpus):.0%} of its "
         f"{cpus} CPUs during the run (load average {meta['load_average']})"

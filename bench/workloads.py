@@ -14,6 +14,7 @@ import asyncio
 import collections
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +31,7 @@ from bench.common import GIB, MIB, Stats, cpu_seconds, percentile, stamp
 from bench.daemon import Daemon
 from librorum.client.aio import Client, open_client
 from librorum.client.sync import SyncClient, connect
+from librorum.store import DEFAULT_CHUNK_SIZE
 
 Sample = tuple[float, dict[str, float]]
 Transport = Literal["uds", "ws"]
@@ -252,6 +254,45 @@ def file_copy(env: Env, *, fsync: bool) -> Sample:
     _copy(env.source, target, fsync=fsync)
     seconds = time.perf_counter() - start
     target.unlink()
+    return size / seconds / 1e9, {"seconds": seconds}
+
+
+def _write_chunks(source: Path, directory: Path, chunk_size: int) -> None:
+    """The store's durable write pattern without the store: each chunk into a new file,
+    fsync, rename into place, fsync the directory."""
+    directory.mkdir(exist_ok=True)
+    buf = memoryview(bytearray(chunk_size))
+    with open(source, "rb", buffering=0) as src:
+        index = 0
+        while n := src.readinto(buf):
+            temp = directory / f"tmp-{index}"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, buf[:n])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, directory / f"chunk-{index}")
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            index += 1
+
+
+def store_write_pattern(env: Env) -> Sample:
+    """The limit for a durable chunk store on this disk: the bytes written as the store
+    writes them (chunk files of DEFAULT_CHUNK_SIZE, each fsynced and renamed, the directory
+    fsynced), no hashing, no protocol, one chunk at a time."""
+    directory = env.daemon.socket_path.parent.parent / "chunks"
+    _write_chunks(env.warm_source, directory, DEFAULT_CHUNK_SIZE)
+    shutil.rmtree(directory)
+    size = env.scale.bulk_size
+    start = time.perf_counter()
+    _write_chunks(env.source, directory, DEFAULT_CHUNK_SIZE)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(directory)
     return size / seconds / 1e9, {"seconds": seconds}
 
 
@@ -809,6 +850,7 @@ def librorum_parallel(env: Env, transport: Transport) -> Sample:
 GRPC_UDS, GRPC_TCP = "gRPC, Unix socket", "gRPC, TCP loopback"
 LIMIT_UDS, LIMIT_TCP = "limit: plain Unix socket", "limit: plain TCP loopback"
 FILE_COPY, FILE_COPY_FSYNC = "limit: file copy (copy_file_range)", "limit: file copy + fsync"
+STORE_PATTERN = "limit: the store's disk writes (4 MiB files, fsync, rename, dir fsync)"
 LIB_UDS_TRIO, LIB_UDS_SYNC = "Librorum UDS, Trio client", "Librorum UDS, sync client"
 LIB_FD = "Librorum UDS + fd passing"
 LIB_WS_TRIO, LIB_WS_SYNC = "Librorum WebSocket, Trio client", "Librorum WebSocket, sync client"
@@ -846,8 +888,9 @@ def build(env: Env) -> list[Workload]:
     gu, gt = env.grpc_uds, env.grpc_tcp
     bulk_note = (
         "warm source file, 1 MiB messages/frames. Librorum's store hashes (BLAKE3), chunks "
-        "(4 MiB), fsyncs and stores what it receives; the gRPC peer and the limit only move "
-        "the bytes (received into a buffer and dropped)."
+        "(4 MiB), fsyncs and stores what it receives; the gRPC peer and the socket limits only "
+        "move the bytes (received into a buffer and dropped). The file-system rows are the "
+        "limits on the disk side, the last one with the store's durability pattern."
     )
     # Librorum over the Unix socket is compared with gRPC and the limit over a Unix socket;
     # over WebSocket, with gRPC and the limit over TCP loopback.
@@ -862,6 +905,7 @@ def build(env: Env) -> list[Workload]:
                 _item(LIMIT_TCP, LIMIT, lambda: limit_upload(env, tcp), "GB/s"),
                 _item(FILE_COPY, LIMIT, lambda: file_copy(env, fsync=False), "GB/s"),
                 _item(FILE_COPY_FSYNC, LIMIT, lambda: file_copy(env, fsync=True), "GB/s"),
+                _item(STORE_PATTERN, LIMIT, lambda: store_write_pattern(env), "GB/s"),
                 _item(GRPC_UDS, GRPC, lambda: grpc_upload(env, gu), "GB/s", limit=LIMIT_UDS),
                 _item(GRPC_TCP, GRPC, lambda: grpc_upload(env, gt), "GB/s", limit=LIMIT_TCP),
                 _item(
