@@ -11,13 +11,13 @@ EXTRAS := test,lint,fuzz
 FUZZ_SECONDS ?= 30
 FUZZ_LONG_SECONDS ?= 1800
 
-.PHONY: help venv install run test test-fast lint fmt type fuzz fuzz-smoke check bench bench-quick bench-protocol clean
+.PHONY: help venv install run test test-fast lint fmt type fuzz fuzz-smoke check bench bench-quick bench-protocol bench-store clean
 
 help:
 	@echo "make run            start the daemon (creates .venv and installs on first use)"
 	@echo "make test           lint + type check + the whole test suite + a fuzz smoke run"
 	@echo "make test-fast      protocol tests only, few Hypothesis examples"
-	@echo "make lint | fmt | type | fuzz | check | bench-protocol | clean"
+	@echo "make lint | fmt | type | fuzz | check | bench-protocol | bench-store | clean"
 	@echo "make bench          side-by-side benchmark vs gRPC and the limits (bench-quick: < 2 min)"
 
 $(PY):
@@ -66,6 +66,9 @@ check: lint type test
 
 bench-protocol: $(STAMP)
 	$(PY) -m bench.protocol
+
+bench-store: $(STAMP)
+	$(PY) -m bench.store $(ARGS)
 
 # The side-by-side benchmark needs the bench extra (grpcio, matplotlib) on top of the others.
 BENCH_STAMP := $(VENV)/.installed-bench

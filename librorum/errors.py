@@ -270,6 +270,11 @@ class ConflictError(StoreError):
     code = ErrorCode.CONFLICT
 
 
+class InvalidArgumentError(BadRequestError, StoreError):
+    """An argument does not fit the data: an upload ended short of its declared size, or a
+    passed descriptor is not a regular file of the declared size. Travels as BAD_REQUEST."""
+
+
 class CancelledError(RequestError):
     """The request was cancelled before it took effect; it had no effect."""
 

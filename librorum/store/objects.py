@@ -33,7 +33,7 @@ import attrs
 import blake3
 import trio
 
-from librorum.errors import ConflictError, CorruptDataError
+from librorum.errors import CorruptDataError, InvalidArgumentError
 from librorum.store._translate import translating
 from librorum.store.fs import FS
 
@@ -373,7 +373,7 @@ class LocalChunkStore:
                 raise
             if got == 0:
                 msg = f"client file ended {length - done} bytes early (it shrank)"
-                raise ConflictError(msg)
+                raise InvalidArgumentError(msg)
             done += got
         return None
 
@@ -386,7 +386,7 @@ class LocalChunkStore:
             got = self._fs.pread_into(src, view[done:], offset + done)
             if got == 0:
                 msg = f"client file ended {length - done} bytes early (it shrank)"
-                raise ConflictError(msg)
+                raise InvalidArgumentError(msg)
             done += got
         digest = blake3.blake3(view).digest()
         hasher.update(view)

@@ -70,6 +70,7 @@ from librorum.errors import (
     BusyError,
     ConflictError,
     CorruptDataError,
+    InvalidArgumentError,
     InvalidPathError,
     IsADirectoryError_,
     NotFoundError,
@@ -833,10 +834,10 @@ class Store:
         st = await self._in_thread(check)
         if not stat_module.S_ISREG(st.st_mode):
             msg = "the descriptor is not a regular file"
-            raise ConflictError(msg)
+            raise InvalidArgumentError(msg)
         if st.st_size != size:
             msg = f"the file has {st.st_size} bytes, not the declared {size}"
-            raise ConflictError(msg)
+            raise InvalidArgumentError(msg)
         await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
         hasher = blake3.blake3()
         chunks: list[tuple[bytes, int]] = []

@@ -36,7 +36,7 @@ import attrs
 import blake3
 import trio
 
-from librorum.errors import ConflictError, TooLargeError
+from librorum.errors import ConflictError, InvalidArgumentError, TooLargeError
 from librorum.protocol.constants import WriteMode
 from librorum.store.types import FileInfo
 
@@ -311,7 +311,7 @@ class Upload:
         happened this returns normally.
 
         Raises:
-            ConflictError: The data ended short of the declared size (the upload stays open),
+            InvalidArgumentError: The data ended short of the declared size (the upload stays open),
                 or the upload is not open.
             AlreadyExistsError, NotFoundError, NotADirectoryError_, IsADirectoryError_: The
                 mode's conditions no longer hold at commit time (the upload is failed).
@@ -321,7 +321,7 @@ class Upload:
         try:
             if self.size is not None and self._offset != self.size:
                 msg = f"upload to {self.path} ended at {self._offset} of {self.size} bytes"
-                raise ConflictError(msg)
+                raise InvalidArgumentError(msg)
             try:
                 if self._buf is not None:
                     if self._fill:

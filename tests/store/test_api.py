@@ -14,6 +14,7 @@ from librorum.errors import (
     BusyError,
     ConflictError,
     CorruptDataError,
+    InvalidArgumentError,
     InvalidPathError,
     IsADirectoryError_,
     NotADirectoryError_,
@@ -128,7 +129,7 @@ async def test_sizes(tmp_path: Path) -> None:
             with pytest.raises(TooLargeError):
                 await up.write(b"x" * 11)
             await up.write(b"x" * 9)
-            with pytest.raises(ConflictError):
+            with pytest.raises(InvalidArgumentError):
                 await up.commit()
             await up.write(b"x")
             assert (await up.commit()).size == 10
@@ -370,7 +371,7 @@ async def test_ingest_fd(store: Store, tmp_path: Path) -> None:
     try:
         info = await store.ingest_fd("/f", fd, len(content))
         assert os.lseek(fd, 0, os.SEEK_CUR) == 0
-        with pytest.raises(ConflictError):
+        with pytest.raises(InvalidArgumentError):
             await store.ingest_fd("/g", fd, len(content) + 1)
     finally:
         os.close(fd)
@@ -386,7 +387,7 @@ async def test_ingest_fd(store: Store, tmp_path: Path) -> None:
     assert info.content_hash == blake3.blake3(content).digest()
     r, w = os.pipe()
     try:
-        with pytest.raises(ConflictError):
+        with pytest.raises(InvalidArgumentError):
             await store.ingest_fd("/p", r, 0)
     finally:
         os.close(r)
