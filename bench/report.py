@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,9 @@ def _extra(item: Item) -> str:
     if "p50_ms" in stats.extra:
         parts.append(f"p50 {stats.extra_median('p50_ms'):.2f} ms")
         parts.append(f"{stats.extra_median('ops_per_s'):,.0f} ops/s")
+    others = stats.extra_median("others_cpu")
+    if not math.isnan(others):
+        parts.append(f"others {others:.0%}")
     errors = stats.extra.get("errors")
     if errors is not None and sum(errors):
         parts.append(f"errors {sum(errors):.0f}")
@@ -145,7 +149,8 @@ def table(workloads: Sequence[Workload]) -> str:
         "vs gRPC / vs limit: times better than the reference of the same transport, by medians "
         "(> 1: better; for latency, the reference's p99 over this one's). spread: "
         "(max - min) / median. server CPU: CPU time of the server process (all threads) per "
-        "GiB moved or per op, median."
+        "GiB moved or per op, median. others: share of the machine's CPUs that processes "
+        "outside this run took during the samples (median): the noise to expect."
     )
     return "\n".join(lines)
 
@@ -450,11 +455,13 @@ def chart(
                 fontweight="bold",
             )
             x += 0.6
+        if log:
+            ax.set_yscale("log")
+            low, high = ax.get_ylim()
+            ax.set_ylim(low, high * 4)  # room for the value labels
         ax.set_xticks(ticks)
         ax.set_xticklabels(tick_labels, rotation=60, ha="right", fontsize=6.5)
         ax.set_ylabel(ylabel)
-        if log:
-            ax.set_yscale("log")
         ax.set_title(title, pad=18, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
 
@@ -493,9 +500,12 @@ def _short(label: str) -> str:
         ("Unix socket", "UDS"),
         ("TCP loopback", "TCP"),
         ("lean pipelined driver", "lean driver"),
+        (" (grpc.aio)", " aio"),
+        ("raw echo", "echo"),
     ]
     for old, new in replacements:
         label = label.replace(old, new)
+    label = re.sub(r"paced, 1 STAT / (\d+) ms each", r"paced \1 ms", label)
     return label if len(label) <= 40 else label[:39] + "…"
 
 

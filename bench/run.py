@@ -48,6 +48,7 @@ from bench.common import (
     busy_cpu_seconds,
     can_connect_tcp,
     can_connect_unix,
+    cpu_seconds,
     free_port,
     load_average,
     make_source,
@@ -129,14 +130,28 @@ def prepare_store(daemon: Daemon, source: Path) -> None:
 # --- Running the items --------------------------------------------------------------------------------
 
 
+def _cpu_snapshot() -> tuple[float, float, float]:
+    """(time, CPU seconds of the whole machine, CPU seconds of this run's processes)."""
+    ours = own_cpu_seconds() + sum(
+        cpu_seconds(p.pid) for p in PROCESSES if p.process.poll() is None
+    )
+    return time.perf_counter(), busy_cpu_seconds(), ours
+
+
 def _run_sample(item: w.Item) -> tuple[float, dict[str, float]] | None:
+    """One sample, with the share of the machine's CPUs other processes took meanwhile."""
     assert item.sample is not None
+    start = _cpu_snapshot()
     try:
-        return item.sample()
+        value, extra = item.sample()
     except Exception:
         log(f"  {item.label}: FAILED\n{traceback.format_exc()}")
         item.stats.extra.setdefault("failed", []).append(1.0)
         return None
+    end = _cpu_snapshot()
+    others = (end[1] - start[1]) - (end[2] - start[2])
+    extra["others_cpu"] = max(0.0, others / ((end[0] - start[0]) * (os.cpu_count() or 1)))
+    return value, extra
 
 
 def run_workload(workload: w.Workload, *, warm_up: bool) -> None:
