@@ -341,8 +341,23 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    trio.run(serve, config)
+    try:
+        trio.run(serve, config)
+    except BaseExceptionGroup as group:
+        # Startup failures (the port is taken, another daemon holds the data directory)
+        # come out of the daemon's nurseries wrapped in exception groups; they are expected
+        # errors with a message for the user, not a traceback.
+        expected, rest = group.split(LibrorumError)
+        if rest is not None or expected is None:
+            raise
+        print(f"librorum: {_first_leaf(expected)}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 @contextlib.contextmanager

@@ -106,3 +106,18 @@ async def test_usage_errors_exit_2(tmp_path: Path) -> None:
 async def test_no_daemon_says_how_to_start_one(tmp_path: Path) -> None:
     result = await cli("--socket", tmp_path / "none.sock", "--transport", "local", "ping")
     assert_one_line_error(result, "librorum serve")
+
+
+async def test_serve_startup_errors_are_one_line(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path / "first") as daemon:
+            # Same data directory as a running daemon: refused with a message, no traceback.
+            result = await cli(
+                "serve",
+                "--data-dir",
+                daemon.config.data_dir,
+                "--socket",
+                tmp_path / "second" / "s.sock",
+                "--no-remote",
+            )
+    assert_one_line_error(result, "data")
