@@ -58,7 +58,8 @@ def run_daemon(directory: Path, *, name: str = "librorum") -> Iterator[Daemon]:
                 f'token_file = "{token_file}"',
                 'listen_host = "127.0.0.1"',
                 f"listen_port = {port}",
-                'log_level = "WARNING"',
+                # INFO: the log then says why the daemon stopped, if it ever stops early.
+                'log_level = "INFO"',
                 "max_connections_per_uid = 256",
                 "max_connections_per_ip = 256",
                 "max_unauthenticated = 256",

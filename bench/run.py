@@ -68,6 +68,8 @@ START = time.perf_counter()
 PROCESSES: list[ServerProcess] = []
 #: The long-running daemon's VmHWM (MiB) after each workload: which one raised its peak.
 HWM_AFTER: dict[str, float] = {}
+#: Times the long-running daemon had to be restarted (stopped from outside the run).
+RESTARTS = [0]
 
 
 def log(message: str) -> None:
@@ -127,6 +129,40 @@ def prepare_store(daemon: Daemon, source: Path) -> None:
                 pass
 
 
+class DaemonKeeper:
+    """The long-running daemon, restarted (same data) if something outside the run stops it:
+    the machine is shared, and a whole run should not be lost to a stray signal."""
+
+    def __init__(self, work: Path, source: Path) -> None:
+        self.work = work
+        self.source = source
+        self.restarts = 0
+        self.env: w.Env | None = None
+        self._stack = ExitStack()
+        self.daemon = self._start()
+
+    def _start(self) -> Daemon:
+        daemon = self._stack.enter_context(run_daemon(self.work / "daemon"))
+        PROCESSES.append(daemon.process)
+        prepare_store(daemon, self.source)
+        return daemon
+
+    def ensure(self) -> None:
+        if self.daemon.process.process.poll() is None:
+            return
+        code = self.daemon.process.process.returncode
+        log(f"the daemon exited (status {code}; see {self.daemon.process.log_path}): restarting")
+        self.restarts += 1
+        self._stack.close()
+        self._stack = ExitStack()
+        self.daemon = self._start()
+        if self.env is not None:
+            self.env.daemon = self.daemon
+
+    def close(self) -> None:
+        self._stack.close()
+
+
 # --- Running the items --------------------------------------------------------------------------------
 
 
@@ -154,17 +190,19 @@ def _run_sample(item: w.Item) -> tuple[float, dict[str, float]] | None:
     return value, extra
 
 
-def run_workload(workload: w.Workload, *, warm_up: bool) -> None:
+def run_workload(workload: w.Workload, keeper: DaemonKeeper, *, warm_up: bool) -> None:
     """Warm-up round (discarded) if asked, then ``rounds`` rounds over the items, each round
     starting one item further along, so that no contender always runs first or last."""
     items = [item for item in workload.items if item.available]
     if warm_up:
         log(f"{workload.key}: warm-up round")
         for item in items:
+            keeper.ensure()
             _run_sample(item)
     for round_index in range(workload.rounds):
         shift = round_index % len(items)
         for item in items[shift:] + items[:shift]:
+            keeper.ensure()
             result = _run_sample(item)
             if result is None:
                 continue
@@ -342,10 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("source files written")
         raw, raw_uds, raw_tcp = stack.enter_context(raw_server(work, source))
         grpc_proc, grpc_uds, grpc_port = stack.enter_context(grpc_server(work, source))
-        daemon = stack.enter_context(run_daemon(work / "daemon"))
-        PROCESSES.extend((raw, grpc_proc, daemon.process))
+        PROCESSES.extend((raw, grpc_proc))
+        keeper = DaemonKeeper(work, source)
+        stack.callback(keeper.close)
+        daemon = keeper.daemon
         log(f"servers up: raw peer {raw.pid}, gRPC peer {grpc_proc.pid}, daemon {daemon.pid}")
-        prepare_store(daemon, source)
         env = w.Env(
             scale=scale,
             work=work,
@@ -362,17 +401,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             grpc_stat_path=b"/source.bin",
         )
         stack.callback(env.close)
+        keeper.env = env
         workloads = [wl for wl in w.build(env) if not only or wl.key in only]
         for workload in workloads:
             # Each sample warms its contender up right before it is measured; the quick run
             # skips the extra warm-up round where a sample is long.
             long = workload.key in ("upload", "download", "parallel", "crowd")
-            run_workload(workload, warm_up=not (long and scale.quick))
-            for process in (raw, grpc_proc, daemon.process):
+            run_workload(workload, keeper, warm_up=not (long and scale.quick))
+            for process in (raw, grpc_proc):
                 process.check_alive()
-            peak = daemon.process.vm_hwm_kib() / 1024
+            keeper.ensure()
+            peak = keeper.daemon.process.vm_hwm_kib() / 1024
             HWM_AFTER[workload.key] = round(peak, 1)
             log(f"{workload.key} done; the daemon's VmHWM so far: {peak:.1f} MiB")
+        RESTARTS[0] = keeper.restarts
         if not only or "rss" in only:
             workloads.append(measure_rss(env, work))
         env.close()
@@ -390,10 +432,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["load_average"] = f"{load_start} at the start, {load_average()} at the end"
     meta["other_processes_cpu_share"] = round(others / (seconds * cpus), 3)
     meta["daemon_vmhwm_mib_after"] = HWM_AFTER
+    meta["daemon_restarts"] = RESTARTS[0]
     print(
         f"\nother processes on this machine used {others / (seconds * cpus):.0%} of its "
         f"{cpus} CPUs during the run (load average {meta['load_average']})"
     )
+    if RESTARTS[0]:
+        print(f"the daemon was stopped from outside the run and restarted {RESTARTS[0]} time(s)")
     print(f"\nruntime {seconds:.0f} s ({meta['mode']} run)")
     report.write_json(json_path, report.as_json(workloads, results, meta))
     subtitle = f"{meta['mode']} run, {meta['date'][:10]}, {meta['machine']}"
