@@ -108,16 +108,26 @@ async def test_no_daemon_says_how_to_start_one(tmp_path: Path) -> None:
     assert_one_line_error(result, "librorum serve")
 
 
-async def test_serve_startup_errors_are_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("clash", ["data-dir", "port"])
+async def test_serve_startup_errors_are_one_line(clash: str, tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with open_test_daemon(tmp_path / "first") as daemon:
-            # Same data directory as a running daemon: refused with a message, no traceback.
-            result = await cli(
-                "serve",
-                "--data-dir",
-                daemon.config.data_dir,
-                "--socket",
-                tmp_path / "second" / "s.sock",
-                "--no-remote",
-            )
-    assert_one_line_error(result, "data")
+            assert daemon.running.websocket is not None
+            host, port = daemon.running.websocket
+            second = tmp_path / "second"
+            args: list[str | Path] = ["serve", "--socket", second / "run" / "s.sock"]
+            if clash == "data-dir":
+                # Held by the running daemon: refused before anything starts.
+                args += ["--data-dir", daemon.config.data_dir, "--no-remote"]
+            else:
+                # The port is taken: fails inside the daemon's nurseries, where errors
+                # come out wrapped in exception groups.
+                args += ["--data-dir", second / "data", "--listen", f"{host}:{port}"]
+            result = await cli(*args)
+    # The daemon logs to stderr too; the error is its last line, and there is no traceback.
+    assert result.returncode == 1, result
+    err = result.stderr.decode()
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith("librorum: "), err
+    assert ("data" if clash == "data-dir" else "cannot listen") in last
