@@ -322,6 +322,12 @@ def markdown(text: str, targets_text: str, meta: dict[str, Any], chart_name: str
             "noisy: compare ratios within this run rather than numbers across runs."
         ),
         "",
+        (
+            f"Other processes on the machine took {meta['other_processes_cpu_share']:.0%} of its "
+            f"CPUs during the run (load average {meta['load_average']}); the daemon was "
+            f"restarted {meta['daemon_restarts']} time(s)."
+        ),
+        "",
     ]
     if chart_name:
         lines += [f"![benchmark chart]({chart_name})", ""]
