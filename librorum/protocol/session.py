@@ -273,7 +273,7 @@ class _Session:
         )
 
     def _queue_message(self, message: Message, flags: int, session_id: int) -> None:
-        command = _COMMAND_BY_TYPE[type(message)]
+        command = COMMAND_OF[type(message)][0]
         self._queue(command, flags, session_id, encode_message(message))
 
     # Receiving -------------------------------------------------------------------------------
@@ -693,7 +693,7 @@ class ClientSession(_Session):
         if self.state is not State.OPEN or self.server is None:
             msg = f"cannot start a request in state {self.state.value}"
             raise LocalProtocolError(msg)
-        command = _COMMAND_BY_TYPE[type(message)]
+        command = COMMAND_OF[type(message)][0]
         if command not in _REQUEST_COMMANDS:
             msg = f"{type(message).__name__} is not a request"
             raise LocalProtocolError(msg)
@@ -830,8 +830,3 @@ def _remote_error(report: ErrorMessage) -> LibrorumError:
 def is_connection_error(code: int) -> bool:
     """Whether an error code ends the connection (spec 7.1)."""
     return error_class(code) is ErrorClass.CONNECTION
-
-
-_COMMAND_BY_TYPE: Final[dict[type[Message], Command]] = {
-    cls: command for cls, (command, _reply) in COMMAND_OF.items()
-}

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from librorum import limits
+from librorum import __version__, limits
 from librorum.config import Config, load_config
 from librorum.protocol.constants import DEFAULT_MAX_FILE_SIZE, Feature
 from librorum.protocol.session import ServerLimits
@@ -89,7 +89,7 @@ class Server:
             max_file_size=max_file_size,
             # Fd passing arrives with the performance work; until then none is offered.
             features=int(Feature.NONE),
-            server=f"librorum/{_version()}",
+            server=f"librorum/{__version__}",
         )
         self.timeouts = Timeouts(
             handshake=config.handshake_timeout,
@@ -191,12 +191,14 @@ async def serve(
     if config is None:
         config = load_config()
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # One value for what the store enforces and what HELLO announces.
+    max_file_size = DEFAULT_MAX_FILE_SIZE
     with single_instance_lock(config.data_dir):
         async with (
-            open_store(config.data_dir / "store") as store,
+            open_store(config.data_dir / "store", max_file_size=max_file_size) as store,
             trio.open_nursery() as handlers,
         ):
-            server = Server(config, store)
+            server = Server(config, store, max_file_size=max_file_size)
             async with trio.open_nursery() as listeners:
                 # Connections run in the outer nursery, so stopping the listeners does not
                 # cut the requests in flight: shutdown drains them first.
@@ -234,7 +236,7 @@ async def serve(
                 running = RunningServer(socket_path, websocket, server)
                 log.info(
                     "librorum %s serving %s on %s%s",
-                    _version(),
+                    __version__,
                     config.data_dir,
                     socket_path,
                     f" and {running.url}" if running.url else "",
@@ -265,9 +267,3 @@ async def _watch_signals(server: Server) -> None:
             log.info("%s received", signal.Signals(signum).name)
             server.shutdown_requested.set()
             return
-
-
-def _version() -> str:
-    from librorum import __version__
-
-    return __version__

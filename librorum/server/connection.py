@@ -47,6 +47,7 @@ from librorum.protocol.session import (
     HelloReceived,
     RequestReceived,
     ServerSession,
+    State,
     WindowGranted,
 )
 from librorum.server import dispatch
@@ -171,7 +172,7 @@ class Connection:
             what = "frame not completed"
         else:
             self._frame_started = None
-            if session.state.value == "handshake":
+            if session.state is State.HANDSHAKE:
                 deadline = self._last_activity + limits.handshake
                 what = "no HELLO"
             elif session.in_flight():
