@@ -18,11 +18,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from librorum.errors import LibrorumError
+from librorum.errors import LibrorumError, NotADirectoryError_
 from librorum.protocol.constants import EntryKind, WriteMode
+from librorum.protocol.messages import DirEntry
 
 if TYPE_CHECKING:
     from librorum.client.sync import SyncClient
@@ -143,19 +144,22 @@ def cmd_cat(client: SyncClient, args: argparse.Namespace) -> int:
 
 def cmd_ls(client: SyncClient, args: argparse.Namespace) -> int:
     path = args.remote or "/"
-    info = client.stat(path)
-    entries = [info] if info.kind is EntryKind.FILE else client.list(path)
+    try:
+        entries = client.list(path)
+    except NotADirectoryError_:
+        # `ls FILE` describes the file, as ls(1) does.
+        info = client.stat(path)
+        name = PurePosixPath(info.path).name
+        entries = [DirEntry(name, info.kind, info.size, info.mtime_ns, info.version)]
     if not args.long:
         for entry in entries:
-            name = getattr(entry, "name", None) or Path(info.path).name
-            print(name + ("/" if entry.kind is EntryKind.DIRECTORY else ""))
+            print(entry.name + ("/" if entry.kind is EntryKind.DIRECTORY else ""))
         return EXIT_OK
     rows = []
     for entry in entries:
-        name = getattr(entry, "name", None) or Path(info.path).name
         kind = "d" if entry.kind is EntryKind.DIRECTORY else "-"
         size = "-" if entry.kind is EntryKind.DIRECTORY else human_size(entry.size)
-        rows.append([kind, size, human_time(entry.mtime_ns), f"v{entry.version}", name])
+        rows.append([kind, size, human_time(entry.mtime_ns), f"v{entry.version}", entry.name])
     if rows:
         print(table(rows, right=(1,)))
     return EXIT_OK

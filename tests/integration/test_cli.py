@@ -131,3 +131,17 @@ async def test_serve_startup_errors_are_one_line(clash: str, tmp_path: Path) -> 
     last = err.splitlines()[-1]
     assert last.startswith("librorum: "), err
     assert ("data" if clash == "data-dir" else "cannot listen") in last
+
+
+async def test_ls_of_a_file_describes_the_file(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+            base = local(daemon)
+            assert (await cli(*base, "put", "-", "/dir/f.txt", stdin=b"abc")).returncode == 1
+            assert (await cli(*base, "mkdir", "/dir")).returncode == 0
+            assert (await cli(*base, "put", "-", "/dir/f.txt", stdin=b"abc")).returncode == 0
+            assert (await cli(*base, "ls", "/dir/f.txt")).stdout == b"f.txt\n"
+            line = (await cli(*base, "ls", "-l", "/dir/f.txt")).stdout.decode().split()
+            assert line[0] == "-"
+            assert line[-1] == "f.txt"
+            assert_one_line_error(await cli(*base, "ls", "/nope"), "no such")
