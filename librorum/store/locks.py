@@ -130,17 +130,14 @@ class BufferPool:
         self.size = size
         self._idle: list[bytearray] = []
         self._max_idle = max_idle
-        self.in_use = 0
 
     def get(self) -> bytearray:
         """Take a buffer of :attr:`size` bytes (contents undefined)."""
-        self.in_use += 1
         if self._idle:
             return self._idle.pop()
         return bytearray(self.size)
 
     def put(self, buf: bytearray) -> None:
         """Give a buffer back."""
-        self.in_use -= 1
         if len(buf) == self.size and len(self._idle) < self._max_idle:
             self._idle.append(buf)

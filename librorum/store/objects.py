@@ -400,7 +400,7 @@ class LocalChunkStore:
         :class:`LocalObjects`); ``hasher`` is updated with the same bytes.
 
         Raises:
-            ConflictError: The client's file is shorter than declared.
+            InvalidArgumentError: The client's file is shorter than declared.
             NoSpaceError, StoreIOError: The copy failed.
         """
         return await trio.to_thread.run_sync(

@@ -813,7 +813,7 @@ class Store:
         Cancellation: before the commit, a cancelled ingest has no visible effect.
 
         Raises:
-            ConflictError: ``fd`` is not a regular file, or its size is not ``size``.
+            InvalidArgumentError: ``fd`` is not a regular file, or its size is not ``size``.
             TooLargeError: ``size`` exceeds the maximum file size.
             The mode errors of :meth:`begin_upload`; NoSpaceError, StoreIOError,
             ReadOnlyError.

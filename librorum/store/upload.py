@@ -110,7 +110,6 @@ class Upload:
         self._committed = self._offset
         self._buf: bytearray | None = None
         self._fill = 0
-        self._buffers = 0
         self._jobs: deque[ChunkJob] = deque()
         self._last_job: ChunkJob | None = None
         self._next_index = len(recorded)
@@ -187,7 +186,7 @@ class Upload:
             pos, total, size = 0, len(view), self._chunk_size
             while pos < total:
                 if self._buf is None:
-                    self._buf = await self._take_buffer()
+                    self._buf = self._take_buffer()
                 n = min(total - pos, size - self._fill)
                 memoryview(self._buf)[self._fill : self._fill + n] = view[pos : pos + n]
                 self._fill += n
@@ -199,13 +198,10 @@ class Upload:
             self._state = _FAILED
             raise
 
-    async def _take_buffer(self) -> bytearray:
-        buf = self._store._get_buffer(self._chunk_size)
-        self._buffers += 1
-        return buf
+    def _take_buffer(self) -> bytearray:
+        return self._store._get_buffer(self._chunk_size)
 
     def _give_buffer(self, buf: bytearray) -> None:
-        self._buffers -= 1
         self._store._put_buffer(buf)
 
     async def _submit(self, *, final: bool) -> None:
@@ -311,8 +307,9 @@ class Upload:
         happened this returns normally.
 
         Raises:
-            InvalidArgumentError: The data ended short of the declared size (the upload stays open),
-                or the upload is not open.
+            InvalidArgumentError: The data ended short of the declared size (the upload stays
+                open).
+            ConflictError: The upload is not open (committed, aborted, failed or detached).
             AlreadyExistsError, NotFoundError, NotADirectoryError_, IsADirectoryError_: The
                 mode's conditions no longer hold at commit time (the upload is failed).
             NoSpaceError, StoreIOError, ReadOnlyError: Storing failed (the upload is failed).
