@@ -24,6 +24,7 @@ and must not be acknowledged by a retry).
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -49,6 +50,13 @@ _COPY_FALLBACK_ERRNOS: Final = frozenset(
 )
 
 Verify = Callable[[memoryview], None]
+
+
+def hash_chunk(view: memoryview | mmap.mmap, hasher: blake3.blake3) -> bytes:
+    """The chunk's digest; also feeds the chunk to the whole-file ``hasher`` (worker thread)."""
+    digest: bytes = blake3.blake3(view).digest()
+    hasher.update(view)
+    return digest
 
 
 class ObjectStore(Protocol):
@@ -349,8 +357,7 @@ class LocalChunkStore:
                     # so that a client changing its file meanwhile cannot make the chunk's
                     # content differ from its name.
                     with self._fs.map_read(fd, length) as mapped:
-                        digest = blake3.blake3(mapped).digest()
-                        hasher.update(mapped)
+                        digest = hash_chunk(mapped, hasher)
                 else:
                     digest = copied
             except BaseException:
@@ -388,8 +395,7 @@ class LocalChunkStore:
                 msg = f"client file ended {length - done} bytes early (it shrank)"
                 raise InvalidArgumentError(msg)
             done += got
-        digest = blake3.blake3(view).digest()
-        hasher.update(view)
+        digest = hash_chunk(view, hasher)
         self._write_all(dst, view)
         return digest
 

@@ -38,17 +38,11 @@ import trio
 
 from librorum.errors import ConflictError, InvalidArgumentError, TooLargeError
 from librorum.protocol.constants import WriteMode
+from librorum.store.objects import hash_chunk
 from librorum.store.types import FileInfo
 
 if TYPE_CHECKING:
     from librorum.store.store import Store
-
-
-def hash_chunk(view: memoryview, hasher: blake3.blake3) -> bytes:
-    """The chunk's digest; also feeds the chunk to the whole-file ``hasher`` (worker thread)."""
-    digest: bytes = blake3.blake3(view).digest()
-    hasher.update(view)
-    return digest
 
 
 @attrs.define(eq=False)
