@@ -41,9 +41,12 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 #: Reconnect backoff: the first retry is immediate, then this delay doubling up to the maximum.
 RECONNECT_INITIAL_DELAY: Final = 0.05
 RECONNECT_MAX_DELAY: Final = 2.0
-#: Connection attempts per reconnect, and the total time they may take.
+#: Connection attempts per reconnect, and the time after which no new attempt starts.
 RECONNECT_ATTEMPTS: Final = 8
 RECONNECT_DEADLINE: Final = 15.0
+#: After a failed send, how long the client keeps reading what the server sent before it
+#: closed (an early ERROR, a GOAWAY refusal) before giving the connection up.
+CLOSE_TIMEOUT: Final = 2.0
 #: Times an interrupted resumable upload is resumed before the error is raised.
 DEFAULT_RESUME_ATTEMPTS: Final = 5
 #: Bytes of DATA the server may send on one READ before the client grants more; the client

@@ -48,6 +48,7 @@ from typing import Final, Self
 import trio
 
 from librorum.client._common import (
+    CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_WINDOW,
     DEFAULT_RESUME_ATTEMPTS,
@@ -139,7 +140,6 @@ MAX_QUEUED_CANCELS: Final = 64
 #: Streams kept out of the request semaphore so that a CANCEL always finds one.
 CANCEL_RESERVE: Final = 1
 #: Seconds a connection may take to close (WebSocket close handshake, last ERROR frame).
-CLOSE_TIMEOUT: Final = 2.0
 #: Times a new request is re-routed when the connection it waited for became unusable.
 ROUTE_ATTEMPTS: Final = 3
 

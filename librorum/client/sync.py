@@ -52,6 +52,7 @@ from wsproto.events import (
 )
 
 from librorum.client._common import (
+    CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_WINDOW,
     DEFAULT_RESUME_ATTEMPTS,
@@ -448,7 +449,14 @@ class _SyncConnection:
             # and closed before our send: what it sent is still readable and decides the
             # outcome. Take it all, then the end of the stream fails what remains.
             self.send_error = exc
+            # Bounded as a whole, like the async client: a server that keeps trickling data
+            # without closing must not hold the caller forever.
+            deadline = time.monotonic() + CLOSE_TIMEOUT
             while self.error is None:
+                if time.monotonic() > deadline:
+                    msg = f"the server did not close within {CLOSE_TIMEOUT} s after a failed send"
+                    self.die(ConnectionTimeoutError(msg))
+                    break
                 try:
                     self.pump()
                 except ConnectionTimeoutError as timeout:
@@ -799,7 +807,8 @@ class SyncClient:
                 msg = f"HELLO with {endpoint} failed: {exc}"
                 raise ConnectionClosed(msg) from exc
             raise
-        # The connect timeout bounded the handshake; from now on each operation gets `timeout`.
+        # Each handshake step was bounded by the connect timeout; from now on each operation
+        # gets `timeout`.
         transport.set_timeout(self._timeout)
         return conn
 
