@@ -452,6 +452,10 @@ class ServerSession(_Session):
         self._uploads = 0
         #: Negotiated values (valid once OPEN).
         self.client_window = DEFAULT_INITIAL_WINDOW
+        #: WRITE frames with the FD flag decoded so far, whether the request was then accepted
+        #: or refused: each owns one descriptor, in order (spec 8.1), so the driver matches
+        #: descriptors to frames by this count and closes the refused ones' at once.
+        self.fd_frames = 0
 
     def accept_hello(self, hello: Hello) -> HelloReply:
         """Answer a HELLO: pick the version, negotiate limits, queue the reply, open the
@@ -509,6 +513,8 @@ class ServerSession(_Session):
         if flags & _FD and (command is not Command.WRITE or not self.features):
             msg = f"an fd may ride only with WRITE when negotiated, not {command.name}"
             raise BadFlagsError(msg)
+        if flags & _FD:
+            self.fd_frames += 1
         if command in _REQUEST_COMMANDS:
             return self._request(command, flags, session_id, payload)
         if command is Command.DATA:
@@ -683,8 +689,10 @@ class ClientSession(_Session):
         passes ``end=False``.
 
         Raises:
-            LocalProtocolError: the connection is not open, the message is not a request, or
-                the stream or upload cap would be exceeded (wait for a request to finish).
+            LocalProtocolError: the connection is not open, the message is not a request,
+                the stream or upload cap would be exceeded (wait for a request to finish), or
+                ``fd`` is set for anything but a WRITE with END on a connection that
+                negotiated FD_PASSING or MEMFD.
             UnavailableError: the server sent GOAWAY.
         """
         if self.state is State.DRAINING:
@@ -699,6 +707,9 @@ class ClientSession(_Session):
             raise LocalProtocolError(msg)
         if len(self._streams) >= self.server.max_streams:
             msg = f"{self.server.max_streams} requests already in flight"
+            raise LocalProtocolError(msg)
+        if fd and (command is not Command.WRITE or not end or not self.features):
+            msg = "a descriptor rides only with a WRITE carrying END, once a fd feature is on"
             raise LocalProtocolError(msg)
         stream = _Stream(command)
         if command is Command.WRITE:

@@ -87,8 +87,8 @@ class Server:
         self.store = store
         self.limits = ServerLimits(
             max_file_size=max_file_size,
-            # Fd passing arrives with the performance work; until then none is offered.
-            features=int(Feature.NONE),
+            # Offered on Unix sockets only (features_for): spec 8.
+            features=int(Feature.FD_PASSING | Feature.MEMFD),
             server=f"librorum/{__version__}",
         )
         self.timeouts = Timeouts(
@@ -127,6 +127,13 @@ class Server:
             self.connections.discard(connection)
             if not self.connections:
                 self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no connection is open (each one closed and cleaned up).
+
+        Cancellation: safe.
+        """
+        await self._idle.wait()
 
     async def drain(self) -> None:
         """Shut down gracefully: GOAWAY everywhere, wait up to ``grace`` for requests in flight,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
@@ -30,6 +32,7 @@ from librorum.errors import (
     RemoteProtocolError,
     UnavailableError,
 )
+from librorum.limits import RECEIVE_SIZE
 from librorum.protocol.constants import CancelOutcome, Command
 from librorum.protocol.messages import (
     Cancel,
@@ -85,6 +88,9 @@ class RequestState:
     data_in: trio.MemorySendChannel[bytes | bytearray | memoryview] | None = None
     #: For WRITE: the client sent its last DATA (END).
     end_received: bool = False
+    #: For a WRITE passing a descriptor (spec 8): the descriptor, owned by this request
+    #: and closed when it ends.
+    fd: int | None = None
 
 
 class Connection:
@@ -108,6 +114,11 @@ class Connection:
         # Cancelled to stop waiting for the client once the session closed by itself (the
         # last request of a drained connection finished).
         self._read_scope: trio.CancelScope | None = None
+        # Descriptors received (spec 8) and not yet handed to their WRITE: at most one per
+        # receive, and at most one left over between receives (for a frame still arriving).
+        self._fds: deque[int] = deque()
+        # How many of the session's FD frames have been given their descriptor.
+        self._fds_matched = 0
 
     # --- Top level -------------------------------------------------------------------------
 
@@ -136,6 +147,7 @@ class Connection:
             log.exception("connection from %s failed", peer)
         finally:
             self.server.stats.connection_closed(self.transport.kind)
+            _close_fds(self._fds)
             with trio.CancelScope(shield=True):
                 await self.transport.aclose()
             reason = self.session.error
@@ -152,6 +164,7 @@ class Connection:
             session.receive_data(data)
             for event in session.events():
                 await self._dispatch(event)
+            self._check_fds()
             one_frame = session.frames_received - before == 1 and not session.partial_frame
             if framed and data and not session.closed and not one_frame:
                 msg = "a WebSocket message must hold exactly one LBRU frame"
@@ -183,7 +196,14 @@ class Connection:
                 what = "idle"
         with trio.move_on_at(deadline) as scope:
             self._read_scope = scope
-            data = await self.transport.receive_some()
+            data: bytes | bytearray | memoryview
+            if session.features:
+                # recvmsg takes the descriptors a client passes (spec 8); a plain receive
+                # would have the kernel close them.
+                data, fds = await self.transport.receive_with_fds(RECEIVE_SIZE)
+                self._fds.extend(fds)
+            else:
+                data = await self.transport.receive_some()
             self._last_activity = trio.current_time()
             self.server.stats.bytes_in += len(data)
             return data
@@ -224,11 +244,19 @@ class Connection:
 
     def _start_request(self, event: RequestReceived) -> None:
         assert self._nursery is not None
-        state = RequestState(event.session_id, event.command)
+        fd = self._take_fd() if event.fd else None
+        if event.fd and fd is None:
+            return  # no descriptor came with it: the connection is failing
+        state = RequestState(event.session_id, event.command, fd=fd)
         self.requests[event.session_id] = state
         message = event.message
         handler: Callable[[], Awaitable[Message | None]]
-        if isinstance(message, FileWrite):
+        if isinstance(message, FileWrite) and fd is not None:
+
+            async def handler() -> Message | None:
+                return await self._ingest(state, message, fd)
+
+        elif isinstance(message, FileWrite):
             send, receive = trio.open_memory_channel[bytes | bytearray | memoryview](
                 UPLOAD_QUEUE_FRAMES
             )
@@ -279,6 +307,9 @@ class Connection:
             error = InternalError(f"internal error ({type(exc).__name__}); see the server log")
         finally:
             del self.requests[sid]
+            if state.fd is not None:
+                os.close(state.fd)
+                state.fd = None
             if state.reply is not None:
                 session.reply(sid, state.reply)
             elif error is not None:
@@ -292,6 +323,48 @@ class Connection:
             self._wake_writer()
             if session.closed and self._read_scope is not None:
                 self._read_scope.cancel()  # a drained connection: stop waiting for the client
+
+    # --- Descriptors (spec 8) ------------------------------------------------------------------
+
+    def _take_fd(self) -> int | None:
+        """The descriptor of the FD frame just decoded. Descriptors are matched to FD frames
+        in order; those of FD frames the session refused (BUSY, draining, ...) are closed.
+        ``None`` (and the connection failed) when its descriptor did not come."""
+        owed = self.session.fd_frames - self._fds_matched
+        if owed > len(self._fds):
+            msg = "a WRITE with the FD flag arrived without a descriptor"
+            self.session.fail(RemoteProtocolError(msg))
+            return None
+        for _ in range(owed - 1):
+            os.close(self._fds.popleft())
+        self._fds_matched += owed
+        return self._fds.popleft()
+
+    def _check_fds(self) -> None:
+        """After the frames of one receive: close the descriptors of refused FD frames, and
+        fail the connection for a descriptor no FD frame claims. One may wait for the frame
+        that is still arriving (the kernel hands it over with the frame's first bytes)."""
+        owed = self.session.fd_frames - self._fds_matched
+        if owed > len(self._fds) and not self.session.closed:
+            msg = "a WRITE with the FD flag arrived without a descriptor"
+            self.session.fail(RemoteProtocolError(msg))
+        while owed > 0 and self._fds:
+            os.close(self._fds.popleft())
+            owed -= 1
+            self._fds_matched += 1
+        if len(self._fds) > (1 if self.session.partial_frame else 0):
+            _close_fds(self._fds)
+            if not self.session.closed:
+                msg = "a descriptor arrived without a WRITE frame carrying the FD flag"
+                self.session.fail(RemoteProtocolError(msg))
+
+    async def _ingest(self, state: RequestState, message: FileWrite, fd: int) -> Message:
+        state.started = True
+        info = await dispatch.ingest(self.server, message, fd, self.session.features)
+        # No checkpoint between the (shielded) commit and recording its outcome.
+        reply = FileWriteReply(dispatch.wire_info(info))
+        state.reply = reply
+        return reply
 
     # --- Requests with streams -------------------------------------------------------------
 
@@ -439,3 +512,8 @@ class Connection:
             self.session.fail(UnavailableError("server shut down"))
             if self._read_scope is not None:
                 self._read_scope.cancel()
+
+
+def _close_fds(fds: deque[int]) -> None:
+    while fds:
+        os.close(fds.popleft())

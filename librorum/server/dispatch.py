@@ -9,7 +9,10 @@ through unchanged.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
+import stat as stat_module
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
@@ -18,7 +21,7 @@ import trio
 
 from librorum import __version__
 from librorum.errors import BadRequestError, ConflictError, NotFoundError
-from librorum.protocol.constants import MAX_CONTROL_PAYLOAD
+from librorum.protocol.constants import MAX_CONTROL_PAYLOAD, Feature
 from librorum.protocol.messages import (
     Delete,
     DeleteReply,
@@ -56,6 +59,8 @@ _LIST_BUDGET: Final = MAX_CONTROL_PAYLOAD - 6 * 1024
 _UPLOAD_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
 #: Bytes an entry costs beyond its name, at most: keys, kind, and four 9-byte integers.
 _ENTRY_OVERHEAD: Final = 96
+#: Spec 8.2: the seals that make a memfd's content immutable.
+_MEMFD_SEALS: Final = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
 
 def wire_info(info: store_types.FileInfo) -> FileInfo:
@@ -174,6 +179,76 @@ async def open_upload(server: Server, message: FileWrite) -> AsyncIterator[Uploa
         )
     async with upload:
         yield upload
+
+
+async def ingest(
+    server: Server, message: FileWrite, fd: int, features: int
+) -> store_types.FileInfo:
+    """Store the content of a descriptor passed with a WRITE (spec 8): a regular file
+    (FD_PASSING) or a sealed memfd (MEMFD). The caller keeps and closes ``fd``.
+
+    Cancellation: before the commit, a cancelled ingest has no visible effect; the commit
+    itself is shielded, so once it starts the file is stored (the outcome is never unknown).
+
+    Raises:
+        BadRequestError: the WRITE lacks ``size`` or has an ``upload_id`` or ``offset``; the
+            descriptor is not a readable regular file, does not hold ``size`` bytes, is a
+            memfd without its seals, or is of a kind the connection did not negotiate.
+        TooLargeError: ``size`` exceeds the maximum file size.
+        LibrorumError: the store's answer (EXISTS, NO_SPACE, IO_ERROR, ...).
+    """
+    if message.size is None:
+        msg = "a WRITE passing a descriptor must declare its size (spec 8.1)"
+        raise BadRequestError(msg)
+    if message.upload_id is not None or message.offset:
+        msg = "a WRITE passing a descriptor cannot be resumable or resume (spec 8.1)"
+        raise BadRequestError(msg)
+    kind = descriptor_kind(fd)
+    if not features & kind:
+        msg = (
+            "the descriptor is not a sealed memfd, and only MEMFD was negotiated"
+            if kind is Feature.FD_PASSING
+            else "MEMFD was not negotiated on this connection"
+        )
+        raise BadRequestError(msg)
+    return await server.store.ingest_fd(message.path, fd, message.size, mode=message.mode)
+
+
+def descriptor_kind(fd: int) -> Feature:
+    """What a passed descriptor is (spec 8.2): MEMFD when it carries the three content
+    seals, FD_PASSING for any other readable regular file.
+
+    A file that cannot be sealed (most file systems; tmpfs files and memfds created without
+    MFD_ALLOW_SEALING report only F_SEAL_SEAL) is an ordinary file: the store copies and
+    hashes the copy, so a change under it cannot corrupt what is stored. A sealable memfd
+    missing a content seal is refused: its sender meant MEMFD and forgot to seal.
+
+    Raises:
+        BadRequestError: not a regular file, not open for reading, or a memfd that is
+            sealable but not sealed.
+    """
+    try:
+        st = os.fstat(fd)
+        access = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError as exc:
+        msg = f"the descriptor cannot be inspected: {exc.strerror}"
+        raise BadRequestError(msg) from None
+    if not stat_module.S_ISREG(st.st_mode):
+        msg = "the descriptor is not a regular file"
+        raise BadRequestError(msg)
+    if access & os.O_PATH or access & os.O_ACCMODE == os.O_WRONLY:
+        msg = "the descriptor is not open for reading"
+        raise BadRequestError(msg)
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        return Feature.FD_PASSING  # a file system without sealing
+    if seals & _MEMFD_SEALS == _MEMFD_SEALS:
+        return Feature.MEMFD
+    if seals == fcntl.F_SEAL_SEAL:
+        return Feature.FD_PASSING  # never sealable: an ordinary file
+    msg = "the memfd is not sealed (F_SEAL_WRITE, F_SEAL_SHRINK and F_SEAL_GROW are required)"
+    raise BadRequestError(msg)
 
 
 @contextlib.asynccontextmanager

@@ -810,7 +810,8 @@ class Store:
         modifies its file meanwhile gets *some* content, never a chunk that does not match its
         name. The descriptor is not closed and its file position is not moved.
 
-        Cancellation: before the commit, a cancelled ingest has no visible effect.
+        Cancellation: before the commit, a cancelled ingest has no visible effect; the
+        commit is shielded (once it starts, the file is stored and returned).
 
         Raises:
             InvalidArgumentError: ``fd`` is not a regular file, or its size is not ``size``.
@@ -868,15 +869,21 @@ class Store:
                         with trio.CancelScope(shield=True):
                             await self._objects.discard(staged)
                 chunks.append((staged.digest, length))
-            return await self._commit_file(
-                normal,
-                mode,
-                size=size,
-                content_hash=hasher.digest(),
-                chunk_size=self.chunk_size,
-                chunks=chunks,
-                upload_id=None,
-            )
+            # Once the commit starts it completes: a cancelled caller must not be left not
+            # knowing whether the file was stored.
+            with trio.CancelScope(shield=True):
+                info = await self._commit_file(
+                    normal,
+                    mode,
+                    size=size,
+                    content_hash=hasher.digest(),
+                    chunk_size=self.chunk_size,
+                    chunks=chunks,
+                    upload_id=None,
+                )
+            # Returned after the block: a cancel scope may swallow exceptions, as type
+            # checkers see it.
+            return info  # noqa: RET504
         finally:
             self._put_buffer(buf)
             self._pins.unpin(pinned)
