@@ -54,12 +54,17 @@ class TestDaemon:
         return self.config.token_file
 
     @contextlib.asynccontextmanager
-    async def client(self, transport: Transport = "uds") -> AsyncIterator[Client]:
-        """An async client connected over ``transport``."""
+    async def client(
+        self, transport: Transport = "uds", *, pass_fds: bool = True
+    ) -> AsyncIterator[Client]:
+        """An async client connected over ``transport``; ``pass_fds=False`` makes it stream
+        every write over the Unix socket (as over WebSocket) instead of passing descriptors."""
         from librorum.client.aio import open_client
 
         if transport == "uds":
-            async with open_client(transport="local", socket_path=self.socket_path) as client:
+            async with open_client(
+                transport="local", socket_path=self.socket_path, pass_fds=pass_fds
+            ) as client:
                 yield client
         else:
             async with open_client(

@@ -8,16 +8,68 @@ chunk.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
+import attrs
 import trio
 
-from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD
+from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, Feature
 from librorum.protocol.framing import Payload
+
+#: Spec 8: below this size streaming DATA is as fast as passing a descriptor.
+PASS_FD_MIN_SIZE: Final = 1 << 20
+#: Spec 8.2: a memfd's content is immutable with these (F_SEAL_SEAL keeps them on).
+MEMFD_SEALS: Final = (
+    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+)
+
+
+@attrs.frozen
+class Descriptor:
+    """A descriptor holding a source's whole content, to pass with a WRITE (spec 8)."""
+
+    fd: int
+    #: The sender closes it once the frame carrying it is sent (a memfd made for the
+    #: write); otherwise it belongs to the source.
+    owned: bool
+
+
+def sealed_memfd(data: memoryview) -> int:
+    """A close-on-exec memfd holding a copy of ``data``, sealed against any change
+    (blocking: one copy into the kernel).
+
+    Raises:
+        OSError: the memfd cannot be created or written (e.g. ENOMEM).
+    """
+    fd = os.memfd_create("librorum-write", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = data
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, MEMFD_SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _buffer_descriptor(view: memoryview, features: int) -> Descriptor | None:
+    if not features & Feature.MEMFD or len(view) < PASS_FD_MIN_SIZE:
+        return None
+    return Descriptor(sealed_memfd(view), owned=True)
+
+
+def _file_descriptor(file: io.FileIO, size: int | None, features: int) -> Descriptor | None:
+    if not features & Feature.FD_PASSING or size is None or size < PASS_FD_MIN_SIZE:
+        return None
+    return Descriptor(file.fileno(), owned=False)
+
 
 #: What ``write`` accepts as content.
 WriteData: TypeAlias = bytes | bytearray | memoryview | AsyncIterable[bytes] | os.PathLike[str]
@@ -28,8 +80,16 @@ class Source(Protocol):
     size: int | None
     #: Whether :meth:`seek` works (a resumable upload can only resume such a source).
     seekable: bool
-    #: The local file behind the source, if any (where fd passing will branch off).
-    local_path: Path | None
+
+    async def descriptor(self, features: int) -> Descriptor | None:
+        """The whole content as a descriptor to pass (spec 8), if ``features`` (the
+        connection's) allow one for this kind of source and it is worth it; else ``None``:
+        stream it.
+
+        Raises:
+            OSError: a memfd could not be made.
+        """
+        ...
 
     async def read(self, max_bytes: int) -> Payload:
         """Up to ``max_bytes`` (at least 1) bytes, ``b""`` at the end; valid until the next
@@ -47,12 +107,17 @@ class BufferSource:
     """Bytes in memory: chunks are views, never copies."""
 
     seekable = True
-    local_path: Path | None = None
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self._view = memoryview(data).cast("B")
         self.size: int | None = len(self._view)
         self._position = 0
+
+    async def descriptor(self, features: int) -> Descriptor | None:
+        if not features & Feature.MEMFD or len(self._view) < PASS_FD_MIN_SIZE:
+            await trio.lowlevel.checkpoint()
+            return None  # small writes stay off the thread pool
+        return await trio.to_thread.run_sync(_buffer_descriptor, self._view, features)
 
     async def read(self, max_bytes: int) -> Payload:
         await trio.lowlevel.checkpoint()
@@ -74,9 +139,8 @@ class FileSource:
 
     seekable = True
 
-    def __init__(self, file: io.FileIO, path: Path, size: int, *, buffer_size: int) -> None:
+    def __init__(self, file: io.FileIO, size: int, *, buffer_size: int) -> None:
         self._file = file
-        self.local_path: Path | None = path
         self.size: int | None = size
         self._buffer = memoryview(bytearray(buffer_size))
 
@@ -97,7 +161,11 @@ class FileSource:
                 raise
 
         file, size = await trio.to_thread.run_sync(open_and_stat)
-        return cls(file, path, size, buffer_size=buffer_size)
+        return cls(file, size, buffer_size=buffer_size)
+
+    async def descriptor(self, features: int) -> Descriptor | None:
+        await trio.lowlevel.checkpoint()
+        return _file_descriptor(self._file, self.size, features)
 
     async def read(self, max_bytes: int) -> Payload:
         view = self._buffer[: min(max_bytes, len(self._buffer))]
@@ -117,12 +185,15 @@ class IterableSource:
     seekable: an interrupted upload from it cannot resume."""
 
     seekable = False
-    local_path: Path | None = None
 
     def __init__(self, iterable: AsyncIterable[bytes], size: int | None) -> None:
         self._iterator: AsyncIterator[bytes] = aiter(iterable)
         self.size = size
         self._rest = memoryview(b"")
+
+    async def descriptor(self, features: int) -> Descriptor | None:
+        await trio.lowlevel.checkpoint()
+        return None
 
     async def read(self, max_bytes: int) -> Payload:
         while not self._rest:
@@ -179,7 +250,10 @@ SyncWriteData: TypeAlias = bytes | bytearray | memoryview | Iterable[bytes] | os
 class SyncSource(Protocol):
     size: int | None
     seekable: bool
-    local_path: Path | None
+
+    def descriptor(self, features: int) -> Descriptor | None:
+        """As :meth:`Source.descriptor`."""
+        ...
 
     def read(self, max_bytes: int) -> Payload:
         """Up to ``max_bytes`` (at least 1) bytes, ``b""`` at the end; valid until the next
@@ -195,12 +269,14 @@ class SyncBufferSource:
     """Bytes in memory: chunks are views, never copies."""
 
     seekable = True
-    local_path: Path | None = None
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self._view = memoryview(data).cast("B")
         self.size: int | None = len(self._view)
         self._position = 0
+
+    def descriptor(self, features: int) -> Descriptor | None:
+        return _buffer_descriptor(self._view, features)
 
     def read(self, max_bytes: int) -> Payload:
         start = self._position
@@ -226,8 +302,10 @@ class SyncFileSource:
         except BaseException:
             self._file.close()
             raise
-        self.local_path: Path | None = path
         self._buffer = memoryview(bytearray(buffer_size))
+
+    def descriptor(self, features: int) -> Descriptor | None:
+        return _file_descriptor(self._file, self.size, features)
 
     def read(self, max_bytes: int) -> Payload:
         view = self._buffer[: min(max_bytes, len(self._buffer))]
@@ -245,12 +323,14 @@ class SyncIterableSource:
     """An iterable of byte strings; not seekable."""
 
     seekable = False
-    local_path: Path | None = None
 
     def __init__(self, iterable: Iterable[bytes], size: int | None) -> None:
         self._iterator: Iterator[bytes] = iter(iterable)
         self.size = size
         self._rest = memoryview(b"")
+
+    def descriptor(self, features: int) -> Descriptor | None:
+        return None
 
     def read(self, max_bytes: int) -> Payload:
         while not self._rest:

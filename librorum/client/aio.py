@@ -91,6 +91,7 @@ from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_PAYLOAD,
     Command,
+    Feature,
     WriteMode,
 )
 from librorum.protocol.converter import command_of
@@ -241,11 +242,14 @@ class _Connection:
         *,
         timeout: float,
         read_window: int,
+        features: int = 0,
     ) -> None:
         self.transport = transport
         self.endpoint = endpoint
         self.timeout = timeout
         self.read_window = read_window
+        #: Feature bits offered in HELLO (spec 4.3); the negotiated ones are the session's.
+        self.features = features
         self.session = ClientSession()
         self.requests: dict[int, _Request] = {}
         #: Why the connection ended (set once).
@@ -290,7 +294,10 @@ class _Connection:
         """
         session = self.session
         session.hello(
-            max_payload=DEFAULT_MAX_PAYLOAD, initial_window=self.read_window, client=CLIENT_NAME
+            max_payload=DEFAULT_MAX_PAYLOAD,
+            initial_window=self.read_window,
+            features=self.features,
+            client=CLIENT_NAME,
         )
         await self.transport.send_frames(session.frames_to_send())
         while True:
@@ -422,10 +429,10 @@ class _Connection:
             return False
         return True
 
-    def start(self, message: Message, *, end: bool, upload: bool) -> _Request:
+    def start(self, message: Message, *, end: bool, upload: bool, fd: bool = False) -> _Request:
         """Queue a request (slots already held by the caller, now owned by the request)."""
         try:
-            session_id = self.session.start_request(message, end=end)
+            session_id = self.session.start_request(message, end=end, fd=fd)
         except BaseException:
             self.streams.release()
             if upload:
@@ -476,7 +483,30 @@ class _Connection:
             if frames:
                 await self._send(frames)
 
-    async def _send(self, frames: Sequence[Sequence[Payload]]) -> None:
+    async def start_passing_fd(self, message: Message, fd: int) -> _Request:
+        """Start a WRITE whose content is the descriptor ``fd`` (spec 8): its frame goes
+        alone in one send with ``fd`` attached, after the frames queued before it. The caller
+        holds an upload and a stream slot (now the request's) and keeps ``fd``: the server
+        has its own reference once this returns.
+
+        Cancellation: as for :meth:`flush`.
+
+        Raises:
+            As :meth:`flush`; LocalProtocolError when no fd feature was negotiated.
+        """
+        async with self._send_lock:
+            request = self.start(message, end=True, upload=True, fd=True)
+            try:
+                *before, mine = self.session.frames_to_send()
+                if before:
+                    await self._send(before)
+                await self._send([mine], fd=fd)
+            except BaseException:
+                self.close_request(request)
+                raise
+            return request
+
+    async def _send(self, frames: Sequence[Sequence[Payload]], *, fd: int | None = None) -> None:
         if self.error is not None:
             raise self.closed_error()
         if self.send_error is not None:
@@ -486,7 +516,10 @@ class _Connection:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(self.timeout):
                 try:
-                    await self.transport.send_frames(frames)
+                    if fd is None:
+                        await self.transport.send_frames(frames)
+                    else:
+                        await self.transport.send_fd_frame(frames[0], fd)
                 except LibrorumError as exc:
                     self._send_failed(exc)
                 return
@@ -706,8 +739,10 @@ class Client:
         resume_attempts: int,
         reconnect_attempts: int = RECONNECT_ATTEMPTS,
         reconnect_deadline: float = RECONNECT_DEADLINE,
+        pass_fds: bool = True,
     ) -> None:
         self._nursery = nursery
+        self._features = int(Feature.FD_PASSING | Feature.MEMFD) if pass_fds else 0
         self._reconnect_attempts = reconnect_attempts
         self._reconnect_deadline = reconnect_deadline
         self._endpoints = tuple(endpoints)
@@ -830,7 +865,12 @@ class Client:
                     handshake_timeout=self._connect_timeout,
                 )
             conn = _Connection(
-                transport, endpoint, timeout=self._timeout, read_window=self._read_window
+                transport,
+                endpoint,
+                timeout=self._timeout,
+                read_window=self._read_window,
+                # Only a Unix socket can carry descriptors (spec 8).
+                features=self._features if isinstance(endpoint, LocalEndpoint) else 0,
             )
             try:
                 await conn.handshake()
@@ -1104,11 +1144,11 @@ class Client:
     ) -> FileInfo:
         total = source.size
         no_data = total is not None and offset >= total
-        # XX TODO(#perf): fd passing branches off here: when source.local_path is set and the
-        # connection negotiated Feature.FD_PASSING, send this WRITE with the FD flag and END
-        # and the file's descriptor (transport.send_fd_frame) instead of DATA frames, so the
-        # daemon copies the file with copy_file_range.
         message = FileWrite(path, mode, total, upload_id, offset)
+        if upload_id is None and not no_data:
+            info = await self._write_passing_fd(message, source, progress)
+            if info is not None:
+                return info
         async with self._request(message, end=no_data, upload=True) as request:
             if not no_data:
                 await self._send_content(request, source, offset, total, progress)
@@ -1117,6 +1157,36 @@ class Client:
                 assert request.error is not None
                 raise _RefusedByGoAway(request.error)
             return request.result(FileWriteReply).info
+
+    async def _write_passing_fd(
+        self, message: FileWrite, source: Source, progress: ProgressCallback | None
+    ) -> FileInfo | None:
+        """The WRITE with the content as a descriptor (spec 8: a local file's own, or a sealed
+        memfd for a buffer), when the connection negotiated it and the source is worth it;
+        ``None`` to stream it instead."""
+        conn = await self._connection()
+        features = conn.session.features
+        passed = await source.descriptor(features) if features else None
+        if passed is None:
+            return None
+        try:
+            if not await conn.acquire(upload=True):
+                return None  # the connection ended meanwhile: stream on the next one
+            request = await conn.start_passing_fd(message, passed.fd)
+        finally:
+            if passed.owned:
+                os.close(passed.fd)
+        try:
+            await request.wait_finished("WRITE reply")
+            if _refused_by_goaway(request):
+                assert request.error is not None
+                raise _RefusedByGoAway(request.error)
+            info = request.result(FileWriteReply).info
+        finally:
+            conn.close_request(request)
+        if progress is not None:
+            progress(info.size, info.size)
+        return info
 
     async def _send_content(
         self,
@@ -1239,6 +1309,7 @@ async def open_client(
     resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
     reconnect_attempts: int = RECONNECT_ATTEMPTS,
     reconnect_deadline: float = RECONNECT_DEADLINE,
+    pass_fds: bool = True,
 ) -> AsyncIterator[Client]:
     """Connect to a Librorum daemon for the duration of the block.
 
@@ -1262,6 +1333,10 @@ async def open_client(
         reconnect_attempts: connection attempts when a request finds the connection
             dropped (immediately, then with backoff from 0.05 s doubling to 2 s).
         reconnect_deadline: seconds those attempts may take in all.
+        pass_fds: over the Unix socket, write a local file of 1 MiB or more by passing its
+            descriptor, and a buffer of 1 MiB or more as a sealed memfd, instead of
+            streaming the bytes (when the daemon offers it; spec 8). The file must not
+            change until the write returns.
 
     Raises:
         ConnectionClosed: no daemon answered at any endpoint.
@@ -1295,6 +1370,7 @@ async def open_client(
             resume_attempts=resume_attempts,
             reconnect_attempts=reconnect_attempts,
             reconnect_deadline=reconnect_deadline,
+            pass_fds=pass_fds,
         )
         try:
             await client._connection()

@@ -23,6 +23,7 @@ half, so the connection is closed and the next request opens a new one.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import secrets
@@ -80,7 +81,7 @@ from librorum.client._endpoints import (
     TransportChoice,
     resolve_endpoints,
 )
-from librorum.client._sources import SyncSource, SyncWriteData, open_sync_source
+from librorum.client._sources import Descriptor, SyncSource, SyncWriteData, open_sync_source
 from librorum.errors import (
     ConflictError,
     ConnectionClosed,
@@ -95,7 +96,12 @@ from librorum.errors import (
     UnavailableError,
 )
 from librorum.limits import WS_MAX_MESSAGE_SIZE, WS_MAX_REJECT_BODY
-from librorum.protocol.constants import DEFAULT_LIST_LIMIT, DEFAULT_MAX_PAYLOAD, WriteMode
+from librorum.protocol.constants import (
+    DEFAULT_LIST_LIMIT,
+    DEFAULT_MAX_PAYLOAD,
+    Feature,
+    WriteMode,
+)
 from librorum.protocol.converter import command_of
 from librorum.protocol.framing import Payload
 from librorum.protocol.messages import (
@@ -213,6 +219,19 @@ class _UdsSocket:
                 del parts[:done]
                 if sent:
                     parts[0] = memoryview(parts[0]).cast("B")[sent:]
+
+    def send_fd_frame(self, frame: Sequence[Payload], fd: int) -> None:
+        """Send one frame with ``fd`` attached to its first byte (SCM_RIGHTS, spec 8.1);
+        the caller keeps ``fd``."""
+        parts: list[Payload] = [part for part in frame if len(part)]
+        fds = array.array("i", (fd,)).tobytes()
+        with _socket_errors(f"send to {self._where} failed", self._timeout):
+            sent = self._sock.sendmsg(
+                parts, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], socket.MSG_NOSIGNAL
+            )
+        rest = b"".join(parts)[sent:]  # a control frame: small
+        if rest:
+            self.send_frames([[rest]])
 
     def set_timeout(self, timeout: float) -> None:
         self._timeout = timeout
@@ -386,10 +405,14 @@ _Transport = _UdsSocket | _WebSocket
 
 
 class _SyncConnection:
-    def __init__(self, transport: _Transport, endpoint: Endpoint, *, read_window: int) -> None:
+    def __init__(
+        self, transport: _Transport, endpoint: Endpoint, *, read_window: int, features: int = 0
+    ) -> None:
         self.transport = transport
         self.endpoint = endpoint
         self.read_window = read_window
+        #: Feature bits offered in HELLO (spec 4.3); the negotiated ones are the session's.
+        self.features = features
         self.session = ClientSession()
         self.requests: dict[int, RequestState] = {}
         self.error: LibrorumError | None = None
@@ -409,7 +432,10 @@ class _SyncConnection:
     def handshake(self) -> None:
         session = self.session
         session.hello(
-            max_payload=DEFAULT_MAX_PAYLOAD, initial_window=self.read_window, client=CLIENT_NAME
+            max_payload=DEFAULT_MAX_PAYLOAD,
+            initial_window=self.read_window,
+            features=self.features,
+            client=CLIENT_NAME,
         )
         self.transport.send_frames(session.frames_to_send())
         while True:
@@ -425,8 +451,9 @@ class _SyncConnection:
                 msg = f"{self.endpoint} closed the connection during the handshake"
                 raise ConnectionClosed(msg)
 
-    def flush(self) -> None:
-        """Send what the session queued. If the send fails, the connection ends: what the
+    def flush(self, fd: int | None = None) -> None:
+        """Send what the session queued; with ``fd``, the last frame queued goes alone with
+        that descriptor attached (spec 8.1). If the send fails, the connection ends: what the
         server sent before is routed first, then the requests still in flight get the error.
 
         Raises:
@@ -440,7 +467,14 @@ class _SyncConnection:
         if self.error is not None:
             raise copy_error(self.error)
         try:
-            self.transport.send_frames(frames)
+            if fd is None:
+                self.transport.send_frames(frames)
+            else:
+                if len(frames) > 1:
+                    self.transport.send_frames(frames[:-1])
+                # Features are negotiated on Unix sockets only, so this is one.
+                assert isinstance(self.transport, _UdsSocket)
+                self.transport.send_fd_frame(frames[-1], fd)
         except ConnectionTimeoutError as exc:
             self.die(exc)
             raise copy_error(exc) from exc
@@ -677,8 +711,10 @@ class SyncClient:
         resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
         reconnect_attempts: int = RECONNECT_ATTEMPTS,
         reconnect_deadline: float = RECONNECT_DEADLINE,
+        pass_fds: bool = True,
     ) -> None:
         self._endpoints = tuple(endpoints)
+        self._features = int(Feature.FD_PASSING | Feature.MEMFD) if pass_fds else 0
         self._reconnect_attempts = reconnect_attempts
         self._reconnect_deadline = reconnect_deadline
         self._reconnect = reconnect
@@ -797,7 +833,13 @@ class SyncClient:
                 ssl_context=endpoint.ssl_context,
                 timeout=self._connect_timeout,
             )
-        conn = _SyncConnection(transport, endpoint, read_window=self._read_window)
+        conn = _SyncConnection(
+            transport,
+            endpoint,
+            read_window=self._read_window,
+            # Only a Unix socket can carry descriptors (spec 8).
+            features=self._features if isinstance(transport, _UdsSocket) else 0,
+        )
         try:
             conn.handshake()
         except BaseException as exc:
@@ -816,7 +858,7 @@ class SyncClient:
 
     @contextmanager
     def _request(
-        self, message: Message, *, end: bool = True
+        self, message: Message, *, end: bool = True, passed: Descriptor | None = None
     ) -> Iterator[tuple[_SyncConnection, _SyncRequest]]:
         """A request in flight for the duration of the block. Leaving the block before it
         finished cancels it on the server; an interruption that is not an ``Exception``
@@ -825,12 +867,13 @@ class SyncClient:
             msg = "a read stream is open: SyncClient runs one request at a time"
             raise RuntimeError(msg)
         conn = self._connection()
-        session_id = conn.session.start_request(message, end=end)
+        fd = None if passed is None else passed.fd
+        session_id = conn.session.start_request(message, end=end, fd=fd is not None)
         request = _SyncRequest(session_id, command_of(message)[0])
         conn.requests[session_id] = request
         self._busy = True
         try:
-            conn.flush()
+            conn.flush(fd)
             yield conn, request
         except Exception:
             conn.abandon(request)
@@ -1005,9 +1048,32 @@ class SyncClient:
     ) -> FileInfo:
         total = source.size
         no_data = total is not None and offset >= total
-        # XX TODO(#perf): fd passing branches off here, as in the async client.
         message = FileWrite(path, mode, total, upload_id, offset)
-        with self._request(message, end=no_data) as (conn, request):
+        passed = None
+        if upload_id is None and not no_data:
+            # Spec 8: a local file's descriptor, or a sealed memfd for a buffer, when the
+            # connection negotiated it and the content is large enough to be worth it.
+            passed = source.descriptor(self._connection().session.features)
+        try:
+            info = self._write_request(message, source, passed, offset, progress)
+        finally:
+            if passed is not None and passed.owned:
+                os.close(passed.fd)
+        if passed is not None and progress is not None:
+            progress(info.size, info.size)
+        return info
+
+    def _write_request(
+        self,
+        message: FileWrite,
+        source: SyncSource,
+        passed: Descriptor | None,
+        offset: int,
+        progress: ProgressCallback | None,
+    ) -> FileInfo:
+        total = message.size
+        no_data = passed is not None or (total is not None and offset >= total)
+        with self._request(message, end=no_data, passed=passed) as (conn, request):
             if not no_data:
                 self._send_content(conn, request, source, offset, total, progress)
             conn.wait(request, lambda: request.finished)
@@ -1114,6 +1180,7 @@ def connect(
     resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
     reconnect_attempts: int = RECONNECT_ATTEMPTS,
     reconnect_deadline: float = RECONNECT_DEADLINE,
+    pass_fds: bool = True,
 ) -> SyncClient:
     """Connect to a Librorum daemon with a blocking client (a context manager; or call
     :meth:`SyncClient.close`). The arguments are those of :func:`librorum.client.open_client`.
@@ -1141,6 +1208,7 @@ def connect(
         resume_attempts=resume_attempts,
         reconnect_attempts=reconnect_attempts,
         reconnect_deadline=reconnect_deadline,
+        pass_fds=pass_fds,
     )
     try:
         client._connection()
