@@ -221,12 +221,19 @@ def targets(workloads: Sequence[Workload], quick: bool) -> list[TargetResult]:
         4.0,
         also=w.LIB_UDS_SYNC,
     )
+    fd_vs_grpc = _rel(workloads, "upload", w.LIB_FD, w.GRPC_UDS)
+    fd_vs_copy = _rel(workloads, "upload", w.LIB_FD, w.FILE_COPY)
     out.append(
         TargetResult(
             "fd-passing upload >= 3x gRPC and >= 60 % of the file-copy limit",
-            "not available yet (fd passing is not implemented); file copy limit "
-            f"{fmt_value(median(workloads, 'upload', w.FILE_COPY) or math.nan, 'GB/s')} GB/s",
-            "N/A",
+            "-"
+            if fd_vs_grpc is None or fd_vs_copy is None
+            else f"{fd_vs_grpc:.2f}x gRPC, {fd_vs_copy:.0%} of the file copy",
+            _status(
+                None
+                if fd_vs_grpc is None or fd_vs_copy is None
+                else fd_vs_grpc >= 3 and fd_vs_copy >= 0.6
+            ),
         )
     )
     sync = median(workloads, "stat", w.LIB_UDS_SYNC)

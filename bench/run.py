@@ -8,7 +8,7 @@ Contenders, moving the same bytes on the same machine:
 1. the limit: the same bytes over a plain blocking socket, or a file copy (no protocol);
 2. a gRPC peer (grpcio, in a subprocess) over a Unix socket and over TCP loopback;
 3. Librorum over its Unix socket (Trio and blocking clients);
-4. Librorum over its Unix socket with fd passing (not available yet: listed, not measured);
+4. Librorum over its Unix socket passing descriptors (a file's, or a sealed memfd: spec 8);
 5. Librorum over WebSocket on loopback.
 
 Every server runs in its own process; the clients run in this one. The items of a workload
