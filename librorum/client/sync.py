@@ -126,6 +126,7 @@ from librorum.protocol.messages import (
     UploadStatusReply,
 )
 from librorum.protocol.session import ClientSession, ConnectionEnded, HelloAccepted, State
+from librorum.transport._wsframes import accelerate
 
 __all__ = ["SyncClient", "SyncReadStream", "connect"]
 
@@ -290,6 +291,8 @@ class _WebSocket:
                 raise ConnectionClosed(msg) from exc
             for event in events:
                 if isinstance(event, AcceptConnection):
+                    # Faster payload paths from here on (frames already received are kept).
+                    accelerate(self._ws)
                     return
                 if isinstance(event, RejectConnection):
                     status = event.status_code
