@@ -109,9 +109,26 @@ def encode_frame(
     return frame
 
 
-class _FastFrameDecoder(FrameDecoder):
+class FastFrameDecoder(FrameDecoder):
     """wsproto's FrameDecoder with a payload path that copies less (only installed when no
-    extension is active: extensions see payloads as wsproto gives them)."""
+    extension is active: extensions see payloads as wsproto gives them).
+
+    Data frames with a payload up to :attr:`whole_frames_up_to` bytes are emitted whole, once
+    all of it arrived (a reader that asks for :meth:`missing` bytes then gets each message as
+    one buffer, with no reassembly copy); larger ones are emitted in parts as they arrive,
+    as wsproto does. So the buffer holds at most that much plus one read.
+    """
+
+    whole_frames_up_to: int = 0
+
+    def missing(self) -> int:
+        """How many more bytes the frame being received needs before it can be emitted whole;
+        0 when no such frame is pending (read as much as is convenient)."""
+        header = self.header
+        if header is None or header.payload_len > self.whole_frames_up_to:
+            return 0
+        buffered = len(self.buffer) - self.buffer.bytes_used
+        return max(0, header.payload_len - self.payload_consumed - buffered)
 
     def process_buffer(self) -> Frame | None:
         if self.extensions:
@@ -131,6 +148,8 @@ class _FastFrameDecoder(FrameDecoder):
         remaining = header.payload_len - self.payload_consumed
         if available <= 0 and remaining > 0:
             return None
+        if available < remaining and header.payload_len <= self.whole_frames_up_to:
+            return None  # emitted whole, once the rest arrived
         payload: bytearray
         if available <= remaining:
             # The buffer holds nothing past this payload: take the buffer itself. Deleting a
@@ -180,27 +199,31 @@ class _FastFrameProtocol(FrameProtocol):
         return encode_frame(opcode, payload, fin=fin, masked=self.client)  # type: ignore[return-value]
 
 
-def accelerate(ws: wsproto.WSConnection) -> bool:
-    """Switch an established connection's frame handling to this module's faster paths.
+def accelerate(ws: wsproto.WSConnection, *, whole_frames_up_to: int = 0) -> FastFrameDecoder | None:
+    """Switch an established connection's frame handling to this module's faster paths, and
+    return its decoder (see :class:`FastFrameDecoder` for ``whole_frames_up_to``: pass the
+    largest message accepted, or 0 to receive payloads in parts as they arrive).
 
     Call it once the handshake is complete (before or after frames arrived: the switch keeps
-    all parser state). Returns False, changing nothing, when the wsproto version is not one
+    all parser state). Returns None, changing nothing, when the wsproto version is not one
     this module was checked against, when an extension (e.g. permessage-deflate) is active,
     or when the connection is not established or already switched.
 
     Raises nothing.
     """
     if not SUPPORTED:
-        return False
+        return None
     connection = ws.connection
     if not isinstance(connection, Connection):
-        return False
+        return None
     proto = getattr(connection, "_proto", None)
     decoder = getattr(proto, "_frame_decoder", None)
     if type(proto) is not FrameProtocol or type(decoder) is not FrameDecoder:
-        return False
+        return None
     if proto.extensions or decoder.extensions:
-        return False
+        return None
     proto.__class__ = _FastFrameProtocol
-    decoder.__class__ = _FastFrameDecoder
-    return True
+    decoder.__class__ = FastFrameDecoder
+    assert isinstance(decoder, FastFrameDecoder)
+    decoder.whole_frames_up_to = whole_frames_up_to
+    return decoder

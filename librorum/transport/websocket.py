@@ -320,6 +320,9 @@ class _ClientWebSocket:
     ) -> None:
         self._stream = stream
         self._ws = ws
+        # Whole messages in one buffer, each read stopping at the end of the frame it is in
+        # (see FastFrameDecoder); None on an unchecked wsproto version (plain wsproto then).
+        self._decoder = accelerate(ws, whole_frames_up_to=max_message_size)
         self._max_message_size = max_message_size
         self._receive_size = receive_size
         self._close_grace = close_grace
@@ -354,8 +357,11 @@ class _ClientWebSocket:
             self._receiving = False
 
     async def _receive(self) -> None:
+        size = self._receive_size
+        if self._decoder is not None:
+            size = min(size, self._decoder.missing() or size)
         try:
-            data = await self._stream.receive_some(self._receive_size)
+            data = await self._stream.receive_some(size)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._close_reason = trio_websocket.CloseReason(
                 int(WsCloseCode.ABNORMAL_CLOSURE), f"connection lost: {exc}"
@@ -904,9 +910,7 @@ async def _client_handshake(
         ws.receive_data(_as_bytes(data))
         for event in ws.events():
             if isinstance(event, AcceptConnection):
-                # Frames that came with the 101 response stay queued in wsproto (the switch
-                # keeps them).
-                accelerate(ws)
+                # Frames that came with the 101 response stay queued in wsproto.
                 return ws
             if isinstance(event, RejectConnection):
                 status = event.status_code

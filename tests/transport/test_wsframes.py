@@ -33,7 +33,9 @@ from librorum.transport._wsframes import accelerate, encode_frame, mask_in_place
 from .conftest import DEADLINE, TOKEN, echo, ws_server, ws_url
 
 
-def open_pair(*, fast: bool) -> tuple[wsproto.WSConnection, wsproto.WSConnection]:
+def open_pair(
+    *, fast: bool, whole_frames_up_to: int = 0
+) -> tuple[wsproto.WSConnection, wsproto.WSConnection]:
     """A client and a server connection after the handshake, accelerated or plain wsproto."""
     client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
@@ -42,16 +44,17 @@ def open_pair(*, fast: bool) -> tuple[wsproto.WSConnection, wsproto.WSConnection
     client.receive_data(server.send(AcceptConnection()))
     assert [type(e) for e in client.events()] == [AcceptConnection]
     if fast:
-        assert accelerate(client)
-        assert accelerate(server)
+        assert accelerate(client, whole_frames_up_to=whole_frames_up_to)
+        assert accelerate(server, whole_frames_up_to=whole_frames_up_to)
     return client, server
 
 
 def feed(conn: wsproto.WSConnection, wire: bytes, cuts: list[int]) -> list[tuple[Any, ...]]:
     """Feed ``wire`` in pieces cut at ``cuts``; the events, as comparable tuples, with each
-    binary message's parts joined (how they were split depends on the cuts only)."""
+    message's parts joined (how they were split depends on the cuts and the mode only)."""
     out: list[tuple[Any, ...]] = []
     parts: list[bytes] = []
+    text: list[str] = []
     bounds = [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
     for start, end in itertools.pairwise(bounds):
         conn.receive_data(wire[start:end])
@@ -62,7 +65,10 @@ def feed(conn: wsproto.WSConnection, wire: bytes, cuts: list[int]) -> list[tuple
                     out.append(("bytes", b"".join(parts)))
                     parts = []
             elif isinstance(event, TextMessage):
-                out.append(("text", event.data, event.message_finished))
+                text.append(event.data)
+                if event.message_finished:
+                    out.append(("text", "".join(text)))
+                    text = []
             elif isinstance(event, Ping | Pong):
                 out.append((type(event).__name__, bytes(event.payload)))
             elif isinstance(event, CloseConnection):
@@ -109,18 +115,23 @@ def wire_of(sender: wsproto.WSConnection, script: list[tuple[str, Any]], close: 
     return bytes(wire)
 
 
-@given(script=steps, cuts=st.lists(st.integers(min_value=0), max_size=8), close=st.booleans())
+@given(
+    script=steps,
+    cuts=st.lists(st.integers(min_value=0), max_size=8),
+    close=st.booleans(),
+    whole=st.sampled_from([0, 1, 125, 65536, 1 << 20]),
+)
 def test_received_events_match_wsproto_both_directions(
-    script: list[tuple[str, Any]], cuts: list[int], close: bool
+    script: list[tuple[str, Any]], cuts: list[int], close: bool, whole: int
 ) -> None:
     # Client to server: masked frames (the sender is plain wsproto, a fresh key per frame).
     plain_client, plain_server = open_pair(fast=False)
-    _, fast_server = open_pair(fast=True)
+    _, fast_server = open_pair(fast=True, whole_frames_up_to=whole)
     upstream = wire_of(plain_client, script, close)
     assert feed(fast_server, upstream, cuts) == feed(plain_server, upstream, cuts)
     # Server to client: unmasked frames, built by the accelerated server this time.
     plain_client, plain_server = open_pair(fast=False)
-    fast_client, fast_server = open_pair(fast=True)
+    fast_client, fast_server = open_pair(fast=True, whole_frames_up_to=whole)
     downstream = wire_of(fast_server, script, close)
     assert downstream == wire_of(plain_server, script, close), "server frames differ"
     assert feed(fast_client, downstream, cuts) == feed(plain_client, downstream, cuts)
@@ -135,6 +146,38 @@ def test_accelerated_client_frames_parse_in_plain_wsproto(script: list[tuple[str
     reference = wire_of(plain_client, script, close=True)
     # The keys differ, so the bytes do; what a plain server makes of them must not.
     assert feed(plain_server, wire, []) == feed(reference_server, reference, [])
+
+
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 125, 126, 5000, 65536, 70_000]), min_size=1, max_size=5),
+    read_size=st.sampled_from([1, 7, 4096, 1 << 20]),
+    masked=st.booleans(),
+)
+def test_reading_what_is_missing_gives_whole_messages(
+    sizes: list[int], read_size: int, masked: bool
+) -> None:
+    # A reader that never asks for more than missing() (when it says something is missing)
+    # gets every message up to the limit as exactly one event, in one buffer.
+    limit = 65536
+    client, server = open_pair(fast=False)
+    sender, receiver = (client, server) if masked else (server, client)
+    decoder = accelerate(receiver, whole_frames_up_to=limit)
+    assert decoder is not None
+    payloads = [os.urandom(size) for size in sizes]
+    wire = b"".join(sender.send(BytesMessage(p)) for p in payloads)
+    position = 0
+    events: list[BytesMessage] = []
+    while position < len(wire):
+        size = min(read_size, decoder.missing() or read_size)
+        receiver.receive_data(wire[position : position + size])
+        position += size
+        events += [e for e in receiver.events() if isinstance(e, BytesMessage)]
+        assert len(decoder.buffer) <= limit + read_size + 14, "bounded by the limit and a read"
+    small = [p for p in payloads if len(p) <= limit]
+    whole = [bytes(e.data) for e in events if e.message_finished and e.frame_finished]
+    assert b"".join(bytes(e.data) for e in events) == b"".join(payloads)
+    for payload in small:
+        assert payload in whole
 
 
 @given(
