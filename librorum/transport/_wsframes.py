@@ -38,6 +38,7 @@ from wsproto.frame_protocol import (
     Frame,
     FrameDecoder,
     FrameProtocol,
+    Header,
     Opcode,
     XorMaskerSimple,
 )
@@ -120,15 +121,43 @@ class FastFrameDecoder(FrameDecoder):
     """
 
     whole_frames_up_to: int = 0
+    #: The payload of the frame being received in whole mode, allocated at its full size when
+    #: its header arrived at the start of a read, filled straight from the reads that follow
+    #: (one copy per byte, no buffer growth), and how much of it is filled.
+    _pending: bytearray | None = None
+    _filled: int = 0
 
     def missing(self) -> int:
         """How many more bytes the frame being received needs before it can be emitted whole;
         0 when no such frame is pending (read as much as is convenient)."""
+        if self._pending is not None:
+            return len(self._pending) - self._filled
         header = self.header
         if header is None or header.payload_len > self.whole_frames_up_to:
             return 0
         buffered = len(self.buffer) - self.buffer.bytes_used
         return max(0, header.payload_len - self.payload_consumed - buffered)
+
+    def receive_bytes(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is not None:
+            count = min(len(pending) - self._filled, len(data))
+            memoryview(pending)[self._filled : self._filled + count] = memoryview(data)[:count]
+            self._filled += count
+            data = data[count:]
+        elif self.header is None and not len(self.buffer) and self.whole_frames_up_to:
+            # At a frame boundary: a data frame that fits the limit but not this read gets
+            # its payload buffer now, and only its header goes through wsproto's buffer.
+            # parse_header() still validates that header before the payload is used.
+            split, size = _payload_start(data, self.whole_frames_up_to)
+            if split:
+                pending = bytearray(size)
+                self._filled = len(data) - split
+                memoryview(pending)[: self._filled] = memoryview(data)[split:]
+                self._pending = pending
+                data = data[:split]
+        if data:
+            self.buffer.feed(data)
 
     def process_buffer(self) -> Frame | None:
         if self.extensions:
@@ -139,6 +168,15 @@ class FastFrameDecoder(FrameDecoder):
         assert header is not None  # parse_header() sets it, as in wsproto
         assert self.effective_opcode is not None
         buffer = self.buffer
+        payload: bytearray
+        if self._pending is not None:
+            # This frame's payload goes to the pending buffer (its header was all that went
+            # into wsproto's buffer, and parse_header() accepted it).
+            if self._filled < len(self._pending):
+                return None
+            payload = self._pending
+            self._pending = None
+            return self._emit(header, payload)
         if len(buffer) < self.payload_required:
             return None
         # parse_header() committed the header, so the payload starts at bytes_used.
@@ -150,7 +188,6 @@ class FastFrameDecoder(FrameDecoder):
             return None
         if available < remaining and header.payload_len <= self.whole_frames_up_to:
             return None  # emitted whole, once the rest arrived
-        payload: bytearray
         if available <= remaining:
             # The buffer holds nothing past this payload: take the buffer itself. Deleting a
             # bytearray's head only moves its start, so this copies nothing.
@@ -162,6 +199,10 @@ class FastFrameDecoder(FrameDecoder):
             payload = data[start : start + remaining]
             buffer.bytes_used = start + remaining
             buffer.commit()
+        return self._emit(header, payload)
+
+    def _emit(self, header: Header, payload: bytearray) -> Frame:
+        assert self.effective_opcode is not None
         offset = self.payload_consumed
         self.payload_consumed += len(payload)
         finished = self.payload_consumed == header.payload_len
@@ -185,6 +226,28 @@ class FastFrameDecoder(FrameDecoder):
         else:
             self.effective_opcode = Opcode.CONTINUATION
         return frame
+
+
+def _payload_start(data: bytes, limit: int) -> tuple[int, int]:
+    """(header length, payload length) when ``data`` starts with the complete header of a
+    data frame (text, binary, continuation) whose payload is at most ``limit`` bytes and does
+    not all fit in ``data``; (0, 0) otherwise. Reads the length fields only: validating the
+    header is wsproto's parse_header()."""
+    if len(data) < 2 or data[0] & 0x0F > 2:
+        return 0, 0
+    size = data[1] & 0x7F
+    split = 2
+    if size == 126:
+        split = 4
+        size = int.from_bytes(data[2:4], "big")
+    elif size == 127:
+        split = 10
+        size = int.from_bytes(data[2:10], "big")
+    if data[1] & _MASK_BIT:
+        split += 4
+    if len(data) < split or size > limit or len(data) - split >= size:
+        return 0, 0
+    return split, size
 
 
 class _FastFrameProtocol(FrameProtocol):
