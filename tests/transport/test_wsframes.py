@@ -218,12 +218,22 @@ def test_control_frames_keep_their_limits() -> None:
         encode_frame(Opcode.PING, b"", fin=False, masked=False)
 
 
-@pytest.mark.parametrize("masked", [True, False])
-def test_protocol_violations_still_close_with_1002(masked: bool) -> None:
-    # A server must refuse an unmasked frame; a client must refuse a masked one (RFC 6455 5.1).
-    client, server = open_pair(fast=True)
-    receiver = client if masked else server
-    receiver.receive_data(bytes(encode_frame(Opcode.BINARY, b"payload", masked=masked)))
+@pytest.mark.parametrize("whole", [0, 1 << 20])
+@pytest.mark.parametrize("violation", ["wrong masking", "reserved bit"])
+@pytest.mark.parametrize("to_server", [True, False])
+def test_protocol_violations_still_close_with_1002(
+    to_server: bool, violation: str, whole: int
+) -> None:
+    # A server must refuse an unmasked frame, a client a masked one (RFC 6455 5.1); RSV bits
+    # need a negotiated extension (5.2). Fed as a header and part of the payload, so that
+    # the whole-frame mode has already set a payload buffer aside when the header is judged.
+    client, server = open_pair(fast=True, whole_frames_up_to=whole)
+    receiver = server if to_server else client
+    masked = to_server == (violation == "reserved bit")
+    frame = bytearray(encode_frame(Opcode.BINARY, bytes(1000), masked=masked))
+    if violation == "reserved bit":
+        frame[0] |= 0x40
+    receiver.receive_data(bytes(frame[:100]))
     events = list(receiver.events())
     assert isinstance(events[-1], CloseConnection)
     assert events[-1].code == 1002
