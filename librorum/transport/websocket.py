@@ -20,9 +20,12 @@ default, which halves throughput; both sides read :data:`~librorum.limits.WS_REC
 server and our own read size on the client. wsproto copies every payload four to five times
 on the way in and out, so once a connection is established (on both sides) its frame
 payloads go through :mod:`librorum.transport._wsframes` instead: taken out of the receive
-buffer without a copy, unmasked in place, and built into one buffer on send. RFC 6455
-requires clients to mask every frame (and servers to refuse unmasked ones), so masking cannot
-be skipped; it stays the largest per-byte cost (four strided ``translate`` passes).
+buffer without a copy, unmasked in place, and built into one buffer on send. The client goes
+further: each read stops at the end of the frame it is in, and a message's payload is read
+into one buffer of its final size, which is the message (no reassembly). RFC 6455 requires
+clients to mask every frame (and servers to refuse unmasked ones), so masking cannot be
+skipped; it stays the largest per-byte cost of uploads on both ends (four strided
+``translate`` passes, 0.6-0.9 GB/s: a pure-Python ceiling).
 """
 
 from __future__ import annotations
