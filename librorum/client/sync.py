@@ -132,6 +132,7 @@ from librorum.protocol.messages import (
     UploadStatusReply,
 )
 from librorum.protocol.session import ClientSession, ConnectionEnded, HelloAccepted, State
+from librorum.transport._wsframes import FastFrameDecoder, accelerate
 
 __all__ = ["SyncClient", "SyncReadStream", "connect"]
 
@@ -277,6 +278,7 @@ class _WebSocket:
         self._receive_size = receive_size
         self._parts: list[bytes | bytearray] = []
         self._size = 0
+        self._decoder: FastFrameDecoder | None = None
         with _socket_errors(f"cannot connect to {url}", timeout):
             sock = socket.create_connection((host, port), timeout=timeout)
         try:
@@ -309,6 +311,10 @@ class _WebSocket:
                 raise ConnectionClosed(msg) from exc
             for event in events:
                 if isinstance(event, AcceptConnection):
+                    # Faster payload paths from here on (frames already received are kept):
+                    # whole messages in one buffer, each read stopping at the end of the frame
+                    # it is in; None on an unchecked wsproto version (plain wsproto then).
+                    self._decoder = accelerate(self._ws, whole_frames_up_to=self._max_message_size)
                     return
                 if isinstance(event, RejectConnection):
                     status = event.status_code
@@ -333,8 +339,11 @@ class _WebSocket:
             self._sock.sendall(data)
 
     def _recv(self) -> bytes:
+        size = self._receive_size
+        if self._decoder is not None:
+            size = min(size, self._decoder.missing() or size)
         with _socket_errors(f"receive from {self._url} failed", self._timeout):
-            return self._sock.recv(self._receive_size)
+            return self._sock.recv(size)
 
     def set_timeout(self, timeout: float) -> None:
         self._timeout = timeout

@@ -18,8 +18,6 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
-import wsproto
-from wsproto.events import BytesMessage
 
 from librorum.config import ConfigError
 from librorum.errors import (
@@ -436,27 +434,6 @@ async def test_connect_to_nothing() -> None:
         port = probe.getsockname()[1]  # bound, not listening: connections are refused
         with trio.fail_after(DEADLINE), pytest.raises(ConnectionClosed, match="cannot connect"):
             await connect_websocket(f"ws://127.0.0.1:{port}/", token=TOKEN)
-
-
-# --- The client's frame writer -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 127, 65535, 65536, 1 << 20])
-def test_masked_frames_parse_in_wsproto(size: int) -> None:
-    payload = os.urandom(size)
-    server = wsproto.connection.Connection(wsproto.connection.ConnectionType.SERVER)
-    frame = ws_module._masked_frame(payload)
-    assert frame[1] & 0x80, "client frames are masked"
-    server.receive_data(bytes(frame))
-    events = list(server.events())
-    assert all(isinstance(e, BytesMessage) for e in events)
-    assert b"".join(e.data for e in events) == payload
-    assert events[-1].message_finished
-
-
-def test_masked_frames_use_fresh_keys() -> None:
-    keys = {bytes(ws_module._masked_frame(b"x" * 10)[2:6]) for _ in range(50)}
-    assert len(keys) > 40
 
 
 # --- Robustness --------------------------------------------------------------------------------

@@ -1,0 +1,338 @@
+"""The WebSocket fast payload paths against wsproto's own behaviour (RFC 6455 framing)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from typing import Any
+
+import pytest
+import trio
+import wsproto
+from hypothesis import given, strategies as st
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import Opcode
+
+from librorum.protocol import Command
+from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD
+from librorum.protocol.framing import encode_frame as encode_lbru_frame
+from librorum.transport import connect_websocket
+from librorum.transport._wsframes import accelerate, encode_frame, mask_in_place
+
+from .conftest import DEADLINE, TOKEN, echo, ws_server, ws_url
+
+
+def open_pair(
+    *, fast: bool, whole_frames_up_to: int = 0
+) -> tuple[wsproto.WSConnection, wsproto.WSConnection]:
+    """A client and a server connection after the handshake, accelerated or plain wsproto."""
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="example", target="/")))
+    assert [type(e) for e in server.events()] == [Request]
+    client.receive_data(server.send(AcceptConnection()))
+    assert [type(e) for e in client.events()] == [AcceptConnection]
+    if fast:
+        assert accelerate(client, whole_frames_up_to=whole_frames_up_to)
+        assert accelerate(server, whole_frames_up_to=whole_frames_up_to)
+    return client, server
+
+
+def feed(conn: wsproto.WSConnection, wire: bytes, cuts: list[int]) -> list[tuple[Any, ...]]:
+    """Feed ``wire`` in pieces cut at ``cuts``; the events, as comparable tuples, with each
+    message's parts joined (how they were split depends on the cuts and the mode only)."""
+    out: list[tuple[Any, ...]] = []
+    parts: list[bytes] = []
+    text: list[str] = []
+    bounds = [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
+    for start, end in itertools.pairwise(bounds):
+        conn.receive_data(wire[start:end])
+        for event in conn.events():
+            if isinstance(event, BytesMessage):
+                parts.append(bytes(event.data))
+                if event.message_finished:
+                    out.append(("bytes", b"".join(parts)))
+                    parts = []
+            elif isinstance(event, TextMessage):
+                text.append(event.data)
+                if event.message_finished:
+                    out.append(("text", "".join(text)))
+                    text = []
+            elif isinstance(event, Ping | Pong):
+                out.append((type(event).__name__, bytes(event.payload)))
+            elif isinstance(event, CloseConnection):
+                out.append(("close", event.code, event.reason))
+            else:
+                out.append((type(event).__name__,))
+    return out
+
+
+# One step of a peer's sending: a binary message (maybe in fragments), a text message, a ping
+# or a pong, possibly in the middle of a fragmented binary message (RFC 6455 5.4 allows it).
+payloads = st.one_of(
+    st.binary(max_size=300),
+    st.sampled_from([0, 125, 126, 127, 65535, 65536, 70_001]).map(lambda n: os.urandom(n)),
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("bytes"), st.lists(payloads, min_size=1, max_size=4)),
+        st.tuples(st.just("text"), st.text(max_size=50)),
+        st.tuples(st.just("ping"), st.binary(max_size=125)),
+        st.tuples(st.just("pong"), st.binary(max_size=125)),
+    ),
+    max_size=6,
+)
+
+
+def wire_of(sender: wsproto.WSConnection, script: list[tuple[str, Any]], close: bool) -> bytes:
+    wire = bytearray()
+    for kind, value in script:
+        if kind == "bytes":
+            for i, fragment in enumerate(value):
+                last = i == len(value) - 1
+                wire += sender.send(BytesMessage(fragment, message_finished=last))
+                if not last and len(fragment) % 3 == 0:
+                    wire += sender.send(Ping(b"between fragments"))
+        elif kind == "text":
+            wire += sender.send(TextMessage(value))
+        elif kind == "ping":
+            wire += sender.send(Ping(value))
+        else:
+            wire += sender.send(Pong(value))
+    if close:
+        wire += sender.send(CloseConnection(code=1000, reason="bye"))
+    return bytes(wire)
+
+
+@given(
+    script=steps,
+    cuts=st.lists(st.integers(min_value=0), max_size=8),
+    close=st.booleans(),
+    whole=st.sampled_from([0, 1, 125, 65536, 1 << 20]),
+)
+def test_received_events_match_wsproto_both_directions(
+    script: list[tuple[str, Any]], cuts: list[int], close: bool, whole: int
+) -> None:
+    # Client to server: masked frames (the sender is plain wsproto, a fresh key per frame).
+    plain_client, plain_server = open_pair(fast=False)
+    _, fast_server = open_pair(fast=True, whole_frames_up_to=whole)
+    upstream = wire_of(plain_client, script, close)
+    assert feed(fast_server, upstream, cuts) == feed(plain_server, upstream, cuts)
+    # Server to client: unmasked frames, built by the accelerated server this time.
+    plain_client, plain_server = open_pair(fast=False)
+    fast_client, fast_server = open_pair(fast=True, whole_frames_up_to=whole)
+    downstream = wire_of(fast_server, script, close)
+    assert downstream == wire_of(plain_server, script, close), "server frames differ"
+    assert feed(fast_client, downstream, cuts) == feed(plain_client, downstream, cuts)
+
+
+@given(script=steps)
+def test_accelerated_client_frames_parse_in_plain_wsproto(script: list[tuple[str, Any]]) -> None:
+    fast_client, _ = open_pair(fast=True)
+    plain_client, plain_server = open_pair(fast=False)
+    _, reference_server = open_pair(fast=False)
+    wire = wire_of(fast_client, script, close=True)
+    reference = wire_of(plain_client, script, close=True)
+    # The keys differ, so the bytes do; what a plain server makes of them must not.
+    assert feed(plain_server, wire, []) == feed(reference_server, reference, [])
+
+
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 125, 126, 5000, 65536, 70_000]), min_size=1, max_size=5),
+    read_size=st.sampled_from([1, 7, 4096, 1 << 20]),
+    masked=st.booleans(),
+)
+def test_reading_what_is_missing_gives_whole_messages(
+    sizes: list[int], read_size: int, masked: bool
+) -> None:
+    # A reader that never asks for more than missing() (when it says something is missing)
+    # gets every message up to the limit as exactly one event, in one buffer.
+    limit = 65536
+    client, server = open_pair(fast=False)
+    sender, receiver = (client, server) if masked else (server, client)
+    decoder = accelerate(receiver, whole_frames_up_to=limit)
+    assert decoder is not None
+    payloads = [os.urandom(size) for size in sizes]
+    wire = b"".join(sender.send(BytesMessage(p)) for p in payloads)
+    position = 0
+    events: list[BytesMessage] = []
+    while position < len(wire):
+        size = min(read_size, decoder.missing() or read_size)
+        receiver.receive_data(wire[position : position + size])
+        position += size
+        events += [e for e in receiver.events() if isinstance(e, BytesMessage)]
+        assert len(decoder.buffer) <= limit + read_size + 14, "bounded by the limit and a read"
+    small = [p for p in payloads if len(p) <= limit]
+    whole = [bytes(e.data) for e in events if e.message_finished and e.frame_finished]
+    assert b"".join(bytes(e.data) for e in events) == b"".join(payloads)
+    for payload in small:
+        assert payload in whole
+
+
+@given(
+    data=st.binary(max_size=1000),
+    key=st.binary(min_size=4, max_size=4),
+    offset=st.integers(min_value=0, max_value=7),
+)
+def test_mask_is_xor_with_the_rotated_key(data: bytes, key: bytes, offset: int) -> None:
+    buffer = bytearray(data)
+    mask_in_place(buffer, key, offset)
+    assert buffer == bytes(b ^ key[(offset + i) % 4] for i, b in enumerate(data))
+    mask_in_place(buffer, key, offset)
+    assert buffer == data
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 127, 65535, 65536, 1 << 20])
+def test_masked_frames_parse_in_wsproto(size: int) -> None:
+    payload = os.urandom(size)
+    server = wsproto.connection.Connection(wsproto.connection.ConnectionType.SERVER)
+    frame = encode_frame(Opcode.BINARY, payload, masked=True)
+    assert frame[1] & 0x80, "client frames are masked"
+    server.receive_data(bytes(frame))
+    events = list(server.events())
+    assert all(isinstance(e, BytesMessage) for e in events)
+    assert b"".join(e.data for e in events) == payload
+    assert events[-1].message_finished
+
+
+def test_masked_frames_use_fresh_keys() -> None:
+    keys = {bytes(encode_frame(Opcode.BINARY, b"x" * 10, masked=True)[2:6]) for _ in range(50)}
+    assert len(keys) > 40
+
+
+def test_control_frames_keep_their_limits() -> None:
+    with pytest.raises(ValueError, match="too long"):
+        encode_frame(Opcode.PING, bytes(126), masked=True)
+    with pytest.raises(ValueError, match="fragmented"):
+        encode_frame(Opcode.PING, b"", fin=False, masked=False)
+
+
+@pytest.mark.parametrize("whole", [0, 1 << 20])
+@pytest.mark.parametrize("violation", ["wrong masking", "reserved bit"])
+@pytest.mark.parametrize("to_server", [True, False])
+def test_protocol_violations_still_close_with_1002(
+    to_server: bool, violation: str, whole: int
+) -> None:
+    # A server must refuse an unmasked frame, a client a masked one (RFC 6455 5.1); RSV bits
+    # need a negotiated extension (5.2). Fed as a header and part of the payload, so that
+    # the whole-frame mode has already set a payload buffer aside when the header is judged.
+    client, server = open_pair(fast=True, whole_frames_up_to=whole)
+    receiver = server if to_server else client
+    masked = to_server == (violation == "reserved bit")
+    frame = bytearray(encode_frame(Opcode.BINARY, bytes(1000), masked=masked))
+    if violation == "reserved bit":
+        frame[0] |= 0x40
+    receiver.receive_data(bytes(frame[:100]))
+    events = list(receiver.events())
+    assert isinstance(events[-1], CloseConnection)
+    assert events[-1].code == 1002
+
+
+def test_accelerate_only_once_and_only_when_established() -> None:
+    fresh = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    assert not accelerate(fresh)
+    client, server = open_pair(fast=True)
+    assert not accelerate(client)
+    assert not accelerate(server)
+
+
+def test_no_acceleration_with_an_extension() -> None:
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    server.receive_data(
+        client.send(Request(host="example", target="/", extensions=[PerMessageDeflate()]))
+    )
+    list(server.events())
+    client.receive_data(server.send(AcceptConnection(extensions=[PerMessageDeflate()])))
+    assert [type(e) for e in client.events()] == [AcceptConnection]
+    assert not accelerate(client)
+    assert not accelerate(server)
+    # And compressed messages still work, through wsproto's own path.
+    server.receive_data(client.send(BytesMessage(b"z" * 5000)))
+    assert b"".join(e.data for e in server.events() if isinstance(e, BytesMessage)) == b"z" * 5000
+
+
+# --- Over real sockets -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65536, DEFAULT_MAX_PAYLOAD])
+async def test_large_frames_round_trip_through_the_server(size: int) -> None:
+    frame = encode_lbru_frame(Command.DATA, os.urandom(size), session_id=9)
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            client = await connect_websocket(ws_url(address), token=TOKEN)
+            for _ in range(3):
+                await client.send_frames([(frame,)])
+                assert await client.receive_some() == frame
+            await client.aclose()
+
+
+async def test_fragmented_masked_messages_with_pings_between_reach_the_handler() -> None:
+    # A hand-driven client: one LBRU frame as three WebSocket fragments with a ping between
+    # them, written in uneven pieces; the server must answer the ping and reassemble.
+    frame = encode_lbru_frame(Command.DATA, os.urandom(200_000), session_id=3)
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            sock = trio.socket.socket()
+            await sock.connect(address)
+            ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+            auth = [(b"authorization", b"Bearer " + TOKEN.encode())]
+            await sock.send(ws.send(Request(host="localhost", target="/", extra_headers=auth)))
+            events: list[Event] = []
+            message = bytearray()
+            wire = bytearray()
+            while not any(isinstance(e, AcceptConnection) for e in events):
+                ws.receive_data(await sock.recv(65536))
+                events += ws.events()
+            accelerate(ws)
+            thirds = [frame[:70_000], frame[70_000:70_001], frame[70_001:]]
+            for i, part in enumerate(thirds):
+                wire += ws.send(BytesMessage(part, message_finished=i == 2))
+                wire += ws.send(Ping(b"p%d" % i))
+            for start in range(0, len(wire), 50_001):
+                await sock.send(bytes(wire[start : start + 50_001]))
+            pongs = []
+            while len(message) < len(frame) or len(pongs) < 3:
+                data = await sock.recv(1 << 20)
+                assert data
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, BytesMessage):
+                        message += event.data
+                    elif isinstance(event, Pong):
+                        pongs.append(bytes(event.payload))
+            assert message == frame
+            assert pongs == [b"p0", b"p1", b"p2"]
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+async def test_both_ends_of_a_connection_are_accelerated() -> None:
+    # Guards the one reach into trio-websocket's internals: if it stops working, the server
+    # silently falls back to plain wsproto, so say so here.
+    already: list[bool] = []
+
+    async def check(transport: Any) -> None:
+        already.append(not accelerate(transport._ws._wsproto))
+        await echo(transport)
+
+    with trio.fail_after(DEADLINE):
+        async with ws_server(check) as address:
+            client = await connect_websocket(ws_url(address), token=TOKEN)
+            frame = encode_lbru_frame(Command.DATA, b"x")
+            await client.send_frames([(frame,)])
+            assert await client.receive_some() == frame
+            assert not accelerate(client._ws._ws)  # type: ignore[attr-defined]
+            await client.aclose()
+    assert already == [True]
