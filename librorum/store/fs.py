@@ -13,10 +13,29 @@ All methods are blocking and raise :class:`OSError`; the store calls them from w
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
+
+#: sync_file_range(2) flag: start writeback of the range's dirty pages, do not wait.
+_SYNC_FILE_RANGE_WRITE: Final = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), or ``None`` where there is none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range: Final = _load_sync_file_range()
 
 
 class FS(Protocol):
@@ -50,6 +69,11 @@ class FS(Protocol):
 
     def fsync(self, fd: int) -> None:
         """``os.fsync`` of a file or a directory."""
+        ...
+
+    def start_writeback(self, fd: int) -> None:
+        """Ask the kernel to start writing ``fd``'s dirty pages to the device, without
+        waiting (a hint: it never fails, and only :meth:`fsync` makes data durable)."""
         ...
 
     def rename(self, src: str, dst: str) -> None:
@@ -106,6 +130,12 @@ class OsFS:
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def start_writeback(self, fd: int) -> None:
+        # A later fsync then mostly waits for writes already under way instead of starting
+        # them all at once; errors surface there, so the result is ignored here.
+        if _sync_file_range is not None:
+            _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
     def rename(self, src: str, dst: str) -> None:
         os.rename(src, dst)

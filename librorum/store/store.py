@@ -73,6 +73,7 @@ from librorum.errors import (
     InvalidArgumentError,
     InvalidPathError,
     IsADirectoryError_,
+    LibrorumError,
     NotFoundError,
     ReadOnlyError,
     StoreError,
@@ -118,6 +119,10 @@ MAX_CHUNK_SIZE: Final = 64 << 20
 DEFAULT_IO_THREADS: Final = 8
 #: Chunks of one upload being hashed/written at once (memory: that many + 1 chunk buffers).
 DEFAULT_UPLOAD_PIPELINE: Final = 2
+#: Chunks of one upload staged (written, writeback started, not yet fsynced) before they are
+#: published together; with two batches in flight (one staging, one publishing) an upload
+#: holds at most twice this many temp files open. 8 chunks of 4 MiB: 32 MiB per batch.
+DEFAULT_UPLOAD_BATCH: Final = 8
 #: Chunks a reader reads and verifies ahead of the consumer.
 DEFAULT_READ_AHEAD: Final = 2
 #: Longest wait for a path lock, a chunk lock or the metadata writer before TimeoutError_.
@@ -168,6 +173,7 @@ class Store:
         chunk_size: int,
         io_threads: int,
         upload_pipeline: int,
+        upload_batch: int,
         read_ahead: int,
         lock_timeout: float,
         gc_batch: int,
@@ -179,6 +185,7 @@ class Store:
         self.max_file_size = max_file_size
         self.chunk_size = chunk_size
         self.upload_pipeline = upload_pipeline
+        self.upload_batch = upload_batch
         self.read_ahead = read_ahead
         self._fs = fs
         self._gc_batch = gc_batch
@@ -259,6 +266,17 @@ class Store:
         while self._jobs_running:
             await self._jobs_idle.wait()
 
+    async def _detach_idle_uploads(self) -> None:
+        """At close: detach the resumable uploads still attached and not in a call, so that
+        each keeps what it received (its staged batch is published and recorded). One in a
+        call keeps what its published batches recorded."""
+        for upload in [u for u in self._attached.values() if u is not None]:
+            if upload.idle:
+                try:
+                    await upload.detach()
+                except LibrorumError as exc:
+                    log.warning("upload %s not detached at close: %s", upload.upload_id, exc)
+
     async def _store_chunk(
         self,
         digest: bytes,
@@ -281,6 +299,51 @@ class Store:
             if not pending:
                 await self._meta.write(lambda t: t.add_pending([digest]))
             await put()
+
+    async def _chunk_stored(self, digest: bytes) -> bool:
+        """Whether a chunk is referenced (so on disk, durably): an upload need not stage it.
+        A hint: :meth:`_publish_chunks` checks again under the chunk's lock."""
+        refs: int = await self._meta.read(lambda t: t.refs(digest))
+        return refs > 0
+
+    async def _publish_chunks(self, staged: Sequence[Staged]) -> None:
+        """Make pinned, staged chunks (distinct digests) durable: :meth:`_store_chunk` for a
+        batch. Under the chunks' locks, a chunk the store holds already is dropped; the others
+        are journalled as pending in one transaction (before any of them can appear under its
+        name), then published in one batch. Takes ownership of ``staged``: on any error or
+        cancellation nothing of it is left in the temp directory or open.
+
+        Raises:
+            NoSpaceError, StoreIOError, ReadOnlyError, TimeoutError_: The batch could not be
+                made durable (its chunks may be on disk, pending, collected later).
+        """
+        remaining = list(staged)
+        try:
+            digests = [item.digest for item in remaining]
+            async with self._chunk_locks.hold(digests):
+                known = await self._meta.read(
+                    lambda t: [(t.refs(d), t.is_pending(d)) for d in digests]
+                )
+                stored = [item for item, (refs, _) in zip(remaining, known, strict=True) if refs]
+                todo = [item for item, (refs, _) in zip(remaining, known, strict=True) if not refs]
+                new = [
+                    item.digest
+                    for item, (refs, pending) in zip(remaining, known, strict=True)
+                    if not refs and not pending
+                ]
+                if stored:
+                    remaining = todo
+                    await self._objects.discard_many(stored)
+                if todo:
+                    self._check_writable()
+                    if new:
+                        await self._meta.write(lambda t: t.add_pending(new))
+                    remaining = []  # publish_many owns them now
+                    await self._objects.publish_many(todo)
+        finally:
+            if remaining:
+                with trio.CancelScope(shield=True):
+                    await self._objects.discard_many(remaining)
 
     async def _commit_file(
         self,
@@ -1141,6 +1204,7 @@ async def open_store(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     io_threads: int = DEFAULT_IO_THREADS,
     upload_pipeline: int = DEFAULT_UPLOAD_PIPELINE,
+    upload_batch: int = DEFAULT_UPLOAD_BATCH,
     read_ahead: int = DEFAULT_READ_AHEAD,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     gc_batch: int = DEFAULT_GC_BATCH,
@@ -1164,6 +1228,8 @@ async def open_store(
         chunk_size: Chunk size for new files (4 KiB .. 64 MiB).
         io_threads: Worker threads for chunk I/O and hashing.
         upload_pipeline: Chunks of one upload in flight at once.
+        upload_batch: Chunks of one upload staged before they are published (fsynced)
+            together.
         read_ahead: Chunks a reader prefetches.
         lock_timeout: Longest lock wait (seconds) before TimeoutError_.
         gc_batch: Journal entries collected per step.
@@ -1184,6 +1250,7 @@ async def open_store(
         ("max_file_size", max_file_size),
         ("io_threads", io_threads),
         ("upload_pipeline", upload_pipeline),
+        ("upload_batch", upload_batch),
         ("read_ahead", read_ahead),
         ("gc_batch", gc_batch),
     ):
@@ -1197,6 +1264,7 @@ async def open_store(
         chunk_size=chunk_size,
         io_threads=io_threads,
         upload_pipeline=upload_pipeline,
+        upload_batch=upload_batch,
         read_ahead=read_ahead,
         lock_timeout=lock_timeout,
         gc_batch=gc_batch,
@@ -1221,6 +1289,7 @@ async def open_store(
                     yield store
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(close_timeout):
+                        await store._detach_idle_uploads()
                         await store._wait_jobs()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:

@@ -87,6 +87,11 @@ class RecordingFS(OsFS):
         with self._lock:
             self._synced(fd, path)
 
+    def start_writeback(self, fd: int) -> None:
+        # A hint with no effect on what survives a crash: traced, never a crash point.
+        self._op("writeback", self._fd_paths.get(fd, "?"))
+        super().start_writeback(fd)
+
     def _synced(self, fd: int, path: str) -> None:
         """``fd`` (at ``path``) was fsynced (under the lock)."""
 

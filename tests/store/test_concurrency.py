@@ -53,7 +53,10 @@ class BlockingFS(RecordingFS):
 
 async def test_writer_blocked_mid_upload_does_not_stop_others(tmp_path: Path) -> None:
     shim = BlockingFS()
-    async with open_store(tmp_path / "s", chunk_size=CS, upload_pipeline=1, fs=shim) as store:
+    # One chunk per batch: the full chunk is published (fsynced) as soon as it is staged.
+    async with open_store(
+        tmp_path / "s", chunk_size=CS, upload_pipeline=1, upload_batch=1, fs=shim
+    ) as store:
         await store.write_bytes("/c", data(2 * CS, seed=3))
         shim.arm()
         a = await store.begin_upload("/a")

@@ -140,8 +140,9 @@ async def check_resume_leftover(store: Store, state: int) -> None:
     assert await store.read_bytes("/r") == R
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("name", list(WORKLOADS))
-async def test_crash_at_every_operation(name: str, tmp_path: Path) -> None:
+async def test_crash_at_every_operation(name: str, batch: int, tmp_path: Path) -> None:
     initial, setup, workload, states = WORKLOADS[name]
     root = tmp_path / "store"
     async with open_store(root, chunk_size=CS) as store:
@@ -149,8 +150,11 @@ async def test_crash_at_every_operation(name: str, tmp_path: Path) -> None:
         if setup is not None:
             await setup(store)
     shim = CrashFS(root, tmp_path / "crashes")
-    # One chunk job and one read at a time: the operations come in a fixed order.
-    async with open_store(root, chunk_size=CS, upload_pipeline=1, read_ahead=1, fs=shim) as store:
+    # One chunk job and one read at a time: the operations come in a fixed order. Uploads
+    # publish their chunks one at a time, or in batches of 3 (mid-file and at the commit).
+    async with open_store(
+        root, chunk_size=CS, upload_pipeline=1, upload_batch=batch, read_ahead=1, fs=shim
+    ) as store:
         await workload(store)
     shim.finish()
     assert shim.audit_failures == []
@@ -173,7 +177,7 @@ async def test_crash_at_every_operation(name: str, tmp_path: Path) -> None:
             assert (report.pending, report.temp_files) == (0, 0), f"{snapshot.name}: {report}"
         survived += 1
     assert seen[-1] == len(states) - 1
-    FIGURES.setdefault("crash_points", {})[name] = {
+    FIGURES.setdefault("crash_points", {})[f"{name} (batch {batch})"] = {
         "enumerated": len(shim.snapshots),
         "survived": survived,
         "states_seen": sorted(set(seen)),
@@ -181,4 +185,6 @@ async def test_crash_at_every_operation(name: str, tmp_path: Path) -> None:
         "commits_audited": shim.commits_audited,
         "renames_audited": shim.renames_audited,
     }
-    print(f"crash points {name}: {len(shim.snapshots)} enumerated, {survived} survived")
+    print(
+        f"crash points {name}, batch {batch}: {len(shim.snapshots)} enumerated, {survived} survived"
+    )
