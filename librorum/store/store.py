@@ -906,32 +906,24 @@ class Store:
         hasher = blake3.blake3()
         chunks: list[tuple[bytes, int]] = []
         pinned: list[bytes] = []
+        # Staged and not yet handed to _publish_chunks (which then owns them): a batch of
+        # distinct digests, made durable together as a streamed upload's are.
+        batch: list[Staged] = []
         buf = self._get_buffer(self.chunk_size)
         try:
             for offset in range(0, size, self.chunk_size):
                 length = min(self.chunk_size, size - offset)
                 staged = await self._objects.stage_from_fd(fd, offset, length, hasher, buf)
-                handled = False
-
-                async def publish(staged: Staged = staged) -> None:
-                    nonlocal handled
-                    handled = True
-                    await self._objects.publish(staged, staged.digest)
-
-                async def discard(staged: Staged = staged) -> None:
-                    nonlocal handled
-                    handled = True
-                    await self._objects.discard(staged)
-
-                try:
+                chunks.append((staged.digest, length))
+                if any(item.digest == staged.digest for item in batch):
+                    await self._objects.discard_many([staged])  # a repeat within the batch
+                else:
+                    batch.append(staged)
                     self._pins.pin([staged.digest])
                     pinned.append(staged.digest)
-                    await self._store_chunk(staged.digest, publish, discard)
-                finally:
-                    if not handled:
-                        with trio.CancelScope(shield=True):
-                            await self._objects.discard(staged)
-                chunks.append((staged.digest, length))
+                if len(batch) >= self.upload_batch or offset + length >= size:
+                    publishing, batch = batch, []
+                    await self._publish_chunks(publishing)
             # Once the commit starts it completes: a cancelled caller must not be left not
             # knowing whether the file was stored.
             with trio.CancelScope(shield=True):
@@ -948,6 +940,9 @@ class Store:
             # checkers see it.
             return info  # noqa: RET504
         finally:
+            if batch:
+                with trio.CancelScope(shield=True):
+                    await self._objects.discard_many(batch)
             self._put_buffer(buf)
             self._pins.unpin(pinned)
             if pinned:
