@@ -106,7 +106,6 @@ class Connection:
         self._flushed = False
         # Unix sockets send a READ's DATA straight from the chunk files (os.sendfile).
         self._file_transport = transport if isinstance(transport, UdsTransport) else None
-        self._sends_files = self._file_transport is not None
         # True while a batch is being written: its frames are out of the session's queue but
         # not yet on the wire.
         self._sending = False
@@ -345,7 +344,7 @@ class Connection:
             session.reply(sid, reply, end=remaining == 0)
             self._wake_writer()
             try:
-                if self._sends_files:
+                if self._file_transport is not None:
                     remaining = await self._send_segments(state, reader, remaining)
                 else:
                     remaining = await self._send_pieces(state, reader, remaining)
@@ -359,7 +358,14 @@ class Connection:
 
     async def _send_segments(self, state: RequestState, reader: Reader, remaining: int) -> int:
         """Queue the range as DATA frames whose payloads are regions of the verified chunk
-        files (the transport sends them with ``os.sendfile``); return the bytes not sent."""
+        files (the transport sends them with ``os.sendfile``); return the bytes not sent.
+
+        Cancellation: frames already queued stay queued; the caller settles them before the
+        reader closes the descriptors they name.
+
+        Raises:
+            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
+        """
         session = self.session
         sid = state.session_id
         async for segment in reader.segments():
@@ -385,7 +391,13 @@ class Connection:
 
     async def _send_pieces(self, state: RequestState, reader: Reader, remaining: int) -> int:
         """Queue the range as DATA frames that are views of the reader's buffers (for
-        transports that cannot send from a file); return the bytes not sent."""
+        transports that cannot send from a file); return the bytes not sent.
+
+        Cancellation: as :meth:`_send_segments`.
+
+        Raises:
+            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
+        """
         session = self.session
         sid = state.session_id
         async for piece in reader:
