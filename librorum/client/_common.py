@@ -18,7 +18,7 @@ from librorum.errors import (
     LibrorumError,
     RemoteProtocolError,
 )
-from librorum.protocol.constants import DEFAULT_INITIAL_WINDOW, Command
+from librorum.protocol.constants import Command
 from librorum.protocol.framing import Payload
 from librorum.protocol.messages import Message
 from librorum.protocol.session import (
@@ -50,8 +50,12 @@ CLOSE_TIMEOUT: Final = 2.0
 #: Times an interrupted resumable upload is resumed before the error is raised.
 DEFAULT_RESUME_ATTEMPTS: Final = 5
 #: Bytes of DATA the server may send on one READ before the client grants more; the client
-#: grants credit back once half of it is consumed, so the pipe stays full.
-DEFAULT_READ_WINDOW: Final = DEFAULT_INITIAL_WINDOW
+#: grants credit back once half of it is consumed, so the pipe stays full. It is also what a
+#: client may buffer per READ (16 MiB per open read stream). Larger than the protocol's
+#: default (4 MiB): with 4 MiB socket buffers the server then never waits for a grant's round
+#: trip while the client still has data to consume (measured: about 1.2-1.5x on local
+#: downloads; 32 and 64 MiB gained nothing more).
+DEFAULT_READ_WINDOW: Final = 16 << 20
 #: Bytes per receive call (one maximal frame), and SO_SNDBUF / SO_RCVBUF of Unix sockets:
 #: the daemon's values, so both ends of a connection agree.
 RECEIVE_SIZE: Final = limits.RECEIVE_SIZE

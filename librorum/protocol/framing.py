@@ -27,6 +27,8 @@ import enum
 from collections.abc import Iterable
 from typing import Final, Literal, NamedTuple, TypeAlias
 
+import attrs
+
 from librorum.errors import LocalProtocolError, RemoteProtocolError
 from librorum.protocol.constants import (
     HANDSHAKE_VERSION,
@@ -39,6 +41,24 @@ from librorum.protocol.header import HEADER, check_header, pack_header
 
 #: What a payload may be when encoding: anything exposing contiguous bytes.
 Payload: TypeAlias = bytes | bytearray | memoryview
+
+
+@attrs.frozen
+class FileRegion:
+    """A payload that lives in a file: ``length`` bytes of descriptor ``fd`` from ``offset``.
+
+    Only its length matters to the sans-I/O core (the header is built from it); the transport
+    that sends the frame moves the bytes itself (``os.sendfile`` on a Unix socket), so they
+    never pass through user space. The descriptor belongs to whoever queued the frame and must
+    stay open, its bytes unchanged, until the frame has been sent.
+    """
+
+    fd: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
 
 
 class Frame(NamedTuple):

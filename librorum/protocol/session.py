@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import attrs
 
@@ -63,7 +63,8 @@ from librorum.protocol.constants import (
     error_class,
 )
 from librorum.protocol.converter import decode_payload, encode_message, message_type
-from librorum.protocol.framing import CLOSED, NEED_DATA, FrameDecoder, Payload, encode_frame_parts
+from librorum.protocol.framing import CLOSED, NEED_DATA, FileRegion, FrameDecoder, Payload
+from librorum.protocol.header import pack_header
 from librorum.protocol.messages import (
     COMMAND_OF,
     ErrorMessage,
@@ -76,6 +77,10 @@ from librorum.protocol.messages import (
 
 #: One frame, as (header, payload) parts for a vectored write.
 FrameParts = tuple[bytes, Payload]
+#: One frame the server queues: its payload may also be a region of a file (a READ's DATA).
+ServerFrameParts = tuple[bytes, Payload | FileRegion]
+#: What one side's outbox holds beyond in-memory payloads (the server's: file regions).
+_Out = TypeVar("_Out", Payload, Payload | FileRegion)
 
 _END: Final = int(Flags.END)
 _REPLY: Final = int(Flags.REPLY)
@@ -235,12 +240,12 @@ class ServerLimits:
     server: str = "librorum"
 
 
-class _Session:
+class _Session(Generic[_Out]):
     """The parts both roles share: decoding, the outbox, the stream table, windows."""
 
     def __init__(self) -> None:
         self._decoder = FrameDecoder()
-        self._outbox: list[FrameParts] = []
+        self._outbox: list[tuple[bytes, _Out]] = []
         self._streams: dict[int, _Stream] = {}
         self.state = State.HANDSHAKE
         self.version = HANDSHAKE_VERSION
@@ -253,7 +258,7 @@ class _Session:
 
     # Outbox ----------------------------------------------------------------------------------
 
-    def frames_to_send(self) -> list[FrameParts]:
+    def frames_to_send(self) -> list[tuple[bytes, _Out]]:
         """Take the frames queued since the last call (send them in order, in one batch)."""
         out, self._outbox = self._outbox, []
         return out
@@ -263,14 +268,13 @@ class _Session:
         """Frames queued and not yet taken by :meth:`frames_to_send`."""
         return len(self._outbox)
 
-    def _queue(self, command: Command, flags: int, session_id: int, payload: Payload) -> None:
+    def _queue(self, command: Command, flags: int, session_id: int, payload: _Out) -> None:
         if self.state is State.CLOSED:
             return  # the connection is over: its last frame (an ERROR or a reply) is queued
-        self._outbox.append(
-            encode_frame_parts(
-                command, payload, session_id=session_id, flags=flags, version=self.version
-            )
-        )
+        # encode_frame_parts, open-coded: the payload may be a FileRegion (only its length
+        # goes into the header).
+        header = pack_header(command, flags, len(payload), session_id, self.version)
+        self._outbox.append((header, payload))
 
     def _queue_message(self, message: Message, flags: int, session_id: int) -> None:
         command = COMMAND_OF[type(message)][0]
@@ -433,7 +437,7 @@ def _text(exc: BaseException) -> str:
 # --- Server ------------------------------------------------------------------------------------
 
 
-class ServerSession(_Session):
+class ServerSession(_Session[Payload | FileRegion]):
     """The server's end of one connection.
 
     Args:
@@ -603,8 +607,9 @@ class ServerSession(_Session):
         if end:
             self._close_stream(session_id)
 
-    def send_data(self, session_id: int, data: Payload, *, end: bool = False) -> None:
-        """Queue DATA of a READ. ``len(data)`` must fit :meth:`send_window` and
+    def send_data(self, session_id: int, data: Payload | FileRegion, *, end: bool = False) -> None:
+        """Queue DATA of a READ: bytes, or a :class:`FileRegion` the transport sends from its
+        file. ``len(data)`` must fit :meth:`send_window` and
         ``max_payload``; ``end`` completes the request.
 
         Raises:
@@ -654,7 +659,7 @@ class ServerSession(_Session):
 # --- Client ------------------------------------------------------------------------------------
 
 
-class ClientSession(_Session):
+class ClientSession(_Session[Payload]):
     """The client's end of one connection."""
 
     _inbound_data_command = Command.READ

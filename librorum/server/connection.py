@@ -18,7 +18,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 import attrs
 import trio
@@ -34,6 +34,7 @@ from librorum.errors import (
 )
 from librorum.limits import RECEIVE_SIZE
 from librorum.protocol.constants import CancelOutcome, Command
+from librorum.protocol.framing import FileRegion
 from librorum.protocol.messages import (
     Cancel,
     CancelReply,
@@ -54,10 +55,12 @@ from librorum.protocol.session import (
     WindowGranted,
 )
 from librorum.server import dispatch
+from librorum.transport.uds import UdsTransport
 
 if TYPE_CHECKING:
     from librorum.server.app import Server
-    from librorum.transport import FrameTransport
+    from librorum.store.reader import Reader
+    from librorum.transport import FrameParts, FrameTransport
 
 log = logging.getLogger("librorum.server")
 
@@ -105,6 +108,10 @@ class Connection:
         self._doorbell_send, self._doorbell = trio.open_memory_channel[None](1)
         self._drained = trio.lowlevel.ParkingLot()
         self._writer_done = trio.Event()
+        # Set once the last flush is over: nothing is written to the transport any more.
+        self._flushed = False
+        # Unix sockets send a READ's DATA straight from the chunk files (os.sendfile).
+        self._file_transport = transport if isinstance(transport, UdsTransport) else None
         # True while a batch is being written: its frames are out of the session's queue but
         # not yet on the wire.
         self._sending = False
@@ -409,25 +416,80 @@ class Connection:
             reply = FileReadReply(dispatch.wire_info(reader.info), message.offset, remaining)
             session.reply(sid, reply, end=remaining == 0)
             self._wake_writer()
-            async for piece in reader:
-                view = memoryview(piece)
-                while view:
-                    allowed = min(session.send_window(sid), session.max_payload)
-                    if allowed == 0:
-                        await state.window.park()
-                        continue
-                    chunk, view = view[:allowed], view[allowed:]
-                    remaining -= len(chunk)
-                    session.send_data(sid, chunk, end=remaining == 0)
-                    self.server.stats.bytes_out += len(chunk)
-                    self._wake_writer()
-                    await self._wait_for_writer()
-                # The frames just queued are views of the reader's buffer, which the next
-                # step reuses: they must be on the wire before the loop advances.
-                await self._wait_until_sent()
+            try:
+                if self._file_transport is not None:
+                    remaining = await self._send_segments(state, reader, remaining)
+                else:
+                    remaining = await self._send_pieces(state, reader, remaining)
+            finally:
+                # The DATA frames queued point into the reader (its descriptors or buffers),
+                # which closing it releases for reuse: none may be written after that.
+                await self._settle_output()
             if remaining:
                 msg = f"{remaining} bytes of the file went missing while reading"
                 raise InternalError(msg)
+
+    async def _send_segments(self, state: RequestState, reader: Reader, remaining: int) -> int:
+        """Queue the range as DATA frames whose payloads are regions of the verified chunk
+        files (the transport sends them with ``os.sendfile``); return the bytes not sent.
+
+        Cancellation: frames already queued stay queued; the caller settles them before the
+        reader closes the descriptors they name.
+
+        Raises:
+            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
+        """
+        session = self.session
+        sid = state.session_id
+        async for segment in reader.segments():
+            position = segment.offset
+            end = segment.offset + segment.length
+            while position < end:
+                allowed = min(session.send_window(sid), session.max_payload, end - position)
+                if allowed == 0:
+                    await state.window.park()
+                    continue
+                remaining -= allowed
+                region = FileRegion(segment.fd, position, allowed)
+                session.send_data(sid, region, end=remaining == 0)
+                position += allowed
+                self.server.stats.bytes_out += allowed
+                self._wake_writer()
+                await self._wait_for_writer()
+            # The frames just queued name this segment's descriptor, which the next step
+            # closes. The reader has verified the next chunks meanwhile, and the socket buffer
+            # keeps the client busy while this task advances.
+            await self._wait_until_sent()
+        return remaining
+
+    async def _send_pieces(self, state: RequestState, reader: Reader, remaining: int) -> int:
+        """Queue the range as DATA frames that are views of the reader's buffers (for
+        transports that cannot send from a file); return the bytes not sent.
+
+        Cancellation: as :meth:`_send_segments`.
+
+        Raises:
+            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
+        """
+        session = self.session
+        sid = state.session_id
+        async for piece in reader:
+            view = memoryview(piece)
+            while view:
+                allowed = min(session.send_window(sid), session.max_payload)
+                if allowed == 0:
+                    await state.window.park()
+                    continue
+                chunk, view = view[:allowed], view[allowed:]
+                remaining -= len(chunk)
+                session.send_data(sid, chunk, end=remaining == 0)
+                self.server.stats.bytes_out += len(chunk)
+                self._wake_writer()
+                await self._wait_for_writer()
+            # The frames just queued are views of the reader's buffer, which the next
+            # step reuses: they must be on the wire before the loop advances.
+            await self._wait_until_sent()
+        return remaining
 
     async def _cancel(self, message: Cancel) -> Message:
         target = self.requests.get(message.target)
@@ -457,11 +519,27 @@ class Connection:
             await self._drained.park()
 
     async def _wait_until_sent(self) -> None:
-        """Wait until every frame queued so far has been written to the transport (or the
-        writer stopped, in which case the connection is going away)."""
-        while (self.session.queued_frames or self._sending) and not self._writer_done.is_set():
+        """Wait until every frame queued so far has been written to the transport, or can no
+        longer be: a batch being written always finishes first (whoever writes it), and
+        frames still queued are waited for until the connection's last flush is over."""
+        while self._sending or (self.session.queued_frames and not self._flushed):
             self._wake_writer()
             await self._drained.park()
+
+    async def _settle_output(self) -> None:
+        """Before a download releases its reader: wait until none of the frames queued so far
+        can still be written. Bounded by the close timeout; past it the transport is closed,
+        so that no later write can send bytes from a released buffer or a reused descriptor.
+
+        Cancellation: shielded (a cancelled download must settle all the same).
+        """
+        with trio.move_on_after(self.server.timeouts.close) as scope:
+            scope.shield = True
+            await self._wait_until_sent()
+        if scope.cancelled_caught:
+            log.info("%s: output not drained in time; closing", self.transport.peer)
+            with trio.CancelScope(shield=True):
+                await self.transport.aclose()
 
     async def _writer(self) -> None:
         """The one task that writes to the transport (frames are never interleaved)."""
@@ -477,7 +555,11 @@ class Connection:
         if frames:
             self._sending = True
             try:
-                await self.transport.send_frames(frames)
+                if self._file_transport is not None:
+                    await self._file_transport.send_frames(frames)
+                else:
+                    # FileRegion payloads are queued only when the transport sends files.
+                    await self.transport.send_frames(cast("list[FrameParts]", frames))
             finally:
                 self._sending = False
         self._drained.unpark_all()
@@ -485,13 +567,16 @@ class Connection:
     async def _flush_and_stop_writer(self) -> None:
         """Stop the writer after its current batch, then send what is still queued from this
         task (the writer may have been cancelled: a closed connection's last frames must not
-        depend on it)."""
+        depend on it). Nothing is written to the transport after this."""
         self._doorbell_send.close()
-        await self._writer_done.wait()
         try:
+            await self._writer_done.wait()
             await self._send_queued()
         except ConnectionClosed:
             pass
+        finally:
+            self._flushed = True
+            self._drained.unpark_all()
 
     # --- Shutdown ------------------------------------------------------------------------------
 

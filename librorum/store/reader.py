@@ -46,6 +46,16 @@ class _ReadJob:
     error: Exception | None = None
 
 
+@attrs.define(eq=False)
+class _OpenJob:
+    """One chunk being opened and verified ahead of the segment iterator."""
+
+    span: Span
+    done: trio.Event = attrs.field(factory=trio.Event)
+    fd: int | None = None
+    error: Exception | None = None
+
+
 class Reader:
     """A verified, in-order stream of one range of a file, as of :meth:`Store.open_read`.
 
@@ -57,7 +67,8 @@ class Reader:
     Each chunk is read whole and checked against its digest before any of it is returned.
 
     :meth:`segments` yields the same range as :class:`Segment` (fd, offset, length) triples for
-    ``os.sendfile``; each chunk is verified before its segment is handed out.
+    ``os.sendfile``; each chunk is verified before its segment is handed out, and the next
+    ``read_ahead`` chunks are opened and verified in worker threads meanwhile.
 
     Attributes:
         info: The file's FileInfo at the snapshot.
@@ -74,6 +85,7 @@ class Reader:
         self._next = 0
         self._jobs: deque[_ReadJob] = deque()
         self._held: _ReadJob | None = None
+        self._open_jobs: deque[_OpenJob] = deque()
         self._segment_fd: int | None = None
         self._closed = False
 
@@ -127,9 +139,20 @@ class Reader:
         """The range as verified (fd, offset, length) segments, for ``os.sendfile``.
 
         Each descriptor stays open until the iterator advances or the reader closes; do not
-        close it yourself.
+        close it yourself. Iterate a reader one way only (pieces or segments), once.
         """
         return SegmentIterator(self)
+
+    async def _run_open(self, job: _OpenJob) -> None:
+        try:
+            job.fd = await self._store._open_verified(job.span)
+        except Exception as exc:
+            job.error = exc
+        except BaseException:
+            job.error = CorruptDataError("read interrupted: the store is closing")
+            raise
+        finally:
+            job.done.set()
 
     def _close_segment(self) -> None:
         if self._segment_fd is not None:
@@ -147,13 +170,21 @@ class Reader:
                 job = self._jobs.popleft()
                 await job.done.wait()
                 self._store._put_buffer(job.buf)
+            # Chunks opened ahead and never handed out: wait for each (it runs in a thread)
+            # and close its descriptor.
+            while self._open_jobs:
+                opened = self._open_jobs.popleft()
+                await opened.done.wait()
+                if opened.fd is not None:
+                    self._segment_fd = opened.fd
+                    self._close_segment()
         if self._held is not None:
             self._store._put_buffer(self._held.buf)
             self._held = None
 
 
 class SegmentIterator:
-    """Iterates a reader's range as :class:`Segment` items."""
+    """Iterates a reader's range as :class:`Segment` items, verifying ahead."""
 
     def __init__(self, reader: Reader) -> None:
         self._reader = reader
@@ -163,7 +194,9 @@ class SegmentIterator:
         return self
 
     async def __anext__(self) -> Segment:
-        """The next verified segment.
+        """The next verified segment (closes the previous one's descriptor).
+
+        Cancellation: the chunks opened ahead stay with the reader, which closes them.
 
         Raises:
             CorruptDataError: The chunk is missing or does not match its digest.
@@ -171,10 +204,27 @@ class SegmentIterator:
         """
         reader = self._reader
         reader._close_segment()
-        if reader._closed or self._next >= len(reader._spans):
+        spans = reader._spans
+        if reader._closed or self._next >= len(spans):
             raise StopAsyncIteration
-        span = reader._spans[self._next]
+        jobs = reader._open_jobs
+        # Open and verify up to read_ahead chunks ahead in worker threads, so the caller
+        # sends one chunk while the next ones are hashed. Each holds only a descriptor (the
+        # hashing maps the file), so this costs no memory beyond the page cache.
+        queued = self._next + len(jobs)
+        while len(jobs) < max(1, reader._store.read_ahead) and queued < len(spans):
+            job = _OpenJob(span=spans[queued])
+            jobs.append(job)
+            reader._store._start_job(reader._run_open, job)
+            queued += 1
+        job = jobs[0]
+        await job.done.wait()
+        jobs.popleft()
+        if job.error is not None:
+            self._next = len(spans)
+            raise job.error
+        assert job.fd is not None
+        span = job.span
+        reader._segment_fd = job.fd
         self._next += 1
-        fd = await reader._store._open_verified(span)
-        reader._segment_fd = fd
-        return Segment(fd=fd, offset=span.start, length=span.end - span.start)
+        return Segment(fd=job.fd, offset=span.start, length=span.end - span.start)

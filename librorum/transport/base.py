@@ -17,7 +17,7 @@ from librorum.errors import ErrorCode, LibrorumError, TransportError
 from librorum.limits import RECEIVE_SIZE
 from librorum.protocol.constants import Command, Flags
 from librorum.protocol.converter import encode_message
-from librorum.protocol.framing import encode_frame
+from librorum.protocol.framing import FileRegion, encode_frame
 from librorum.protocol.messages import ErrorMessage
 
 logger: Final = logging.getLogger("librorum.transport")
@@ -26,6 +26,9 @@ logger: Final = logging.getLogger("librorum.transport")
 Buffer: TypeAlias = bytes | bytearray | memoryview
 #: One encoded frame as its parts, e.g. ``encode_frame_parts(...)`` or ``(encode_frame(...),)``.
 FrameParts: TypeAlias = Sequence[Buffer]
+#: One encoded frame whose payload may be a region of a file, which a Unix socket transport
+#: sends with ``os.sendfile`` (``UdsTransport.send_frames`` accepts these).
+FileFrameParts: TypeAlias = Sequence[Buffer | FileRegion]
 
 
 class AlreadyRunningError(LibrorumError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -43,9 +44,11 @@ from librorum.limits import (
     RECEIVE_SIZE,
     UDS_SOCKET_BUFFER,
 )
+from librorum.protocol.framing import FileRegion
 from librorum.transport.base import (
     AlreadyRunningError,
     Buffer,
+    FileFrameParts,
     FrameParts,
     Handler,
     PeerInfo,
@@ -110,15 +113,18 @@ class UdsTransport:
 
     # --- Sending ------------------------------------------------------------------------------
 
-    async def send_frames(self, frames: Sequence[FrameParts]) -> None:
+    async def send_frames(self, frames: Sequence[FileFrameParts]) -> None:
         """Send whole frames in as few sendmsg calls as possible: small parts are joined, large
-        payloads go to the kernel uncopied, partial sends are resumed.
+        payloads go to the kernel uncopied, partial sends are resumed. A payload that is a
+        :class:`~librorum.protocol.framing.FileRegion` goes by ``os.sendfile`` (file to socket
+        inside the kernel); its descriptor must stay open until this returns.
 
         Cancellation: frames fully written stay written; if the cancel lands mid-frame the
         transport is broken (further sends raise ConnectionClosed) and must be closed.
 
         Raises:
-            ConnectionClosed: the peer is gone, the transport is closed or broken.
+            ConnectionClosed: the peer is gone, the transport is closed or broken, or a file
+                region ended before its length (the transport is then broken).
         """
         buffers, lengths, ends = _gather(frames)
         if not buffers:
@@ -153,13 +159,17 @@ class UdsTransport:
 
     async def _send(
         self,
-        buffers: list[Buffer],
+        buffers: list[Buffer | FileRegion],
         lengths: list[int],
         ends: list[int],
         ancdata: Sequence[tuple[int, int, Buffer]],
     ) -> None:
         if self._broken is not None:
             msg = f"cannot send: {self._broken}"
+            raise ConnectionClosed(msg)
+        if self._closed:
+            # Checked before any byte moves: a file region's descriptor may already be gone.
+            msg = "cannot send: the connection was closed"
             raise ConnectionClosed(msg)
         sock = self._sock
         count = len(buffers)
@@ -170,13 +180,22 @@ class UdsTransport:
         try:
             with self._errors("send"):
                 while index < count:
-                    batch = buffers[index : index + _IOV_MAX]
-                    if offset:
-                        batch[0] = memoryview(batch[0]).cast("B")[offset:]
-                    done = await sock.sendmsg(batch, ancdata, _SEND_FLAGS)
-                    # The kernel attaches ancillary data to the first byte it accepts; a
-                    # resumed partial send must not attach the descriptor a second time.
-                    ancdata = ()
+                    first = buffers[index]
+                    if isinstance(first, FileRegion):
+                        done = await self._sendfile(first, offset)
+                    else:
+                        # The buffers up to the next file region, in one sendmsg.
+                        batch: list[Buffer] = []
+                        for item in buffers[index : index + _IOV_MAX]:
+                            if isinstance(item, FileRegion):
+                                break
+                            batch.append(item)
+                        if offset:
+                            batch[0] = memoryview(batch[0]).cast("B")[offset:]
+                        done = await sock.sendmsg(batch, ancdata, _SEND_FLAGS)
+                        # The kernel attaches ancillary data to the first byte it accepts; a
+                        # resumed partial send must not attach the descriptor a second time.
+                        ancdata = ()
                     sent += done
                     done += offset
                     while index < count and done >= lengths[index]:
@@ -189,6 +208,30 @@ class UdsTransport:
                 at = bisect_left(ends, sent)
                 if at == len(ends) or ends[at] != sent:
                     self._broken = f"an earlier send stopped mid-frame after {sent} bytes"
+
+    async def _sendfile(self, region: FileRegion, skip: int) -> int:
+        """One ``os.sendfile`` of ``region`` after its first ``skip`` bytes; returns the bytes
+        sent (at least 1). Waits while the socket is full. Trio's socket methods would do
+        the same for sendmsg: a checkpoint, then retry on EAGAIN once writable.
+
+        Raises:
+            OSError: the send failed (translated by the caller), or the file ended early.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = self._sock.fileno()
+        while True:
+            try:
+                done = os.sendfile(fd, region.fd, region.offset + skip, region.length - skip)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
+                continue
+            if done == 0:
+                # The file is shorter than the region: the frame's header promised bytes
+                # that do not exist, so the stream cannot continue.
+                msg = f"file region ended {region.length - skip} bytes early"
+                raise OSError(errno.EIO, msg)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return done
 
     # --- Receiving ----------------------------------------------------------------------------
 
@@ -278,10 +321,13 @@ class UdsTransport:
 _FD_SIZE: Final = array.array("i").itemsize
 
 
-def _gather(frames: Sequence[FrameParts]) -> tuple[list[Buffer], list[int], list[int]]:
-    """Flatten frames into sendmsg buffers, joining runs of small parts. Returns the buffers,
-    their lengths, and the cumulative byte offset at which each frame ends."""
-    buffers: list[Buffer] = []
+def _gather(
+    frames: Sequence[FileFrameParts],
+) -> tuple[list[Buffer | FileRegion], list[int], list[int]]:
+    """Flatten frames into sendmsg buffers (and file regions, for sendfile), joining runs of
+    small parts. Returns the items, their lengths, and the cumulative byte offset at which
+    each frame ends."""
+    buffers: list[Buffer | FileRegion] = []
     lengths: list[int] = []
     ends: list[int] = []
     run: list[Buffer] = []
@@ -289,18 +335,24 @@ def _gather(frames: Sequence[FrameParts]) -> tuple[list[Buffer], list[int], list
     total = 0
     for parts in frames:
         for part in parts:
-            size = part.nbytes if isinstance(part, memoryview) else len(part)
-            if size >= _COALESCE_BELOW:
+            if isinstance(part, FileRegion):
+                size = part.length
+                large: Buffer | FileRegion | None = part
+            else:
+                size = part.nbytes if isinstance(part, memoryview) else len(part)
+                large = part if size >= _COALESCE_BELOW else None
+                if large is None and size:
+                    run.append(part)
+                    run_bytes += size
+            if large is not None:
                 if run:
                     buffers.append(b"".join(run) if len(run) > 1 else run[0])
                     lengths.append(run_bytes)
                     run = []
                     run_bytes = 0
-                buffers.append(part)
-                lengths.append(size)
-            elif size:
-                run.append(part)
-                run_bytes += size
+                if size:
+                    buffers.append(large)
+                    lengths.append(size)
             total += size
         ends.append(total)
     if run:

@@ -25,7 +25,7 @@ from librorum.config import ConfigError
 from librorum.errors import ConnectionClosed, ErrorCode, RemoteProtocolError
 from librorum.protocol import Command, Flags
 from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD
-from librorum.protocol.framing import encode_frame, encode_frame_parts
+from librorum.protocol.framing import FileRegion, encode_frame, encode_frame_parts
 from librorum.transport import (
     AlreadyRunningError,
     FrameTransport,
@@ -131,6 +131,65 @@ async def test_send_cancelled_mid_frame_breaks_the_transport(sock_path: Path) ->
                 await client.send_frames([data_frame(b"after")])
             stop.set()
             await client.aclose()
+
+
+async def test_file_region_payloads_go_by_sendfile(sock_path: Path, tmp_path: Path) -> None:
+    content = os.urandom(3 * DEFAULT_MAX_PAYLOAD + 12345)
+    source = tmp_path / "source"
+    source.write_bytes(content)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        # Regions interleaved with small in-memory frames, one starting mid-file.
+        frames = [
+            data_frame(b"first", session_id=1),
+            encode_frame_parts(Command.DATA, FileRegion(fd, 0, DEFAULT_MAX_PAYLOAD)),
+            data_frame(b"", session_id=2),
+            encode_frame_parts(
+                Command.DATA, FileRegion(fd, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_PAYLOAD)
+            ),
+            encode_frame_parts(Command.DATA, FileRegion(fd, 2 * DEFAULT_MAX_PAYLOAD + 7, 3)),
+            data_frame(b"last", session_id=3),
+        ]
+        with trio.fail_after(DEADLINE):
+            async with uds_server(echo, sock_path):
+                client = await connect_uds(sock_path)
+                async with trio.open_nursery() as nursery:
+                    # 2 MiB and more need not fit in the socket buffers: the send waits.
+                    nursery.start_soon(client.send_frames, frames)
+                    got = await receive_frames(client, len(frames))
+                await client.aclose()
+    finally:
+        os.close(fd)
+    m = DEFAULT_MAX_PAYLOAD
+    assert [bytes(f.payload) for f in got] == [
+        b"first",
+        content[:m],
+        b"",
+        content[m : 2 * m],
+        content[2 * m + 7 : 2 * m + 10],
+        b"last",
+    ]
+
+
+async def test_file_region_past_the_end_of_its_file_breaks_the_transport(
+    sock_path: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "short"
+    source.write_bytes(b"x" * 100)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        with trio.fail_after(DEADLINE):
+            async with uds_server(echo, sock_path):
+                client = await connect_uds(sock_path)
+                # The header promises 200 bytes; the file has 100.
+                frame = encode_frame_parts(Command.DATA, FileRegion(fd, 0, 200))
+                with pytest.raises(ConnectionClosed, match="early"):
+                    await client.send_frames([frame])
+                with pytest.raises(ConnectionClosed, match="mid-frame"):
+                    await client.send_frames([data_frame(b"after")])
+                await client.aclose()
+    finally:
+        os.close(fd)
 
 
 # --- The socket file ---------------------------------------------------------------------------
