@@ -410,7 +410,12 @@ class _Connection:
         if upload:
             await self.uploads.acquire()
         try:
-            await self.streams.acquire()
+            # A free slot is taken without a scheduler pass: the request checkpoints anyway
+            # while it waits for its reply, and a pass per step is most of a small request.
+            try:
+                self.streams.acquire_nowait()
+            except trio.WouldBlock:
+                await self.streams.acquire()
         except BaseException:
             if upload:
                 self.uploads.release()
@@ -471,10 +476,18 @@ class _Connection:
             ConnectionTimeoutError: the send took longer than ``timeout`` (the connection is
                 closed: a frame may have been cut in half).
         """
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            # Free: taken without a scheduler pass (the send itself checkpoints).
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             frames = self.session.frames_to_send()
             if frames:
                 await self._send(frames)
+        finally:
+            lock.release()
 
     async def _send(self, frames: Sequence[Sequence[Payload]]) -> None:
         if self.error is not None:
