@@ -87,6 +87,7 @@ from librorum.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
 from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_PAYLOAD,
@@ -338,6 +339,7 @@ class _Connection:
     async def _reader(self) -> None:
         session = self.session
         requests = self.requests
+        receive_size = SMALL_RECEIVE_SIZE
         while True:
             for event in session.events():
                 outcome = route_event(event, requests)
@@ -352,10 +354,11 @@ class _Connection:
                     self.die(error)
                     return
             try:
-                data = await self.transport.receive_some(RECEIVE_SIZE)
+                data = await self.transport.receive_some(receive_size)
             except LibrorumError as exc:
                 self.die(exc)
                 return
+            receive_size = next_receive_size(len(data))
             session.receive_data(data)
 
     async def _send_last_words(self) -> None:

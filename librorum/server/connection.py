@@ -41,6 +41,7 @@ from librorum.errors import (
     RemoteProtocolError,
     UnavailableError,
 )
+from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
 from librorum.protocol.constants import CancelOutcome, Command
 from librorum.protocol.messages import (
     Cancel,
@@ -128,6 +129,7 @@ class Connection:
         self._nursery: trio.Nursery | None = None
         self._last_activity = trio.current_time()
         self._frame_started: float | None = None
+        self._receive_size = SMALL_RECEIVE_SIZE
         # Cancelled to stop waiting for the client once the session closed by itself (the
         # last request of a drained connection finished).
         self._read_scope: trio.CancelScope | None = None
@@ -230,8 +232,9 @@ class Connection:
                 what = "idle"
         with trio.move_on_at(deadline) as scope:
             self._read_scope = scope
-            data = await self.transport.receive_some()
+            data = await self.transport.receive_some(self._receive_size)
             self._last_activity = trio.current_time()
+            self._receive_size = next_receive_size(len(data))
             self.server.stats.bytes_in += len(data)
             return data
         if not session.closed:
