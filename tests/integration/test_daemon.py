@@ -411,3 +411,50 @@ async def test_a_client_that_does_not_read_its_replies_gets_bounded_buffering(
             finally:
                 await transport.aclose()
             assert replies == requests
+
+
+async def test_a_long_burst_of_cheap_requests_does_not_hold_up_other_connections(
+    tmp_path: Path,
+) -> None:
+    burst = 1000
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+            async with daemon.client() as client:
+                await client.write("/f", b"abc")
+            stats = daemon.running.server.stats
+            busy, busy_session = await raw_connection(daemon.socket_path)
+            other, other_session = await raw_connection(daemon.socket_path)
+            try:
+                before = stats.requests
+                # One write of many STATs (~40 KiB: one read for the server), then one PING
+                # on another connection.
+                for _ in range(burst):
+                    busy_session.forget(busy_session.start_request(FileStat("/f")))
+                await busy.send_frames(busy_session.frames_to_send())
+                ping = other_session.start_request(Ping(b"p"))
+                await other.send_frames(other_session.frames_to_send())
+                events = await drain_until(
+                    other, other_session, lambda ev: any(isinstance(e, ReplyReceived) for e in ev)
+                )
+                # The PING was answered while the burst was still being worked through.
+                taken = stats.requests - before
+                assert [e.session_id for e in events if isinstance(e, ReplyReceived)] == [ping]
+                assert taken < burst + 1
+                # And the burst is answered in full.
+                replies = 0
+                buffered = bytearray()
+                while replies < burst:
+                    data = await busy.receive_some()
+                    assert data
+                    buffered += data
+                    while len(buffered) >= HEADER.size:
+                        _, _, command, flags, size, _sid = HEADER.unpack_from(buffered)
+                        if len(buffered) < HEADER.size + size:
+                            break
+                        del buffered[: HEADER.size + size]
+                        assert (command, flags) == (Command.STAT, Flags.REPLY | Flags.END)
+                        replies += 1
+            finally:
+                await busy.aclose()
+                await other.aclose()
+            assert replies == burst
