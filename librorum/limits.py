@@ -71,6 +71,11 @@ LISTEN_BACKLOG: Final = 128
 #: Bytes asked of the kernel per read: one maximal DATA frame. Trio's default (64 KiB) costs
 #: 20-33 % of bulk throughput here, in per-read overhead and decoder calls.
 RECEIVE_SIZE: Final = 1 << 20
+#: Bytes asked per read while the traffic is small messages. recv() allocates the size asked
+#: for, and 128 KiB or more is a fresh mmap (glibc's threshold): a 1 MiB read of a 150-byte
+#: reply costs ~14 us more than a 64 KiB one. A receive loop asks for this much until a read
+#: fills it (bulk data is flowing), then for RECEIVE_SIZE (see :func:`next_receive_size`).
+SMALL_RECEIVE_SIZE: Final = 64 << 10
 #: SO_SNDBUF and SO_RCVBUF of Unix sockets, both sides: room for a few maximal frames in the
 #: kernel so a writer rarely blocks mid-frame (Linux caps it at net.core.wmem_max/rmem_max).
 UDS_SOCKET_BUFFER: Final = 4 << 20
@@ -86,3 +91,10 @@ WS_MAX_MESSAGE_SIZE: Final = HEADER_SIZE + DEFAULT_MAX_PAYLOAD
 #: Largest HTTP body read from a refused WebSocket handshake (the client side): the reason
 #: text is for a log line, not a download.
 WS_MAX_REJECT_BODY: Final = 4 << 10
+
+
+def next_receive_size(received: int) -> int:
+    """Bytes to ask for in the next read, given how many the last read returned: the full
+    :data:`RECEIVE_SIZE` while reads come back at least :data:`SMALL_RECEIVE_SIZE` long (bulk
+    data), :data:`SMALL_RECEIVE_SIZE` otherwise."""
+    return RECEIVE_SIZE if received >= SMALL_RECEIVE_SIZE else SMALL_RECEIVE_SIZE

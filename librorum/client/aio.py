@@ -87,6 +87,7 @@ from librorum.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
 from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_PAYLOAD,
@@ -345,6 +346,7 @@ class _Connection:
     async def _reader(self) -> None:
         session = self.session
         requests = self.requests
+        receive_size = SMALL_RECEIVE_SIZE
         while True:
             for event in session.events():
                 outcome = route_event(event, requests)
@@ -359,10 +361,11 @@ class _Connection:
                     self.die(error)
                     return
             try:
-                data = await self.transport.receive_some(RECEIVE_SIZE)
+                data = await self.transport.receive_some(receive_size)
             except LibrorumError as exc:
                 self.die(exc)
                 return
+            receive_size = next_receive_size(len(data))
             session.receive_data(data)
 
     async def _send_last_words(self) -> None:
@@ -417,7 +420,12 @@ class _Connection:
         if upload:
             await self.uploads.acquire()
         try:
-            await self.streams.acquire()
+            # A free slot is taken without a scheduler pass: the request checkpoints anyway
+            # while it waits for its reply, and a pass per step is most of a small request.
+            try:
+                self.streams.acquire_nowait()
+            except trio.WouldBlock:
+                await self.streams.acquire()
         except BaseException:
             if upload:
                 self.uploads.release()
@@ -478,10 +486,18 @@ class _Connection:
             ConnectionTimeoutError: the send took longer than ``timeout`` (the connection is
                 closed: a frame may have been cut in half).
         """
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            # Free: taken without a scheduler pass (the send itself checkpoints).
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             frames = self.session.frames_to_send()
             if frames:
                 await self._send(frames)
+        finally:
+            lock.release()
 
     async def start_passing_fd(self, message: Message, fd: int) -> _Request:
         """Start a WRITE whose content is the descriptor ``fd`` (spec 8): its frame goes

@@ -5,6 +5,19 @@ sans-I/O session; each request runs in its own task (so replies go out in whatev
 finish); one writer task sends everything the session queued, as one batch per wake-up, which
 coalesces the small replies of many requests into one write.
 
+Cheap metadata reads (STAT, PING, UPLOAD_STATUS, a LIST page the store reads inline) and a
+CANCEL whose target is not running are answered by the reader itself, without a task: the
+store runs them inline on the Trio thread without a checkpoint, so a task would only add
+scheduler passes (and they cannot be cancelled midway anyway). The reader then writes the
+replies of everything it received in one batch itself when no write is under way, instead of
+waking the writer. A request served inline has finished before the next frame is read: a
+CANCEL for it answers UNKNOWN (spec 5.14, "already completed"), after its reply. Every
+``READER_BATCH_FRAMES`` frames of a long burst the reader lets other connections run. When
+more than ``MAX_READER_QUEUED_FRAMES`` frames wait to be sent, the reader sends them (or
+waits for the writer) before it takes the next request, so a client that sends without
+reading cannot grow the server's buffers; it waits at most the idle deadline, then the
+connection ends.
+
 Cancellation and outcomes (spec 5.14): every request task has its own cancel scope. A store
 mutation that has begun is shielded until it has committed or failed, so a CANCEL or a
 disconnect never leaves an outcome unknown to the server: the request's final frame says
@@ -32,17 +45,21 @@ from librorum.errors import (
     RemoteProtocolError,
     UnavailableError,
 )
-from librorum.limits import RECEIVE_SIZE
+from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
 from librorum.protocol.constants import CancelOutcome, Command
 from librorum.protocol.framing import FileRegion
 from librorum.protocol.messages import (
     Cancel,
     CancelReply,
+    FileList,
     FileRead,
     FileReadReply,
+    FileStat,
     FileWrite,
     FileWriteReply,
     Message,
+    Ping,
+    UploadStatus,
 )
 from librorum.protocol.session import (
     ConnectionEnded,
@@ -55,6 +72,7 @@ from librorum.protocol.session import (
     WindowGranted,
 )
 from librorum.server import dispatch
+from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
 from librorum.transport.uds import UdsTransport
 
 if TYPE_CHECKING:
@@ -70,6 +88,17 @@ MAX_QUEUED_FRAMES: Final = 4
 #: DATA frames buffered between the reader and an upload task. The window bounds the bytes;
 #: this bounds the count, so a client sending tiny frames cannot queue millions of them.
 UPLOAD_QUEUE_FRAMES: Final = 256
+#: Unsent frames above which the reader stops reading new requests until the writer catches
+#: up: bounds the replies a connection buffers for a client that does not read them (control
+#: frames are at most 64 KiB; a STAT reply is ~150 bytes).
+MAX_READER_QUEUED_FRAMES: Final = 1024
+#: Frames the reader handles before it lets other tasks run: a client pipelining thousands of
+#: cheap requests in one write must not hold the event loop (and every other connection) for
+#: the whole burst. 32 STATs are ~1-2 ms here.
+READER_BATCH_FRAMES: Final = 32
+#: LIST pages up to this many entries are read inline by the store (its default; a store
+#: configured lower reads them in a thread, which is correct inline too, only slower).
+_INLINE_LIST_LIMIT: Final = DEFAULT_INLINE_LIST_LIMIT
 
 
 @attrs.define(eq=False)
@@ -112,12 +141,13 @@ class Connection:
         self._flushed = False
         # Unix sockets send a READ's DATA straight from the chunk files (os.sendfile).
         self._file_transport = transport if isinstance(transport, UdsTransport) else None
-        # True while a batch is being written: its frames are out of the session's queue but
-        # not yet on the wire.
-        self._sending = False
+        # Batches being written (by the writer, or by the reader for its own replies): their
+        # frames are out of the session's queue but not yet on the wire.
+        self._sending = 0
         self._nursery: trio.Nursery | None = None
         self._last_activity = trio.current_time()
         self._frame_started: float | None = None
+        self._receive_size = SMALL_RECEIVE_SIZE
         # Cancelled to stop waiting for the client once the session closed by itself (the
         # last request of a drained connection finished).
         self._read_scope: trio.CancelScope | None = None
@@ -167,18 +197,49 @@ class Connection:
             data = await self._receive()
             if data is None:
                 return
-            before = session.frames_received
+            before = mark = session.frames_received
             session.receive_data(data)
             for event in session.events():
                 await self._dispatch(event)
+                if session.frames_received - mark >= READER_BATCH_FRAMES:
+                    # A long burst of pipelined requests, answered inline: let the other
+                    # connections run before going on. The replies wait for the end of the
+                    # burst (or the cap below): each write wakes the client, which costs
+                    # far more here than the pass.
+                    mark = session.frames_received
+                    await trio.lowlevel.checkpoint()
+                if session.queued_frames > MAX_READER_QUEUED_FRAMES and not await self._flush(
+                    MAX_READER_QUEUED_FRAMES
+                ):
+                    return
             self._check_fds()
             one_frame = session.frames_received - before == 1 and not session.partial_frame
             if framed and data and not session.closed and not one_frame:
                 msg = "a WebSocket message must hold exactly one LBRU frame"
                 session.fail(RemoteProtocolError(msg))
-            self._wake_writer()
+            if not data or session.closed or self._sending:
+                self._wake_writer()  # a write is under way: the writer takes these next
+            elif session.queued_frames and not await self._flush(0):
+                return
             if not data:
                 return
+
+    async def _flush(self, limit: int) -> bool:
+        """Bring the unsent frames down to ``limit``: send them from this task when no write
+        is under way (cheaper than waking the writer), else wait for the writer. False (and
+        an ERROR queued) when the client did not take them within the idle deadline: it does
+        not read its replies, and the connection ends."""
+        session = self.session
+        with trio.move_on_after(self.server.timeouts.idle(self.transport.kind)):
+            while session.queued_frames > limit and not self._writer_done.is_set():
+                if self._sending:
+                    self._wake_writer()
+                    await self._drained.park()
+                else:
+                    await self._send_queued()
+            return True
+        session.fail(ConnectionTimeoutError("the client did not read its replies"))
+        return False
 
     async def _receive(self) -> bytes | bytearray | memoryview | None:
         """The next bytes, or ``None`` when a deadline passed (an ERROR is then queued)."""
@@ -207,11 +268,12 @@ class Connection:
             if session.features:
                 # recvmsg takes the descriptors a client passes (spec 8); a plain receive
                 # would have the kernel close them.
-                data, fds = await self.transport.receive_with_fds(RECEIVE_SIZE)
+                data, fds = await self.transport.receive_with_fds(self._receive_size)
                 self._fds.extend(fds)
             else:
-                data = await self.transport.receive_some()
+                data = await self.transport.receive_some(self._receive_size)
             self._last_activity = trio.current_time()
+            self._receive_size = next_receive_size(len(data))
             self.server.stats.bytes_in += len(data)
             return data
         if not session.closed:
@@ -224,7 +286,17 @@ class Connection:
         session = self.session
         if isinstance(event, RequestReceived):
             self.server.stats.requests += 1
-            self._start_request(event)
+            message = event.message
+            if isinstance(message, (FileStat, Ping, UploadStatus)) or (
+                isinstance(message, FileList) and message.limit <= _INLINE_LIST_LIMIT
+            ):
+                await self._serve_inline(event.session_id, message)
+            elif isinstance(message, Cancel) and message.target not in self.requests:
+                # Nothing to wait for: the target finished (its final frame is already
+                # queued, before this reply) or never existed.
+                session.reply(event.session_id, CancelReply(CancelOutcome.UNKNOWN))
+            else:
+                self._start_request(event)
         elif isinstance(event, DataReceived):
             state = self.requests.get(event.session_id)
             if state is not None and state.data_in is not None:
@@ -248,6 +320,26 @@ class Connection:
                 session.goaway("server is shutting down", self.server.grace_ms)
         elif isinstance(event, ConnectionEnded) and event.error is not None:
             log.info("%s: connection error: %s", self.transport.peer, event.error)
+
+    async def _serve_inline(self, sid: int, message: Message) -> None:
+        """Answer a cheap read-only request from the reader: its reply (or ERROR) is queued
+        before the next frame is read. The store answers these inline, so this does not
+        wait; a cancellation (the connection ending) leaves it unanswered, like a request
+        task cancelled with its connection."""
+        session = self.session
+        try:
+            reply = await dispatch.unary(self.server, message)
+        except LibrorumError as exc:
+            log.info("%s: %s failed: %s", self.transport.peer, type(message).__name__, exc)
+            session.send_error(sid, exc)
+        except Exception as exc:
+            log.exception(
+                "%s: %s on session %d failed", self.transport.peer, type(message).__name__, sid
+            )
+            internal = InternalError(f"internal error ({type(exc).__name__}); see the server log")
+            session.send_error(sid, internal)
+        else:
+            session.reply(sid, reply)
 
     def _start_request(self, event: RequestReceived) -> None:
         assert self._nursery is not None
@@ -553,7 +645,7 @@ class Connection:
     async def _send_queued(self) -> None:
         frames = self.session.frames_to_send()
         if frames:
-            self._sending = True
+            self._sending += 1
             try:
                 if self._file_transport is not None:
                     await self._file_transport.send_frames(frames)
@@ -561,7 +653,7 @@ class Connection:
                     # FileRegion payloads are queued only when the transport sends files.
                     await self.transport.send_frames(cast("list[FrameParts]", frames))
             finally:
-                self._sending = False
+                self._sending -= 1
         self._drained.unpark_all()
 
     async def _flush_and_stop_writer(self) -> None:

@@ -130,8 +130,17 @@ class UdsTransport:
         if not buffers:
             await trio.lowlevel.checkpoint()
             return
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            # Free (the usual case: each side has one writer at a time): taken without the
+            # scheduler pass of an awaited acquire; sendmsg checkpoints right after.
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             await self._send(buffers, lengths, ends, ())
+        finally:
+            lock.release()
 
     async def send_fd_frame(self, parts: FrameParts, fd: int) -> None:
         """Send one frame with ``fd`` attached to its first byte as SCM_RIGHTS. The frame goes

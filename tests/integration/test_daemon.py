@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from librorum.client.aio import open_client
 from librorum.errors import (
@@ -24,8 +25,20 @@ from librorum.errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from librorum.protocol.constants import CancelOutcome, WriteMode
-from librorum.protocol.messages import Cancel, CancelReply, FileRead, FileWrite, Ping
+from librorum.protocol.constants import CancelOutcome, Command, Flags, WriteMode
+from librorum.protocol.header import HEADER
+from librorum.protocol.messages import (
+    Cancel,
+    CancelReply,
+    FileList,
+    FileListReply,
+    FileRead,
+    FileStat,
+    FileStatReply,
+    FileWrite,
+    Ping,
+    PingReply,
+)
 from librorum.protocol.session import (
     ClientSession,
     ConnectionEnded,
@@ -34,6 +47,7 @@ from librorum.protocol.session import (
     ReplyReceived,
 )
 from librorum.server.app import serve
+from librorum.server.connection import MAX_READER_QUEUED_FRAMES
 from librorum.testing import Transport, open_test_daemon, test_config
 from librorum.transport import AlreadyRunningError, FrameTransport, connect_uds
 
@@ -314,3 +328,134 @@ async def test_handshake_and_idle_deadlines_close_the_connection(tmp_path: Path)
             assert isinstance(ended, ConnectionEnded)
             assert isinstance(ended.error, ConnectionTimeoutError)
             assert "idle" in str(ended.error)
+
+
+async def test_cheap_requests_answer_in_order_and_cancel_finds_them_finished(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+            async with daemon.client() as client:
+                await client.write("/f", b"abc")
+            transport, session = await raw_connection(daemon.socket_path)
+            try:
+                # One write: the STATs are answered before the next frame is read, so the
+                # CANCEL behind them finds them finished (spec 5.14: unknown).
+                stat = session.start_request(FileStat("/f"))
+                missing = session.start_request(FileStat("/nothing"))
+                listing = session.start_request(FileList("/", limit=100))
+                cancel = session.start_request(Cancel(stat))
+                ping = session.start_request(Ping(b"p"))
+                await transport.send_frames(session.frames_to_send())
+                events = await drain_until(transport, session, lambda ev: not session.in_flight())
+            finally:
+                await transport.aclose()
+            ends = [e for e in events if isinstance(e, (ErrorReceived, ReplyReceived))]
+            assert [e.session_id for e in ends] == [stat, missing, listing, cancel, ping]
+            stat_end, missing_end, listing_end, cancel_end, ping_end = ends
+            assert isinstance(stat_end, ReplyReceived)
+            assert isinstance(stat_end.message, FileStatReply)
+            assert stat_end.message.info.size == 3
+            assert isinstance(missing_end, ErrorReceived)
+            assert isinstance(missing_end.exception, NotFoundError)
+            assert isinstance(listing_end, ReplyReceived)
+            assert isinstance(listing_end.message, FileListReply)
+            assert [e.name for e in listing_end.message.entries] == ["f"]
+            assert isinstance(cancel_end, ReplyReceived)
+            assert cancel_end.message == CancelReply(CancelOutcome.UNKNOWN)
+            assert isinstance(ping_end, ReplyReceived)
+            assert ping_end.message == PingReply(b"p")
+
+
+async def test_a_client_that_does_not_read_its_replies_gets_bounded_buffering(
+    tmp_path: Path,
+) -> None:
+    requests = 4000
+    with trio.fail_after(120):
+        async with open_test_daemon(tmp_path) as daemon:
+            async with daemon.client() as client:
+                await client.mkdir("/d")
+                for index in range(40):
+                    await client.mkdir(f"/d/{index:03d}-{'n' * 200}")
+            stats = daemon.running.server.stats
+            transport, session = await raw_connection(daemon.socket_path)
+            before = stats.requests
+            try:
+                # ~40-byte requests for ~10 KiB replies, all in one write: the socket buffers
+                # hold a few hundred replies, far fewer than asked for, and this side reads
+                # none of them yet.
+                for _ in range(requests):
+                    # Forgotten at once (the replies are counted below, not routed), so this
+                    # side's cap on requests in flight does not apply.
+                    session.forget(session.start_request(FileList("/d", limit=100)))
+                await transport.send_frames(session.frames_to_send())
+                await trio.testing.wait_all_tasks_blocked()
+                [connection] = daemon.running.server.connections
+                # The server stopped taking requests rather than hold every reply: one read
+                # (64 KiB) holds ~1600 requests, and it took no more than its cap of them.
+                assert connection.session.queued_frames <= MAX_READER_QUEUED_FRAMES + 1
+                assert stats.requests - before <= MAX_READER_QUEUED_FRAMES + 1
+                # Once this side reads, every request is answered (count the reply headers).
+                replies = 0
+                buffered = bytearray()
+                while replies < requests:
+                    data = await transport.receive_some()
+                    assert data
+                    buffered += data
+                    while len(buffered) >= HEADER.size:
+                        _, _, command, flags, size, _sid = HEADER.unpack_from(buffered)
+                        if len(buffered) < HEADER.size + size:
+                            break
+                        del buffered[: HEADER.size + size]
+                        assert (command, flags) == (Command.LIST, Flags.REPLY | Flags.END)
+                        replies += 1
+            finally:
+                await transport.aclose()
+            assert replies == requests
+
+
+async def test_a_long_burst_of_cheap_requests_does_not_hold_up_other_connections(
+    tmp_path: Path,
+) -> None:
+    burst = 1000
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon:
+            async with daemon.client() as client:
+                await client.write("/f", b"abc")
+            stats = daemon.running.server.stats
+            busy, busy_session = await raw_connection(daemon.socket_path)
+            other, other_session = await raw_connection(daemon.socket_path)
+            try:
+                before = stats.requests
+                # One write of many STATs (~40 KiB: one read for the server), then one PING
+                # on another connection.
+                for _ in range(burst):
+                    busy_session.forget(busy_session.start_request(FileStat("/f")))
+                await busy.send_frames(busy_session.frames_to_send())
+                ping = other_session.start_request(Ping(b"p"))
+                await other.send_frames(other_session.frames_to_send())
+                events = await drain_until(
+                    other, other_session, lambda ev: any(isinstance(e, ReplyReceived) for e in ev)
+                )
+                # The PING was answered while the burst was still being worked through.
+                taken = stats.requests - before
+                assert [e.session_id for e in events if isinstance(e, ReplyReceived)] == [ping]
+                assert taken < burst + 1
+                # And the burst is answered in full.
+                replies = 0
+                buffered = bytearray()
+                while replies < burst:
+                    data = await busy.receive_some()
+                    assert data
+                    buffered += data
+                    while len(buffered) >= HEADER.size:
+                        _, _, command, flags, size, _sid = HEADER.unpack_from(buffered)
+                        if len(buffered) < HEADER.size + size:
+                            break
+                        del buffered[: HEADER.size + size]
+                        assert (command, flags) == (Command.STAT, Flags.REPLY | Flags.END)
+                        replies += 1
+            finally:
+                await busy.aclose()
+                await other.aclose()
+            assert replies == burst
