@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from librorum.client.aio import Client, open_client
+from librorum.client.aio import Client
 from librorum.client.sync import connect
 from librorum.errors import (
     AlreadyExistsError,
@@ -37,7 +37,7 @@ from librorum.protocol.session import (
     HelloAccepted,
     ReplyReceived,
 )
-from librorum.testing import TestDaemon, open_test_daemon
+from librorum.testing import TestDaemon, Transport, open_test_daemon
 from librorum.transport import FrameTransport, connect_uds
 
 MIB = 1 << 20
@@ -117,47 +117,21 @@ async def test_sync_client_passes_a_file_and_a_memfd(tmp_path: Path) -> None:
             assert await bytes_in(daemon) - before < 64 * 1024
 
 
-async def test_small_content_and_pass_fds_off_stream_the_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["below 1 MiB", "pass_fds off", "websocket", "resumable"])
+async def test_these_writes_stream_the_bytes(tmp_path: Path, case: str) -> None:
+    """Spec 8.3: small contents, resumable uploads, a client told not to, and WebSocket
+    connections stream DATA: the content crosses the socket."""
+    size = MIB - 1 if case == "below 1 MiB" else 2 * MIB
     source = tmp_path / "source.bin"
-    source.write_bytes(content(2 * MIB))
+    source.write_bytes(content(size))
     with trio.fail_after(60):
         async with open_test_daemon(tmp_path / "d") as daemon:
             before = await bytes_in(daemon)
-            async with daemon.client() as client:
-                await client.write("/small", content(MIB - 1))  # below the threshold
-            small = await bytes_in(daemon) - before
-            assert small > MIB - 1
-            before = await bytes_in(daemon)
-            async with open_client(
-                transport="local", socket_path=daemon.socket_path, pass_fds=False
-            ) as client:
-                await client.write("/streamed", source)
+            transport: Transport = "websocket" if case == "websocket" else "uds"
+            async with daemon.client(transport, pass_fds=case != "pass_fds off") as client:
+                await client.write("/streamed", source, resumable=case == "resumable")
                 assert await client.read("/streamed") == source.read_bytes()
-            assert await bytes_in(daemon) - before > 2 * MIB
-
-
-async def test_websocket_never_offers_fd_features_and_streams(tmp_path: Path) -> None:
-    source = tmp_path / "source.bin"
-    source.write_bytes(content(2 * MIB))
-    with trio.fail_after(60):
-        async with open_test_daemon(tmp_path / "d") as daemon:
-            before = await bytes_in(daemon)
-            async with daemon.client("websocket") as client:
-                await client.write("/remote", source)
-                assert await client.read("/remote") == source.read_bytes()
-            assert await bytes_in(daemon) - before > 2 * MIB
-
-
-async def test_a_resumable_write_streams_even_over_the_unix_socket(tmp_path: Path) -> None:
-    source = tmp_path / "source.bin"
-    source.write_bytes(content(2 * MIB))
-    with trio.fail_after(60):
-        async with open_test_daemon(tmp_path / "d") as daemon:
-            before = await bytes_in(daemon)
-            async with daemon.client() as client:
-                await client.write("/resumable", source, resumable=True)
-                assert await client.read("/resumable") == source.read_bytes()
-            assert await bytes_in(daemon) - before > 2 * MIB
+            assert await bytes_in(daemon) - before > size
 
 
 async def test_store_errors_come_back_as_for_a_streamed_write(tmp_path: Path) -> None:
