@@ -14,6 +14,7 @@ All methods are blocking and raise :class:`OSError`; the store calls them from w
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 from collections.abc import Callable
@@ -69,6 +70,10 @@ class FS(Protocol):
 
     def fsync(self, fd: int) -> None:
         """``os.fsync`` of a file or a directory."""
+        ...
+
+    def set_direct(self, fd: int, direct: bool) -> None:
+        """Turn ``O_DIRECT`` on or off for ``fd`` (``fcntl(F_SETFL)``)."""
         ...
 
     def start_writeback(self, fd: int) -> None:
@@ -130,6 +135,10 @@ class OsFS:
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def set_direct(self, fd: int, direct: bool) -> None:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if direct else flags & ~os.O_DIRECT)
 
     def start_writeback(self, fd: int) -> None:
         # A later fsync then mostly waits for writes already under way instead of starting

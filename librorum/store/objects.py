@@ -30,6 +30,7 @@ import errno
 import mmap
 import os
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
@@ -45,6 +46,11 @@ from librorum.store.fs import FS
 SHARDS: Final = tuple(f"{i:02x}" for i in range(256))
 #: Suffix of temp files.
 TEMP_SUFFIX: Final = ".tmp"
+#: O_DIRECT needs buffers, offsets and sizes aligned to the logical block size; 4096 covers
+#: every common device.
+_DIRECT_ALIGN: Final = 4096
+#: Chunk data goes to O_DIRECT files through one aligned buffer of this size per thread.
+_DIRECT_BUFFER: Final = 1 << 20
 
 # copy_file_range cannot copy between these (cross-device, e.g. a memfd on tmpfs; or the file
 # system does not support it): fall back to read and write.
@@ -134,6 +140,10 @@ class LocalChunkStore:
         self._fs = fs
         self._limiter = limiter
         self._on_fsync_failure = on_fsync_failure
+        # Chunk files are written with O_DIRECT until the file system refuses it (tmpfs
+        # before Linux 6.6): see _write_temp.
+        self._direct = True
+        self._aligned = threading.local()
 
     def path(self, key: bytes) -> str:
         """The file of chunk ``key``."""
@@ -199,9 +209,18 @@ class LocalChunkStore:
         finally:
             self._fs.close(fd)
 
-    def _new_temp(self) -> tuple[str, int]:
+    def _new_temp(self, extra_flags: int = 0) -> tuple[str, int]:
+        """Create a temp file. With ``os.O_DIRECT`` in ``extra_flags`` on a file system that
+        refuses it (EINVAL), returns the descriptor -1 and stops asking for it."""
         temp = f"{self.temp_dir}/{secrets.token_hex(12)}{TEMP_SUFFIX}"
-        fd = self._fs.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = self._fs.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | extra_flags, 0o600)
+        except OSError as exc:
+            if not extra_flags & os.O_DIRECT or exc.errno != errno.EINVAL:
+                raise
+            self._direct = False
+            self._drop_temp(temp, None)  # the file may have been created before the refusal
+            return temp, -1
         return temp, fd
 
     def _drop_temp(self, temp: str, fd: int | None) -> None:
@@ -231,23 +250,65 @@ class LocalChunkStore:
         self._fs.rename(temp, final)
         self._fsync_dir(os.path.dirname(final))
 
+    def _write_temp(self, data: memoryview) -> tuple[str, int]:
+        """A new temp file holding ``data``, written with O_DIRECT where the file system
+        allows it (else through the page cache). Returns its name and open descriptor.
+
+        Why O_DIRECT: new data would otherwise need fresh page-cache pages, and where memory
+        is expensive to come by (a VM that hands idle memory back to its host) filling them
+        costs 4-5 CPU-seconds per GiB and caps writes near 0.25 GB/s, while direct writes to
+        the same disk run at ~1 GB/s. Durability is unchanged: the file is still fsynced
+        (which also flushes the device's cache) before its name appears. Chunks written
+        this way are not left in the page cache; their first read comes from the disk.
+        """
+        direct = self._direct and len(data) >= _DIRECT_ALIGN
+        temp = ""
+        if direct:
+            temp, fd = self._new_temp(os.O_DIRECT)
+            if fd < 0:
+                direct = False
+        if not direct:
+            temp, fd = self._new_temp()
+        try:
+            if direct:
+                self._write_direct(fd, data)
+            else:
+                self._write_all(fd, data)
+        except BaseException:
+            self._drop_temp(temp, fd)
+            raise
+        return temp, fd
+
+    def _write_direct(self, fd: int, data: memoryview) -> None:
+        buf = getattr(self._aligned, "buf", None)
+        if buf is None:
+            buf = self._aligned.buf = mmap.mmap(-1, _DIRECT_BUFFER)  # page-aligned
+        aligned = len(data) - len(data) % _DIRECT_ALIGN
+        done = 0
+        with memoryview(buf) as view:
+            while done < aligned:
+                n = min(_DIRECT_BUFFER, aligned - done)
+                view[:n] = data[done : done + n]
+                self._write_all(fd, view[:n])
+                done += n
+        if done < len(data):
+            # The unaligned tail goes through the page cache.
+            self._fs.set_direct(fd, False)
+            self._write_all(fd, data[done:])
+
     def _put_sync(self, key: bytes, data: memoryview) -> None:
         with translating("write chunk"):
-            temp, fd = self._new_temp()
-            open_fd: int | None = fd
+            temp, fd = self._write_temp(data)
             try:
-                self._write_all(fd, data)
-                open_fd = None  # _publish_sync closes it once fsynced
-                self._publish_sync(temp, fd, key)
+                self._publish_sync(temp, fd, key)  # closes fd, fsynced or not
             except BaseException:
-                self._drop_temp(temp, open_fd)
+                self._drop_temp(temp, None)
                 raise
 
     def _stage_data_sync(self, key: bytes, data: memoryview) -> Staged:
         with translating("write chunk"):
-            temp, fd = self._new_temp()
+            temp, fd = self._write_temp(data)
             try:
-                self._write_all(fd, data)
                 self._fs.start_writeback(fd)
             except BaseException:
                 self._drop_temp(temp, fd)
