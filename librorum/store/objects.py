@@ -485,9 +485,20 @@ class LocalChunkStore:
         self, src: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
     ) -> Staged:
         with translating("copy from client file"):
-            temp, fd = self._new_temp()
+            direct = self._direct and length >= _DIRECT_ALIGN
+            if direct:
+                # As for streamed chunks (see _write_temp): reading the client's cached file
+                # and writing directly beats a kernel copy into fresh page-cache pages.
+                temp, fd = self._new_temp(os.O_DIRECT)
+                direct = fd >= 0
+            if not direct:
+                temp, fd = self._new_temp()
             try:
-                copied = self._copy_range(src, fd, offset, length, hasher, buf)
+                copied = (
+                    self._read_write_range(src, fd, offset, length, hasher, buf, direct=True)
+                    if direct
+                    else self._copy_range(src, fd, offset, length, hasher, buf)
+                )
                 if copied is None:
                     # Copied in the kernel: hash what landed in the temp file, not the source,
                     # so that a client changing its file meanwhile cannot make the chunk's
@@ -521,7 +532,15 @@ class LocalChunkStore:
         return None
 
     def _read_write_range(
-        self, src: int, dst: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
+        self,
+        src: int,
+        dst: int,
+        offset: int,
+        length: int,
+        hasher: blake3.blake3,
+        buf: bytearray,
+        *,
+        direct: bool = False,
     ) -> bytes:
         view = memoryview(buf)[:length]
         done = 0
@@ -532,7 +551,10 @@ class LocalChunkStore:
                 raise InvalidArgumentError(msg)
             done += got
         digest = hash_chunk(view, hasher)
-        self._write_all(dst, view)
+        if direct:
+            self._write_direct(dst, view)
+        else:
+            self._write_all(dst, view)
         return digest
 
     async def stage_from_fd(
