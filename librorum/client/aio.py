@@ -1177,21 +1177,17 @@ class Client:
     async def _write_passing_fd(
         self, message: FileWrite, source: Source, progress: ProgressCallback | None
     ) -> FileInfo | None:
-        """The WRITE with the content as a descriptor (spec 8: a local file's own, or a sealed
-        memfd for a buffer), when the connection negotiated it and the source is worth it;
-        ``None`` to stream it instead."""
+        """The WRITE with the content as a local file's descriptor (spec 8), when the
+        connection negotiated it and the source is worth it; ``None`` to stream it instead.
+        A sealed memfd given as a file (its /proc/self/fd path) is stored as MEMFD."""
         conn = await self._connection()
         features = conn.session.features
-        passed = await source.descriptor(features) if features else None
-        if passed is None:
+        fd = await source.descriptor(features) if features else None
+        if fd is None:
             return None
-        try:
-            if not await conn.acquire(upload=True):
-                return None  # the connection ended meanwhile: stream on the next one
-            request = await conn.start_passing_fd(message, passed.fd)
-        finally:
-            if passed.owned:
-                os.close(passed.fd)
+        if not await conn.acquire(upload=True):
+            return None  # the connection ended meanwhile: stream on the next one
+        request = await conn.start_passing_fd(message, fd)
         try:
             await request.wait_finished("WRITE reply")
             if _refused_by_goaway(request):
@@ -1350,9 +1346,10 @@ async def open_client(
             dropped (immediately, then with backoff from 0.05 s doubling to 2 s).
         reconnect_deadline: seconds those attempts may take in all.
         pass_fds: over the Unix socket, write a local file of 1 MiB or more by passing its
-            descriptor, and a buffer of 1 MiB or more as a sealed memfd, instead of
-            streaming the bytes (when the daemon offers it; spec 8). The file must not
-            change until the write returns.
+            descriptor instead of streaming the bytes (when the daemon offers it; spec 8).
+            The file must not change until the write returns. A sealed memfd passed this
+            way (write its /proc/self/fd path) is stored without the daemon copying it
+            first; buffers in memory are streamed.
 
     Raises:
         ConnectionClosed: no daemon answered at any endpoint.

@@ -81,7 +81,7 @@ from librorum.client._endpoints import (
     TransportChoice,
     resolve_endpoints,
 )
-from librorum.client._sources import Descriptor, SyncSource, SyncWriteData, open_sync_source
+from librorum.client._sources import SyncSource, SyncWriteData, open_sync_source
 from librorum.errors import (
     ConflictError,
     ConnectionClosed,
@@ -867,7 +867,7 @@ class SyncClient:
 
     @contextmanager
     def _request(
-        self, message: Message, *, end: bool = True, passed: Descriptor | None = None
+        self, message: Message, *, end: bool = True, fd: int | None = None
     ) -> Iterator[tuple[_SyncConnection, _SyncRequest]]:
         """A request in flight for the duration of the block. Leaving the block before it
         finished cancels it on the server; an interruption that is not an ``Exception``
@@ -876,7 +876,6 @@ class SyncClient:
             msg = "a read stream is open: SyncClient runs one request at a time"
             raise RuntimeError(msg)
         conn = self._connection()
-        fd = None if passed is None else passed.fd
         session_id = conn.session.start_request(message, end=end, fd=fd is not None)
         request = _SyncRequest(session_id, command_of(message)[0])
         conn.requests[session_id] = request
@@ -1058,17 +1057,13 @@ class SyncClient:
         total = source.size
         no_data = total is not None and offset >= total
         message = FileWrite(path, mode, total, upload_id, offset)
-        passed = None
+        fd = None
         if upload_id is None and not no_data:
-            # Spec 8: a local file's descriptor, or a sealed memfd for a buffer, when the
-            # connection negotiated it and the content is large enough to be worth it.
-            passed = source.descriptor(self._connection().session.features)
-        try:
-            info = self._write_request(message, source, passed, offset, progress)
-        finally:
-            if passed is not None and passed.owned:
-                os.close(passed.fd)
-        if passed is not None and progress is not None:
+            # Spec 8: a local file's descriptor, when the connection negotiated it and the
+            # file is large enough to be worth it.
+            fd = source.descriptor(self._connection().session.features)
+        info = self._write_request(message, source, fd, offset, progress)
+        if fd is not None and progress is not None:
             progress(info.size, info.size)
         return info
 
@@ -1076,13 +1071,13 @@ class SyncClient:
         self,
         message: FileWrite,
         source: SyncSource,
-        passed: Descriptor | None,
+        fd: int | None,
         offset: int,
         progress: ProgressCallback | None,
     ) -> FileInfo:
         total = message.size
-        no_data = passed is not None or (total is not None and offset >= total)
-        with self._request(message, end=no_data, passed=passed) as (conn, request):
+        no_data = fd is not None or (total is not None and offset >= total)
+        with self._request(message, end=no_data, fd=fd) as (conn, request):
             if not no_data:
                 self._send_content(conn, request, source, offset, total, progress)
             conn.wait(request, lambda: request.finished)

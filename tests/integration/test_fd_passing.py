@@ -76,60 +76,63 @@ def opened(path: Path, flags: int = os.O_RDONLY) -> Iterator[int]:
 # --- The clients choose the path ----------------------------------------------------------------
 
 
-async def test_async_client_passes_a_file_and_a_memfd(tmp_path: Path) -> None:
+async def test_async_client_passes_a_file_and_a_sealed_memfd(tmp_path: Path) -> None:
     source = tmp_path / "source.bin"
     source.write_bytes(content(9 * MIB + 123))
-    buffer = content(3 * MIB, seed=1)
-    with trio.fail_after(60):
-        async with open_test_daemon(tmp_path / "d") as daemon:
-            before = await bytes_in(daemon)
-            async with daemon.client() as client:
-                progress: list[tuple[int, int | None]] = []
-                info = await client.write(
-                    "/file", source, progress=lambda d, t: progress.append((d, t))
-                )
-                await client.write("/buffer", buffer)
-                assert info.size == 9 * MIB + 123
-                assert progress[-1] == (info.size, info.size)
-                assert await client.read("/file") == source.read_bytes()
-                assert await client.read("/buffer") == buffer
-            # Only frame headers and small payloads crossed the socket, not 12 MiB.
-            assert await bytes_in(daemon) - before < 64 * 1024
+    in_memory = content(3 * MIB, seed=1)
+    sealed = memfd(in_memory, SEALS | fcntl.F_SEAL_SEAL)
+    try:
+        with trio.fail_after(60):
+            async with open_test_daemon(tmp_path / "d") as daemon:
+                before = await bytes_in(daemon)
+                async with daemon.client() as client:
+                    progress: list[tuple[int, int | None]] = []
+                    info = await client.write(
+                        "/file", source, progress=lambda d, t: progress.append((d, t))
+                    )
+                    await client.write("/memfd", Path(f"/proc/self/fd/{sealed}"))
+                    assert info.size == 9 * MIB + 123
+                    assert progress[-1] == (info.size, info.size)
+                    assert await client.read("/file") == source.read_bytes()
+                    assert await client.read("/memfd") == in_memory
+                # Only frame headers and small payloads crossed the socket, not 12 MiB.
+                assert await bytes_in(daemon) - before < 64 * 1024
+    finally:
+        os.close(sealed)
 
 
-async def test_sync_client_passes_a_file_and_a_memfd(tmp_path: Path) -> None:
+async def test_sync_client_passes_a_file(tmp_path: Path) -> None:
     source = tmp_path / "source.bin"
     source.write_bytes(content(5 * MIB))
-    buffer = content(2 * MIB, seed=2)
     with trio.fail_after(60):
         async with open_test_daemon(tmp_path / "d") as daemon:
             before = await bytes_in(daemon)
 
-            def run() -> tuple[bytes, bytes]:
+            def run() -> bytes:
                 with connect(socket_path=daemon.socket_path) as client:
                     client.write("/file", source)
-                    client.write("/buffer", buffer)
-                    return client.read("/file"), client.read("/buffer")
+                    return client.read("/file")
 
-            got_file, got_buffer = await trio.to_thread.run_sync(run)
-            assert got_file == source.read_bytes()
-            assert got_buffer == buffer
+            assert await trio.to_thread.run_sync(run) == source.read_bytes()
             assert await bytes_in(daemon) - before < 64 * 1024
 
 
-@pytest.mark.parametrize("case", ["below 1 MiB", "pass_fds off", "websocket", "resumable"])
+@pytest.mark.parametrize(
+    "case", ["below 1 MiB", "pass_fds off", "websocket", "resumable", "buffer"]
+)
 async def test_these_writes_stream_the_bytes(tmp_path: Path, case: str) -> None:
-    """Spec 8.3: small contents, resumable uploads, a client told not to, and WebSocket
-    connections stream DATA: the content crosses the socket."""
+    """Spec 8.3: small contents, resumable uploads, a client told not to, WebSocket
+    connections and buffers in memory stream DATA: the content crosses the socket."""
     size = MIB - 1 if case == "below 1 MiB" else 2 * MIB
     source = tmp_path / "source.bin"
     source.write_bytes(content(size))
+    data: Path | bytes = source.read_bytes() if case == "buffer" else source
     with trio.fail_after(60):
         async with open_test_daemon(tmp_path / "d") as daemon:
             before = await bytes_in(daemon)
             transport: Transport = "websocket" if case == "websocket" else "uds"
             async with daemon.client(transport, pass_fds=case != "pass_fds off") as client:
-                await client.write("/streamed", source, resumable=case == "resumable")
+                await client.write("/streamed", data, resumable=case == "resumable")
                 assert await client.read("/streamed") == source.read_bytes()
             assert await bytes_in(daemon) - before > size
 
@@ -425,7 +428,7 @@ async def test_no_descriptor_leaks(tmp_path: Path) -> None:
             for round_ in range(10):
                 async with daemon.client() as client:
                     await client.write(f"/file-{round_}", regular)
-                    await client.write(f"/memfd-{round_}", data)
+                    await client.write(f"/buffer-{round_}", data)
                 raw = await Raw.open(daemon)
                 unsealed = memfd(data, 0)
                 try:
