@@ -130,7 +130,7 @@ from librorum.protocol.session import (
     HelloAccepted,
     State,
 )
-from librorum.transport import FrameTransport, connect_uds, connect_websocket
+from librorum.transport import FrameTransport, acquire_lock, connect_uds, connect_websocket
 
 __all__ = ["Client", "ListIterator", "ReadStream", "open_client"]
 
@@ -487,11 +487,7 @@ class _Connection:
                 closed: a frame may have been cut in half).
         """
         lock = self._send_lock
-        try:
-            # Free: taken without a scheduler pass (the send itself checkpoints).
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        await acquire_lock(lock)  # free: no scheduler pass (the send itself checkpoints)
         try:
             frames = self.session.frames_to_send()
             if frames:

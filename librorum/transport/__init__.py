@@ -14,6 +14,7 @@ from librorum.transport.base import (
     FrameTransport as FrameTransport,
     Handler as Handler,
     PeerInfo as PeerInfo,
+    acquire_lock as acquire_lock,
     refusal_frame as refusal_frame,
     run_handler as run_handler,
 )

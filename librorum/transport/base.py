@@ -218,6 +218,18 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exceptions[0]
 
 
+async def acquire_lock(lock: trio.Lock | trio.StrictFIFOLock) -> None:
+    """Take ``lock``: at once when it is free (no scheduler pass: the caller's own I/O
+    checkpoints right after), else wait for it like ``await lock.acquire()``.
+
+    Cancellation: only while waiting; nothing is held then.
+    """
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 def fd_headroom(fd: int, reserve: int) -> bool:
     """Whether a freshly accepted descriptor leaves ``reserve`` descriptors free.
 

@@ -52,6 +52,7 @@ from librorum.transport.base import (
     FrameParts,
     Handler,
     PeerInfo,
+    acquire_lock,
     connection_guard,
     fd_headroom,
     logger,
@@ -131,12 +132,8 @@ class UdsTransport:
             await trio.lowlevel.checkpoint()
             return
         lock = self._send_lock
-        try:
-            # Free (the usual case: each side has one writer at a time): taken without the
-            # scheduler pass of an awaited acquire; sendmsg checkpoints right after.
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        # Usually free (each side has one writer at a time): taken without a scheduler pass.
+        await acquire_lock(lock)
         try:
             await self._send(buffers, lengths, ends, ())
         finally:

@@ -128,6 +128,25 @@ async def test_requests_complete_out_of_order_on_one_connection(
             assert rest == 16 * MIB
 
 
+async def count_replies(transport: FrameTransport, expected: int, command: Command) -> int:
+    """Read until ``expected`` final replies to ``command`` arrived (headers only); returns
+    how many came."""
+    replies = 0
+    buffered = bytearray()
+    while replies < expected:
+        data = await transport.receive_some()
+        assert data
+        buffered += data
+        while len(buffered) >= HEADER.size:
+            _, _, got, flags, size, _sid = HEADER.unpack_from(buffered)
+            if len(buffered) < HEADER.size + size:
+                break
+            del buffered[: HEADER.size + size]
+            assert (got, flags) == (command, Flags.REPLY | Flags.END)
+            replies += 1
+    return replies
+
+
 async def raw_connection(socket_path: Path) -> tuple[FrameTransport, ClientSession]:
     """A connection driven by hand: the sans-I/O session over a real Unix socket."""
     transport = await connect_uds(socket_path)
@@ -396,19 +415,7 @@ async def test_a_client_that_does_not_read_its_replies_gets_bounded_buffering(
                 assert connection.session.queued_frames <= MAX_READER_QUEUED_FRAMES + 1
                 assert stats.requests - before <= MAX_READER_QUEUED_FRAMES + 1
                 # Once this side reads, every request is answered (count the reply headers).
-                replies = 0
-                buffered = bytearray()
-                while replies < requests:
-                    data = await transport.receive_some()
-                    assert data
-                    buffered += data
-                    while len(buffered) >= HEADER.size:
-                        _, _, command, flags, size, _sid = HEADER.unpack_from(buffered)
-                        if len(buffered) < HEADER.size + size:
-                            break
-                        del buffered[: HEADER.size + size]
-                        assert (command, flags) == (Command.LIST, Flags.REPLY | Flags.END)
-                        replies += 1
+                replies = await count_replies(transport, requests, Command.LIST)
             finally:
                 await transport.aclose()
             assert replies == requests
@@ -442,19 +449,7 @@ async def test_a_long_burst_of_cheap_requests_does_not_hold_up_other_connections
                 assert [e.session_id for e in events if isinstance(e, ReplyReceived)] == [ping]
                 assert taken < burst + 1
                 # And the burst is answered in full.
-                replies = 0
-                buffered = bytearray()
-                while replies < burst:
-                    data = await busy.receive_some()
-                    assert data
-                    buffered += data
-                    while len(buffered) >= HEADER.size:
-                        _, _, command, flags, size, _sid = HEADER.unpack_from(buffered)
-                        if len(buffered) < HEADER.size + size:
-                            break
-                        del buffered[: HEADER.size + size]
-                        assert (command, flags) == (Command.STAT, Flags.REPLY | Flags.END)
-                        replies += 1
+                replies = await count_replies(busy, burst, Command.STAT)
             finally:
                 await busy.aclose()
                 await other.aclose()
