@@ -63,14 +63,7 @@ class Files:
 
     def download(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         (size,) = _SIZE.unpack(request)
-        with open(self.file, "rb") as file:
-            while size > 0:
-                piece = file.read(min(PIECE, size))
-                if not piece:
-                    file.seek(0)
-                    continue
-                size -= len(piece)
-                yield piece
+        yield from _pieces(self.file, size)
 
     def stat(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         path = request.decode()
@@ -124,22 +117,24 @@ def channel(address: str) -> grpc.Channel:
     return ch
 
 
+def _pieces(path: Path, size: int) -> Iterator[bytes]:
+    """``size`` bytes of ``path`` in messages of at most PIECE bytes, from the start again
+    whenever the file ends."""
+    with open(path, "rb", buffering=0) as file:
+        while size > 0:
+            piece = file.read(min(PIECE, size))
+            if not piece:
+                file.seek(0)
+                continue
+            size -= len(piece)
+            yield piece
+
+
 def upload(ch: grpc.Channel, path: Path, size: int) -> int:
     """Stream ``size`` bytes of ``path`` in 1 MiB messages; returns what the server counted."""
 
-    def pieces() -> Iterator[bytes]:
-        left = size
-        with open(path, "rb", buffering=0) as file:
-            while left > 0:
-                piece = file.read(min(PIECE, left))
-                if not piece:
-                    file.seek(0)
-                    continue
-                left -= len(piece)
-                yield piece
-
     call = ch.stream_unary(UPLOAD)
-    reply: bytes = call(pieces(), timeout=600)
+    reply: bytes = call(_pieces(path, size), timeout=600)
     (count,) = _SIZE.unpack(reply)
     return int(count)
 

@@ -151,21 +151,7 @@ def download(address: Address, size: int) -> None:
 def ping_pong(address: Address, message_size: int, duration: float) -> tuple[int, float]:
     """Round trips of one ``message_size`` message at a time for about ``duration`` seconds;
     returns (round trips, seconds)."""
-    message = b"x" * message_size
-    buf = memoryview(bytearray(message_size))
-    with connect(address) as sock:
-        sock.sendall(_OP.pack(b"E", 0))
-        count = 0
-        start = time.perf_counter()
-        deadline = start + duration
-        while True:
-            for _ in range(100):
-                sock.sendall(message)
-                _receive_exactly(sock, message_size, buf)
-            count += 100
-            now = time.perf_counter()
-            if now >= deadline:
-                return count, now - start
+    return _echo(address, b"x" * message_size, 1, 100, duration)
 
 
 def pipelined(
@@ -173,7 +159,14 @@ def pipelined(
 ) -> tuple[int, float]:
     """Batches of ``depth`` messages sent in one write and echoed back, for about
     ``duration`` seconds; returns (messages, seconds)."""
-    batch = b"x" * (message_size * depth)
+    return _echo(address, b"x" * (message_size * depth), depth, 20, duration)
+
+
+def _echo(
+    address: Address, batch: bytes, messages: int, per_check: int, duration: float
+) -> tuple[int, float]:
+    """Send ``batch`` (``messages`` messages) and read its echo, again and again, checking
+    the clock every ``per_check`` batches; returns (messages, seconds)."""
     buf = memoryview(bytearray(len(batch)))
     with connect(address) as sock:
         sock.sendall(_OP.pack(b"E", 0))
@@ -181,10 +174,10 @@ def pipelined(
         start = time.perf_counter()
         deadline = start + duration
         while True:
-            for _ in range(20):
+            for _ in range(per_check):
                 sock.sendall(batch)
                 _receive_exactly(sock, len(batch), buf)
-            count += 20 * depth
+            count += per_check * messages
             now = time.perf_counter()
             if now >= deadline:
                 return count, now - start

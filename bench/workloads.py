@@ -19,6 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal, Self
 
@@ -836,25 +837,25 @@ def _parallel_total(env: Env) -> int:
     return env.scale.parallel_size * len(env.parallel_sources)
 
 
-def limit_parallel(env: Env, address: raw_peer.Address) -> Sample:
+def _threaded_parallel(
+    env: Env, upload: Callable[[Path, int], object], server_pid: int | None
+) -> Sample:
+    """Four warm-up uploads, then one upload per parallel source, each from its thread."""
     size = env.scale.parallel_size
-    _threads([lambda: raw_peer.upload(address, env.warm_source, 4 * MIB) for _ in range(4)])
-    with _CpuMeter(env.raw_pid) as cpu:
+    _threads([lambda: upload(env.warm_source, 4 * MIB) for _ in range(4)])
+    with _CpuMeter(server_pid) as cpu:
         seconds = _threads(
-            [lambda p=p: raw_peer.upload(address, p, size) for p in env.parallel_sources]  # type: ignore[misc]
+            [lambda p=p: upload(p, size) for p in env.parallel_sources]  # type: ignore[misc]
         )
     return _bulk(_parallel_total(env), seconds, cpu)
+
+
+def limit_parallel(env: Env, address: raw_peer.Address) -> Sample:
+    return _threaded_parallel(env, partial(raw_peer.upload, address), env.raw_pid)
 
 
 def grpc_parallel(env: Env, target: str) -> Sample:
-    ch = env.channel(target)
-    size = env.scale.parallel_size
-    _threads([lambda: grpc_peer.upload(ch, env.warm_source, 4 * MIB) for _ in range(4)])
-    with _CpuMeter(env.grpc_pid) as cpu:
-        seconds = _threads(
-            [lambda p=p: grpc_peer.upload(ch, p, size) for p in env.parallel_sources]  # type: ignore[misc]
-        )
-    return _bulk(_parallel_total(env), seconds, cpu)
+    return _threaded_parallel(env, partial(grpc_peer.upload, env.channel(target)), env.grpc_pid)
 
 
 def librorum_parallel(env: Env, transport: Transport) -> Sample:
