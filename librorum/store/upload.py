@@ -136,6 +136,9 @@ class Upload:
         self._busy = False
         self._batch = _Batch()
         self._publishing: _Batch | None = None
+        # Set once a publish failed: no later batch is published or recorded, since a
+        # resumable upload's record must stay a gapless prefix of its data.
+        self._publish_failed: BaseException | None = None
         store._pins.pin(self._pinned)
 
     # --- properties ---------------------------------------------------------------------------
@@ -300,6 +303,8 @@ class Upload:
             The previous publish's error (the upload then fails).
         """
         await self._wait_publish()
+        if self._publish_failed is not None:
+            raise self._publish_failed
         batch = self._batch
         if not batch.count:
             return
@@ -321,6 +326,7 @@ class Upload:
         await batch.done.wait()
         self._publishing = None
         if batch.error is not None:
+            self._publish_failed = batch.error
             raise batch.error
 
     async def _run_publish(self, batch: _Batch) -> None:
