@@ -141,7 +141,6 @@ CLIENT_NAME: Final = "librorum-python"
 MAX_QUEUED_CANCELS: Final = 64
 #: Streams kept out of the request semaphore so that a CANCEL always finds one.
 CANCEL_RESERVE: Final = 1
-#: Seconds a connection may take to close (WebSocket close handshake, last ERROR frame).
 #: Times a new request is re-routed when the connection it waited for became unusable.
 ROUTE_ATTEMPTS: Final = 3
 

@@ -109,8 +109,13 @@ class Reader:
         while len(self._jobs) < ahead and queued < len(self._spans):
             span = self._spans[queued]
             job = _ReadJob(span=span, buf=self._store._get_buffer(span.chunk_length))
+            try:
+                # Started before it is queued (see SegmentIterator.__anext__).
+                self._store._start_job(self._run_job, job)
+            except BaseException:
+                self._store._put_buffer(job.buf)
+                raise
             self._jobs.append(job)
-            self._store._start_job(self._run_job, job)
             queued += 1
         job = self._jobs[0]
         await job.done.wait()
@@ -214,8 +219,10 @@ class SegmentIterator:
         queued = self._next + len(jobs)
         while len(jobs) < max(1, reader._store.read_ahead) and queued < len(spans):
             job = _OpenJob(span=spans[queued])
-            jobs.append(job)
+            # Started before it is queued: a job that never started would never be done,
+            # and closing the reader waits for every queued one.
             reader._store._start_job(reader._run_open, job)
+            jobs.append(job)
             queued += 1
         job = jobs[0]
         await job.done.wait()
