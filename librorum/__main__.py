@@ -326,10 +326,13 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    if args.serve_socket is not None:
-        overrides["socket_path"] = args.serve_socket
-    if args.serve_token_file is not None:
-        overrides["token_file"] = args.serve_token_file
+    # `librorum --socket X serve` means the same as `librorum serve --socket X`.
+    socket_path = args.serve_socket or args.socket
+    token_file = args.serve_token_file or args.token_file
+    if socket_path is not None:
+        overrides["socket_path"] = socket_path
+    if token_file is not None:
+        overrides["token_file"] = token_file
     if args.no_remote:
         overrides["remote_enabled"] = False
     if args.listen is not None:

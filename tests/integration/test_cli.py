@@ -133,6 +133,19 @@ async def test_serve_startup_errors_are_one_line(clash: str, tmp_path: Path) -> 
     assert ("data" if clash == "data-dir" else "cannot listen") in last
 
 
+async def test_serve_takes_the_global_socket_option_too(tmp_path: Path) -> None:
+    """`librorum --socket X serve` serves on X: here X is a live daemon's socket, which
+    is never taken over, so the second daemon refuses to start, naming it."""
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path / "first") as daemon:
+            args = ["--socket", daemon.socket_path, "serve", "--no-remote"]
+            result = await cli(*args, "--data-dir", tmp_path / "second")
+    assert result.returncode == 1, result
+    err = result.stderr.decode()
+    assert "Traceback" not in err, err
+    assert str(daemon.socket_path) in err.splitlines()[-1], err
+
+
 async def test_ls_of_a_file_describes_the_file(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with open_test_daemon(tmp_path) as daemon:
