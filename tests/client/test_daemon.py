@@ -80,7 +80,7 @@ async def test_resumable_upload_survives_a_dropped_connection(
 
 async def test_an_interrupted_plain_upload_commits_nothing(tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with open_test_daemon(tmp_path) as daemon, daemon.client(pass_fds=False) as client:
+        async with open_test_daemon(tmp_path) as daemon, daemon.client() as client:
             first = current_connection(client)
 
             def progress(done: int, total: int | None) -> None:
@@ -95,7 +95,7 @@ async def test_an_interrupted_plain_upload_commits_nothing(tmp_path: Path) -> No
 
 async def test_cancelled_upload_leaves_nothing(tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with open_test_daemon(tmp_path) as daemon, daemon.client(pass_fds=False) as client:
+        async with open_test_daemon(tmp_path) as daemon, daemon.client() as client:
             with trio.CancelScope() as scope:
 
                 def progress(done: int, total: int | None) -> None:

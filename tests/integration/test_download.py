@@ -220,7 +220,7 @@ async def test_pings_are_answered_during_a_download(tmp_path: Path) -> None:
                 ping = session.start_request(Ping())
                 await connection.send_frames(session.frames_to_send())
                 received = bytearray()
-                pong = False
+                pong_after: int | None = None  # bytes of the file received before the pong
                 while session.in_flight():
                     session.receive_data(await connection.receive_some())
                     for event in session.events():
@@ -228,9 +228,10 @@ async def test_pings_are_answered_during_a_download(tmp_path: Path) -> None:
                             received += event.data
                             session.grant(read, len(event.data))
                         elif isinstance(event, ReplyReceived) and event.session_id == ping:
-                            pong = True
+                            pong_after = len(received)
                     await connection.send_frames(session.frames_to_send())
             finally:
                 await connection.aclose()
-            assert pong
+            assert pong_after is not None
+            assert pong_after < len(data)  # answered while the download was under way
             assert received == data

@@ -396,7 +396,8 @@ async def test_cancel_of_an_fd_write_has_a_definite_outcome(tmp_path: Path, size
             outcome = reply.message.outcome
             await raw.aclose()
             async with daemon.client() as client:
-                if outcome is CancelOutcome.COMMITTED:
+                if outcome in (CancelOutcome.COMMITTED, CancelOutcome.UNKNOWN):
+                    # UNKNOWN: the WRITE had already finished when the CANCEL was read.
                     assert await client.read("/c") == data
                 else:
                     assert outcome in (CancelOutcome.ABORTED, CancelOutcome.NOT_STARTED)
