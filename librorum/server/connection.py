@@ -242,7 +242,8 @@ class Connection:
         return False
 
     async def _receive(self) -> bytes | bytearray | memoryview | None:
-        """The next bytes, or ``None`` when a deadline passed (an ERROR is then queued)."""
+        """The next bytes, or ``None`` when a deadline passed or the descriptors that came
+        broke the rules (an ERROR is then queued)."""
         session = self.session
         now = trio.current_time()
         limits = self.server.timeouts
@@ -268,7 +269,11 @@ class Connection:
             if session.features:
                 # recvmsg takes the descriptors a client passes (spec 8); a plain receive
                 # would have the kernel close them.
-                data, fds = await self.transport.receive_with_fds(self._receive_size)
+                try:
+                    data, fds = await self.transport.receive_with_fds(self._receive_size)
+                except RemoteProtocolError as exc:  # too many descriptors at once (spec 8.1)
+                    session.fail(exc)
+                    return None
                 self._fds.extend(fds)
             else:
                 data = await self.transport.receive_some(self._receive_size)

@@ -7,9 +7,11 @@ process's: the leak test counts them in /proc/self/fd.
 
 from __future__ import annotations
 
+import array
 import fcntl
 import hashlib
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -321,6 +323,24 @@ async def test_a_descriptor_on_another_frame_ends_the_connection(tmp_path: Path)
             assert isinstance(ended, ConnectionEnded)
             assert isinstance(ended.error, RemoteProtocolError)
             assert "without a WRITE frame" in str(ended.error)
+            await raw.aclose()
+
+
+async def test_two_descriptors_on_one_frame_end_the_connection(tmp_path: Path) -> None:
+    regular = tmp_path / "regular.bin"
+    regular.write_bytes(content(2 * MIB))
+    with trio.fail_after(30), opened(regular) as first, opened(regular) as second:
+        async with open_test_daemon(tmp_path / "d") as daemon:
+            raw = await Raw.open(daemon)
+            raw.session.start_request(FileWrite("/x", size=2 * MIB), end=True, fd=True)
+            [frame] = raw.session.frames_to_send()
+            fds = array.array("i", (first, second)).tobytes()
+            sock = raw.transport.socket  # type: ignore[attr-defined]
+            await sock.sendmsg([b"".join(frame)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            ended = await raw.until(lambda e: isinstance(e, ConnectionEnded))
+            assert isinstance(ended, ConnectionEnded)
+            assert isinstance(ended.error, RemoteProtocolError)
+            assert "more than 1 file descriptor" in str(ended.error)
             await raw.aclose()
 
 
