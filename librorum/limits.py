@@ -38,15 +38,6 @@ CLOSE_GRACE: Final = 5.0
 #: On shutdown, requests in flight get this long to finish before they are cancelled.
 SHUTDOWN_GRACE: Final = 10.0
 
-# --- Memory ----------------------------------------------------------------------------------
-
-#: Bytes queued for one connection's writer beyond which producers wait: bounds the memory a
-#: slow reader can make the server hold (four maximal DATA frames).
-OUTPUT_BUFFER_LIMIT: Final = 4 << 20
-#: Bytes of request and reply payload in flight across all connections: the daemon's memory
-#: ceiling for data in transit, whatever the number of clients.
-GLOBAL_INFLIGHT_BYTES: Final = 256 << 20
-
 # --- Connections -----------------------------------------------------------------------------
 
 #: Established connections per listener beyond which new ones get CONNECTION_LIMIT: each
