@@ -1342,9 +1342,9 @@ async def open_client(
         reconnect_deadline: seconds those attempts may take in all.
         pass_fds: over the Unix socket, write a local file of 1 MiB or more by passing its
             descriptor instead of streaming the bytes (when the daemon offers it; spec 8).
-            The file must not change until the write returns. A sealed memfd passed this
-            way (write its /proc/self/fd path) is stored without the daemon copying it
-            first; buffers in memory are streamed.
+            The file must not change until the write returns. A sealed memfd goes the same
+            way (write its /proc/self/fd path); buffers in memory are streamed. The daemon
+            copies the content into its chunk files and hashes the copy.
 
     Raises:
         ConnectionClosed: no daemon answered at any endpoint.

@@ -868,10 +868,11 @@ class Store:
     ) -> FileInfo:
         """Store a client's regular file, given as a descriptor, as the file at ``path``.
 
-        The data is copied in the kernel (``copy_file_range``, falling back to read/write
-        where it cannot, e.g. from a memfd) into temp files and hashed there, so a client that
-        modifies its file meanwhile gets *some* content, never a chunk that does not match its
-        name. The descriptor is not closed and its file position is not moved.
+        Each chunk is read into a buffer, hashed there and written from it with O_DIRECT
+        (where the file system refuses O_DIRECT: copied in the kernel with
+        ``copy_file_range`` and hashed from the copy), so a client that modifies its file
+        meanwhile gets *some* content, never a chunk that does not match its name. The
+        descriptor is not closed and its file position is not moved.
 
         Cancellation: before the commit, a cancelled ingest has no visible effect; the
         commit is shielded (once it starts, the file is stored and returned).

@@ -8,7 +8,7 @@ bound the WebSocket transport. This module keeps wsproto for everything it does 
 (the HTTP upgrade, control frames, close codes, UTF-8 of text messages, every protocol
 check) and replaces only the two payload paths:
 
-* receiving: :class:`_FastFrameDecoder` takes the payload out of wsproto's receive buffer
+* receiving: :class:`FastFrameDecoder` takes the payload out of wsproto's receive buffer
   without copying when the buffer holds nothing else, unmasks it in place, and hands the
   ``bytearray`` on (wsproto would copy it into ``bytes``);
 * sending: :func:`encode_frame` builds header, key and payload into one buffer, masked in
@@ -20,8 +20,9 @@ fastest stdlib path measured is four ``bytearray.translate`` passes over the str
 integer XOR measured 0.2-0.25 GB/s (the conversions are bytewise), so it is not used.
 
 :func:`accelerate` installs the decoder by switching the classes of wsproto's frame objects
-of one connection (state-preserving subclasses, no global patching). It reaches into two
-private attributes of wsproto, so it only does so for the wsproto versions whose internals
+of one connection (state-preserving subclasses, no global patching). It reaches into private
+attributes of wsproto (``_proto``, ``_frame_decoder``, the masker's ``_masking_key``) and the
+server into trio-websocket's ``_wsproto``, so it only does so for the wsproto versions whose internals
 were checked (:data:`_SUPPORTED_WSPROTO`) and when no extension was negotiated; otherwise the
 connection keeps plain wsproto, which is correct, only slower.
 """

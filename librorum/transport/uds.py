@@ -260,8 +260,9 @@ class UdsTransport:
 
     async def receive_with_fds(self, max_bytes: int, max_fds: int = 1) -> tuple[bytes, list[int]]:
         """Receive up to ``max_bytes`` and the descriptors that came with them, close-on-exec
-        (MSG_CMSG_CLOEXEC). The caller owns the descriptors. Read at most up to the end of the
-        frame that may carry one, so that a descriptor is never taken with the wrong frame.
+        (MSG_CMSG_CLOEXEC). The caller owns the descriptors. The kernel hands a descriptor
+        over with the first bytes of the send it came with and ends the receive at that
+        send's end, so the caller can match descriptors to frames in order (spec 8.1).
 
         Cancellation: nothing is lost.
 
