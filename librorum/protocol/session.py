@@ -77,8 +77,6 @@ from librorum.protocol.messages import (
 
 #: One frame, as (header, payload) parts for a vectored write.
 FrameParts = tuple[bytes, Payload]
-#: One frame the server queues: its payload may also be a region of a file (a READ's DATA).
-ServerFrameParts = tuple[bytes, Payload | FileRegion]
 #: What one side's outbox holds beyond in-memory payloads (the server's: file regions).
 _Out = TypeVar("_Out", Payload, Payload | FileRegion)
 

@@ -72,8 +72,8 @@ class FS(Protocol):
         """``os.fsync`` of a file or a directory."""
         ...
 
-    def set_direct(self, fd: int, direct: bool) -> None:
-        """Turn ``O_DIRECT`` on or off for ``fd`` (``fcntl(F_SETFL)``)."""
+    def clear_direct(self, fd: int) -> None:
+        """Turn ``O_DIRECT`` off for ``fd`` (``fcntl(F_SETFL)``)."""
         ...
 
     def start_writeback(self, fd: int) -> None:
@@ -136,9 +136,8 @@ class OsFS:
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
 
-    def set_direct(self, fd: int, direct: bool) -> None:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if direct else flags & ~os.O_DIRECT)
+    def clear_direct(self, fd: int) -> None:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
 
     def start_writeback(self, fd: int) -> None:
         # A later fsync then mostly waits for writes already under way instead of starting

@@ -1,7 +1,7 @@
 """Chunk storage: the object-store boundary and its embedded implementation.
 
-:class:`ObjectStore` is the pluggable interface (put / ranged get / delete / list, keys are
-chunk digests); :class:`LocalObjects` is the optional capability of stores that keep objects
+:class:`ObjectStore` is the pluggable interface (stage / publish in batches / discard /
+ranged get / delete / list; keys are chunk digests); :class:`LocalObjects` is the optional capability of stores that keep objects
 in local files, which lets the transport ``os.sendfile`` straight from them and lets the store
 ingest a client's file with ``os.copy_file_range``. :class:`LocalChunkStore` has both.
 
@@ -68,11 +68,29 @@ def hash_chunk(view: memoryview | mmap.mmap, hasher: blake3.blake3) -> bytes:
     return digest
 
 
+@attrs.define
+class Staged:
+    """A chunk copied into a temp file and hashed, not yet published under its digest."""
+
+    temp: str
+    fd: int
+    digest: bytes
+    length: int
+
+
 class ObjectStore(Protocol):
     """Where chunk data lives. Keys are 32-byte digests; objects are immutable."""
 
-    async def put(self, key: bytes, data: memoryview) -> None:
-        """Store ``data`` under ``key``, durably by the time this returns."""
+    async def stage(self, key: bytes, data: memoryview) -> Staged:
+        """Write ``data`` for ``key`` somewhere not yet visible under the key."""
+        ...
+
+    async def publish_many(self, staged: Sequence[Staged]) -> None:
+        """Make staged objects durable and visible under their keys, as one batch."""
+        ...
+
+    async def discard_many(self, staged: Sequence[Staged]) -> None:
+        """Drop staged objects (best effort, never raises)."""
         ...
 
     async def get(self, key: bytes, into: memoryview, offset: int, verify: Verify) -> None:
@@ -90,16 +108,6 @@ class ObjectStore(Protocol):
         ...
 
 
-@attrs.define
-class Staged:
-    """A chunk copied into a temp file and hashed, not yet published under its digest."""
-
-    temp: str
-    fd: int
-    digest: bytes
-    length: int
-
-
 class LocalObjects(Protocol):
     """Optional capability: objects are local files."""
 
@@ -112,14 +120,6 @@ class LocalObjects(Protocol):
         self, src: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
     ) -> Staged:
         """Copy ``length`` bytes of ``src`` from ``offset`` into a temp file and hash them."""
-        ...
-
-    async def publish(self, staged: Staged, key: bytes) -> None:
-        """Make a staged chunk durable under ``key``."""
-        ...
-
-    async def discard(self, staged: Staged) -> None:
-        """Drop a staged chunk."""
         ...
 
 
@@ -209,19 +209,21 @@ class LocalChunkStore:
         finally:
             self._fs.close(fd)
 
-    def _new_temp(self, extra_flags: int = 0) -> tuple[str, int]:
-        """Create a temp file. With ``os.O_DIRECT`` in ``extra_flags`` on a file system that
-        refuses it (EINVAL), returns the descriptor -1 and stops asking for it."""
+    def _new_temp(self, *, direct: bool = False) -> tuple[str, int, bool]:
+        """Create a temp file; with ``direct``, opened with O_DIRECT where the file system
+        allows it (after an EINVAL it is not asked again). Returns its name, descriptor and
+        whether it is O_DIRECT."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
         temp = f"{self.temp_dir}/{secrets.token_hex(12)}{TEMP_SUFFIX}"
-        try:
-            fd = self._fs.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | extra_flags, 0o600)
-        except OSError as exc:
-            if not extra_flags & os.O_DIRECT or exc.errno != errno.EINVAL:
-                raise
-            self._direct = False
-            self._drop_temp(temp, None)  # the file may have been created before the refusal
-            return temp, -1
-        return temp, fd
+        if direct and self._direct:
+            try:
+                return temp, self._fs.open(temp, flags | os.O_DIRECT, 0o600), True
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct = False
+                self._drop_temp(temp, None)  # it may have been created before the refusal
+        return temp, self._fs.open(temp, flags, 0o600), False
 
     def _drop_temp(self, temp: str, fd: int | None) -> None:
         # Best effort on an error path: the original error is what the caller reports, and
@@ -241,15 +243,6 @@ class LocalChunkStore:
             written = self._fs.write(fd, data)
             data = data[written:]
 
-    def _publish_sync(self, temp: str, fd: int, key: bytes) -> None:
-        try:
-            self._fsync(fd)
-        finally:
-            self._fs.close(fd)
-        final = self.path(key)
-        self._fs.rename(temp, final)
-        self._fsync_dir(os.path.dirname(final))
-
     def _write_temp(self, data: memoryview) -> tuple[str, int]:
         """A new temp file holding ``data``, written with O_DIRECT where the file system
         allows it (else through the page cache). Returns its name and open descriptor.
@@ -261,14 +254,7 @@ class LocalChunkStore:
         (which also flushes the device's cache) before its name appears. Chunks written
         this way are not left in the page cache; their first read comes from the disk.
         """
-        direct = self._direct and len(data) >= _DIRECT_ALIGN
-        temp = ""
-        if direct:
-            temp, fd = self._new_temp(os.O_DIRECT)
-            if fd < 0:
-                direct = False
-        if not direct:
-            temp, fd = self._new_temp()
+        temp, fd, direct = self._new_temp(direct=len(data) >= _DIRECT_ALIGN)
         try:
             if direct:
                 self._write_direct(fd, data)
@@ -293,17 +279,8 @@ class LocalChunkStore:
                 done += n
         if done < len(data):
             # The unaligned tail goes through the page cache.
-            self._fs.set_direct(fd, False)
+            self._fs.clear_direct(fd)
             self._write_all(fd, data[done:])
-
-    def _put_sync(self, key: bytes, data: memoryview) -> None:
-        with translating("write chunk"):
-            temp, fd = self._write_temp(data)
-            try:
-                self._publish_sync(temp, fd, key)  # closes fd, fsynced or not
-            except BaseException:
-                self._drop_temp(temp, None)
-                raise
 
     def _stage_data_sync(self, key: bytes, data: memoryview) -> Staged:
         with translating("write chunk"):
@@ -372,16 +349,6 @@ class LocalChunkStore:
                 self._fsync_dir(shard)
 
     # --- ObjectStore ----------------------------------------------------------------------------
-
-    async def put(self, key: bytes, data: memoryview) -> None:
-        """Write a chunk durably (temp file, fsync, rename, fsync of the shard).
-
-        Cancellation: runs to completion in its worker thread once started.
-
-        Raises:
-            NoSpaceError, StoreIOError: The write failed; no temp file is left behind.
-        """
-        await trio.to_thread.run_sync(self._put_sync, key, data, limiter=self._limiter)
 
     async def stage(self, key: bytes, data: memoryview) -> Staged:
         """Write ``data`` to a temp file and start its writeback, without waiting for it:
@@ -485,14 +452,9 @@ class LocalChunkStore:
         self, src: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
     ) -> Staged:
         with translating("copy from client file"):
-            direct = self._direct and length >= _DIRECT_ALIGN
-            if direct:
-                # As for streamed chunks (see _write_temp): reading the client's cached file
-                # and writing directly beats a kernel copy into fresh page-cache pages.
-                temp, fd = self._new_temp(os.O_DIRECT)
-                direct = fd >= 0
-            if not direct:
-                temp, fd = self._new_temp()
+            # As for streamed chunks (see _write_temp): reading the client's cached file and
+            # writing directly beats a kernel copy into fresh page-cache pages.
+            temp, fd, direct = self._new_temp(direct=length >= _DIRECT_ALIGN)
             try:
                 copied = (
                     self._read_write_range(src, fd, offset, length, hasher, buf, direct=True)
@@ -569,23 +531,4 @@ class LocalChunkStore:
         """
         return await trio.to_thread.run_sync(
             self._stage_sync, src, offset, length, hasher, buf, limiter=self._limiter
-        )
-
-    async def publish(self, staged: Staged, key: bytes) -> None:
-        """fsync a staged chunk, rename it to its final name and fsync the shard."""
-
-        def run() -> None:
-            with translating("write chunk"):
-                try:
-                    self._publish_sync(staged.temp, staged.fd, key)
-                except BaseException:
-                    self._drop_temp(staged.temp, None)
-                    raise
-
-        await trio.to_thread.run_sync(run, limiter=self._limiter)
-
-    async def discard(self, staged: Staged) -> None:
-        """Remove a staged chunk (best effort)."""
-        await trio.to_thread.run_sync(
-            self._drop_temp, staged.temp, staged.fd, limiter=self._limiter
         )

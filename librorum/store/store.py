@@ -277,29 +277,6 @@ class Store:
                 except LibrorumError as exc:
                     log.warning("upload %s not detached at close: %s", upload.upload_id, exc)
 
-    async def _store_chunk(
-        self,
-        digest: bytes,
-        put: Callable[[], Awaitable[None]],
-        discard: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        """Make a pinned chunk durable unless the store already holds it (dedup).
-
-        Under the chunk's lock: if referenced, it is on disk (``discard`` drops a staged
-        copy); otherwise journal it as pending (the intent: committed before the chunk file
-        can appear under its name) and ``put`` it.
-        """
-        async with self._chunk_locks.hold([digest]):
-            refs, pending = await self._meta.read(lambda t: (t.refs(digest), t.is_pending(digest)))
-            if refs:
-                if discard is not None:
-                    await discard()
-                return
-            self._check_writable()
-            if not pending:
-                await self._meta.write(lambda t: t.add_pending([digest]))
-            await put()
-
     async def _chunk_stored(self, digest: bytes) -> bool:
         """Whether a chunk is referenced (so on disk, durably): an upload need not stage it.
         A hint: :meth:`_publish_chunks` checks again under the chunk's lock."""
@@ -307,10 +284,10 @@ class Store:
         return refs > 0
 
     async def _publish_chunks(self, staged: Sequence[Staged]) -> None:
-        """Make pinned, staged chunks (distinct digests) durable: :meth:`_store_chunk` for a
-        batch. Under the chunks' locks, a chunk the store holds already is dropped; the others
-        are journalled as pending in one transaction (before any of them can appear under its
-        name), then published in one batch. Takes ownership of ``staged``: on any error or
+        """Make pinned, staged chunks (distinct digests) durable, as one batch. Under the
+        chunks' locks, a chunk the store holds already is dropped; the others are journalled
+        as pending in one transaction (before any of them can appear under its name), then
+        published together. Takes ownership of ``staged``: on any error or
         cancellation nothing of it is left in the temp directory or open.
 
         Raises:
