@@ -334,17 +334,20 @@ class Connection:
         session = self.session
         try:
             reply = await dispatch.unary(self.server, message)
-        except LibrorumError as exc:
-            log.info("%s: %s failed: %s", self.transport.peer, type(message).__name__, exc)
-            session.send_error(sid, exc)
         except Exception as exc:
-            log.exception(
-                "%s: %s on session %d failed", self.transport.peer, type(message).__name__, sid
-            )
-            internal = InternalError(f"internal error ({type(exc).__name__}); see the server log")
-            session.send_error(sid, internal)
+            error = self._error_for(exc, type(message).__name__, sid)
+            log.info("%s: %s failed: %s", self.transport.peer, type(message).__name__, error)
+            session.send_error(sid, error)
         else:
             session.reply(sid, reply)
+
+    def _error_for(self, exc: Exception, what: str, sid: int) -> LibrorumError:
+        """What a request's failure tells the client: a LibrorumError as it is; anything
+        else is a server bug, logged with its traceback and reported as INTERNAL."""
+        if isinstance(exc, LibrorumError):
+            return exc
+        log.exception("%s: %s on session %d failed", self.transport.peer, what, sid)
+        return InternalError(f"internal error ({type(exc).__name__}); see the server log")
 
     def _start_request(self, event: RequestReceived) -> None:
         assert self._nursery is not None
@@ -402,13 +405,8 @@ class Connection:
                 reply = await handler()
                 if reply is not None:
                     state.reply = reply
-        except LibrorumError as exc:
-            error = exc
         except Exception as exc:
-            log.exception(
-                "%s: %s on session %d failed", self.transport.peer, state.command.name, sid
-            )
-            error = InternalError(f"internal error ({type(exc).__name__}); see the server log")
+            error = self._error_for(exc, state.command.name, sid)
         finally:
             del self.requests[sid]
             if state.fd is not None:
@@ -431,36 +429,39 @@ class Connection:
     # --- Descriptors (spec 8) ------------------------------------------------------------------
 
     def _take_fd(self) -> int | None:
-        """The descriptor of the FD frame just decoded. Descriptors are matched to FD frames
-        in order; those of FD frames the session refused (BUSY, draining, ...) are closed.
-        ``None`` (and the connection failed) when its descriptor did not come."""
-        owed = self.session.fd_frames - self._fds_matched
-        if owed > len(self._fds):
-            msg = "a WRITE with the FD flag arrived without a descriptor"
-            self.session.fail(RemoteProtocolError(msg))
+        """The descriptor of the FD frame just decoded (``None``, and the connection failed,
+        when it did not come)."""
+        if not self._match_fds(keep_last=True):
             return None
-        for _ in range(owed - 1):
-            os.close(self._fds.popleft())
-        self._fds_matched += owed
+        self._fds_matched += 1
         return self._fds.popleft()
 
     def _check_fds(self) -> None:
         """After the frames of one receive: close the descriptors of refused FD frames, and
         fail the connection for a descriptor no FD frame claims. One may wait for the frame
         that is still arriving (the kernel hands it over with the frame's first bytes)."""
-        owed = self.session.fd_frames - self._fds_matched
-        if owed > len(self._fds) and not self.session.closed:
-            msg = "a WRITE with the FD flag arrived without a descriptor"
-            self.session.fail(RemoteProtocolError(msg))
-        while owed > 0 and self._fds:
-            os.close(self._fds.popleft())
-            owed -= 1
-            self._fds_matched += 1
+        self._match_fds(keep_last=False)
         if len(self._fds) > (1 if self.session.partial_frame else 0):
             _close_fds(self._fds)
             if not self.session.closed:
                 msg = "a descriptor arrived without a WRITE frame carrying the FD flag"
                 self.session.fail(RemoteProtocolError(msg))
+
+    def _match_fds(self, *, keep_last: bool) -> bool:
+        """Descriptors are matched to FD frames in order: close those of the FD frames
+        decoded so far and not matched yet (refused by the session: BUSY, draining, ...),
+        all but the last one's with ``keep_last``. False (and the connection failed) when
+        fewer descriptors came than those frames."""
+        owed = self.session.fd_frames - self._fds_matched
+        if owed > len(self._fds):
+            if not self.session.closed:
+                msg = "a WRITE with the FD flag arrived without a descriptor"
+                self.session.fail(RemoteProtocolError(msg))
+            return False
+        for _ in range(owed - 1 if keep_last else owed):
+            os.close(self._fds.popleft())
+            self._fds_matched += 1
+        return True
 
     async def _ingest(self, state: RequestState, message: FileWrite, fd: int) -> Message:
         state.started = True
