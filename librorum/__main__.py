@@ -212,6 +212,10 @@ def cmd_status(client: SyncClient, args: argparse.Namespace) -> int:
         ["connections", connections],
         ["requests", f"{status.requests:,}"],
         ["bytes in / out", f"{human_size(status.bytes_in)} / {human_size(status.bytes_out)}"],
+        [
+            "uploads in flight",
+            f"{human_size(status.inflight_bytes)} (peak {human_size(status.inflight_peak_bytes)})",
+        ],
         ["files", f"{store.files:,} in {store.directories:,} directories"],
         ["data", data],
         ["chunks", f"{store.chunks:,}"],

@@ -47,14 +47,18 @@ import attrs
 
 from librorum.errors import LibrorumError
 from librorum.limits import (
+    FRAME_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT_UDS,
     IDLE_TIMEOUT_WS,
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_IP,
     MAX_CONNECTIONS_PER_UID,
+    MAX_INFLIGHT_BYTES,
     MAX_UNAUTHENTICATED,
+    RECLAIM_AFTER,
     SHUTDOWN_GRACE,
+    STREAM_TIMEOUT,
 )
 
 #: The WebSocket port when none is configured.
@@ -206,6 +210,11 @@ class Config:
     handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT, validator=_positive)
     idle_timeout_uds: float = attrs.field(default=IDLE_TIMEOUT_UDS, validator=_positive)
     idle_timeout_ws: float = attrs.field(default=IDLE_TIMEOUT_WS, validator=_positive)
+    frame_timeout: float = attrs.field(default=FRAME_TIMEOUT, validator=_positive)
+    stream_timeout: float = attrs.field(default=STREAM_TIMEOUT, validator=_positive)
+    reclaim_after: float = attrs.field(default=RECLAIM_AFTER, validator=_positive)
+    #: Upload bytes held at once over all connections (spec 9.2); see limits.MAX_INFLIGHT_BYTES.
+    max_inflight_bytes: int = attrs.field(default=MAX_INFLIGHT_BYTES, validator=_positive)
     #: Seconds requests in flight get to finish when the daemon stops.
     shutdown_grace: float = attrs.field(default=SHUTDOWN_GRACE, validator=_positive)
 
@@ -488,6 +497,10 @@ _KINDS: Final = types.MappingProxyType(
         "handshake_timeout": "float",
         "idle_timeout_uds": "float",
         "idle_timeout_ws": "float",
+        "frame_timeout": "float",
+        "stream_timeout": "float",
+        "reclaim_after": "float",
+        "max_inflight_bytes": "int",
         "shutdown_grace": "float",
     }
 )

@@ -22,6 +22,16 @@ HANDSHAKE_TIMEOUT: Final = 10.0
 #: Once a frame's first byte is in, the rest must follow within this: a stalled half frame
 #: pins a buffer, so it ends the connection.
 FRAME_TIMEOUT: Final = 30.0
+#: A request stream that makes no progress for this long is aborted with TIMEOUT: an upload
+#: whose client sent no DATA although it had credit, a download whose client granted no credit
+#: or read nothing. Nothing partial is committed; the connection stays up. (nginx's
+#: client_body_timeout and send_timeout have the same default.) Waits the server imposes, such
+#: as an upload held back by the global in-flight budget, do not count.
+STREAM_TIMEOUT: Final = 60.0
+#: When a connection cap is reached, a connection that has been waiting on its client this long
+#: (no bytes from it, nothing of ours being worked on) may be closed, with CONNECTION_LIMIT, to
+#: admit the newcomer: stalled connections cannot hold the cap against active clients.
+RECLAIM_AFTER: Final = 10.0
 #: A local connection with no request in flight is closed after this; local clients are cheap
 #: to reconnect, but an abandoned one still holds a descriptor and a slot.
 IDLE_TIMEOUT_UDS: Final = 300.0
@@ -56,6 +66,22 @@ FD_RESERVE: Final = 64
 #: Pending connections the kernel queues on a listening socket before refusing new ones;
 #: larger only hides an accept loop that is not keeping up.
 LISTEN_BACKLOG: Final = 128
+
+# --- Memory ---------------------------------------------------------------------------------
+
+#: Upload data the daemon holds at once, over all connections and transports: DATA received and
+#: not yet taken by the store, plus the credit granted for DATA still to come (spec 9.2). When it
+#: is used up the server grants no more credit, so uploads are slowed, never dropped. Ceph caps
+#: client message bytes in flight at 500 MB; half of that leaves a small machine room to spare.
+MAX_INFLIGHT_BYTES: Final = 256 << 20
+#: The most one upload may hold of that budget (its credit plus what it has received and the
+#: store has not taken yet): with 64 uploads at once, 128 MiB. 2 MiB covers a round trip of
+#: 10 ms at 200 MB/s per upload.
+UPLOAD_WINDOW: Final = 2 << 20
+#: The WRITE window announced in the HELLO reply: what every upload may send before the server
+#: grants credit. Granted implicitly (it cannot wait for the budget), so it is kept small; small
+#: files still go without a round trip, and the server grants more as the data is taken.
+INITIAL_UPLOAD_WINDOW: Final = 256 << 10
 
 # --- I/O sizes -------------------------------------------------------------------------------
 

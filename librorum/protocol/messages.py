@@ -336,6 +336,9 @@ class NodeStatusReply:
     bytes_out: int = attrs.field(validator=_u64)
     store: StoreFigures
     protocol_version: int = attrs.field(default=1, validator=_u32)
+    #: Upload bytes held against the global in-flight budget now, and at most (spec 9.2).
+    inflight_bytes: int = attrs.field(default=0, validator=_u64)
+    inflight_peak_bytes: int = attrs.field(default=0, validator=_u64)
 
 
 # --- Data streams ------------------------------------------------------------------------------

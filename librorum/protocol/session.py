@@ -413,6 +413,12 @@ class _Session(Generic[_Out]):
         stream = self._streams.get(session_id)
         return 0 if stream is None else stream.send_window
 
+    def receive_window(self, session_id: int) -> int:
+        """Bytes of DATA the peer may still send on ``session_id`` (0 if not in flight, or
+        once it sent its last DATA): the credit this side has given and not seen used."""
+        stream = self._streams.get(session_id)
+        return 0 if stream is None or stream.peer_done else stream.receive_window
+
     def grant(self, session_id: int, increment: int) -> None:
         """Let the peer send ``increment`` more bytes on ``session_id`` (call after consuming
         them). Does nothing for a session that is no longer in flight."""

@@ -30,6 +30,7 @@ from librorum import __version__, limits
 from librorum.config import Config, load_config
 from librorum.protocol.constants import DEFAULT_MAX_FILE_SIZE, Feature
 from librorum.protocol.session import ServerLimits
+from librorum.server.budget import InflightBudget
 from librorum.server.connection import Connection
 from librorum.store import open_store
 from librorum.transport import (
@@ -71,6 +72,10 @@ class Timeouts:
     idle_uds: float = limits.IDLE_TIMEOUT_UDS
     idle_ws: float = limits.IDLE_TIMEOUT_WS
     close: float = limits.CLOSE_GRACE
+    #: A request stream with no progress from the client for this long ends with TIMEOUT.
+    stream: float = limits.STREAM_TIMEOUT
+    #: Under a full connection cap, a connection waiting on its client this long gives way.
+    reclaim: float = limits.RECLAIM_AFTER
 
     def idle(self, kind: str) -> float:
         return self.idle_uds if kind == "uds" else self.idle_ws
@@ -87,15 +92,20 @@ class Server:
         self.store = store
         self.limits = ServerLimits(
             max_file_size=max_file_size,
+            initial_window=limits.INITIAL_UPLOAD_WINDOW,
             # Offered on Unix sockets only (features_for): spec 8.
             features=int(Feature.FD_PASSING | Feature.MEMFD),
             server=f"librorum/{__version__}",
         )
         self.timeouts = Timeouts(
             handshake=config.handshake_timeout,
+            frame=config.frame_timeout,
             idle_uds=config.idle_timeout_uds,
             idle_ws=config.idle_timeout_ws,
+            stream=config.stream_timeout,
+            reclaim=config.reclaim_after,
         )
+        self.budget = InflightBudget(config.max_inflight_bytes)
         self.grace = config.shutdown_grace
         self.stats = Stats()
         self.node_id = secrets.token_hex(8)
@@ -127,6 +137,35 @@ class Server:
             self.connections.discard(connection)
             if not self.connections:
                 self._idle.set()
+
+    def reclaim(self, kind: str, key: int | str | None) -> bool:
+        """Make room under a full connection cap (the listeners' callback): close the
+        connection of transport ``kind`` (and peer ``key``: a uid or an IP address; ``None``
+        for any) that has waited longest on its client, if that is at least the reclaim
+        threshold. It gets ERROR CONNECTION_LIMIT and ends within the close grace; its
+        requests end as on any disconnect (nothing partial is committed).
+
+        Returns:
+            Whether a connection was chosen (the caller may admit one more meanwhile).
+        """
+        now = trio.current_time()
+        chosen: Connection | None = None
+        longest = self.timeouts.reclaim
+        for connection in self.connections:
+            if connection.evicted or connection.transport.kind != kind:
+                continue
+            if key is not None and connection.transport.peer.key != key:
+                continue
+            waited = connection.waiting_on_client(now)
+            if waited >= longest:
+                chosen, longest = connection, waited
+        if chosen is None:
+            return False
+        chosen.evict(
+            f"closed to admit a new connection: the connection limit was reached and this "
+            f"one had waited {longest:.0f} s on its client"
+        )
+        return True
 
     async def wait_idle(self) -> None:
         """Wait until no connection is open (each one closed and cleaned up).
@@ -217,6 +256,7 @@ async def serve(
                         allowed_uids=config.allowed_uids,
                         max_connections=config.max_connections,
                         max_per_uid=config.max_connections_per_uid,
+                        reclaim=server.reclaim,
                         handler_nursery=handlers,
                     )
                 )

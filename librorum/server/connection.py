@@ -31,7 +31,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 import attrs
 import trio
@@ -39,13 +39,15 @@ import trio
 from librorum.errors import (
     CancelledError,
     ConnectionClosed,
+    ConnectionLimitError,
     ConnectionTimeoutError,
     InternalError,
     LibrorumError,
     RemoteProtocolError,
+    TimeoutError_,
     UnavailableError,
 )
-from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
+from librorum.limits import SMALL_RECEIVE_SIZE, UPLOAD_WINDOW, next_receive_size
 from librorum.protocol.constants import CancelOutcome, Command
 from librorum.protocol.framing import FileRegion
 from librorum.protocol.messages import (
@@ -81,6 +83,8 @@ if TYPE_CHECKING:
     from librorum.transport import FrameParts, FrameTransport
 
 log = logging.getLogger("librorum.server")
+
+T = TypeVar("T")
 
 #: Frames the session may hold unsent before a READ producer waits for the writer: bounds a
 #: connection's output buffer (with 1 MiB frames, a few MiB) when the client reads slowly.
@@ -123,6 +127,15 @@ class RequestState:
     #: For a WRITE passing a descriptor (spec 8): the descriptor, owned by this request
     #: and closed when it ends.
     fd: int | None = None
+    #: The request waits for its client (DATA, credit, or reading what was sent): the time
+    #: it spends so is the client's, not ours (see ``Connection.waiting_on_client``).
+    waiting_on_peer: bool = False
+    #: For WRITE: bytes of the global in-flight budget held (credit granted and not used,
+    #: plus DATA received and not yet taken by the store), and bytes the store has taken.
+    reserved: int = 0
+    consumed: int = 0
+    #: For WRITE, while the upload waits for budget with no credit out: set when DATA comes.
+    wake: trio.Event | None = None
 
 
 class Connection:
@@ -146,6 +159,8 @@ class Connection:
         self._sending = 0
         self._nursery: trio.Nursery | None = None
         self._last_activity = trio.current_time()
+        # Bytes last moved either way: how long the connection has waited on its client.
+        self._last_progress = self._last_activity
         self._frame_started: float | None = None
         self._receive_size = SMALL_RECEIVE_SIZE
         # Cancelled to stop waiting for the client once the session closed by itself (the
@@ -156,6 +171,9 @@ class Connection:
         self._fds: deque[int] = deque()
         # How many of the session's FD frames have been given their descriptor.
         self._fds_matched = 0
+        # Closed by the server to make room under a connection cap (Server.reclaim).
+        self.evicted = False
+        self._loop_scope: trio.CancelScope | None = None
 
     # --- Top level -------------------------------------------------------------------------
 
@@ -170,7 +188,8 @@ class Connection:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
                 try:
-                    await self._read_loop()
+                    with trio.CancelScope() as self._loop_scope:
+                        await self._read_loop()
                 finally:
                     # Whatever ended the loop, say goodbye (a queued ERROR, the last replies)
                     # before the requests still running are cancelled with the connection.
@@ -277,7 +296,7 @@ class Connection:
                 self._fds.extend(fds)
             else:
                 data = await self.transport.receive_some(self._receive_size)
-            self._last_activity = trio.current_time()
+            self._last_activity = self._last_progress = trio.current_time()
             self._receive_size = next_receive_size(len(data))
             self.server.stats.bytes_in += len(data)
             return data
@@ -312,6 +331,8 @@ class Connection:
                 if event.end:
                     state.end_received = True
                     state.data_in.close()
+                if state.wake is not None:
+                    state.wake.set()
         elif isinstance(event, WindowGranted):
             state = self.requests.get(event.session_id)
             if state is not None:
@@ -371,6 +392,11 @@ class Connection:
             if event.end:
                 state.end_received = True
                 send.close()
+            else:
+                # The window of the HELLO reply: the client has it already, so it is taken
+                # from the budget even past its limit (see budget.py).
+                state.reserved = self.session.receive_window(event.session_id)
+                self.server.budget.force(state.reserved)
 
             async def handler() -> Message | None:
                 return await self._upload(state, message, receive)
@@ -409,6 +435,10 @@ class Connection:
             error = self._error_for(exc, state.command.name, sid)
         finally:
             del self.requests[sid]
+            if state.reserved:
+                # Credit not used and DATA not taken: late DATA is discarded by the session.
+                self.server.budget.give(state.reserved)
+                state.reserved = 0
             if state.fd is not None:
                 os.close(state.fd)
                 state.fd = None
@@ -479,21 +509,30 @@ class Connection:
         message: FileWrite,
         data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
     ) -> Message:
-        session = self.session
-        sid = state.session_id
-        window = self.server.limits.initial_window
+        """Stream a WRITE's DATA into a store upload and commit it.
+
+        Credit is granted as the store takes the data, from the global in-flight budget
+        (see budget.py): the upload holds at most ``UPLOAD_WINDOW`` of it, and earns it
+        gradually (each grant at most twice what the store has taken), so an upload that
+        sends nothing holds little more than its initial window.
+
+        Cancellation: before the commit, the upload is aborted (a resumable one keeps its
+        recorded prefix); the commit is shielded, so once it starts the file is stored.
+
+        Raises:
+            TimeoutError_: the client, holding credit, sent no DATA for the stream deadline.
+            CancelledError: the DATA ended without END (the connection is going away).
+            LibrorumError: the store's answer (NO_SPACE, EXISTS, TOO_LARGE, ...).
+        """
+        budget = self.server.budget
         async with data, dispatch.open_upload(self.server, message) as upload:
             state.started = True
-            granted_back = 0
-            async for piece in data:
+            while (piece := await self._next_piece(state, data)) is not None:
                 await upload.write(piece)
-                granted_back += len(piece)
-                # Grant in batches (a quarter window), or at once when the queue ran dry so a
-                # client waiting for credit is never left stalled.
-                if granted_back >= window // 4 or data.statistics().current_buffer_used == 0:
-                    session.grant(sid, granted_back)
-                    granted_back = 0
-                    self._wake_writer()
+                size = len(piece)
+                state.reserved -= size
+                state.consumed += size
+                budget.give(size)
             if not state.end_received:
                 # The channel closed without END: the connection is going away.
                 msg = "the upload ended without its last DATA frame"
@@ -504,6 +543,90 @@ class Connection:
                 reply = FileWriteReply(dispatch.wire_info(info))
                 state.reply = reply
         return reply
+
+    async def _next_piece(
+        self,
+        state: RequestState,
+        data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
+    ) -> bytes | bytearray | memoryview | None:
+        """The upload's next DATA payload, or ``None`` after the last one. Grants credit
+        first, as far as the upload's allowance and the budget go.
+
+        Waiting for DATA the client has credit for is bounded by the stream deadline; waiting
+        for budget to grant from is not (that wait is ours, and ends as other uploads move).
+
+        Raises:
+            TimeoutError_: the client sent nothing for the stream deadline.
+        """
+        sid = state.session_id
+        while True:
+            self._grant_credit(state)
+            try:
+                return data.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            except trio.EndOfChannel:
+                return None
+            if state.end_received or self.session.receive_window(sid):
+                return await self._wait_for_data(data, state)
+            # The client has no credit left and the budget none to give: wait for either
+            # room in the budget or (an empty DATA with END needs no credit) the client.
+            budget = self.server.budget
+            state.wake = budget.waiter()
+            try:
+                await state.wake.wait()
+            finally:
+                budget.forget(state.wake)
+                state.wake = None
+
+    def _grant_credit(self, state: RequestState) -> None:
+        """Grant an upload more credit, in batches: up to its allowance (the initial window
+        plus twice what the store has taken, at most ``UPLOAD_WINDOW``), from the budget."""
+        if state.end_received:
+            return
+        sid = state.session_id
+        allowance = min(UPLOAD_WINDOW, self.server.limits.initial_window + 2 * state.consumed)
+        room = allowance - state.reserved
+        # Each grant is a frame: wait until a quarter of the allowance is due, unless the
+        # client has no credit at all and would stall.
+        if room <= 0 or (room < allowance // 4 and self.session.receive_window(sid)):
+            return
+        granted = self.server.budget.take(room)
+        if granted:
+            state.reserved += granted
+            self.session.grant(sid, granted)
+            self._wake_writer()
+
+    async def _wait_for_data(
+        self,
+        data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
+        state: RequestState,
+    ) -> bytes | bytearray | memoryview | None:
+        async def receive() -> bytes | bytearray | memoryview | None:
+            try:
+                return await data.receive()
+            except trio.EndOfChannel:
+                return None
+
+        return await self._wait_on_client(state, "sent no DATA", receive)
+
+    async def _wait_on_client(
+        self, state: RequestState, what: str, wait: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Wait for the client's side of a stream, at most the stream deadline.
+
+        Raises:
+            TimeoutError_: the deadline passed (the request ends; the connection stays).
+        """
+        timeout = self.server.timeouts.stream
+        with trio.move_on_after(timeout):
+            state.waiting_on_peer = True
+            try:
+                return await wait()
+            finally:
+                state.waiting_on_peer = False
+        msg = f"the client {what} for {timeout:g} s: {state.command.name} aborted"
+        raise TimeoutError_(msg)
 
     async def _download(self, state: RequestState, message: FileRead) -> None:
         session = self.session
@@ -536,6 +659,8 @@ class Connection:
 
         Raises:
             CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
+            TimeoutError_: the client granted no credit, or read nothing, for the stream
+                deadline.
         """
         session = self.session
         sid = state.session_id
@@ -545,19 +670,18 @@ class Connection:
             while position < end:
                 allowed = min(session.send_window(sid), session.max_payload, end - position)
                 if allowed == 0:
-                    await state.window.park()
+                    await self._wait_on_client(state, "granted no credit", state.window.park)
                     continue
                 remaining -= allowed
                 region = FileRegion(segment.fd, position, allowed)
                 session.send_data(sid, region, end=remaining == 0)
                 position += allowed
-                self.server.stats.bytes_out += allowed
                 self._wake_writer()
-                await self._wait_for_writer()
+                await self._wait_on_client(state, "read nothing", self._wait_for_writer)
             # The frames just queued name this segment's descriptor, which the next step
             # closes. The reader has verified the next chunks meanwhile, and the socket buffer
             # keeps the client busy while this task advances.
-            await self._wait_until_sent()
+            await self._wait_on_client(state, "read nothing", self._wait_until_sent)
         return remaining
 
     async def _send_pieces(self, state: RequestState, reader: Reader, remaining: int) -> int:
@@ -568,6 +692,7 @@ class Connection:
 
         Raises:
             CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
+            TimeoutError_: as :meth:`_send_segments`.
         """
         session = self.session
         sid = state.session_id
@@ -576,17 +701,16 @@ class Connection:
             while view:
                 allowed = min(session.send_window(sid), session.max_payload)
                 if allowed == 0:
-                    await state.window.park()
+                    await self._wait_on_client(state, "granted no credit", state.window.park)
                     continue
                 chunk, view = view[:allowed], view[allowed:]
                 remaining -= len(chunk)
                 session.send_data(sid, chunk, end=remaining == 0)
-                self.server.stats.bytes_out += len(chunk)
                 self._wake_writer()
-                await self._wait_for_writer()
+                await self._wait_on_client(state, "read nothing", self._wait_for_writer)
             # The frames just queued are views of the reader's buffer, which the next
             # step reuses: they must be on the wire before the loop advances.
-            await self._wait_until_sent()
+            await self._wait_on_client(state, "read nothing", self._wait_until_sent)
         return remaining
 
     async def _cancel(self, message: Cancel) -> Message:
@@ -660,6 +784,11 @@ class Connection:
                     await self.transport.send_frames(cast("list[FrameParts]", frames))
             finally:
                 self._sending -= 1
+            self.server.stats.bytes_out += sum(
+                len(header) + (payload.length if type(payload) is FileRegion else len(payload))
+                for header, payload in frames
+            )
+            self._last_progress = trio.current_time()
         self._drained.unpark_all()
 
     async def _flush_and_stop_writer(self) -> None:
@@ -675,6 +804,29 @@ class Connection:
         finally:
             self._flushed = True
             self._drained.unpark_all()
+
+    # --- Under a full connection cap ----------------------------------------------------------
+
+    def waiting_on_client(self, now: float) -> float:
+        """Seconds this connection has been waiting on its client: since bytes last moved
+        either way, provided every request in flight waits for the client too (0 while the
+        server works on one, or holds one back for the budget)."""
+        if any(not state.waiting_on_peer for state in self.requests.values()):
+            return 0.0
+        return now - self._last_progress
+
+    def evict(self, reason: str) -> None:
+        """Close the connection to make room for another (Server.reclaim): ERROR
+        CONNECTION_LIMIT with ``reason``, then close within the close grace; the requests
+        in flight end as on a disconnect (nothing partial is committed)."""
+        if self.evicted:
+            return
+        self.evicted = True
+        log.info("%s: %s", self.transport.peer, reason)
+        self.session.fail(ConnectionLimitError(reason))
+        if self._loop_scope is not None:
+            self._loop_scope.cancel()
+        self._wake_writer()
 
     # --- Shutdown ------------------------------------------------------------------------------
 

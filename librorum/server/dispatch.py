@@ -139,6 +139,8 @@ async def _node_status(server: Server) -> NodeStatusReply:
             chunks=figures.chunks,
             free_bytes=figures.free_bytes,
         ),
+        inflight_bytes=server.budget.used,
+        inflight_peak_bytes=server.budget.peak,
     )
 
 

@@ -57,6 +57,15 @@ class PeerInfo:
     address: str | None = None
     authenticated: bool = False
 
+    @property
+    def key(self) -> int | str | None:
+        """What the per-peer connection caps count by: the uid on a Unix socket, the IP
+        address (without the port) on WebSocket."""
+        if self.address is None:
+            return self.uid
+        host = self.address.rpartition(":")[0]
+        return host[1:-1] if host.startswith("[") else host
+
     def __str__(self) -> str:
         """For log lines: ``websocket:127.0.0.1:5000`` or ``uds:uid=1000,pid=42``."""
         if self.address is not None:
@@ -153,6 +162,10 @@ class FrameTransport(Protocol):
 
 #: What a listener calls for each accepted, authenticated connection.
 Handler: TypeAlias = Callable[[FrameTransport], Awaitable[None]]
+#: What a listener calls when a connection cap is full: ``reclaim(kind, key)`` closes a
+#: connection of that transport kind (and peer key, ``None`` for any) that has stalled, and
+#: says whether it did; the newcomer is then admitted (see ``Server.reclaim``).
+Reclaim: TypeAlias = Callable[[str, int | str | None], bool]
 
 
 def refusal_frame(code: ErrorCode, message: str) -> bytes:

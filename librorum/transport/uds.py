@@ -52,6 +52,7 @@ from librorum.transport.base import (
     FrameParts,
     Handler,
     PeerInfo,
+    Reclaim,
     acquire_lock,
     connection_guard,
     fd_headroom,
@@ -428,24 +429,37 @@ class _Admission:
     max_connections: int
     max_per_uid: int
     fd_reserve: int
+    reclaim: Reclaim | None = None
     total: int = 0
     per_uid: dict[int, int] = attrs.Factory(dict)
 
     def admit(self, uid: int, fd: int) -> tuple[ErrorCode, str] | None:
         """Count the connection in, or say why it is refused. No await in here: the check and
-        the increment are one atomic step for trio."""
+        the increment are one atomic step for trio.
+
+        At a full cap, a stalled connection (of this uid for the per-uid cap, of anyone for
+        the total) is closed to make room, so stalled connections cannot hold the cap
+        against new clients; the newcomer is counted in at once, and the cap is exceeded
+        only until that connection has closed (the close grace at most).
+        """
         if uid not in self.allowed_uids:
             return ErrorCode.UNAUTHORIZED, f"uid {uid} is not allowed to use this daemon"
-        if self.total >= self.max_connections or not fd_headroom(fd, self.fd_reserve):
+        if not fd_headroom(fd, self.fd_reserve):
             return ErrorCode.CONNECTION_LIMIT, "too many connections; try again later"
         if self.per_uid.get(uid, 0) >= self.max_per_uid:
-            return (
-                ErrorCode.CONNECTION_LIMIT,
-                f"uid {uid} has {self.max_per_uid} connections open already",
-            )
+            if not self._reclaim(uid):
+                return (
+                    ErrorCode.CONNECTION_LIMIT,
+                    f"uid {uid} has {self.max_per_uid} connections open already",
+                )
+        elif self.total >= self.max_connections and not self._reclaim(None):
+            return ErrorCode.CONNECTION_LIMIT, "too many connections; try again later"
         self.total += 1
         self.per_uid[uid] = self.per_uid.get(uid, 0) + 1
         return None
+
+    def _reclaim(self, uid: int | None) -> bool:
+        return self.reclaim is not None and self.reclaim("uds", uid)
 
     def release(self, uid: int) -> None:
         self.total -= 1
@@ -467,6 +481,7 @@ async def serve_uds(
     backlog: int = LISTEN_BACKLOG,
     socket_buffer: int = UDS_SOCKET_BUFFER,
     close_grace: float = CLOSE_GRACE,
+    reclaim: Reclaim | None = None,
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -487,7 +502,7 @@ async def serve_uds(
     Each connection's SO_PEERCRED uid must be in ``allowed_uids``; refused peers (not allowed,
     over ``max_connections`` in total or ``max_per_uid`` for their uid, or too close to the
     descriptor limit) get an LBRU ERROR frame (UNAUTHORIZED or CONNECTION_LIMIT) and are
-    closed. A handler's exception ends only its connection (see
+    closed, unless ``reclaim`` makes room at a full cap by closing a stalled connection. A handler's exception ends only its connection (see
     :func:`~librorum.transport.base.run_handler`); when it returns the transport is closed.
 
     Args:
@@ -499,6 +514,8 @@ async def serve_uds(
         backlog: listen(2) backlog.
         socket_buffer: SO_SNDBUF/SO_RCVBUF of each connection.
         close_grace: longest time spent telling a refused peer why.
+        reclaim: called at a full cap with ("uds", uid) for the per-uid cap or ("uds", None)
+            for the total; true when it closed a stalled connection to make room.
         handler_nursery: where handlers run (default: inside this task), so that a server can
             stop accepting and still let connections finish.
         task_status: see :meth:`trio.Nursery.start`.
@@ -512,7 +529,9 @@ async def serve_uds(
     """
     name = _check_socket_path(path)
     ensure_private_dir(path.parent)
-    admission = _Admission(frozenset(allowed_uids), max_connections, max_per_uid, fd_reserve)
+    admission = _Admission(
+        frozenset(allowed_uids), max_connections, max_per_uid, fd_reserve, reclaim
+    )
     lock_path = path.with_name(path.name + ".lock")
     with exclusive_lock(lock_path, f"another daemon is serving {path}"):
         raw, identity = _bind(path, name, backlog)

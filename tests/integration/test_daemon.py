@@ -164,10 +164,12 @@ async def test_disconnect_mid_upload_leaves_nothing_visible(tmp_path: Path) -> N
         async with open_test_daemon(tmp_path) as daemon:
             transport, session = await raw_connection(daemon.socket_path)
             sid = session.start_request(FileWrite("/partial", size=3 * MIB), end=False)
-            session.send_data(sid, pattern(0))
-            session.send_data(sid, pattern(1))
+            # All the initial window allows, in two frames.
+            half = session.send_window(sid) // 2
+            session.send_data(sid, pattern(0)[:half])
+            session.send_data(sid, pattern(1)[:half])
             await transport.send_frames(session.frames_to_send())
-            await transport.aclose()  # gone before the last MiB and END
+            await transport.aclose()  # gone before the rest and END
             async with daemon.client() as client:
                 with pytest.raises(NotFoundError):
                     await client.stat("/partial")
