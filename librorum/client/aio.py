@@ -299,7 +299,16 @@ class _Connection:
             features=self.features,
             client=CLIENT_NAME,
         )
-        await self.transport.send_frames(session.frames_to_send())
+        try:
+            await self.transport.send_frames(session.frames_to_send())
+        except ConnectionClosed as exc:
+            # A server refusing the connection (a uid not allowed, a full cap) sends its
+            # ERROR and closes without reading ours: the HELLO may fail (EPIPE) while the
+            # reason is waiting to be read.
+            refusal = await self._read_refusal()
+            if refusal is None:
+                raise
+            raise refusal from exc
         while True:
             event = session.next_event()
             if event is None:
@@ -316,6 +325,24 @@ class _Connection:
         self.streams = trio.Semaphore(max(1, reply.max_streams - CANCEL_RESERVE))
         self.uploads = trio.Semaphore(max(1, reply.max_uploads))
         return reply
+
+    async def _read_refusal(self) -> LibrorumError | None:
+        """The error a server sent before closing the connection, if there is one to read
+        (at most CLOSE_TIMEOUT of waiting)."""
+        session = self.session
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                while True:
+                    data = await self.transport.receive_some(RECEIVE_SIZE)
+                    session.receive_data(data)
+                    for event in session.events():
+                        if isinstance(event, ConnectionEnded):
+                            return event.error
+                    if not data:
+                        break
+            except (ConnectionClosed, ConnectionTimeoutError):
+                pass
+        return None
 
     # Background tasks --------------------------------------------------------------------------
 

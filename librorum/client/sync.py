@@ -446,7 +446,14 @@ class _SyncConnection:
             features=self.features,
             client=CLIENT_NAME,
         )
-        self.transport.send_frames(session.frames_to_send())
+        try:
+            self.transport.send_frames(session.frames_to_send())
+        except ConnectionClosed as exc:
+            # As in the async client: a refusing server's reason may be waiting to be read.
+            refusal = self._read_refusal()
+            if refusal is None:
+                raise
+            raise refusal from exc
         while True:
             event = session.next_event()
             if event is None:
@@ -459,6 +466,22 @@ class _SyncConnection:
                     raise event.error
                 msg = f"{self.endpoint} closed the connection during the handshake"
                 raise ConnectionClosed(msg)
+
+    def _read_refusal(self) -> LibrorumError | None:
+        """The error a server sent before closing the connection, if there is one to read
+        (the transport's timeout bounds each read)."""
+        session = self.session
+        try:
+            while True:
+                data = self.transport.receive_some()
+                session.receive_data(data)
+                for event in session.events():
+                    if isinstance(event, ConnectionEnded):
+                        return event.error
+                if not data:
+                    return None
+        except (ConnectionClosed, ConnectionTimeoutError):
+            return None
 
     def flush(self, fd: int | None = None) -> None:
         """Send what the session queued; with ``fd``, the last frame queued goes alone with

@@ -16,8 +16,14 @@ import pytest
 import trio
 
 from librorum.client.aio import open_client
-from librorum.errors import ConnectionClosed, ConnectionLimitError, NotFoundError, TimeoutError_
-from librorum.protocol.messages import FileRead, FileWrite, Ping, PingReply
+from librorum.errors import (
+    ConnectionClosed,
+    ConnectionLimitError,
+    NotFoundError,
+    TimeoutError_,
+    UnauthorizedError,
+)
+from librorum.protocol.messages import FileRead, FileStat, FileWrite, Ping, PingReply
 from librorum.protocol.session import (
     ClientSession,
     ConnectionEnded,
@@ -204,3 +210,62 @@ async def test_active_connections_keep_the_cap(tmp_path: Path) -> None:
                     await third.ping()
             await one.ping()
             await two.ping()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_bytes_out_counts_what_was_sent(transport: Transport, tmp_path: Path) -> None:
+    # NODE_STATUS's bytes_out is every byte written to the clients, headers and replies
+    # included, as bytes_in is every byte read: here, exactly what this client received.
+    with trio.fail_after(30):
+        async with open_test_daemon(tmp_path) as daemon:
+            async with daemon.client() as client:
+                await client.write("/f", bytes(300_000))
+            await daemon.running.server.wait_idle()
+            stats = daemon.running.server.stats
+            before = stats.bytes_out
+            channel, session = await raw_connection(daemon, transport)
+            received = 0
+            try:
+                session.start_request(FileStat("/f"))
+                session.start_request(FileRead("/f", offset=1000, length=200_000))
+                await channel.send_frames(session.frames_to_send())
+                while session.in_flight():
+                    data = await channel.receive_some()
+                    received += len(data)
+                    session.receive_data(data)
+                    list(session.events())
+                # The HELLO exchange came first (what raw_connection read is not counted
+                # here), so measure it apart: a second connection's handshake alone.
+                await trio.testing.wait_all_tasks_blocked()
+                after_requests = stats.bytes_out
+            finally:
+                await channel.aclose()
+            handshake_only, _ = await raw_connection(daemon, transport)
+            await trio.testing.wait_all_tasks_blocked()
+            hello_reply = stats.bytes_out - after_requests
+            await handshake_only.aclose()
+            assert hello_reply > 20
+            assert after_requests - before == received + hello_reply
+
+
+async def test_a_refused_client_learns_why(tmp_path: Path) -> None:
+    # The daemon refuses a uid it does not allow with ERROR UNAUTHORIZED and closes without
+    # reading the client's HELLO; the client's write can then fail (EPIPE) before it reads
+    # the ERROR, which it must report all the same. The race is the client's to lose, so
+    # both clients try many times.
+    from librorum.client.sync import connect
+
+    def sync_attempt(socket_path: Path) -> None:
+        with connect(transport="local", socket_path=socket_path) as client:
+            client.ping()
+
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path, allowed_uids=[65533]) as daemon:
+            for _ in range(20):
+                with pytest.raises(UnauthorizedError, match="not allowed"):
+                    async with open_client(
+                        transport="local", socket_path=daemon.socket_path
+                    ) as client:
+                        await client.ping()
+                with pytest.raises(UnauthorizedError, match="not allowed"):
+                    await trio.to_thread.run_sync(sync_attempt, daemon.socket_path)
