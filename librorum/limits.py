@@ -63,6 +63,12 @@ MAX_CONNECTIONS_PER_IP: Final = 32
 #: Descriptors kept free for the store (files, the database): a connection is refused once
 #: accepting it would leave fewer than this many under RLIMIT_NOFILE.
 FD_RESERVE: Final = 64
+#: Descriptors the daemon needs besides its connections and FD_RESERVE: standard streams, the
+#: event loop's, the listening sockets, the metadata database (and its journal), lock files.
+FD_BASE: Final = 32
+#: The fewest connections per listener worth starting for: with a descriptor limit that
+#: leaves less, the daemon refuses to start rather than serve almost nobody.
+MIN_CONNECTIONS: Final = 8
 #: Pending connections the kernel queues on a listening socket before refusing new ones;
 #: larger only hides an accept loop that is not keeping up.
 LISTEN_BACKLOG: Final = 128

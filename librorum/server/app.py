@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import resource
 import secrets
 import signal
 import ssl
@@ -27,7 +28,7 @@ import attrs
 import trio
 
 from librorum import __version__, limits
-from librorum.config import Config, load_config
+from librorum.config import Config, ConfigError, load_config
 from librorum.protocol.constants import DEFAULT_MAX_FILE_SIZE, Feature
 from librorum.protocol.session import ServerLimits
 from librorum.server.budget import InflightBudget
@@ -228,7 +229,8 @@ async def serve(
 
     Raises:
         AlreadyRunningError: another daemon holds the data directory or the socket.
-        ConfigError: the configuration is unusable (e.g. a public address without a token).
+        ConfigError: the configuration is unusable (e.g. a public address without a token),
+            or the descriptor limit is too low (see :func:`fit_descriptors`).
         LibrorumError: the store could not be opened.
 
     Cancellation: cancelling ``serve`` stops everything at once (no drain); prefer
@@ -236,6 +238,7 @@ async def serve(
     """
     if config is None:
         config = load_config()
+    max_connections = fit_descriptors(config)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # One value for what the store enforces and what HELLO announces.
     max_file_size = DEFAULT_MAX_FILE_SIZE
@@ -254,8 +257,8 @@ async def serve(
                         server.handle,
                         config.socket_path,
                         allowed_uids=config.allowed_uids,
-                        max_connections=config.max_connections,
-                        max_per_uid=config.max_connections_per_uid,
+                        max_connections=max_connections,
+                        max_per_uid=min(config.max_connections_per_uid, max_connections),
                         reclaim=server.reclaim,
                         handler_nursery=handlers,
                     )
@@ -273,9 +276,9 @@ async def serve(
                             config.listen_port,
                             token=token,
                             ssl_context=_server_ssl_context(config),
-                            max_connections=config.max_connections,
-                            max_per_ip=config.max_connections_per_ip,
-                            max_unauthenticated=config.max_unauthenticated,
+                            max_connections=max_connections,
+                            max_per_ip=min(config.max_connections_per_ip, max_connections),
+                            max_unauthenticated=min(config.max_unauthenticated, max_connections),
                             handshake_timeout=config.handshake_timeout,
                             handler_nursery=handlers,
                         )
@@ -297,6 +300,54 @@ async def serve(
             await server.drain()
             handlers.cancel_scope.cancel()
     log.info("stopped")
+
+
+def fit_descriptors(config: Config) -> int:
+    """The connection cap per listener that the descriptor limit (RLIMIT_NOFILE) allows.
+
+    Each connection is a descriptor, and the store needs its own (``limits.FD_RESERVE``,
+    ``limits.FD_BASE``). The soft limit is raised towards the hard one as far as the
+    configured caps need; if that is not enough, the caps are lowered to fit, with one
+    WARNING saying so, and if not even ``limits.MIN_CONNECTIONS`` per listener fit, the
+    daemon refuses to start. (A daemon that started regardless would refuse every
+    connection at the descriptor reserve, forever.)
+
+    Returns:
+        ``config.max_connections``, or the lower cap that fits.
+
+    Raises:
+        ConfigError: too few descriptors for even ``MIN_CONNECTIONS`` per listener; the
+            message names the limit needed.
+    """
+    listeners = 2 if config.remote_enabled else 1
+    fixed = limits.FD_BASE + limits.FD_RESERVE
+    wanted = fixed + listeners * config.max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted and hard != soft:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return config.max_connections
+    fits = (soft - fixed) // listeners
+    if fits < limits.MIN_CONNECTIONS:
+        least = fixed + listeners * limits.MIN_CONNECTIONS
+        msg = (
+            f"too few file descriptors: the limit is {soft}, and the daemon needs at least "
+            f"{least} ({wanted} for max_connections = {config.max_connections}); raise it "
+            f"with `ulimit -n {wanted}`"
+        )
+        raise ConfigError(msg)
+    log.warning(
+        "the file descriptor limit is %d: serving at most %d connections per listener "
+        "instead of %d; raise it to %d (ulimit -n %d) to lift this",
+        soft,
+        fits,
+        config.max_connections,
+        wanted,
+        wanted,
+    )
+    return fits
 
 
 def _server_ssl_context(config: Config) -> ssl.SSLContext | None:
