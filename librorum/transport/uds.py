@@ -74,6 +74,12 @@ _COALESCE_BELOW: Final = 16 << 10
 _SEND_FLAGS: Final = socket.MSG_NOSIGNAL
 #: sun_path holds 108 bytes, the terminating NUL included.
 _MAX_SOCKET_PATH: Final = 107
+#: A connect finding the daemon's listen queue full is retried after this, doubling up to
+#: _QUEUE_RETRY_MAX, for _QUEUE_RETRY_TOTAL seconds in all (a burst of connections drains
+#: in milliseconds; a queue full for longer means a daemon not accepting).
+_QUEUE_RETRY_FIRST: Final = 0.005
+_QUEUE_RETRY_MAX: Final = 0.2
+_QUEUE_RETRY_TOTAL: Final = 5.0
 #: Bytes read and discarded from a refused peer before closing (see _refuse).
 _REFUSAL_DRAIN: Final = 64 << 10
 
@@ -706,6 +712,46 @@ def _drain_nowait(fd: int, limit: int) -> None:
 # --- The client --------------------------------------------------------------------------------
 
 
+async def _open_unix_stream(path: Path, name: str) -> trio.SocketStream:
+    """Connect to ``name``, waiting (briefly, with backoff) while the daemon's listen queue
+    is full.
+
+    A non-blocking connect to a Unix socket whose backlog is full fails with EAGAIN, which
+    trio takes for "in progress" (as on TCP): it hands back a socket that is not connected.
+    That is recognised (no peer) and the connect is tried again.
+
+    Raises:
+        ConnectionClosed: no daemon at ``path``, or its queue stayed full.
+        UnauthorizedError: the socket is not ours to use (permission denied).
+    """
+    delay = _QUEUE_RETRY_FIRST
+    waited = 0.0
+    while True:
+        try:
+            stream = await trio.open_unix_socket(name)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            msg = f"no daemon at {path}: start it with `librorum serve`"
+            raise ConnectionClosed(msg) from exc
+        except PermissionError as exc:
+            msg = f"permission denied connecting to {path}: the daemon belongs to another user"
+            raise UnauthorizedError(msg) from exc
+        except OSError as exc:
+            msg = f"cannot connect to {path}: {_describe_error(exc)}"
+            raise ConnectionClosed(msg) from exc
+        try:
+            stream.socket.getpeername()
+        except OSError:
+            await trio.aclose_forcefully(stream)
+        else:
+            return stream
+        if waited >= _QUEUE_RETRY_TOTAL:
+            msg = f"the daemon at {path} is not accepting connections (its queue is full)"
+            raise ConnectionClosed(msg)
+        await trio.sleep(delay)
+        waited += delay
+        delay = min(delay * 2, _QUEUE_RETRY_MAX)
+
+
 async def connect_uds(
     path: Path,
     *,
@@ -732,17 +778,7 @@ async def connect_uds(
         ConfigError: ``path`` is not usable as a socket path.
     """
     name = _check_socket_path(path)
-    try:
-        stream = await trio.open_unix_socket(name)
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        msg = f"no daemon at {path}: start it with `librorum serve`"
-        raise ConnectionClosed(msg) from exc
-    except PermissionError as exc:
-        msg = f"permission denied connecting to {path}: the daemon belongs to another user"
-        raise UnauthorizedError(msg) from exc
-    except OSError as exc:
-        msg = f"cannot connect to {path}: {_describe_error(exc)}"
-        raise ConnectionClosed(msg) from exc
+    stream = await _open_unix_stream(path, name)
     try:
         pid, uid, gid = _peer_credentials(stream.socket)
     except OSError as exc:

@@ -166,6 +166,9 @@ class DaemonProcess:
                             serving.set()
             finally:
                 with trio.CancelScope(shield=True):
+                    if process.returncode is None:
+                        # The test is over (cancelled, or failed): never leave a daemon behind.
+                        process.send_signal(signal.SIGKILL)
                     await process.wait()
                     exited.set()
 

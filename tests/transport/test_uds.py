@@ -551,3 +551,45 @@ async def test_send_fd_frame_needs_an_open_descriptor(sock_path: Path) -> None:
             with pytest.raises(LocalProtocolError, match="descriptor"):
                 await client.send_fd_frame((encode_frame(Command.WRITE),), fd)
             await client.aclose()
+
+
+async def test_connect_waits_while_the_listen_queue_is_full(sock_path: Path) -> None:
+    # A full backlog makes a non-blocking Unix connect fail with EAGAIN, which trio takes for
+    # "in progress" and hands back an unconnected socket: connect_uds must notice and retry,
+    # not report a server with uid -1.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    waiting: list[socket.socket] = []
+    sock_path.parent.mkdir()
+    try:
+        listener.bind(str(sock_path))
+        listener.listen(0)
+        # Fill the queue without accepting (Linux admits backlog + 1).
+        while True:
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            waiting.append(filler)
+            try:
+                filler.connect(str(sock_path))
+            except BlockingIOError:
+                break
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+
+                async def accept_later() -> None:
+                    await trio.sleep(0.05)
+                    listener.setblocking(False)
+                    while True:
+                        try:
+                            conn, _ = listener.accept()
+                        except BlockingIOError:
+                            break
+                        waiting.append(conn)
+
+                nursery.start_soon(accept_later)
+                transport = await connect_uds(sock_path)
+                assert transport.peer.uid == os.geteuid()
+                await transport.aclose()
+    finally:
+        for sock in waiting:
+            sock.close()
+        listener.close()
