@@ -70,7 +70,7 @@ async def test_a_low_descriptor_limit_lowers_the_caps(tmp_path: Path, figures: F
         async with trio.open_nursery() as nursery:
             daemon = DaemonProcess(tmp_path, nofile=nofile, settings=settings)
             await daemon.start(nursery)
-            assert f"serving at most {cap} connections per listener" in daemon.log
+            assert f"serving at most {cap} connections per listener" in daemon.log, daemon.log
             baseline_fds = daemon.fd_count()
             held: list[tuple[FrameTransport, ClientSession]] = []
             refusal: object = None
@@ -84,8 +84,8 @@ async def test_a_low_descriptor_limit_lowers_the_caps(tmp_path: Path, figures: F
                         held.append((channel, session))
                 accepted = len(held)
                 # Refused cleanly, with the reason; the daemon is alive and serves the rest.
-                assert isinstance(refusal, ConnectionEnded)
-                assert isinstance(refusal.error, ConnectionLimitError)
+                assert isinstance(refusal, ConnectionEnded), refusal
+                assert isinstance(refusal.error, ConnectionLimitError), (refusal, len(held))
                 for channel, session in held:
                     await ping(channel, session)
             finally:
@@ -110,9 +110,9 @@ async def test_a_low_descriptor_limit_lowers_the_caps(tmp_path: Path, figures: F
                     break
                 await trio.sleep(0.05)
             assert await daemon.stop() == 0
-    assert accepted == cap
-    assert fds_after <= baseline_fds
-    assert daemon.tracebacks() == []
+    assert accepted == cap, daemon.log_tail()
+    assert fds_after <= baseline_fds, (fds_after, baseline_fds)
+    assert daemon.tracebacks() == [], daemon.log
     figures.record(
         "descriptors.low_limit",
         {
