@@ -47,6 +47,7 @@ import attrs
 
 from librorum.errors import LibrorumError
 from librorum.limits import (
+    FRAME_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT_UDS,
     IDLE_TIMEOUT_WS,
@@ -204,6 +205,8 @@ class Config:
     max_connections_per_uid: int = attrs.field(default=MAX_CONNECTIONS_PER_UID, validator=_positive)
     max_connections_per_ip: int = attrs.field(default=MAX_CONNECTIONS_PER_IP, validator=_positive)
     handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT, validator=_positive)
+    #: Seconds a frame (on WebSocket, a message) may take from its first byte to its last.
+    frame_timeout: float = attrs.field(default=FRAME_TIMEOUT, validator=_positive)
     idle_timeout_uds: float = attrs.field(default=IDLE_TIMEOUT_UDS, validator=_positive)
     idle_timeout_ws: float = attrs.field(default=IDLE_TIMEOUT_WS, validator=_positive)
     #: Seconds requests in flight get to finish when the daemon stops.
@@ -486,6 +489,7 @@ _KINDS: Final = types.MappingProxyType(
         "max_connections_per_uid": "int",
         "max_connections_per_ip": "int",
         "handshake_timeout": "float",
+        "frame_timeout": "float",
         "idle_timeout_uds": "float",
         "idle_timeout_ws": "float",
         "shutdown_grace": "float",

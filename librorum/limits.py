@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
+from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, MAX_HANDSHAKE_PAYLOAD
 
 # --- Deadlines -------------------------------------------------------------------------------
 
@@ -20,7 +20,9 @@ from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
 #: this: a peer that connects and says nothing holds a slot only this long.
 HANDSHAKE_TIMEOUT: Final = 10.0
 #: Once a frame's first byte is in, the rest must follow within this: a stalled half frame
-#: pins a buffer, so it ends the connection.
+#: pins a buffer, so it ends the connection. On WebSocket the same deadline applies to each
+#: message, from its first byte to its last fragment (the transport only hands on whole
+#: messages, so the LBRU layer never sees a half frame there).
 FRAME_TIMEOUT: Final = 30.0
 #: A local connection with no request in flight is closed after this; local clients are cheap
 #: to reconnect, but an abandoned one still holds a descriptor and a slot.
@@ -32,8 +34,8 @@ IDLE_TIMEOUT_WS: Final = 120.0
 WS_PING_INTERVAL: Final = 30.0
 #: A ping unanswered for this long means the peer is gone: the connection is closed.
 WS_PONG_TIMEOUT: Final = 30.0
-#: How long a WebSocket close handshake may take (trio-websocket's disconnect_timeout) before
-#: the TCP connection is simply closed.
+#: How long a WebSocket close handshake may take before the TCP connection is simply closed
+#: (trio-websocket's disconnect_timeout is 60 s).
 CLOSE_GRACE: Final = 5.0
 #: On shutdown, requests in flight get this long to finish before they are cancelled.
 SHUTDOWN_GRACE: Final = 10.0
@@ -57,6 +59,15 @@ FD_RESERVE: Final = 64
 #: larger only hides an accept loop that is not keeping up.
 LISTEN_BACKLOG: Final = 128
 
+# --- WebSocket admission ---------------------------------------------------------------------
+
+#: How long a refused connection (an HTTP 4xx answer) is kept after its answer, reading
+#: and discarding what the client still sends: closing a socket with unread input makes the
+#: kernel reset the connection, which can destroy the answer before the client reads it.
+WS_REFUSAL_LINGER: Final = 1.0
+#: ...and at most this many bytes are read and discarded meanwhile.
+WS_REFUSAL_DRAIN: Final = 64 << 10
+
 # --- I/O sizes -------------------------------------------------------------------------------
 
 #: Bytes asked of the kernel per read: one maximal DATA frame. Trio's default (64 KiB) costs
@@ -70,15 +81,15 @@ SMALL_RECEIVE_SIZE: Final = 64 << 10
 #: SO_SNDBUF and SO_RCVBUF of Unix sockets, both sides: room for a few maximal frames in the
 #: kernel so a writer rarely blocks mid-frame (Linux caps it at net.core.wmem_max/rmem_max).
 UDS_SOCKET_BUFFER: Final = 4 << 20
-#: trio-websocket's message_queue_size: messages its reader task may hold that nobody has
-#: asked for yet. One keeps flow control in the LBRU layer, where the windows are.
-WS_MESSAGE_QUEUE: Final = 1
-#: trio-websocket's receive_buffer_size, the bytes its reader asks for per read. Its default
-#: (4 KiB) halves WebSocket throughput: wsproto then parses and unmasks in tiny pieces.
+#: Bytes a WebSocket connection asks for per read, both sides. 4 KiB reads (trio-websocket's
+#: default) halve WebSocket throughput: wsproto then parses and unmasks in tiny pieces.
 WS_RECEIVE_BUFFER: Final = 1 << 20
 #: Largest WebSocket message accepted: exactly one maximal LBRU frame, since every message
 #: carries one frame. Anything larger closes the connection with code 1009.
 WS_MAX_MESSAGE_SIZE: Final = HEADER_SIZE + DEFAULT_MAX_PAYLOAD
+#: Largest WebSocket message accepted before HELLO completes (spec 2.2): one frame with the
+#: pre-handshake payload budget, so an unintroduced peer cannot make us buffer 1 MiB.
+WS_HANDSHAKE_MESSAGE_SIZE: Final = HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD
 #: Largest HTTP body read from a refused WebSocket handshake (the client side): the reason
 #: text is for a log line, not a download.
 WS_MAX_REJECT_BODY: Final = 4 << 10

@@ -93,6 +93,7 @@ class Server:
         )
         self.timeouts = Timeouts(
             handshake=config.handshake_timeout,
+            frame=config.frame_timeout,
             idle_uds=config.idle_timeout_uds,
             idle_ws=config.idle_timeout_ws,
         )
@@ -237,6 +238,11 @@ async def serve(
                             max_per_ip=config.max_connections_per_ip,
                             max_unauthenticated=config.max_unauthenticated,
                             handshake_timeout=config.handshake_timeout,
+                            # One deadline for frames and for the messages that carry them.
+                            message_timeout=server.timeouts.frame,
+                            # Each connection checks that a message is one frame itself,
+                            # after the header checks, so a bad header is reported first.
+                            check_frames=False,
                             handler_nursery=handlers,
                         )
                     )

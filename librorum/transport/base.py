@@ -110,8 +110,11 @@ class FrameTransport(Protocol):
 
         Raises:
             ConnectionClosed: the connection broke or was closed locally.
-            RemoteProtocolError: (WebSocket) a text message, or a message that is not exactly
-                one frame.
+            RemoteProtocolError: (WebSocket) the peer's input cannot be frames: a text or
+                empty message, a message that is not exactly one frame, or a breach of RFC
+                6455; FrameTooLargeError for a message over the size limit.
+            ConnectionTimeoutError: (WebSocket) a message was not complete within the
+                message deadline.
         """
         ...
 
@@ -141,9 +144,14 @@ class FrameTransport(Protocol):
         """
         ...
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, error: LibrorumError | None = None) -> None:
         """Close the connection; idempotent. Pending receives and sends in other tasks fail
         with ConnectionClosed.
+
+        ``error`` is the connection error that ends the connection (spec 7.3), once its
+        ERROR frame has been sent (or could not be); a transport that can say why a connection
+        closes does so with it (WebSocket: the close code, e.g. 1002 or 1009), others ignore
+        it. None: an ordinary close.
 
         Cancellation: the connection is still closed, only less gracefully (no WebSocket
         close handshake).

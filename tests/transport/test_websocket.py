@@ -18,10 +18,13 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+import wsproto
+from wsproto.events import AcceptConnection, Request
 
 from librorum.config import ConfigError
 from librorum.errors import (
     ConnectionClosed,
+    ConnectionTimeoutError,
     ErrorCode,
     FrameTooLargeError,
     LocalProtocolError,
@@ -39,6 +42,13 @@ from librorum.transport import (
     websocket as ws_module,
 )
 
+from ..rawws import (
+    BINARY,
+    CONTINUATION,
+    PING,
+    PONG,
+    ws_frame,
+)
 from .conftest import (
     DEADLINE,
     TOKEN,
@@ -55,6 +65,9 @@ from .conftest import (
 
 async def connect(address: tuple[str, int], path: str = "/", token: str | None = TOKEN) -> Any:
     return await connect_websocket(ws_url(address, path), token=token)
+
+
+BEARER = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
 
 
 def raw_ws(address: tuple[str, int], headers: list[tuple[bytes, bytes]] | None = None) -> Any:
@@ -350,8 +363,10 @@ async def test_connection_cap() -> None:
                 await client.send_frames([data_frame(b"in")])
                 await receive_frames(client, 1)
             third = await connect(address)
-            frames = await receive_frames(third, 2)
+            frames = await receive_frames(third, 1)
             assert [error_of(f).code for f in frames] == [ErrorCode.CONNECTION_LIMIT]
+            with pytest.raises(ConnectionClosed, match="1013 TRY_AGAIN_LATER"):
+                await third.receive_some()
             for client in (first, second):
                 await client.send_frames([data_frame(b"still")])
                 assert (await receive_frames(client, 1))[0].payload == b"still"
@@ -406,6 +421,41 @@ async def test_keepalive_closes_a_peer_that_never_answers() -> None:
             await done.wait()
             await client.aclose()
     assert "did not answer a ping" in str(errors[0])
+
+
+async def test_keepalive_keeps_a_reading_peer(autojump_clock: trio.testing.MockClock) -> None:
+    # The server's pings matched to the peer's pongs: ten rounds pass, nothing is closed.
+    frame = encode_frame(Command.PING)
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+        transport = ws_module.WsTransport(ws, ws_module.PeerInfo("websocket"))
+        pongs = 0
+
+        async def answer_pings() -> None:
+            nonlocal pongs
+            # The peer's side of the wire, parsed by hand (small unmasked server frames).
+            buffer = bytearray()
+            while True:
+                buffer += await peer.receive_some(4096)
+                while len(buffer) >= 2 and len(buffer) >= 2 + buffer[1]:
+                    opcode, size = buffer[0] & 0x0F, buffer[1] & 0x7F
+                    payload = bytes(buffer[2 : 2 + size])
+                    del buffer[: 2 + size]
+                    if opcode == PING:
+                        pongs += 1
+                        await peer.send_all(ws_frame(PONG, payload))
+
+        async def send_late() -> None:
+            await trio.sleep(101)
+            await peer.send_all(ws_frame(BINARY, frame))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_pings)
+            nursery.start_soon(ws_module._keepalive, ws, transport, 10.0, 5.0)
+            nursery.start_soon(send_late)
+            assert await transport.receive_some() == frame
+            nursery.cancel_scope.cancel()
+        assert pongs == 10
 
 
 async def test_client_answers_pings_while_reading() -> None:
@@ -468,7 +518,7 @@ async def test_abrupt_peers_never_take_the_listener_down() -> None:
     ("error", "level"),
     [
         (ZeroDivisionError("a bug"), logging.ERROR),
-        (trio_websocket.ConnectionClosed(None), logging.DEBUG),
+        (ws_module._Closed(1006, "gone"), logging.DEBUG),
         (trio.BrokenResourceError("peer reset"), logging.DEBUG),
     ],
     ids=["bug", "peer-closed", "peer-reset"],
@@ -555,3 +605,97 @@ async def test_tls_round_trip(certificate: tuple[Path, Path]) -> None:
                 await connect_websocket(url, token=TOKEN)
             with pytest.raises(UnauthorizedError):
                 await connect_websocket(url, token="wrong", ssl_context=client_context)
+
+
+# --- The message deadline (virtual time, over memory streams) ------------------------------
+
+
+def server_socket(message_timeout: float) -> tuple[trio.abc.Stream, Any]:
+    """A server-side connection past its handshake over a memory stream; returns the client's
+    end of the stream (to write frames by hand) and the server's connection."""
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="example", target="/")))
+    list(server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    left, right = trio.testing.memory_stream_pair()
+    ws = ws_module._WebSocket(
+        right,
+        server,
+        max_message_size=WS_MAX_MESSAGE_SIZE,
+        receive_size=WS_RECEIVE_BUFFER,
+        close_grace=1.0,
+        message_timeout=message_timeout,
+    )
+    return left, ws
+
+
+async def test_a_message_must_be_whole_within_the_deadline_whatever_trickles(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+        frame = encode_frame(Command.STAT, bytes(100), session_id=1)
+        start = trio.current_time()
+        await peer.send_all(ws_frame(BINARY, frame[:20], fin=False))
+
+        async def trickle() -> None:
+            # A byte every 2 s, a ping between bytes: the pre-fix server waited for ever.
+            for byte in frame[20:]:
+                await trio.sleep(2)
+                await peer.send_all(ws_frame(CONTINUATION, bytes([byte]), fin=False))
+                await peer.send_all(ws_frame(PING, b"alive"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            with pytest.raises(ConnectionTimeoutError, match="not complete within 30 s"):
+                await ws.get_message()
+            nursery.cancel_scope.cancel()
+        assert trio.current_time() - start == 30
+        assert ws_module.close_code_for(ws.failure) == 1008
+
+
+async def test_half_a_frame_header_starts_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+        start = trio.current_time()
+        await peer.send_all(ws_frame(BINARY, bytes(200))[:1])
+        with pytest.raises(ConnectionTimeoutError):
+            await ws.get_message()
+        assert trio.current_time() - start == 30
+
+
+async def test_control_frames_alone_never_start_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+
+        async def pings_then_a_message() -> None:
+            for _ in range(12):
+                await trio.sleep(10)
+                await peer.send_all(ws_frame(PING, b"idle but alive"))
+            await peer.send_all(ws_frame(BINARY, b"late but whole"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pings_then_a_message)
+            assert await ws.get_message() == b"late but whole"
+        assert trio.current_time() >= 120
+
+
+async def test_each_message_gets_its_own_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+        for _ in range(3):
+            # 29 s for each message: in time, three times over (90 s in all).
+            await peer.send_all(ws_frame(BINARY, b"slow", fin=False))
+            async with trio.open_nursery() as nursery:
+
+                async def finish() -> None:
+                    await trio.sleep(29)
+                    await peer.send_all(ws_frame(CONTINUATION, b" but in time"))
+
+                nursery.start_soon(finish)
+                assert await ws.get_message() == b"slow but in time"
