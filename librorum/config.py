@@ -47,6 +47,8 @@ import attrs
 
 from librorum.errors import LibrorumError
 from librorum.limits import (
+    AUTH_BACKOFF_MAX,
+    AUTH_FAILURES_ALLOWED,
     FRAME_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT_UDS,
@@ -209,6 +211,10 @@ class Config:
     frame_timeout: float = attrs.field(default=FRAME_TIMEOUT, validator=_positive)
     idle_timeout_uds: float = attrs.field(default=IDLE_TIMEOUT_UDS, validator=_positive)
     idle_timeout_ws: float = attrs.field(default=IDLE_TIMEOUT_WS, validator=_positive)
+    #: WebSocket: failed authentications in a row from one address before it must back off,
+    #: and the longest back-off (seconds) it can earn.
+    auth_failures_allowed: int = attrs.field(default=AUTH_FAILURES_ALLOWED, validator=_positive)
+    auth_backoff_max: float = attrs.field(default=AUTH_BACKOFF_MAX, validator=_positive)
     #: Seconds requests in flight get to finish when the daemon stops.
     shutdown_grace: float = attrs.field(default=SHUTDOWN_GRACE, validator=_positive)
 
@@ -492,6 +498,8 @@ _KINDS: Final = types.MappingProxyType(
         "frame_timeout": "float",
         "idle_timeout_uds": "float",
         "idle_timeout_ws": "float",
+        "auth_failures_allowed": "int",
+        "auth_backoff_max": "float",
         "shutdown_grace": "float",
     }
 )

@@ -61,12 +61,34 @@ LISTEN_BACKLOG: Final = 128
 
 # --- WebSocket admission ---------------------------------------------------------------------
 
-#: How long a refused connection (an HTTP 4xx answer) is kept after its answer, reading
+#: Largest HTTP upgrade request head (request line and headers) read; a longer one is refused
+#: with 431. h11's own cap only applies to a head still incomplete, not to one that arrives
+#: whole in a single read.
+WS_MAX_REQUEST_HEAD: Final = 16 << 10
+#: How long a refused connection (an HTTP 4xx or 503 answer) is kept after its answer, reading
 #: and discarding what the client still sends: closing a socket with unread input makes the
 #: kernel reset the connection, which can destroy the answer before the client reads it.
 WS_REFUSAL_LINGER: Final = 1.0
 #: ...and at most this many bytes are read and discarded meanwhile.
 WS_REFUSAL_DRAIN: Final = 64 << 10
+#: The Retry-After of a 503 (a connection cap is full), in whole seconds.
+WS_BUSY_RETRY_AFTER: Final = 5
+#: Failed authentications (HTTP 401) from one address before the back-off starts: enough for
+#: a client whose token just changed, not for guessing.
+AUTH_FAILURES_ALLOWED: Final = 5
+#: The first back-off after those; it doubles with each further failure...
+AUTH_BACKOFF_BASE: Final = 1.0
+#: ...up to this. While an address backs off, its handshakes get 429 without their token
+#: being looked at, so a guesser gets about one try per AUTH_BACKOFF_MAX.
+AUTH_BACKOFF_MAX: Final = 60.0
+#: An address's failures are forgotten this long after its last one.
+AUTH_FAILURE_MEMORY: Final = 600.0
+#: Addresses whose failures are remembered; past this the least recently failing is
+#: forgotten, so a flood from many addresses costs bounded memory.
+AUTH_TRACKED_ADDRESSES: Final = 4096
+#: At most one WARNING per address per this many seconds for refused handshakes; the next
+#: line says how many were held back.
+REFUSAL_LOG_INTERVAL: Final = 60.0
 
 # --- I/O sizes -------------------------------------------------------------------------------
 

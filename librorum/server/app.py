@@ -243,6 +243,8 @@ async def serve(
                             # Each connection checks that a message is one frame itself,
                             # after the header checks, so a bad header is reported first.
                             check_frames=False,
+                            auth_failures_allowed=config.auth_failures_allowed,
+                            auth_backoff_max=config.auth_backoff_max,
                             handler_nursery=handlers,
                         )
                     )

@@ -21,9 +21,11 @@ arrives in a single read. With the reader in our hands:
 
 Server side: our own TCP (or TLS) listeners, because the connection caps must apply *before* the
 HTTP upgrade is read (a peer that connects and sends nothing costs a slot), and
-authentication happens before the upgrade is accepted. The bearer token is compared with
-:func:`hmac.compare_digest`; tokens in the URL query are never looked at (they end up in logs
-and browser history).
+authentication happens before the upgrade is accepted. A connection over a cap gets a canned
+HTTP 503 (its request is not even read); the request head is capped (431); the bearer token is
+compared with :func:`hmac.compare_digest`, and an address that keeps presenting wrong ones
+backs off (429). Tokens in the URL query are never looked at (they end up in logs and browser
+history).
 
 Client side: :func:`connect_websocket` is a plain ``await`` that raises
 :class:`~librorum.errors.UnauthorizedError` on a 401 (trio-websocket's client needs a
@@ -46,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import http
+import logging
 import math
 import os
 import ssl
@@ -89,6 +92,8 @@ from librorum.errors import (
     UnavailableError,
 )
 from librorum.limits import (
+    AUTH_BACKOFF_MAX,
+    AUTH_FAILURES_ALLOWED,
     CLOSE_GRACE,
     FD_RESERVE,
     FRAME_TIMEOUT,
@@ -98,9 +103,11 @@ from librorum.limits import (
     MAX_CONNECTIONS_PER_IP,
     MAX_UNAUTHENTICATED,
     RECEIVE_SIZE,
+    WS_BUSY_RETRY_AFTER,
     WS_HANDSHAKE_MESSAGE_SIZE,
     WS_MAX_MESSAGE_SIZE,
     WS_MAX_REJECT_BODY,
+    WS_MAX_REQUEST_HEAD,
     WS_PING_INTERVAL,
     WS_PONG_TIMEOUT,
     WS_RECEIVE_BUFFER,
@@ -108,6 +115,7 @@ from librorum.limits import (
     WS_REFUSAL_LINGER,
 )
 from librorum.protocol.constants import HEADER_SIZE
+from librorum.transport._throttle import AuthBackoff, LogLimiter, address_key
 from librorum.transport._wsframes import accelerate, encode_frame
 from librorum.transport.base import (
     PEER_ERRORS,
@@ -723,11 +731,15 @@ class _Gate:
     fd_reserve: int
     handshaking: int = 0
     established: int = 0
+    # Connections over a cap being answered with 503: each holds a descriptor for up to the
+    # refusal linger, so they are capped too (at max_unauthenticated); past that, a connection
+    # is closed unanswered.
+    refusing: int = 0
     # Every connection of an address, handshaking or established.
     per_ip: dict[str, int] = attrs.Factory(dict)
 
     def enter(self, ip: str, fd: int) -> str | None:
-        """Count a new TCP connection in, or say why it is dropped. No await: atomic."""
+        """Count a new TCP connection in, or say why it is refused. No await: atomic."""
         if self.handshaking >= self.max_unauthenticated:
             return f"{self.handshaking} connections are already in their handshake"
         if self.per_ip.get(ip, 0) >= self.max_per_ip:
@@ -765,8 +777,27 @@ class _Settings:
     max_message_size: int
     first_message_size: int | None
     receive_buffer_size: int
+    max_request_head: int
     refusal_linger: float
     check_frames: bool
+
+
+@attrs.define
+class _Guards:
+    """The listener's memory of addresses: failed authentications, and log lines held back."""
+
+    backoff: AuthBackoff
+    log: LogLimiter = attrs.Factory(LogLimiter)
+
+    def log_refusal(self, what: str, ip: str, level: int, message: str, *args: object) -> None:
+        """Log a refused connection, at most once per address and kind per interval."""
+        held_back = self.log.allow(f"{what} {address_key(ip)}", trio.current_time())
+        if held_back is None:
+            return
+        if held_back:
+            message += " (and %d more like it from there since the last report)"
+            args = (*args, held_back)
+        logger.log(level, message, *args)
 
 
 @attrs.frozen
@@ -798,7 +829,10 @@ async def serve_websocket(
     first_message_size: int | None = WS_HANDSHAKE_MESSAGE_SIZE,
     check_frames: bool = True,
     receive_buffer_size: int = WS_RECEIVE_BUFFER,
+    max_request_head: int = WS_MAX_REQUEST_HEAD,
     refusal_linger: float = WS_REFUSAL_LINGER,
+    auth_failures_allowed: int = AUTH_FAILURES_ALLOWED,
+    auth_backoff_max: float = AUTH_BACKOFF_MAX,
     fd_reserve: int = FD_RESERVE,
     backlog: int = LISTEN_BACKLOG,
     handler_nursery: trio.Nursery | None = None,
@@ -815,19 +849,30 @@ async def serve_websocket(
 
     1. at TCP accept: connections still in their handshake are capped at
        ``max_unauthenticated``, and an address's connections (any stage) at ``max_per_ip``;
-       over either, the connection is closed at once, unanswered: nothing was read yet, and a
-       flood must cost us nothing more;
+       over either (or when the descriptor reserve is reached), the connection is answered
+       with HTTP 503 and a Retry-After without its request being read, then drained for at
+       most ``refusal_linger`` seconds and closed. At most ``max_unauthenticated`` such
+       answers are under way; past that, a connection is closed unanswered: a flood costs
+       little;
     2. the TLS handshake (with ``ssl_context``) and the HTTP upgrade request must complete
-       within ``handshake_timeout``; a request that is not a WebSocket upgrade gets 400 (or
-       426 for another WebSocket version), and the connection is drained for at most
-       ``refusal_linger`` seconds after an HTTP refusal before it is closed;
-    3. with a ``token``, the request must carry ``Authorization: Bearer <token>`` (compared
+       within ``handshake_timeout``; a request head over ``max_request_head`` bytes gets 431,
+       a request that is not a WebSocket upgrade 400 (or 426 for another WebSocket version),
+       and any refused connection is drained for at most ``refusal_linger`` seconds after its
+       answer before it is closed;
+    3. an address that failed authentication ``auth_failures_allowed`` times in a row backs
+       off: its handshakes get 429 with a Retry-After, without their token being looked at,
+       for 1 s after the next failure, doubling with each further one up to
+       ``auth_backoff_max`` (:class:`~librorum.transport._throttle.AuthBackoff`);
+    4. with a ``token``, the request must carry ``Authorization: Bearer <token>`` (compared
        with :func:`hmac.compare_digest`); otherwise it is rejected with HTTP 401 before any
        WebSocket exists. A token in the URL is ignored. A request with an ``Origin`` header
        (a browser) is rejected with 403 unless the origin is in ``allowed_origins``: a web
        page must not reach a local daemon through the visitor's browser;
-    4. past ``max_connections`` established connections, the connection is accepted, sent an
+    5. past ``max_connections`` established connections, the connection is accepted, sent an
        LBRU ERROR frame (CONNECTION_LIMIT) and closed (1013), so the client learns why.
+
+    Refusals are logged at most once per address and kind per minute, with a count of those
+    held back.
 
     Once established, a message larger than ``first_message_size`` (until the handler sends
     its first frame: spec 2.2's pre-HELLO budget; ``None`` for no such limit) or
@@ -874,10 +919,12 @@ async def serve_websocket(
         max_message_size=max_message_size,
         first_message_size=first_message_size,
         receive_buffer_size=receive_buffer_size,
+        max_request_head=max_request_head,
         refusal_linger=refusal_linger,
         check_frames=check_frames,
     )
     gate = _Gate(max_connections, max_per_ip, max_unauthenticated, fd_reserve)
+    guards = _Guards(AuthBackoff(allowed=auth_failures_allowed, longest=auth_backoff_max))
     try:
         tcp_listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
     except OSError as exc:
@@ -897,7 +944,7 @@ async def serve_websocket(
             trio.SSLListener(listener, ssl_context, https_compatible=True)
             for listener in tcp_listeners
         ]
-    serve_one = partial(_serve_connection, settings=settings, gate=gate)
+    serve_one = partial(_serve_connection, settings=settings, gate=gate, guards=guards)
     async with trio.open_nursery() as nursery:
         await nursery.start(
             partial(trio.serve_listeners, serve_one, listeners, handler_nursery=handler_nursery)
@@ -913,6 +960,7 @@ async def _serve_connection(
     *,
     settings: _Settings,
     gate: _Gate,
+    guards: _Guards,
 ) -> None:
     try:
         ip, port = _socket_of(stream).getpeername()[:2]
@@ -922,14 +970,13 @@ async def _serve_connection(
     address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     refusal = gate.enter(ip, _socket_of(stream).fileno())
     if refusal is not None:
-        logger.warning("dropping connection from %s: %s", address, refusal)
-        await trio.aclose_forcefully(stream)
+        await _refuse_busy(stream, settings, gate, guards, ip, address, refusal)
         return
     handshaking = True
     try:
         with connection_guard(address, _PEER_ERRORS):
             try:
-                ws = await _handshake(stream, settings, address)
+                ws = await _handshake(stream, settings, guards, ip, address)
             finally:
                 gate.handshaking -= 1
                 handshaking = False
@@ -950,6 +997,40 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
         msg = f"expected a socket stream, got {type(stream).__name__}"
         raise TypeError(msg)
     return stream.socket
+
+
+async def _refuse_busy(
+    stream: trio.abc.Stream,
+    settings: _Settings,
+    gate: _Gate,
+    guards: _Guards,
+    ip: str,
+    address: str,
+    why: str,
+) -> None:
+    """Answer a connection over a cap with 503 and close it; the request is not read, only
+    drained. Past ``max_unauthenticated`` answers under way, close it unanswered."""
+    answer = gate.refusing < gate.max_unauthenticated
+    guards.log_refusal(
+        "busy",
+        ip,
+        logging.WARNING,
+        "refusing WebSocket connection from %s%s: %s",
+        address,
+        "" if answer else " unanswered",
+        why,
+    )
+    try:
+        if answer:
+            gate.refusing += 1
+            try:
+                retry = (("Retry-After", str(WS_BUSY_RETRY_AFTER)),)
+                busy = _Refusal(503, "too many connections; try again later", retry)
+                await _answer(stream, busy, settings.refusal_linger)
+            finally:
+                gate.refusing -= 1
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 def _http_response(refusal: _Refusal) -> bytes:
@@ -988,6 +1069,8 @@ async def _answer(stream: trio.abc.Stream, refusal: _Refusal, linger: float) -> 
 async def _handshake(
     stream: trio.abc.Stream,
     settings: _Settings,
+    guards: _Guards,
+    ip: str,
     address: str,
 ) -> _WebSocket | None:
     """Read the upgrade request, check it, accept it or answer why not. None: refused, timed
@@ -995,11 +1078,11 @@ async def _handshake(
     ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
     refusal: _Refusal | None = None
     with trio.move_on_after(settings.handshake_timeout):
-        request = await _read_request(stream, ws, settings.receive_buffer_size)
+        request = await _read_request(stream, ws, settings.max_request_head)
         if request is None:
             return None  # the client left before finishing its request
         if isinstance(request, Request):
-            refusal = _admit(request, settings, address)
+            refusal = _admit(request, settings, guards, ip, address)
             if refusal is None:
                 await stream.send_all(ws.send(AcceptConnection()))
                 return _WebSocket(
@@ -1012,31 +1095,40 @@ async def _handshake(
                 )
         else:
             refusal = request
-            logger.warning(
+            guards.log_refusal(
+                "request",
+                ip,
+                logging.WARNING,
                 "refusing WebSocket handshake from %s: %d %s",
                 address,
                 refusal.status,
                 refusal.reason,
             )
     if refusal is None:
-        logger.info("WebSocket handshake from %s timed out", address)
+        guards.log_refusal(
+            "request", ip, logging.INFO, "WebSocket handshake from %s timed out", address
+        )
         return None
     await _answer(stream, refusal, settings.refusal_linger)
     return None
 
 
 async def _read_request(
-    stream: trio.abc.Stream, ws: wsproto.WSConnection, receive_size: int
+    stream: trio.abc.Stream, ws: wsproto.WSConnection, max_head: int
 ) -> Request | _Refusal | None:
-    """The upgrade request; a refusal when it is not an upgrade request; None when the client
-    closed first."""
+    """The upgrade request, read up to ``max_head`` bytes; a refusal when it is too long or
+    not an upgrade request; None when the client closed first."""
+    received = 0
     while True:
         for event in ws.events():
             if isinstance(event, Request):
                 return event
-        data = await stream.receive_some(receive_size)
+        data = await stream.receive_some(max_head + 1 - received)
         if not data:
             return None
+        received += len(data)
+        if received > max_head:
+            return _Refusal(431, f"the request head is over {max_head} bytes")
         try:
             ws.receive_data(_as_bytes(data))
         except wsproto.utilities.RemoteProtocolError as exc:
@@ -1053,16 +1145,59 @@ async def _read_request(
             return _Refusal(400, "not a WebSocket upgrade: the Host header is no host name")
 
 
-def _admit(request: Request, settings: _Settings, address: str) -> _Refusal | None:
+def _admit(
+    request: Request, settings: _Settings, guards: _Guards, ip: str, address: str
+) -> _Refusal | None:
     """None to accept the upgrade request, else the answer that refuses it (logged)."""
+    key = address_key(ip)
+    now = trio.current_time()
+    wait = guards.backoff.wait(key, now)
+    if wait > 0:
+        guards.log_refusal(
+            "auth",
+            ip,
+            logging.WARNING,
+            "refusing WebSocket handshake from %s: too many failed authentications "
+            "(%.3g s of back-off left)",
+            address,
+            wait,
+        )
+        retry = (("Retry-After", str(math.ceil(wait))),)
+        return _Refusal(429, "too many failed authentications; try again later", retry)
+    keys = sum(1 for name, _ in request.extra_headers if name == b"sec-websocket-key")
+    if keys != 1:
+        refusal = _Refusal(400, "not a WebSocket upgrade: more than one Sec-WebSocket-Key")
+        guards.log_refusal(
+            "request",
+            ip,
+            logging.WARNING,
+            "refusing WebSocket handshake from %s: %s",
+            address,
+            refusal.reason,
+        )
+        return refusal
     verdict = _authorize(request.extra_headers, settings)
     if verdict is None:
+        guards.backoff.succeeded(key)
         return None
     status, reason = verdict
-    logger.warning("rejecting WebSocket handshake from %s: %s", address, reason)
     headers: tuple[tuple[str, str], ...] = ()
+    detail = ""
     if status == 401:
         headers = (("WWW-Authenticate", 'Bearer realm="librorum"'),)
+        failures, wait = guards.backoff.failed(key, now)
+        if wait:
+            headers = (*headers, ("Retry-After", str(math.ceil(wait))))
+            detail = f" ({failures} failures in a row: backing off for {wait:g} s)"
+    guards.log_refusal(
+        "auth",
+        ip,
+        logging.WARNING,
+        "rejecting WebSocket handshake from %s: %s%s",
+        address,
+        reason,
+        detail,
+    )
     return _Refusal(status, reason, headers)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from librorum.errors import ErrorCode
+from librorum.errors import ConnectionLimitError, ErrorCode
+from librorum.limits import MAX_CONNECTIONS_PER_IP
 from librorum.protocol.constants import (
     DEFAULT_MAX_PAYLOAD,
     HEADER_SIZE,
@@ -24,6 +25,7 @@ from librorum.protocol.constants import (
 )
 from librorum.protocol.framing import encode_frame
 from librorum.testing import TestDaemon, open_test_daemon
+from librorum.transport import connect_websocket
 
 from ..rawws import (
     BINARY,
@@ -32,12 +34,15 @@ from ..rawws import (
     LBRU_CASES,
     PING,
     PING_PAYLOAD,
+    UPGRADE,
     WEBSOCKET_CASES,
     Case,
     RawWebSocket,
     attack,
     data_message,
     header,
+    http_exchange,
+    status_of,
     trickle,
     ws_frame,
 )
@@ -156,4 +161,20 @@ async def test_a_message_trickling_in_fragments_meets_the_frame_deadline(
             assert outcome.close_code == 1008
             assert 0.5 <= elapsed < 5
             await assert_one_clean_line(daemon, caplog)
+            await assert_still_serving(daemon)
+
+
+async def test_the_33rd_connection_from_one_address_gets_503(tmp_path: Path) -> None:
+    bearer = b"Authorization: Bearer %s\r\n"
+    with trio.fail_after(DEADLINE):
+        async with daemon_and_address(tmp_path) as (daemon, address, token):
+            held = [await RawWebSocket.open(address, token) for _ in range(MAX_CONNECTIONS_PER_IP)]
+            assert {ws.status for ws in held} == {101}
+            response = await http_exchange(address, UPGRADE + bearer % token.encode() + b"\r\n")
+            assert status_of(response) == 503
+            assert b"\r\nRetry-After: " in response
+            with pytest.raises(ConnectionLimitError):
+                await connect_websocket(daemon.url, token=token)
+            for ws in held:
+                await ws.aclose()
             await assert_still_serving(daemon)

@@ -24,6 +24,7 @@ from wsproto.events import AcceptConnection, Request
 from librorum.config import ConfigError
 from librorum.errors import (
     ConnectionClosed,
+    ConnectionLimitError,
     ConnectionTimeoutError,
     ErrorCode,
     FrameTooLargeError,
@@ -31,7 +32,7 @@ from librorum.errors import (
     RemoteProtocolError,
     UnauthorizedError,
 )
-from librorum.limits import WS_MAX_MESSAGE_SIZE, WS_RECEIVE_BUFFER
+from librorum.limits import WS_MAX_MESSAGE_SIZE, WS_MAX_REQUEST_HEAD, WS_RECEIVE_BUFFER
 from librorum.protocol import Command
 from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
 from librorum.protocol.framing import encode_frame
@@ -47,6 +48,12 @@ from ..rawws import (
     CONTINUATION,
     PING,
     PONG,
+    UPGRADE,
+    RawWebSocket,
+    http_exchange,
+    request_cases,
+    status_of,
+    trickle,
     ws_frame,
 )
 from .conftest import (
@@ -352,6 +359,107 @@ async def test_no_token_means_no_authentication() -> None:
             await client.aclose()
 
 
+# --- The upgrade request ---------------------------------------------------------------------
+
+
+def padded_request(head_size: int) -> bytes:
+    """An upgrade request with the token whose head (request line and headers, up to the blank
+    line) is exactly ``head_size`` bytes, padded with one filler header."""
+    base = UPGRADE + BEARER + b"X-Pad: \r\n\r\n"
+    assert head_size >= len(base)
+    return base.replace(b"X-Pad: ", b"X-Pad: " + b"a" * (head_size - len(base)))
+
+
+@pytest.mark.parametrize(
+    ("head_size", "status"),
+    [
+        (WS_MAX_REQUEST_HEAD, 101),
+        (WS_MAX_REQUEST_HEAD + 1, 431),
+        (64 << 10, 431),
+    ],
+    ids=["at-the-cap", "a-byte-over", "64-KiB"],
+)
+async def test_the_request_head_is_capped_at_16_kib(head_size: int, status: int) -> None:
+    # The whole head arrives in one read: h11's cap (incomplete heads only) never applied,
+    # so 64 KiB of headers used to be accepted.
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            response = await http_exchange(address, padded_request(head_size))
+            assert status_of(response) == status
+            if status == 431:
+                assert response.endswith(b"the request head is over 16384 bytes\n")
+
+
+async def test_a_trickled_request_is_dropped_at_the_handshake_deadline() -> None:
+    # Slowloris on the HTTP request: a header byte every 20 ms, never the end of the head.
+    request = UPGRADE + b"X-Slow: " + b"a" * 10_000
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo, handshake_timeout=0.3) as address:
+            stream = await trio.open_tcp_stream(*address)
+            start = trio.current_time()
+            async with stream, trio.open_nursery() as nursery:
+                pieces = [bytes([byte]) for byte in request]
+                nursery.start_soon(trickle, stream.send_all, pieces, 0.02)
+                assert await stream.receive_some(4096) == b"", "closed, unanswered"
+                nursery.cancel_scope.cancel()
+            assert 0.3 <= trio.current_time() - start < 3
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"), list(request_cases(TOKEN).values()), ids=list(request_cases(TOKEN))
+)
+async def test_malformed_upgrade_requests_get_a_4xx_and_no_traceback(
+    request_head: bytes, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(DEADLINE), caplog.at_level(logging.DEBUG, "librorum"):
+        async with ws_server(echo) as address:
+            response = await http_exchange(address, request_head)
+            assert status_of(response) == status
+            if status == 426:
+                assert b"\r\nSec-WebSocket-Version: 13\r\n" in response
+            client = await connect(address)  # the listener is fine
+            await client.aclose()
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
+# --- Authentication back-off ---------------------------------------------------------------
+
+
+async def test_repeated_wrong_tokens_back_off_with_429_and_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(DEADLINE), caplog.at_level(logging.INFO, "librorum.transport"):
+        async with ws_server(echo, auth_failures_allowed=3, auth_backoff_max=0.2) as address:
+            statuses = []
+            retry_after = []
+            for attempt in range(6):
+                token = TOKEN if attempt == 5 else f"guess-{attempt}"
+                ws = await RawWebSocket.open(address, token)
+                statuses.append(ws.status)
+                retry_after.append(ws.header(b"retry-after"))
+                await ws.aclose()
+            # Three free failures; the fourth earns a wait (said on its 401); during it even
+            # the right token gets 429, without being looked at.
+            assert statuses == [401, 401, 401, 401, 429, 429]
+            assert retry_after == [None, None, None, b"1", b"1", b"1"]
+            # Another address is not held back.
+            other = await RawWebSocket.open(address, TOKEN, local_address="127.0.0.2")
+            assert other.status == 101
+            await other.aclose()
+            # Once the wait is over the right token is accepted and the failures forgotten.
+            await trio.sleep(0.25)
+            for token in [TOKEN, "wrong", "wrong", "wrong"]:
+                ws = await RawWebSocket.open(address, token)
+                assert ws.status == (101 if token == TOKEN else 401)
+                assert ws.header(b"retry-after") is None
+                await ws.aclose()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings if "127.0.0.1:" in r.getMessage()] == [
+        warnings[0].getMessage()
+    ], "one WARNING per address per interval"
+    assert "invalid token" in warnings[0].getMessage()
+
+
 # --- Limits ------------------------------------------------------------------------------------
 
 
@@ -374,24 +482,54 @@ async def test_connection_cap() -> None:
                 await client.aclose()
 
 
-async def test_handshake_flood_is_capped() -> None:
+async def test_handshake_flood_is_answered_503() -> None:
+    # A connection over a pre-handshake cap used to be dropped unanswered: now it learns why,
+    # without its request being read.
     with trio.fail_after(DEADLINE):
         async with ws_server(echo, max_unauthenticated=1) as address:
             with trio.socket.socket() as silent:
                 await silent.connect(address)  # connects, never sends the upgrade request
                 await trio.testing.wait_all_tasks_blocked()  # the server accepted it, waits
-                with pytest.raises(ConnectionClosed, match="closed the connection during"):
+                response = await http_exchange(address, UPGRADE + BEARER + b"\r\n")
+                assert status_of(response) == 503
+                assert b"\r\nRetry-After: 5\r\n" in response
+                assert response.endswith(b"\r\n\r\ntoo many connections; try again later\n")
+                with pytest.raises(ConnectionLimitError, match="HTTP 503"):
                     await connect(address)
 
 
-async def test_per_ip_cap_counts_handshakes() -> None:
+async def test_per_ip_cap_counts_handshakes_and_answers_503() -> None:
     with trio.fail_after(DEADLINE):
-        async with ws_server(echo, max_per_ip=1) as address:
+        async with ws_server(echo, max_per_ip=2) as address:
+            first = await connect(address)
             with trio.socket.socket() as silent:
                 await silent.connect(address)
                 await trio.testing.wait_all_tasks_blocked()
-                with pytest.raises(ConnectionClosed, match="closed the connection during"):
+                with pytest.raises(ConnectionLimitError, match=r"HTTP 503.*try again later"):
                     await connect(address)
+                # Another address is not affected (127.0.0.0/8 is all loopback).
+                other = await RawWebSocket.open(address, TOKEN, local_address="127.0.0.2")
+                assert other.status == 101
+                await other.aclose()
+            await first.aclose()
+
+
+async def test_refusals_under_way_are_capped_then_unanswered() -> None:
+    # Answering costs a descriptor for up to the linger; past max_unauthenticated answers
+    # under way, a connection is closed unanswered, as before. A client that never reads or
+    # closes keeps its answer under way for the whole linger.
+    with trio.fail_after(DEADLINE):
+        async with ws_server(
+            echo, max_per_ip=1, max_unauthenticated=2, refusal_linger=DEADLINE
+        ) as address:
+            first = await connect(address)
+            lingering = [await trio.open_tcp_stream(*address) for _ in range(2)]
+            await trio.testing.wait_all_tasks_blocked()
+            assert await http_exchange(address, UPGRADE + BEARER + b"\r\n") == b""
+            for stream in lingering:
+                assert status_of(await stream.receive_some(4096)) == 503
+                await stream.aclose()
+            await first.aclose()
 
 
 async def test_handshake_timeout_frees_the_slot() -> None:
@@ -501,7 +639,8 @@ async def test_abrupt_peers_never_take_the_listener_down() -> None:
         b"Authorization: Bearer wrong\r\n\r\n"
     )
     with trio.fail_after(DEADLINE):
-        async with ws_server(echo, handshake_timeout=0.2) as address:
+        # (Enough failures allowed that the wrong tokens do not make this address back off.)
+        async with ws_server(echo, handshake_timeout=0.2, auth_failures_allowed=100) as address:
             for payload in [upgrade_with_wrong_token, b"\x16\x03\x01garbage\r\n\r\n", b""] * 10:
                 with trio.socket.socket() as sock:
                     await sock.connect(address)
