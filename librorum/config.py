@@ -47,6 +47,8 @@ import attrs
 
 from librorum.errors import LibrorumError
 from librorum.limits import (
+    AUTH_BACKOFF_MAX,
+    AUTH_FAILURES_ALLOWED,
     FRAME_TIMEOUT,
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT_UDS,
@@ -208,13 +210,21 @@ class Config:
     max_connections_per_uid: int = attrs.field(default=MAX_CONNECTIONS_PER_UID, validator=_positive)
     max_connections_per_ip: int = attrs.field(default=MAX_CONNECTIONS_PER_IP, validator=_positive)
     handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT, validator=_positive)
+    #: Seconds a frame (on WebSocket, a message) may take from its first byte to its last.
+    frame_timeout: float = attrs.field(default=FRAME_TIMEOUT, validator=_positive)
     idle_timeout_uds: float = attrs.field(default=IDLE_TIMEOUT_UDS, validator=_positive)
     idle_timeout_ws: float = attrs.field(default=IDLE_TIMEOUT_WS, validator=_positive)
-    frame_timeout: float = attrs.field(default=FRAME_TIMEOUT, validator=_positive)
+    #: Seconds a request stream may go without progress from its client (spec 9.2).
     stream_timeout: float = attrs.field(default=STREAM_TIMEOUT, validator=_positive)
+    #: At a full connection cap, seconds a connection must have waited on its client to be
+    #: closed for a newcomer (spec 9.2).
     reclaim_after: float = attrs.field(default=RECLAIM_AFTER, validator=_positive)
     #: Upload bytes held at once over all connections (spec 9.2); see limits.MAX_INFLIGHT_BYTES.
     max_inflight_bytes: int = attrs.field(default=MAX_INFLIGHT_BYTES, validator=_positive)
+    #: WebSocket: failed authentications in a row from one address before it must back off,
+    #: and the longest back-off (seconds) it can earn.
+    auth_failures_allowed: int = attrs.field(default=AUTH_FAILURES_ALLOWED, validator=_positive)
+    auth_backoff_max: float = attrs.field(default=AUTH_BACKOFF_MAX, validator=_positive)
     #: Seconds requests in flight get to finish when the daemon stops.
     shutdown_grace: float = attrs.field(default=SHUTDOWN_GRACE, validator=_positive)
 
@@ -495,12 +505,14 @@ _KINDS: Final = types.MappingProxyType(
         "max_connections_per_uid": "int",
         "max_connections_per_ip": "int",
         "handshake_timeout": "float",
+        "frame_timeout": "float",
         "idle_timeout_uds": "float",
         "idle_timeout_ws": "float",
-        "frame_timeout": "float",
         "stream_timeout": "float",
         "reclaim_after": "float",
         "max_inflight_bytes": "int",
+        "auth_failures_allowed": "int",
+        "auth_backoff_max": "float",
         "shutdown_grace": "float",
     }
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
+from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, MAX_HANDSHAKE_PAYLOAD
 
 # --- Deadlines -------------------------------------------------------------------------------
 
@@ -20,7 +20,9 @@ from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
 #: this: a peer that connects and says nothing holds a slot only this long.
 HANDSHAKE_TIMEOUT: Final = 10.0
 #: Once a frame's first byte is in, the rest must follow within this: a stalled half frame
-#: pins a buffer, so it ends the connection.
+#: pins a buffer, so it ends the connection. On WebSocket the same deadline applies to each
+#: message, from its first byte to its last fragment (the transport only hands on whole
+#: messages, so the LBRU layer never sees a half frame there).
 FRAME_TIMEOUT: Final = 30.0
 #: A request stream that makes no progress for this long is aborted with TIMEOUT: an upload
 #: whose client sent no DATA although it had credit, a download whose client granted no credit
@@ -42,8 +44,8 @@ IDLE_TIMEOUT_WS: Final = 120.0
 WS_PING_INTERVAL: Final = 30.0
 #: A ping unanswered for this long means the peer is gone: the connection is closed.
 WS_PONG_TIMEOUT: Final = 30.0
-#: How long a WebSocket close handshake may take (trio-websocket's disconnect_timeout) before
-#: the TCP connection is simply closed.
+#: How long a WebSocket close handshake may take before the TCP connection is simply closed
+#: (trio-websocket's disconnect_timeout is 60 s).
 CLOSE_GRACE: Final = 5.0
 #: On shutdown, requests in flight get this long to finish before they are cancelled.
 SHUTDOWN_GRACE: Final = 10.0
@@ -89,6 +91,37 @@ UPLOAD_WINDOW: Final = 2 << 20
 #: files still go without a round trip, and the server grants more as the data is taken.
 INITIAL_UPLOAD_WINDOW: Final = 256 << 10
 
+# --- WebSocket admission ---------------------------------------------------------------------
+
+#: Largest HTTP upgrade request head (request line and headers) read; a longer one is refused
+#: with 431. h11's own cap only applies to a head still incomplete, not to one that arrives
+#: whole in a single read.
+WS_MAX_REQUEST_HEAD: Final = 16 << 10
+#: How long a refused connection (an HTTP 4xx or 503 answer) is kept after its answer, reading
+#: and discarding what the client still sends: closing a socket with unread input makes the
+#: kernel reset the connection, which can destroy the answer before the client reads it.
+WS_REFUSAL_LINGER: Final = 1.0
+#: ...and at most this many bytes are read and discarded meanwhile.
+WS_REFUSAL_DRAIN: Final = 64 << 10
+#: The Retry-After of a 503 (a connection cap is full), in whole seconds.
+WS_BUSY_RETRY_AFTER: Final = 5
+#: Failed authentications (HTTP 401) from one address before the back-off starts: enough for
+#: a client whose token just changed, not for guessing.
+AUTH_FAILURES_ALLOWED: Final = 5
+#: The first back-off after those; it doubles with each further failure...
+AUTH_BACKOFF_BASE: Final = 1.0
+#: ...up to this. While an address backs off, its handshakes get 429 without their token
+#: being looked at, so a guesser gets about one try per AUTH_BACKOFF_MAX.
+AUTH_BACKOFF_MAX: Final = 60.0
+#: An address's failures are forgotten this long after its last one.
+AUTH_FAILURE_MEMORY: Final = 600.0
+#: Addresses whose failures are remembered; past this the least recently failing is
+#: forgotten, so a flood from many addresses costs bounded memory.
+AUTH_TRACKED_ADDRESSES: Final = 4096
+#: At most one WARNING per address per this many seconds for refused handshakes; the next
+#: line says how many were held back.
+REFUSAL_LOG_INTERVAL: Final = 60.0
+
 # --- I/O sizes -------------------------------------------------------------------------------
 
 #: Bytes asked of the kernel per read: one maximal DATA frame. Trio's default (64 KiB) costs
@@ -102,15 +135,15 @@ SMALL_RECEIVE_SIZE: Final = 64 << 10
 #: SO_SNDBUF and SO_RCVBUF of Unix sockets, both sides: room for a few maximal frames in the
 #: kernel so a writer rarely blocks mid-frame (Linux caps it at net.core.wmem_max/rmem_max).
 UDS_SOCKET_BUFFER: Final = 4 << 20
-#: trio-websocket's message_queue_size: messages its reader task may hold that nobody has
-#: asked for yet. One keeps flow control in the LBRU layer, where the windows are.
-WS_MESSAGE_QUEUE: Final = 1
-#: trio-websocket's receive_buffer_size, the bytes its reader asks for per read. Its default
-#: (4 KiB) halves WebSocket throughput: wsproto then parses and unmasks in tiny pieces.
+#: Bytes a WebSocket connection asks for per read, both sides. 4 KiB reads (trio-websocket's
+#: default) halve WebSocket throughput: wsproto then parses and unmasks in tiny pieces.
 WS_RECEIVE_BUFFER: Final = 1 << 20
 #: Largest WebSocket message accepted: exactly one maximal LBRU frame, since every message
 #: carries one frame. Anything larger closes the connection with code 1009.
 WS_MAX_MESSAGE_SIZE: Final = HEADER_SIZE + DEFAULT_MAX_PAYLOAD
+#: Largest WebSocket message accepted before HELLO completes (spec 2.2): one frame with the
+#: pre-handshake payload budget, so an unintroduced peer cannot make us buffer 1 MiB.
+WS_HANDSHAKE_MESSAGE_SIZE: Final = HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD
 #: Largest HTTP body read from a refused WebSocket handshake (the client side): the reason
 #: text is for a log line, not a download.
 WS_MAX_REJECT_BODY: Final = 4 << 10

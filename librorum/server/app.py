@@ -139,15 +139,16 @@ class Server:
             if not self.connections:
                 self._idle.set()
 
-    def reclaim(self, kind: str, key: int | str | None) -> bool:
-        """Make room under a full connection cap (the listeners' callback): close the
-        connection of transport ``kind`` (and peer ``key``: a uid or an IP address; ``None``
-        for any) that has waited longest on its client, if that is at least the reclaim
-        threshold. It gets ERROR CONNECTION_LIMIT and ends within the close grace; its
-        requests end as on any disconnect (nothing partial is committed).
+    def reclaim(self, kind: str, key: int | str | None, *, evict: bool = True) -> bool:
+        """Make room under a full connection cap (the listeners' callback, see
+        :class:`~librorum.transport.base.Reclaim`): close the connection of transport
+        ``kind`` (and peer ``key``: a uid or an IP address; ``None`` for any) that has waited
+        longest on its client, if that is at least the reclaim threshold. It gets ERROR
+        CONNECTION_LIMIT and ends within the close grace; its requests end as on any
+        disconnect (nothing partial is committed). With ``evict=False``, nothing is closed.
 
         Returns:
-            Whether a connection was chosen (the caller may admit one more meanwhile).
+            Whether there is such a connection (the caller may admit one more meanwhile).
         """
         now = trio.current_time()
         chosen: Connection | None = None
@@ -160,8 +161,8 @@ class Server:
             waited = connection.waiting_on_client(now)
             if waited >= longest:
                 chosen, longest = connection, waited
-        if chosen is None:
-            return False
+        if chosen is None or not evict:
+            return chosen is not None
         chosen.evict(
             f"closed to admit a new connection: the connection limit was reached and this "
             f"one had waited {longest:.0f} s on its client"
@@ -280,6 +281,14 @@ async def serve(
                             max_per_ip=min(config.max_connections_per_ip, max_connections),
                             max_unauthenticated=min(config.max_unauthenticated, max_connections),
                             handshake_timeout=config.handshake_timeout,
+                            # One deadline for frames and for the messages that carry them.
+                            message_timeout=server.timeouts.frame,
+                            # Each connection checks that a message is one frame itself,
+                            # after the header checks, so a bad header is reported first.
+                            check_frames=False,
+                            auth_failures_allowed=config.auth_failures_allowed,
+                            auth_backoff_max=config.auth_backoff_max,
+                            reclaim=server.reclaim,
                             handler_nursery=handlers,
                         )
                     )

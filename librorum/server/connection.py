@@ -205,7 +205,8 @@ class Connection:
             self.server.stats.connection_closed(self.transport.kind)
             _close_fds(self._fds)
             with trio.CancelScope(shield=True):
-                await self.transport.aclose()
+                # The transport says why too, where it can (WebSocket: the close code).
+                await self.transport.aclose(error=self.session.error)
             reason = self.session.error
             log.info("connection from %s closed%s", peer, f": {reason}" if reason else "")
 
@@ -295,7 +296,14 @@ class Connection:
                     return None
                 self._fds.extend(fds)
             else:
-                data = await self.transport.receive_some(self._receive_size)
+                try:
+                    data = await self.transport.receive_some(self._receive_size)
+                except (RemoteProtocolError, ConnectionTimeoutError) as exc:
+                    # The transport refused the peer's input (WebSocket, spec 2.2: a message
+                    # that cannot be a frame, over the size limit, or not complete within the
+                    # frame deadline): a connection error like the session's own.
+                    session.fail(exc)
+                    return None
             self._last_activity = self._last_progress = trio.current_time()
             self._receive_size = next_receive_size(len(data))
             self.server.stats.bytes_in += len(data)

@@ -14,6 +14,12 @@ check) and replaces only the two payload paths:
 * sending: :func:`encode_frame` builds header, key and payload into one buffer, masked in
   place.
 
+The decoder is also where a connection's message limits live, since it is the first to see
+each frame's header: a data message larger than :attr:`FastFrameDecoder.max_message_size` is
+refused at the header that takes it over the limit, before any of that payload is buffered, and
+:attr:`FastFrameDecoder.at_message_boundary` tells a reader whether part of a message (or of a
+control frame) has arrived, which is when a message deadline runs.
+
 Masking (RFC 6455 5.3) is XOR with a 4-byte key. Pure Python has no vectorised XOR; the
 fastest stdlib path measured is four ``bytearray.translate`` passes over the strided lanes
 (about 0.9 GB/s on the development machine). ``int.from_bytes``/``to_bytes`` around one big
@@ -21,10 +27,11 @@ integer XOR measured 0.2-0.25 GB/s (the conversions are bytewise), so it is not 
 
 :func:`accelerate` installs the decoder by switching the classes of wsproto's frame objects
 of one connection (state-preserving subclasses, no global patching). It reaches into private
-attributes of wsproto (``_proto``, ``_frame_decoder``, the masker's ``_masking_key``) and the
-server into trio-websocket's ``_wsproto``, so it only does so for the wsproto versions whose internals
-were checked (:data:`_SUPPORTED_WSPROTO`) and when no extension was negotiated; otherwise the
-connection keeps plain wsproto, which is correct, only slower.
+attributes of wsproto (``_proto``, ``_frame_decoder``, the masker's ``_masking_key``), so it
+only does so for the wsproto versions whose internals were checked
+(:data:`_SUPPORTED_WSPROTO`) and when no extension was negotiated; otherwise the connection
+keeps plain wsproto, which is correct, only slower (and limits a message as its parts arrive
+rather than at its header).
 """
 
 from __future__ import annotations
@@ -36,11 +43,13 @@ from typing import Final, cast
 import wsproto
 from wsproto.connection import Connection
 from wsproto.frame_protocol import (
+    CloseReason,
     Frame,
     FrameDecoder,
     FrameProtocol,
     Header,
     Opcode,
+    ParseFailed,
     XorMaskerSimple,
 )
 
@@ -119,14 +128,43 @@ class FastFrameDecoder(FrameDecoder):
     all of it arrived (a reader that asks for :meth:`missing` bytes then gets each message as
     one buffer, with no reassembly copy); larger ones are emitted in parts as they arrive,
     as wsproto does. So the buffer holds at most that much plus one read.
+
+    A data message whose declared size (the payload lengths of its frames so far) exceeds
+    :attr:`max_message_size` fails to parse at the header that takes it over, with close code
+    1009 (wsproto reports it like any other parse failure: a ``CloseConnection`` event).
     """
 
     whole_frames_up_to: int = 0
+    #: The largest data message accepted (all its fragments); None: no limit.
+    max_message_size: int | None = None
+    #: Declared payload bytes of the data message being received, up to the current frame.
+    _message_bytes: int = 0
+    #: A data message has begun and its last frame (FIN) has not been seen yet.
+    _in_message: bool = False
     #: The payload of the frame being received in whole mode, allocated at its full size when
     #: its header arrived at the start of a read, filled straight from the reads that follow
     #: (one copy per byte, no buffer growth), and how much of it is filled.
     _pending: bytearray | None = None
     _filled: int = 0
+
+    def limit_messages(self, size: int) -> None:
+        """Accept data messages of at most ``size`` bytes from the next frame header on, and
+        receive frames up to that size whole (when whole frames were asked for)."""
+        self.max_message_size = size
+        if self.whole_frames_up_to:
+            self.whole_frames_up_to = size
+
+    @property
+    def at_message_boundary(self) -> bool:
+        """True when no part of a message or frame is buffered or awaited: the last byte
+        received ended a whole message or control frame (a deadline on messages runs
+        whenever this is False)."""
+        return (
+            self.header is None
+            and not len(self.buffer)
+            and self._pending is None
+            and not self._in_message
+        )
 
     def missing(self) -> int:
         """How many more bytes the frame being received needs before it can be emitted whole;
@@ -163,8 +201,10 @@ class FastFrameDecoder(FrameDecoder):
     def process_buffer(self) -> Frame | None:
         if self.extensions:
             return super().process_buffer()
-        if not self.header and not self.parse_header():
-            return None
+        if not self.header:
+            if not self.parse_header():
+                return None
+            self._check_message()
         header = self.header
         assert header is not None  # parse_header() sets it, as in wsproto
         assert self.effective_opcode is not None
@@ -201,6 +241,29 @@ class FastFrameDecoder(FrameDecoder):
             buffer.bytes_used = start + remaining
             buffer.commit()
         return self._emit(header, payload)
+
+    def _check_message(self) -> None:
+        """Account for the header just parsed in its message; refuse a data message once it
+        declares more than the limit.
+
+        Raises:
+            ParseFailed: with code 1009 (message too big).
+        """
+        header = self.header
+        assert header is not None  # parse_header() set it, as in wsproto
+        if header.opcode.iscontrol():
+            return
+        declared = header.payload_len
+        if header.opcode is Opcode.CONTINUATION:
+            declared += self._message_bytes
+        limit = self.max_message_size
+        if limit is not None and declared > limit:
+            msg = f"message of {declared} bytes or more, over the limit of {limit}"
+            raise ParseFailed(msg, CloseReason.MESSAGE_TOO_BIG)
+        # A misplaced CONTINUATION or a new message inside one is wsproto's to refuse (its
+        # message decoder sees the frame next); the count only has to stay bounded meanwhile.
+        self._in_message = not header.fin
+        self._message_bytes = declared if self._in_message else 0
 
     def _emit(self, header: Header, payload: bytearray) -> Frame:
         assert self.effective_opcode is not None
@@ -263,10 +326,16 @@ class _FastFrameProtocol(FrameProtocol):
         return encode_frame(opcode, payload, fin=fin, masked=self.client)  # type: ignore[return-value]
 
 
-def accelerate(ws: wsproto.WSConnection, *, whole_frames_up_to: int = 0) -> FastFrameDecoder | None:
+def accelerate(
+    ws: wsproto.WSConnection,
+    *,
+    whole_frames_up_to: int = 0,
+    max_message_size: int | None = None,
+) -> FastFrameDecoder | None:
     """Switch an established connection's frame handling to this module's faster paths, and
     return its decoder (see :class:`FastFrameDecoder` for ``whole_frames_up_to``: pass the
-    largest message accepted, or 0 to receive payloads in parts as they arrive).
+    largest message accepted, or 0 to receive payloads in parts as they arrive; and for
+    ``max_message_size``, the limit checked at each frame's header).
 
     Call it once the handshake is complete (before or after frames arrived: the switch keeps
     all parser state). Returns None, changing nothing, when the wsproto version is not one
@@ -290,4 +359,5 @@ def accelerate(ws: wsproto.WSConnection, *, whole_frames_up_to: int = 0) -> Fast
     decoder.__class__ = FastFrameDecoder
     assert isinstance(decoder, FastFrameDecoder)
     decoder.whole_frames_up_to = whole_frames_up_to
+    decoder.max_message_size = max_message_size
     return decoder

@@ -119,8 +119,11 @@ class FrameTransport(Protocol):
 
         Raises:
             ConnectionClosed: the connection broke or was closed locally.
-            RemoteProtocolError: (WebSocket) a text message, or a message that is not exactly
-                one frame.
+            RemoteProtocolError: (WebSocket) the peer's input cannot be frames: a text or
+                empty message, a message that is not exactly one frame, or a breach of RFC
+                6455; FrameTooLargeError for a message over the size limit.
+            ConnectionTimeoutError: (WebSocket) a message was not complete within the
+                message deadline.
         """
         ...
 
@@ -150,9 +153,14 @@ class FrameTransport(Protocol):
         """
         ...
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, error: LibrorumError | None = None) -> None:
         """Close the connection; idempotent. Pending receives and sends in other tasks fail
         with ConnectionClosed.
+
+        ``error`` is the connection error that ends the connection (spec 7.3), once its
+        ERROR frame has been sent (or could not be); a transport that can say why a connection
+        closes does so with it (WebSocket: the close code, e.g. 1002 or 1009), others ignore
+        it. None: an ordinary close.
 
         Cancellation: the connection is still closed, only less gracefully (no WebSocket
         close handshake).
@@ -162,10 +170,16 @@ class FrameTransport(Protocol):
 
 #: What a listener calls for each accepted, authenticated connection.
 Handler: TypeAlias = Callable[[FrameTransport], Awaitable[None]]
-#: What a listener calls when a connection cap is full: ``reclaim(kind, key)`` closes a
-#: connection of that transport kind (and peer key, ``None`` for any) that has stalled, and
-#: says whether it did; the newcomer is then admitted (see ``Server.reclaim``).
-Reclaim: TypeAlias = Callable[[str, int | str | None], bool]
+
+
+class Reclaim(Protocol):
+    """What a listener calls when a connection cap is full (``Server.reclaim``)."""
+
+    def __call__(self, kind: str, key: int | str | None, *, evict: bool = True) -> bool:
+        """Close a connection of transport ``kind`` (and peer ``key``, ``None`` for any)
+        that has stalled, to make room; with ``evict=False`` only say whether there is
+        one. Returns whether there was (the newcomer may then be admitted)."""
+        ...
 
 
 def refusal_frame(code: ErrorCode, message: str) -> bytes:

@@ -31,6 +31,7 @@ from librorum.config import ConfigError
 from librorum.errors import (
     ConnectionClosed,
     ErrorCode,
+    LibrorumError,
     LocalProtocolError,
     RemoteProtocolError,
     UnauthorizedError,
@@ -311,8 +312,10 @@ class UdsTransport:
 
     # --- Closing ------------------------------------------------------------------------------
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, error: LibrorumError | None = None) -> None:
         """Close the socket; idempotent. Other tasks blocked on it get ConnectionClosed.
+        ``error`` (the connection error ending the connection) changes nothing here: a Unix
+        socket has no way to say why beyond the ERROR frame already sent.
 
         Cancellation: the socket is closed all the same.
         """

@@ -269,3 +269,35 @@ async def test_a_refused_client_learns_why(tmp_path: Path) -> None:
                         await client.ping()
                 with pytest.raises(UnauthorizedError, match="not allowed"):
                     await trio.to_thread.run_sync(sync_attempt, daemon.socket_path)
+
+
+@pytest.mark.parametrize("cap", ["max_connections_per_ip", "max_connections"])
+async def test_stalled_websockets_give_way_to_a_new_client(cap: str, tmp_path: Path) -> None:
+    settings: dict[str, object] = {cap: 3, "reclaim_after": 0.3}
+    with trio.fail_after(30):
+        async with open_test_daemon(tmp_path, **settings) as daemon:
+            stalled = []
+            try:
+                for index in range(3):
+                    channel, session = await raw_connection(daemon, "websocket")
+                    session.start_request(FileWrite(f"/stalled-{index}", size=10), end=False)
+                    await channel.send_frames(session.frames_to_send())
+                    stalled.append((channel, session))
+                await trio.sleep(0.4)  # let the stall outlast reclaim_after
+                # A peer that cannot log in is let in to its handshake, but never closes
+                # anybody's connection...
+                with pytest.raises(UnauthorizedError):
+                    await connect_websocket(daemon.url, token="wrong")
+                # ...one that can, takes the seat of a stalled one.
+                async with daemon.client("websocket") as client:
+                    await client.ping()
+                ends = []
+                for channel, session in stalled:
+                    with trio.move_on_after(0.5):
+                        events = await next_events(channel, session)
+                        ends += [e for e in events if isinstance(e, ConnectionEnded)]
+                [ended] = ends
+                assert isinstance(ended.error, ConnectionLimitError)
+            finally:
+                for channel, _ in stalled:
+                    await channel.aclose()

@@ -103,6 +103,9 @@ def uds_server(handler: Any, path: Path, **kwargs: Any) -> Any:
 
 def ws_server(handler: Any, **kwargs: Any) -> Any:
     kwargs.setdefault("token", TOKEN)
+    # These handlers are not LBRU servers: the pre-HELLO budget (a small first message) is
+    # the daemon's, tested where it applies.
+    kwargs.setdefault("first_message_size", None)
     return running(serve_websocket, handler, "127.0.0.1", 0, **kwargs)
 
 

@@ -18,17 +18,21 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+import wsproto
+from wsproto.events import AcceptConnection, Request
 
 from librorum.config import ConfigError
 from librorum.errors import (
     ConnectionClosed,
+    ConnectionLimitError,
+    ConnectionTimeoutError,
     ErrorCode,
     FrameTooLargeError,
     LocalProtocolError,
     RemoteProtocolError,
     UnauthorizedError,
 )
-from librorum.limits import WS_MAX_MESSAGE_SIZE, WS_RECEIVE_BUFFER
+from librorum.limits import WS_MAX_MESSAGE_SIZE, WS_MAX_REQUEST_HEAD, WS_RECEIVE_BUFFER
 from librorum.protocol import Command
 from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
 from librorum.protocol.framing import encode_frame
@@ -39,6 +43,19 @@ from librorum.transport import (
     websocket as ws_module,
 )
 
+from ..rawws import (
+    BINARY,
+    CONTINUATION,
+    PING,
+    PONG,
+    UPGRADE,
+    RawWebSocket,
+    http_exchange,
+    request_cases,
+    status_of,
+    trickle,
+    ws_frame,
+)
 from .conftest import (
     DEADLINE,
     TOKEN,
@@ -55,6 +72,9 @@ from .conftest import (
 
 async def connect(address: tuple[str, int], path: str = "/", token: str | None = TOKEN) -> Any:
     return await connect_websocket(ws_url(address, path), token=token)
+
+
+BEARER = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
 
 
 def raw_ws(address: tuple[str, int], headers: list[tuple[bytes, bytes]] | None = None) -> Any:
@@ -339,6 +359,107 @@ async def test_no_token_means_no_authentication() -> None:
             await client.aclose()
 
 
+# --- The upgrade request ---------------------------------------------------------------------
+
+
+def padded_request(head_size: int) -> bytes:
+    """An upgrade request with the token whose head (request line and headers, up to the blank
+    line) is exactly ``head_size`` bytes, padded with one filler header."""
+    base = UPGRADE + BEARER + b"X-Pad: \r\n\r\n"
+    assert head_size >= len(base)
+    return base.replace(b"X-Pad: ", b"X-Pad: " + b"a" * (head_size - len(base)))
+
+
+@pytest.mark.parametrize(
+    ("head_size", "status"),
+    [
+        (WS_MAX_REQUEST_HEAD, 101),
+        (WS_MAX_REQUEST_HEAD + 1, 431),
+        (64 << 10, 431),
+    ],
+    ids=["at-the-cap", "a-byte-over", "64-KiB"],
+)
+async def test_the_request_head_is_capped_at_16_kib(head_size: int, status: int) -> None:
+    # The whole head arrives in one read: h11's cap (incomplete heads only) never applied,
+    # so 64 KiB of headers used to be accepted.
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            response = await http_exchange(address, padded_request(head_size))
+            assert status_of(response) == status
+            if status == 431:
+                assert response.endswith(b"the request head is over 16384 bytes\n")
+
+
+async def test_a_trickled_request_is_dropped_at_the_handshake_deadline() -> None:
+    # Slowloris on the HTTP request: a header byte every 20 ms, never the end of the head.
+    request = UPGRADE + b"X-Slow: " + b"a" * 10_000
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo, handshake_timeout=0.3) as address:
+            stream = await trio.open_tcp_stream(*address)
+            start = trio.current_time()
+            async with stream, trio.open_nursery() as nursery:
+                pieces = [bytes([byte]) for byte in request]
+                nursery.start_soon(trickle, stream.send_all, pieces, 0.02)
+                assert await stream.receive_some(4096) == b"", "closed, unanswered"
+                nursery.cancel_scope.cancel()
+            assert 0.3 <= trio.current_time() - start < 3
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"), list(request_cases(TOKEN).values()), ids=list(request_cases(TOKEN))
+)
+async def test_malformed_upgrade_requests_get_a_4xx_and_no_traceback(
+    request_head: bytes, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(DEADLINE), caplog.at_level(logging.DEBUG, "librorum"):
+        async with ws_server(echo) as address:
+            response = await http_exchange(address, request_head)
+            assert status_of(response) == status
+            if status == 426:
+                assert b"\r\nSec-WebSocket-Version: 13\r\n" in response
+            client = await connect(address)  # the listener is fine
+            await client.aclose()
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+
+
+# --- Authentication back-off ---------------------------------------------------------------
+
+
+async def test_repeated_wrong_tokens_back_off_with_429_and_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(DEADLINE), caplog.at_level(logging.INFO, "librorum.transport"):
+        async with ws_server(echo, auth_failures_allowed=3, auth_backoff_max=0.2) as address:
+            statuses = []
+            retry_after = []
+            for attempt in range(6):
+                token = TOKEN if attempt == 5 else f"guess-{attempt}"
+                ws = await RawWebSocket.open(address, token)
+                statuses.append(ws.status)
+                retry_after.append(ws.header(b"retry-after"))
+                await ws.aclose()
+            # Three free failures; the fourth earns a wait (said on its 401); during it even
+            # the right token gets 429, without being looked at.
+            assert statuses == [401, 401, 401, 401, 429, 429]
+            assert retry_after == [None, None, None, b"1", b"1", b"1"]
+            # Another address is not held back.
+            other = await RawWebSocket.open(address, TOKEN, local_address="127.0.0.2")
+            assert other.status == 101
+            await other.aclose()
+            # Once the wait is over the right token is accepted and the failures forgotten.
+            await trio.sleep(0.25)
+            for token in [TOKEN, "wrong", "wrong", "wrong"]:
+                ws = await RawWebSocket.open(address, token)
+                assert ws.status == (101 if token == TOKEN else 401)
+                assert ws.header(b"retry-after") is None
+                await ws.aclose()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings if "127.0.0.1:" in r.getMessage()] == [
+        warnings[0].getMessage()
+    ], "one WARNING per address per interval"
+    assert "invalid token" in warnings[0].getMessage()
+
+
 # --- Limits ------------------------------------------------------------------------------------
 
 
@@ -350,8 +471,10 @@ async def test_connection_cap() -> None:
                 await client.send_frames([data_frame(b"in")])
                 await receive_frames(client, 1)
             third = await connect(address)
-            frames = await receive_frames(third, 2)
+            frames = await receive_frames(third, 1)
             assert [error_of(f).code for f in frames] == [ErrorCode.CONNECTION_LIMIT]
+            with pytest.raises(ConnectionClosed, match="1013 TRY_AGAIN_LATER"):
+                await third.receive_some()
             for client in (first, second):
                 await client.send_frames([data_frame(b"still")])
                 assert (await receive_frames(client, 1))[0].payload == b"still"
@@ -359,24 +482,54 @@ async def test_connection_cap() -> None:
                 await client.aclose()
 
 
-async def test_handshake_flood_is_capped() -> None:
+async def test_handshake_flood_is_answered_503() -> None:
+    # A connection over a pre-handshake cap used to be dropped unanswered: now it learns why,
+    # without its request being read.
     with trio.fail_after(DEADLINE):
         async with ws_server(echo, max_unauthenticated=1) as address:
             with trio.socket.socket() as silent:
                 await silent.connect(address)  # connects, never sends the upgrade request
                 await trio.testing.wait_all_tasks_blocked()  # the server accepted it, waits
-                with pytest.raises(ConnectionClosed, match="closed the connection during"):
+                response = await http_exchange(address, UPGRADE + BEARER + b"\r\n")
+                assert status_of(response) == 503
+                assert b"\r\nRetry-After: 5\r\n" in response
+                assert response.endswith(b"\r\n\r\ntoo many connections; try again later\n")
+                with pytest.raises(ConnectionLimitError, match="HTTP 503"):
                     await connect(address)
 
 
-async def test_per_ip_cap_counts_handshakes() -> None:
+async def test_per_ip_cap_counts_handshakes_and_answers_503() -> None:
     with trio.fail_after(DEADLINE):
-        async with ws_server(echo, max_per_ip=1) as address:
+        async with ws_server(echo, max_per_ip=2) as address:
+            first = await connect(address)
             with trio.socket.socket() as silent:
                 await silent.connect(address)
                 await trio.testing.wait_all_tasks_blocked()
-                with pytest.raises(ConnectionClosed, match="closed the connection during"):
+                with pytest.raises(ConnectionLimitError, match=r"HTTP 503.*try again later"):
                     await connect(address)
+                # Another address is not affected (127.0.0.0/8 is all loopback).
+                other = await RawWebSocket.open(address, TOKEN, local_address="127.0.0.2")
+                assert other.status == 101
+                await other.aclose()
+            await first.aclose()
+
+
+async def test_refusals_under_way_are_capped_then_unanswered() -> None:
+    # Answering costs a descriptor for up to the linger; past max_unauthenticated answers
+    # under way, a connection is closed unanswered, as before. A client that never reads or
+    # closes keeps its answer under way for the whole linger.
+    with trio.fail_after(DEADLINE):
+        async with ws_server(
+            echo, max_per_ip=1, max_unauthenticated=2, refusal_linger=DEADLINE
+        ) as address:
+            first = await connect(address)
+            lingering = [await trio.open_tcp_stream(*address) for _ in range(2)]
+            await trio.testing.wait_all_tasks_blocked()
+            assert await http_exchange(address, UPGRADE + BEARER + b"\r\n") == b""
+            for stream in lingering:
+                assert status_of(await stream.receive_some(4096)) == 503
+                await stream.aclose()
+            await first.aclose()
 
 
 async def test_handshake_timeout_frees_the_slot() -> None:
@@ -406,6 +559,41 @@ async def test_keepalive_closes_a_peer_that_never_answers() -> None:
             await done.wait()
             await client.aclose()
     assert "did not answer a ping" in str(errors[0])
+
+
+async def test_keepalive_keeps_a_reading_peer(autojump_clock: trio.testing.MockClock) -> None:
+    # The server's pings matched to the peer's pongs: ten rounds pass, nothing is closed.
+    frame = encode_frame(Command.PING)
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+        transport = ws_module.WsTransport(ws, ws_module.PeerInfo("websocket"))
+        pongs = 0
+
+        async def answer_pings() -> None:
+            nonlocal pongs
+            # The peer's side of the wire, parsed by hand (small unmasked server frames).
+            buffer = bytearray()
+            while True:
+                buffer += await peer.receive_some(4096)
+                while len(buffer) >= 2 and len(buffer) >= 2 + buffer[1]:
+                    opcode, size = buffer[0] & 0x0F, buffer[1] & 0x7F
+                    payload = bytes(buffer[2 : 2 + size])
+                    del buffer[: 2 + size]
+                    if opcode == PING:
+                        pongs += 1
+                        await peer.send_all(ws_frame(PONG, payload))
+
+        async def send_late() -> None:
+            await trio.sleep(101)
+            await peer.send_all(ws_frame(BINARY, frame))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_pings)
+            nursery.start_soon(ws_module._keepalive, ws, transport, 10.0, 5.0)
+            nursery.start_soon(send_late)
+            assert await transport.receive_some() == frame
+            nursery.cancel_scope.cancel()
+        assert pongs == 10
 
 
 async def test_client_answers_pings_while_reading() -> None:
@@ -451,7 +639,8 @@ async def test_abrupt_peers_never_take_the_listener_down() -> None:
         b"Authorization: Bearer wrong\r\n\r\n"
     )
     with trio.fail_after(DEADLINE):
-        async with ws_server(echo, handshake_timeout=0.2) as address:
+        # (Enough failures allowed that the wrong tokens do not make this address back off.)
+        async with ws_server(echo, handshake_timeout=0.2, auth_failures_allowed=100) as address:
             for payload in [upgrade_with_wrong_token, b"\x16\x03\x01garbage\r\n\r\n", b""] * 10:
                 with trio.socket.socket() as sock:
                     await sock.connect(address)
@@ -468,7 +657,7 @@ async def test_abrupt_peers_never_take_the_listener_down() -> None:
     ("error", "level"),
     [
         (ZeroDivisionError("a bug"), logging.ERROR),
-        (trio_websocket.ConnectionClosed(None), logging.DEBUG),
+        (ws_module._Closed(1006, "gone"), logging.DEBUG),
         (trio.BrokenResourceError("peer reset"), logging.DEBUG),
     ],
     ids=["bug", "peer-closed", "peer-reset"],
@@ -555,3 +744,97 @@ async def test_tls_round_trip(certificate: tuple[Path, Path]) -> None:
                 await connect_websocket(url, token=TOKEN)
             with pytest.raises(UnauthorizedError):
                 await connect_websocket(url, token="wrong", ssl_context=client_context)
+
+
+# --- The message deadline (virtual time, over memory streams) ------------------------------
+
+
+def server_socket(message_timeout: float) -> tuple[trio.abc.Stream, Any]:
+    """A server-side connection past its handshake over a memory stream; returns the client's
+    end of the stream (to write frames by hand) and the server's connection."""
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="example", target="/")))
+    list(server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    left, right = trio.testing.memory_stream_pair()
+    ws = ws_module._WebSocket(
+        right,
+        server,
+        max_message_size=WS_MAX_MESSAGE_SIZE,
+        receive_size=WS_RECEIVE_BUFFER,
+        close_grace=1.0,
+        message_timeout=message_timeout,
+    )
+    return left, ws
+
+
+async def test_a_message_must_be_whole_within_the_deadline_whatever_trickles(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+        frame = encode_frame(Command.STAT, bytes(100), session_id=1)
+        start = trio.current_time()
+        await peer.send_all(ws_frame(BINARY, frame[:20], fin=False))
+
+        async def trickle() -> None:
+            # A byte every 2 s, a ping between bytes: the pre-fix server waited for ever.
+            for byte in frame[20:]:
+                await trio.sleep(2)
+                await peer.send_all(ws_frame(CONTINUATION, bytes([byte]), fin=False))
+                await peer.send_all(ws_frame(PING, b"alive"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            with pytest.raises(ConnectionTimeoutError, match="not complete within 30 s"):
+                await ws.get_message()
+            nursery.cancel_scope.cancel()
+        assert trio.current_time() - start == 30
+        assert ws_module.close_code_for(ws.failure) == 1008
+
+
+async def test_half_a_frame_header_starts_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+        start = trio.current_time()
+        await peer.send_all(ws_frame(BINARY, bytes(200))[:1])
+        with pytest.raises(ConnectionTimeoutError):
+            await ws.get_message()
+        assert trio.current_time() - start == 30
+
+
+async def test_control_frames_alone_never_start_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+
+        async def pings_then_a_message() -> None:
+            for _ in range(12):
+                await trio.sleep(10)
+                await peer.send_all(ws_frame(PING, b"idle but alive"))
+            await peer.send_all(ws_frame(BINARY, b"late but whole"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pings_then_a_message)
+            assert await ws.get_message() == b"late but whole"
+        assert trio.current_time() >= 120
+
+
+async def test_each_message_gets_its_own_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(1000):
+        peer, ws = server_socket(message_timeout=30)
+        for _ in range(3):
+            # 29 s for each message: in time, three times over (90 s in all).
+            await peer.send_all(ws_frame(BINARY, b"slow", fin=False))
+            async with trio.open_nursery() as nursery:
+
+                async def finish() -> None:
+                    await trio.sleep(29)
+                    await peer.send_all(ws_frame(CONTINUATION, b" but in time"))
+
+                nursery.start_soon(finish)
+                assert await ws.get_message() == b"slow but in time"

@@ -319,12 +319,12 @@ async def test_fragmented_masked_messages_with_pings_between_reach_the_handler()
 
 
 async def test_both_ends_of_a_connection_are_accelerated() -> None:
-    # Guards the one reach into trio-websocket's internals: if it stops working, the server
-    # silently falls back to plain wsproto, so say so here.
+    # If acceleration stops working (another wsproto), both ends silently fall back to plain
+    # wsproto, whose limits apply as the message arrives rather than at its header: say so.
     already: list[bool] = []
 
     async def check(transport: Any) -> None:
-        already.append(not accelerate(transport._ws._wsproto))
+        already.append(not accelerate(transport._ws._ws))
         await echo(transport)
 
     with trio.fail_after(DEADLINE):
@@ -336,3 +336,99 @@ async def test_both_ends_of_a_connection_are_accelerated() -> None:
             assert not accelerate(client._ws._ws)  # type: ignore[attr-defined]
             await client.aclose()
     assert already == [True]
+
+
+# --- Message limits and boundaries -----------------------------------------------------------
+
+
+def fast_server(**kwargs: Any) -> tuple[wsproto.WSConnection, wsproto.WSConnection, Any]:
+    """A plain client and an accelerated server, and the server's decoder."""
+    client, server = open_pair(fast=False)
+    decoder = accelerate(server, **kwargs)
+    assert decoder is not None
+    return client, server, decoder
+
+
+def test_a_message_over_the_limit_is_refused_at_its_header() -> None:
+    client, server, _ = fast_server(max_message_size=100)
+    wire = client.send(BytesMessage(bytes(101)))
+    server.receive_data(wire[:6])  # the header and masking key: no payload byte yet
+    [event] = server.events()
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1009
+    assert "101 bytes" in event.reason
+
+
+@pytest.mark.parametrize(
+    ("fragments", "refused"),
+    [
+        ([100], False),
+        ([60, 40], False),
+        ([60, 41], True),
+        ([0, 0, 101], True),
+        ([101], True),
+    ],
+)
+def test_the_limit_counts_every_fragment_of_a_message(fragments: list[int], refused: bool) -> None:
+    client, server, _ = fast_server(max_message_size=100, whole_frames_up_to=100)
+    wire = b"".join(
+        client.send(BytesMessage(bytes(size), message_finished=i == len(fragments) - 1))
+        for i, size in enumerate(fragments)
+    )
+    wire += client.send(BytesMessage(bytes(100)))  # the next message starts from zero
+    server.receive_data(wire)
+    events = list(server.events())
+    if refused:
+        assert isinstance(events[-1], CloseConnection)
+        assert events[-1].code == 1009
+        assert not any(isinstance(e, BytesMessage) and e.message_finished for e in events)
+    else:
+        finished = [e for e in events if isinstance(e, BytesMessage) and e.message_finished]
+        assert len(finished) == 2
+
+
+def test_limit_messages_applies_from_the_next_header() -> None:
+    client, server, decoder = fast_server(max_message_size=10, whole_frames_up_to=10)
+    decoder.limit_messages(1000)
+    server.receive_data(client.send(BytesMessage(bytes(1000))))
+    [event] = server.events()
+    assert isinstance(event, BytesMessage)
+    assert len(event.data) == 1000
+    assert decoder.whole_frames_up_to == 1000
+
+
+def script_and_boundaries(
+    sender: wsproto.WSConnection, script: list[tuple[str, Any]]
+) -> tuple[bytes, set[int]]:
+    """The wire of ``script`` and the offsets in it that end a whole message or control frame
+    outside a message (a ping between fragments is inside one)."""
+    wire = bytearray()
+    boundaries = {0}
+    for kind, value in script:
+        if kind == "bytes":
+            for i, fragment in enumerate(value):
+                last = i == len(value) - 1
+                wire += sender.send(BytesMessage(fragment, message_finished=last))
+                if not last and len(fragment) % 3 == 0:
+                    wire += sender.send(Ping(b"between fragments"))
+        elif kind == "text":
+            wire += sender.send(TextMessage(value))
+        elif kind == "ping":
+            wire += sender.send(Ping(value))
+        else:
+            wire += sender.send(Pong(value))
+        boundaries.add(len(wire))
+    return bytes(wire), boundaries
+
+
+@given(script=steps, cuts=st.lists(st.integers(min_value=0), max_size=6))
+def test_at_message_boundary_exactly_between_messages_and_control_frames(
+    script: list[tuple[str, Any]], cuts: list[int]
+) -> None:
+    client, _ = open_pair(fast=False)
+    wire, boundaries = script_and_boundaries(client, script)
+    for cut in {c % (len(wire) + 1) for c in cuts} | {len(wire)}:
+        _, server, decoder = fast_server(whole_frames_up_to=1 << 20)
+        server.receive_data(wire[:cut])
+        list(server.events())
+        assert decoder.at_message_boundary == (cut in boundaries), cut
