@@ -115,6 +115,8 @@ class RawWebSocket:
         self.status = 0
         self.body = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        # One sender at a time: a trickling task and the pong answers may both send.
+        self._send_lock = trio.Lock()
 
     @classmethod
     async def connect(
@@ -181,7 +183,8 @@ class RawWebSocket:
 
     async def send(self, data: bytes) -> None:
         """Raw bytes onto the wire (frames built with :func:`ws_frame`, or anything)."""
-        await self.stream.send_all(data)
+        async with self._send_lock:
+            await self.stream.send_all(data)
 
     async def send_message(self, payload: bytes) -> None:
         """One well-formed binary message."""

@@ -141,11 +141,13 @@ class FastFrameDecoder(FrameDecoder):
     _message_bytes: int = 0
     #: A data message has begun and its last frame (FIN) has not been seen yet.
     _in_message: bool = False
-    #: The payload of the frame being received in whole mode, allocated at its full size when
-    #: its header arrived at the start of a read, filled straight from the reads that follow
-    #: (one copy per byte, no buffer growth), and how much of it is filled.
+    #: The payload of the frame being received in whole mode (its header arrived at the start
+    #: of a read), filled straight from the reads that follow (one copy per byte), and the
+    #: size it will have. It grows as the bytes arrive rather than being allocated at the
+    #: size the header declares: a peer announcing a large frame and sending it slowly must
+    #: cost what it sent, not what it announced (large bytearrays grow by mremap, in place).
     _pending: bytearray | None = None
-    _filled: int = 0
+    _pending_size: int = 0
 
     def limit_messages(self, size: int) -> None:
         """Accept data messages of at most ``size`` bytes from the next frame header on, and
@@ -170,7 +172,7 @@ class FastFrameDecoder(FrameDecoder):
         """How many more bytes the frame being received needs before it can be emitted whole;
         0 when no such frame is pending (read as much as is convenient)."""
         if self._pending is not None:
-            return len(self._pending) - self._filled
+            return self._pending_size - len(self._pending)
         header = self.header
         if header is None or header.payload_len > self.whole_frames_up_to:
             return 0
@@ -180,9 +182,8 @@ class FastFrameDecoder(FrameDecoder):
     def receive_bytes(self, data: bytes) -> None:
         pending = self._pending
         if pending is not None:
-            count = min(len(pending) - self._filled, len(data))
-            memoryview(pending)[self._filled : self._filled + count] = memoryview(data)[:count]
-            self._filled += count
+            count = min(self._pending_size - len(pending), len(data))
+            pending += memoryview(data)[:count]
             data = data[count:]
         elif self.header is None and not len(self.buffer) and self.whole_frames_up_to:
             # At a frame boundary: a data frame that fits the limit but not this read gets
@@ -190,10 +191,8 @@ class FastFrameDecoder(FrameDecoder):
             # parse_header() still validates that header before the payload is used.
             split, size = _payload_start(data, self.whole_frames_up_to)
             if split:
-                pending = bytearray(size)
-                self._filled = len(data) - split
-                memoryview(pending)[: self._filled] = memoryview(data)[split:]
-                self._pending = pending
+                self._pending = bytearray(memoryview(data)[split:])
+                self._pending_size = size
                 data = data[:split]
         if data:
             self.buffer.feed(data)
@@ -213,7 +212,7 @@ class FastFrameDecoder(FrameDecoder):
         if self._pending is not None:
             # This frame's payload goes to the pending buffer (its header was all that went
             # into wsproto's buffer, and parse_header() accepted it).
-            if self._filled < len(self._pending):
+            if len(self._pending) < self._pending_size:
                 return None
             payload = self._pending
             self._pending = None

@@ -432,3 +432,30 @@ def test_at_message_boundary_exactly_between_messages_and_control_frames(
         server.receive_data(wire[:cut])
         list(server.events())
         assert decoder.at_message_boundary == (cut in boundaries), cut
+
+
+def test_a_frame_announced_large_costs_what_arrived() -> None:
+    # A peer announcing a maximal frame and sending it a byte at a time must not make the
+    # receiver allocate the announced size up front (slowloris over WebSocket).
+    import tracemalloc
+
+    size = 1 << 20
+    client, server = open_pair(fast=True, whole_frames_up_to=size)
+    payload = os.urandom(size)
+    wire = client.send(BytesMessage(payload))
+    header = len(wire) - size
+    tracemalloc.start()
+    try:
+        server.receive_data(wire[: header + 10])
+        for index in range(header + 10, header + 1000):
+            server.receive_data(wire[index : index + 1])
+        assert list(server.events()) == []
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 64 << 10
+    # The rest arrives: the message comes whole and intact.
+    server.receive_data(wire[header + 1000 :])
+    [message] = list(server.events())
+    assert isinstance(message, BytesMessage)
+    assert message.data == payload
