@@ -270,6 +270,13 @@ class StreamTransport:
             raise ConnectionClosed(msg) from exc
 
 
+if TYPE_CHECKING:
+    from librorum.transport.base import FrameTransport
+
+    # mypy checks here that StreamTransport keeps to the protocol the server takes.
+    _CONFORMS: type[FrameTransport] = StreamTransport
+
+
 def memory_transport_pair(
     *, lockstep: bool = False, kind: str = "memory"
 ) -> tuple[StreamTransport, StreamTransport]:
