@@ -22,11 +22,15 @@ How the history is checked is in ``tests/reliability/history.py``: each actor ow
 (exact sequential model, at most one operation in doubt), and a few shared paths are checked
 as registers written concurrently by all actors. The resumable uploader keeps its client
 (reconnecting) across the kill: its upload in flight resumes on the restarted daemon from the
-committed offset and must then be acknowledged with the whole content.
+committed offset and must then be acknowledged with the whole content. Its subtree is checked
+when it is idle: an upload still resuming at the check finishes during the next load and is
+checked after the next kill (it gets no new operation before that check).
 
 CI: ``KILLS`` = 50 (about a minute and a half here); ``LIBRORUM_SOAK=1``: 1,000;
-``LIBRORUM_SIGKILL_KILLS`` sets the number. ``LIBRORUM_SIGKILL_SEED`` picks another seed (the default is fixed, so a run is repeatable up
-to the timing of the load against the kill).
+``LIBRORUM_SIGKILL_KILLS`` sets the number. ``LIBRORUM_SIGKILL_SEED`` picks another seed
+(the default is fixed, so a run is repeatable up to the timing of the load against the
+kill). Every operation and its outcome is written to ``history.log`` in the test's
+directory.
 """
 
 from __future__ import annotations
@@ -786,15 +790,11 @@ async def test_a_reply_cut_short_is_a_lost_connection(tmp_path: Path) -> None:
 
     Here a minimal server answers HELLO, then dies halfway through the PING reply."""
     path = tmp_path / "daemon.sock"
-    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await listener.bind(str(path))
-    listener.listen()
 
-    async def serve_one() -> None:
+    async def serve_one(listener: trio.socket.SocketType) -> None:
         sock, _ = await listener.accept()
-        stream = trio.SocketStream(sock)
         session = ServerSession(ServerLimits())
-        async with stream:
+        async with trio.SocketStream(sock) as stream:
             while True:
                 session.receive_data(await stream.receive_some())
                 for event in session.events():
@@ -807,13 +807,14 @@ async def test_a_reply_cut_short_is_a_lost_connection(tmp_path: Path) -> None:
                         await stream.send_all(reply[: len(reply) // 2])
                         return  # the daemon dies here
 
-    with trio.fail_after(30):
+    with trio.fail_after(30), trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        await listener.bind(str(path))
+        listener.listen()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_one)
+            nursery.start_soon(serve_one, listener)
             async with open_client(transport="local", socket_path=path, reconnect=False) as client:
                 with pytest.raises(ConnectionClosed):
                     await client.ping()
-            listener.close()
 
 
 def _joined(frames: list[tuple[bytes, Any]]) -> bytes:
