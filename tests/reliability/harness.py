@@ -167,6 +167,10 @@ class DaemonProcess:
             finally:
                 with trio.CancelScope(shield=True):
                     await process.wait()
+                    # Left to the garbage collector, the pipe would be closed at some point
+                    # during a later test, which would see its process's descriptor count
+                    # change under it.
+                    await process.stderr.aclose()
                     exited.set()
 
     async def kill(self) -> None:
