@@ -8,6 +8,9 @@ regression inputs in fuzz/corpus/<target>/), then fuzz each target for a bounded
 With atheris installed, each target runs under libFuzzer in a subprocess; crashing inputs are
 written to fuzz/artifacts/. Without atheris (or with LIBRORUM_FUZZ_ENGINE=hypothesis) the seeds
 are replayed in-process and the fuzzing is Hypothesis-driven. Exits non-zero on any failure.
+
+The connection target's figures (executions, rate, corpus, crashes, the most output a
+connection held for its peer) go to figures.json as ``fuzz.connection`` (tests/figures.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VECTORS = ROOT / "protocol_spec" / "vectors"
-TARGETS = ("header", "framing", "payload")
+TARGETS = ("header", "framing", "payload", "connection")
 
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402 - needs the path above
@@ -42,6 +46,9 @@ def seeds_for(target: str) -> list[bytes]:
         return [b"\x40" + f[:20] for f in frames + bad]
     if target == "framing":
         return [*frames, *bad, b"".join(frames)]
+    if target == "connection":
+        seeds: list[bytes] = importlib.import_module("fuzz_connection").seeds()
+        return seeds
     types = importlib.import_module("fuzz_payload").TYPES
     index = {cls.__name__: i for i, cls in enumerate(types)}
     seeds = [
@@ -58,7 +65,8 @@ def seeds_for(target: str) -> list[bytes]:
     return seeds
 
 
-def run_atheris(target: str, seed_dir: Path, seconds: int) -> int:
+def run_atheris(target: str, seed_dir: Path, seconds: int) -> tuple[int, int | None]:
+    """Fuzz ``target`` under libFuzzer; returns the executions and the final corpus size."""
     work = seed_dir.parent / f"{target}-new"
     work.mkdir()
     artifacts = HERE / "artifacts"
@@ -81,7 +89,18 @@ def run_atheris(target: str, seed_dir: Path, seconds: int) -> int:
         msg = f"fuzz target {target} failed (exit {proc.returncode}); see {artifacts}"
         raise SystemExit(msg)
     found = re.search(r"stat::number_of_executed_units:\s*(\d+)", proc.stderr)
-    return int(found.group(1)) if found else 0
+    corpus = re.findall(r"corp: (\d+)/", proc.stderr)
+    return (int(found.group(1)) if found else 0), (int(corpus[-1]) if corpus else None)
+
+
+def record_figure(name: str, values: dict[str, int | float | str | None]) -> None:
+    """Merge one figure into figures.json, as the test suite does (tests/figures.py)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.figures import FigureBook
+
+    book = FigureBook()
+    book.record(name, values)
+    book.write()
 
 
 def main() -> int:
@@ -92,7 +111,16 @@ def main() -> int:
     engine = "atheris" if harness.have_atheris() else "hypothesis"
     print(f"fuzzing with {engine}, {args.seconds} s per target")
     total = 0
-    with tempfile.TemporaryDirectory(prefix="lbru-fuzz-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="lbru-fuzz-") as tmp,
+        tempfile.TemporaryDirectory(
+            prefix="lbru-fuzz-stores-", dir=harness.fast_temp_dir()
+        ) as stores,
+    ):
+        # The connection target keeps its stores and its figures here (see fuzz_connection).
+        os.environ["LIBRORUM_FUZZ_TMP"] = stores
+        stats_file = Path(tmp) / "connection-stats.json"
+        os.environ["LIBRORUM_FUZZ_STATS"] = str(stats_file)
         for target in args.targets.split(","):
             seeds = seeds_for(target)
             seed_dir = Path(tmp) / target
@@ -100,8 +128,9 @@ def main() -> int:
             for i, seed in enumerate(seeds):
                 (seed_dir / f"vector-{i:04d}").write_bytes(seed)
             started = time.monotonic()
+            corpus: int | None = None
             if engine == "atheris":
-                runs = run_atheris(target, seed_dir, args.seconds)
+                runs, corpus = run_atheris(target, seed_dir, args.seconds)
             else:
                 module = importlib.import_module(f"fuzz_{target}")
                 runs = harness.replay(
@@ -111,8 +140,27 @@ def main() -> int:
             elapsed = time.monotonic() - started
             total += runs
             print(
-                f"{target:8s} seeds {len(seeds):4d}  executions {runs:10d}  ({runs / elapsed:,.0f}/s)"
+                f"{target:10s} seeds {len(seeds):4d}  executions {runs:10d}  ({runs / elapsed:,.0f}/s)"
             )
+            if target == "connection":
+                stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+                committed = harness.corpus_files([str(HERE / "corpus" / target)])
+                record_figure(
+                    "fuzz.connection",
+                    {
+                        "engine": engine,
+                        "seconds": round(elapsed, 1),
+                        "execs": runs,
+                        "exec_per_s": round(runs / elapsed, 1),
+                        "corpus": corpus if corpus is not None else len(seeds) + len(committed),
+                        "crashes": 0,
+                        "max_output_buffered_bytes": stats.get("max_output_buffered", 0),
+                        "output_bound_bytes": importlib.import_module(
+                            "fuzz_connection"
+                        ).OUTPUT_BOUND,
+                        "known_livelocks": stats.get("known_livelocks", 0),
+                    },
+                )
     print(f"fuzz: {total} executions, 0 failures")
     return 0
 

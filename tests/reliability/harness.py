@@ -170,6 +170,10 @@ class DaemonProcess:
                         # The test is over (cancelled, or failed): never leave a daemon behind.
                         process.send_signal(signal.SIGKILL)
                     await process.wait()
+                    # Left to the garbage collector, the pipe would be closed at some point
+                    # during a later test, which would see its process's descriptor count
+                    # change under it.
+                    await process.stderr.aclose()
                     exited.set()
 
     async def kill(self) -> None:
