@@ -393,10 +393,6 @@ class Measured(StreamTransport):
 #: steps without progress; a burst of pipelined requests answered from one receive comes
 #: closest.
 STALL_STEPS: Final = 1 << 14
-#: A known livelock (see test_a_download_does_not_spin_while_the_reader_is_stuck_sending in
-#: tests/reliability/test_fuzz_connection.py): counted, not raised, while that test is an
-#: expected failure. Remove this when the daemon is fixed (the test then passes).
-TOLERATE_KNOWN_LIVELOCK = True
 
 
 class Livelock(Exception):  # noqa: N818 - what it is, not an error class of the project
@@ -452,21 +448,8 @@ def _where(task: trio.lowlevel.Task) -> str:
     return f"{task.name.rsplit('.', 1)[-1]}[{'>'.join(frames)}]"
 
 
-def _known_livelock(report: list[str]) -> bool:
-    """The livelock of the known bug: a download waiting for its frames to be sent, and the
-    writer, waking each other while another task's send is blocked on the peer."""
-    return all(
-        set(line.split(" | ")) <= {"_writer[_writer]", _KNOWN_DOWNLOAD} and _KNOWN_DOWNLOAD in line
-        for line in report
-    )
-
-
-_KNOWN_DOWNLOAD: Final = (
-    "_run_request[_run_request>handler>_download>_send_pieces>_wait_until_sent]"
-)
-
 #: Figures over the executions of this process (the runner reads them from LIBRORUM_FUZZ_STATS).
-STATS = {"executions": 0, "max_output_buffered": 0, "known_livelocks": 0}
+STATS = {"executions": 0, "max_output_buffered": 0}
 
 
 def test_one_input(data: bytes) -> None:
@@ -486,10 +469,7 @@ def test_one_input(data: bytes) -> None:
     assert peak <= OUTPUT_BOUND, f"{peak} bytes of output held for the peer"
     STATS["executions"] += 1
     if livelock:
-        if not (TOLERATE_KNOWN_LIVELOCK and _known_livelock(livelock)):
-            raise Livelock("\n".join(livelock))
-        STATS["known_livelocks"] += 1
-        _save_stats()
+        raise Livelock("\n".join(livelock))
     if peak > STATS["max_output_buffered"]:
         STATS["max_output_buffered"] = peak
         _save_stats()

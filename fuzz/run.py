@@ -158,7 +158,6 @@ def main() -> int:
                         "output_bound_bytes": importlib.import_module(
                             "fuzz_connection"
                         ).OUTPUT_BOUND,
-                        "known_livelocks": stats.get("known_livelocks", 0),
                     },
                 )
     print(f"fuzz: {total} executions, 0 failures")

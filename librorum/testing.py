@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from librorum.config import Config, load_config
-from librorum.errors import ConnectionClosed, LocalProtocolError
+from librorum.errors import ConnectionClosed, LibrorumError, LocalProtocolError
 from librorum.limits import RECEIVE_SIZE
 from librorum.server.app import RunningServer, serve
 from librorum.transport.base import Buffer, FrameParts, PeerInfo
@@ -250,9 +250,10 @@ class StreamTransport:
         msg = "a stream transport cannot receive descriptors"
         raise LocalProtocolError(msg)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, error: LibrorumError | None = None) -> None:
         """Close the stream; idempotent. Other tasks' pending calls fail with
-        ConnectionClosed.
+        ConnectionClosed. ``error`` (why the connection ends) has nowhere to go on a plain
+        byte stream: the ERROR frame before it said it.
 
         Cancellation: the stream is closed all the same (``aclose`` semantics).
         """

@@ -753,7 +753,11 @@ class Connection:
         longer be: a batch being written always finishes first (whoever writes it), and
         frames still queued are waited for until the connection's last flush is over."""
         while self._sending or (self.session.queued_frames and not self._flushed):
-            self._wake_writer()
+            # A send under way (the writer's, or the reader's own flush) unparks us when it
+            # is done; waking the writer meanwhile would only have it find nothing queued
+            # and unpark us at once, round and round while a slow peer holds that send.
+            if not self._sending:
+                self._wake_writer()
             await self._drained.park()
 
     async def _settle_output(self) -> None:

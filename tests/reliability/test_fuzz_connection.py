@@ -37,15 +37,10 @@ def test_the_seed_corpus_replays_cleanly() -> None:
     assert fuzz_connection.STATS["max_output_buffered"] <= fuzz_connection.OUTPUT_BOUND
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a download waiting for its frames to be sent spins with the writer while another"
-    " task's send is blocked on a slow peer (server/connection.py _wait_until_sent)",
-)
 def test_a_download_does_not_spin_while_the_reader_is_stuck_sending(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Found by the fuzz target. A client with a small READ window grants more window and
+    """Found by the fuzz target (fixed since). A client with a small READ window grants more window and
     reads its replies slowly. The connection's reader answers a request and sends the queued
     frames itself (``_flush``), taking the download's DATA frames into its batch; the send
     blocks on the slow peer. The download, in ``_wait_until_sent``, sees a send under way
@@ -55,7 +50,6 @@ def test_a_download_does_not_spin_while_the_reader_is_stuck_sending(
     again). Over a real Unix socket, a client downloading with 256 KiB grants, pipelining
     40 PINGs per grant and reading 4 KiB every 10 ms, drives the daemon to ~100 % of a core
     with ~47,000 writer wake-ups per second and no send completed."""
-    monkeypatch.setattr(fuzz_connection, "TOLERATE_KNOWN_LIVELOCK", False)
     data = fuzz_connection.named_seeds()["windowed-read-slow-peer"]
     # Whether the reader or the writer takes the download's frames depends on the order in
     # which Trio runs tasks made runnable together: about 4 orders in 10 livelock.
