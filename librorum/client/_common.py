@@ -252,3 +252,21 @@ def route_event(event: Event, requests: dict[int, S]) -> ConnectionEnded | str |
     elif isinstance(event, GoAwayReceived):
         return GOAWAY
     return None
+
+
+def ending_error(ended: ConnectionEnded, endpoint: str, *, eof: bool) -> LibrorumError:
+    """What the requests in flight are told when the connection ends with ``ended``.
+
+    A server that vanished in the middle of a frame (killed while writing a DATA frame, say)
+    breaks spec 2.1 only because it is gone: for the caller that is a lost connection
+    (ConnectionClosed, which resumable uploads resume after), not a protocol violation.
+    ``eof`` says the end came with the end of the stream.
+    """
+    error = ended.error
+    if error is None:
+        return ConnectionClosed(f"{endpoint} closed the connection")
+    if eof and isinstance(error, RemoteProtocolError):
+        closed = ConnectionClosed(f"{endpoint} closed the connection in the middle of a frame")
+        closed.__cause__ = error
+        return closed
+    return error

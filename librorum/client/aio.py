@@ -64,6 +64,7 @@ from librorum.client._common import (
     RequestState,
     backoff_delays,
     copy_error,
+    ending_error,
     expect,
     lost,
     route_event,
@@ -373,24 +374,24 @@ class _Connection:
         session = self.session
         requests = self.requests
         receive_size = SMALL_RECEIVE_SIZE
+        eof = False
         while True:
             for event in session.events():
                 outcome = route_event(event, requests)
                 if outcome is GOAWAY:
                     self.draining = True
                 elif isinstance(outcome, ConnectionEnded):
-                    # A protocol failure queued an ERROR on session 0: tell the server why.
-                    await self._send_last_words()
-                    error = outcome.error
-                    if error is None:
-                        error = ConnectionClosed(f"{self.endpoint} closed the connection")
-                    self.die(error)
+                    if not eof:
+                        # A protocol failure queued an ERROR on session 0: tell the server why.
+                        await self._send_last_words()
+                    self.die(ending_error(outcome, str(self.endpoint), eof=eof))
                     return
             try:
                 data = await self.transport.receive_some(receive_size)
             except LibrorumError as exc:
                 self.die(exc)
                 return
+            eof = not data
             receive_size = next_receive_size(len(data))
             session.receive_data(data)
 

@@ -70,6 +70,7 @@ from librorum.client._common import (
     RequestState,
     backoff_delays,
     copy_error,
+    ending_error,
     expect,
     lost,
     route_event,
@@ -549,13 +550,11 @@ class _SyncConnection:
             if outcome is GOAWAY:
                 self.draining = True
             elif isinstance(outcome, ConnectionEnded):
-                # A protocol failure queued an ERROR on session 0: tell the server why.
-                with contextlib.suppress(LibrorumError):
-                    self.flush()
-                error = outcome.error
-                if error is None:
-                    error = ConnectionClosed(f"{self.endpoint} closed the connection")
-                self.die(error)
+                if data:
+                    # A protocol failure queued an ERROR on session 0: tell the server why.
+                    with contextlib.suppress(LibrorumError):
+                        self.flush()
+                self.die(ending_error(outcome, str(self.endpoint), eof=not data))
                 return
 
     def wait(self, request: RequestState, ready: Callable[[], bool]) -> None:

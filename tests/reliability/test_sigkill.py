@@ -51,6 +51,7 @@ import pytest
 import trio
 
 from librorum.client.aio import Client, open_client
+from librorum.client.sync import connect
 from librorum.errors import (
     ConnectionClosed,
     LibrorumError,
@@ -776,17 +777,14 @@ async def test_random_sigkill_under_mixed_load(tmp_path: Path, figures: FigureBo
     assert not campaign.problems, f"{problems}\n\n(every operation: {history})"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the client reports a connection that ended mid-frame as RemoteProtocolError",
-)
-async def test_a_reply_cut_short_is_a_lost_connection(tmp_path: Path) -> None:
-    """What the campaign sees when the kill lands while the daemon is writing a frame (a DATA
-    frame of a download, most often): the client raises RemoteProtocolError ("connection
-    closed in the middle of a frame") instead of the ConnectionClosed that ``Client``
-    documents for a connection lost with a request in flight. A caller cannot tell a crash
-    from a protocol violation, and ``write(resumable=True)``, which resumes only on
-    ConnectionClosed, gives up instead of resuming.
+@pytest.mark.parametrize("blocking", [False, True], ids=["async", "blocking"])
+async def test_a_reply_cut_short_is_a_lost_connection(tmp_path: Path, blocking: bool) -> None:
+    """What the campaign saw when the kill landed while the daemon was writing a frame (a
+    DATA frame of a download, most often): the client raised RemoteProtocolError
+    ("connection closed in the middle of a frame") instead of the ConnectionClosed that the
+    clients document for a connection lost with a request in flight, so a caller could not
+    tell a crash from a protocol violation, and ``write(resumable=True)``, which resumes only
+    on ConnectionClosed, gave up instead of resuming.
 
     Here a minimal server answers HELLO, then dies halfway through the PING reply."""
     path = tmp_path / "daemon.sock"
@@ -812,8 +810,17 @@ async def test_a_reply_cut_short_is_a_lost_connection(tmp_path: Path) -> None:
         listener.listen()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_one, listener)
+            if blocking:
+
+                def ping() -> None:
+                    with connect(transport="local", socket_path=path, reconnect=False) as client:
+                        client.ping()
+
+                with pytest.raises(ConnectionClosed, match="middle of a frame"):
+                    await trio.to_thread.run_sync(ping)
+                return
             async with open_client(transport="local", socket_path=path, reconnect=False) as client:
-                with pytest.raises(ConnectionClosed):
+                with pytest.raises(ConnectionClosed, match="middle of a frame"):
                     await client.ping()
 
 
