@@ -19,7 +19,10 @@ shard directory. Uploads stage chunks (write the temp file and start its writeba
 and publish them in batches (:meth:`LocalChunkStore.publish_many`: fsync every staged file,
 rename each, then fsync every touched shard once), so one upload pays for a few fsyncs per
 batch, mostly of writes the device has already done, instead of three waits per chunk. A chunk file therefore never exists under its final name with content other
-than what was fsynced under it. An fsync failure is reported through ``on_fsync_failure``
+than what was fsynced under it. A chunk the store holds already is published all the same,
+over the existing file (the rename replaces it atomically): the fresh bytes were hashed as
+they were written, while the existing file may have rotted since (see
+``Store._publish_chunks``). An fsync failure is reported through ``on_fsync_failure``
 before the error propagates (the store turns read-only: the data's state on disk is unknown
 and must not be acknowledged by a retry).
 """
@@ -365,7 +368,8 @@ class LocalChunkStore:
 
     async def publish_many(self, staged: Sequence[Staged]) -> None:
         """Make staged chunks durable under their digests, in one batch: fsync every temp
-        file, rename each to its final name, then fsync each shard directory touched, once.
+        file, rename each to its final name (replacing a file already there), then fsync each
+        shard directory touched, once.
         Every chunk file is thus fsynced before its name appears, and every name is durable
         when this returns. Takes ownership of ``staged``: on error, what was not renamed is
         removed (renamed files stay, journalled as pending by the caller).

@@ -277,18 +277,23 @@ class Store:
                 except LibrorumError as exc:
                     log.warning("upload %s not detached at close: %s", upload.upload_id, exc)
 
-    async def _chunk_stored(self, digest: bytes) -> bool:
-        """Whether a chunk is referenced (so on disk, durably): an upload need not stage it.
-        A hint: :meth:`_publish_chunks` checks again under the chunk's lock."""
-        refs: int = await self._meta.read(lambda t: t.refs(digest))
-        return refs > 0
-
     async def _publish_chunks(self, staged: Sequence[Staged]) -> None:
         """Make pinned, staged chunks (distinct digests) durable, as one batch. Under the
-        chunks' locks, a chunk the store holds already is dropped; the others are journalled
-        as pending in one transaction (before any of them can appear under its name), then
-        published together. Takes ownership of ``staged``: on any error or
-        cancellation nothing of it is left in the temp directory or open.
+        chunks' locks, the chunks the store holds neither as referenced nor as pending are
+        journalled as pending in one transaction (before any of them can appear under its
+        name), then every chunk is published, a stored one over its existing file. Takes
+        ownership of ``staged``: on any error or cancellation nothing of it is left in the
+        temp directory or open.
+
+        Why a stored chunk is published again rather than its fresh copy dropped: the store
+        cannot know that the stored file is still good without reading it back, and a
+        deduplicated upload that trusted a file which rotted since would be acknowledged and
+        unreadable. The fresh copy was hashed as it was written, so publishing it costs what
+        it cost to write any new chunk (its fsync, a rename, the shard's fsync, shared with
+        the batch) and heals the stored file. Checking the stored file instead would read
+        and hash it back (one more pass over the data, from the disk: chunks are written
+        with O_DIRECT and are not in the page cache), and a bad one would need the fresh
+        copy all the same.
 
         Raises:
             NoSpaceError, StoreIOError, ReadOnlyError, TimeoutError_: The batch could not be
@@ -301,22 +306,16 @@ class Store:
                 known = await self._meta.read(
                     lambda t: [(t.refs(d), t.is_pending(d)) for d in digests]
                 )
-                stored = [item for item, (refs, _) in zip(remaining, known, strict=True) if refs]
-                todo = [item for item, (refs, _) in zip(remaining, known, strict=True) if not refs]
                 new = [
-                    item.digest
-                    for item, (refs, pending) in zip(remaining, known, strict=True)
+                    digest
+                    for digest, (refs, pending) in zip(digests, known, strict=True)
                     if not refs and not pending
                 ]
-                if stored:
-                    remaining = todo
-                    await self._objects.discard_many(stored)
-                if todo:
-                    self._check_writable()
-                    if new:
-                        await self._meta.write(lambda t: t.add_pending(new))
-                    remaining = []  # publish_many owns them now
-                    await self._objects.publish_many(todo)
+                self._check_writable()
+                if new:
+                    await self._meta.write(lambda t: t.add_pending(new))
+                publishing, remaining = remaining, []  # publish_many owns them now
+                await self._objects.publish_many(publishing)
         finally:
             if remaining:
                 with trio.CancelScope(shield=True):

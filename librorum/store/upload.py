@@ -5,8 +5,10 @@ Pipeline (per upload). ``write`` copies pieces into a chunk-sized buffer on the 
 
 1. hash, in a worker thread: the chunk's BLAKE3 (its name) and the running whole-file BLAKE3
    (the content hash). Jobs take this step in order (the whole-file hash is sequential);
-2. pin the digest and, in chunk order, *stage* it unless the store already holds it (dedup):
-   write it to a temp file and start its writeback, without waiting (the buffer is then free);
+2. pin the digest and, in chunk order, *stage* it (unless the batch has it already): write
+   it to a temp file and start its writeback, without waiting (the buffer is then free). A
+   chunk the store holds already is staged too, and published over the stored file (see
+   ``Store._publish_chunks``);
 3. every ``upload_batch`` chunks (and at commit), *publish* the batch in a publish job:
    under the chunks' locks, journal them as pending in one transaction, fsync every staged
    file, rename each to its name, fsync each touched shard directory once
@@ -276,7 +278,8 @@ class Upload:
                     msg = "an earlier chunk of this upload failed"
                     raise ConflictError(msg)
             batch = self._batch
-            if job.digest not in batch.digests and not await store._chunk_stored(job.digest):
+            # Staged even if the store holds the chunk: see Store._publish_chunks.
+            if job.digest not in batch.digests:
                 store._check_writable()
                 batch.staged.append(await store._objects.stage(job.digest, view))
                 batch.digests.add(job.digest)
