@@ -58,12 +58,6 @@ class FS(Protocol):
         """``os.write``: may write less than ``len(data)``."""
         ...
 
-    def copy_file_range(
-        self, src: int, dst: int, count: int, offset_src: int, offset_dst: int
-    ) -> int:
-        """``os.copy_file_range`` with explicit offsets (the fds' positions are untouched)."""
-        ...
-
     def map_read(self, fd: int, length: int) -> mmap.mmap:
         """Map the first ``length`` (> 0) bytes of ``fd`` read-only."""
         ...
@@ -124,11 +118,6 @@ class OsFS:
 
     def write(self, fd: int, data: memoryview) -> int:
         return os.write(fd, data)
-
-    def copy_file_range(
-        self, src: int, dst: int, count: int, offset_src: int, offset_dst: int
-    ) -> int:
-        return os.copy_file_range(src, dst, count, offset_src, offset_dst)
 
     def map_read(self, fd: int, length: int) -> mmap.mmap:
         return mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)

@@ -12,11 +12,20 @@ Chunks. File data is cut into fixed-size chunks (``chunk_size``, default 4 MiB; 
 but the last is full), each named by its BLAKE3 digest. Fixed-size rather than
 content-defined chunking: a rolling hash in Python would cap ingest far below disk speed,
 while fixed chunks dedup identical files and identical aligned blocks at full speed. 4 MiB
-keeps the per-chunk costs (a journal transaction, two fsyncs, thread hand-offs: ~0.5 ms) small
-against the data's (~3-4 ms per chunk here) and still bounds memory per stream. Identical
-chunks are stored once and reference-counted (references from files and from resumable
-uploads); deleting a file drops its references, and a chunk whose count reaches zero is
-collected.
+keeps the per-chunk costs (a journal transaction, two fsyncs: ~0.5 ms) small against the
+data's (~3-4 ms per chunk here). Identical chunks are stored once and reference-counted
+(references from files and from resumable uploads); deleting a file drops its references,
+and a chunk whose count reaches zero is collected.
+
+Memory. No request holds a whole chunk in memory to write it: an upload (and ``ingest_fd``)
+writes each chunk to its temp file piece by piece through at most ``upload_pipeline``
+buffers of ``upload_buffer`` bytes (2 x 1 MiB by default, whatever the chunk size; see
+``upload.py``); fsck and resumed uploads verify chunks by hashing a mapping of the file. A
+reader streaming pieces (WebSocket downloads) verifies each chunk whole before handing any
+of it out, so it holds ``read_ahead + 1`` chunk buffers (12 MiB at the defaults); one handing
+out ``sendfile`` segments (Unix socket downloads) holds only descriptors. Buffers come from
+small pools (``max_idle_buffers`` idle ones per size) of page-aligned anonymous mappings,
+given back to the system as soon as they are dropped.
 
 Journal and durable order. The ``pending`` table is the intent journal: a digest is journalled
 (committed) *before* a new chunk file is renamed into place, and when its last reference is
@@ -37,10 +46,10 @@ wait for each other, and uploads to the same path neither (last commit wins; see
 the one short serialization point, and no data I/O ever happens inside it.
 
 Threads. Chunk I/O and hashing run in worker threads bounded by ``io_threads``
-(``trio.to_thread`` with a CapacityLimiter): per 4 MiB chunk, hashing takes ~0.9 ms per hash
-(two: the chunk's and the whole file's), the copy into the page cache 1 ms warm and up to
-15 ms on fresh pages, its fsync 3-10 ms; inline, each would stall every other connection for
-that long, and the thread hand-off (~50-90 us) is small against any of them. Metadata reads
+(``trio.to_thread`` with a CapacityLimiter): per 1 MiB piece, hashing takes ~0.4 ms per hash
+(two: the chunk's and the whole file's), its direct write 1-3 ms, and a chunk's fsync
+3-10 ms; inline, each would stall every other connection for that long, and the thread
+hand-off (~50-90 us) is small against any of them. Metadata reads
 run inline (see ``meta.py`` for the measurements); metadata writes run in a dedicated writer
 thread.
 
@@ -54,6 +63,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import mmap
 import os
 import stat as stat_module
 import time
@@ -92,9 +102,9 @@ from librorum.store._translate import translating
 from librorum.store.fs import FS, OsFS
 from librorum.store.locks import BufferPool, ChunkPins, LockTable
 from librorum.store.meta import KIND_DIR, MetaTxn, SqliteMetadataStore, UploadRow
-from librorum.store.objects import LocalChunkStore, Staged
+from librorum.store.objects import DIRECT_ALIGN, LocalChunkStore, Staged, new_buffer
 from librorum.store.paths import normalize
-from librorum.store.reader import Reader, Span, make_verifier
+from librorum.store.reader import Reader, Span
 from librorum.store.types import (
     FSCK_REPORT_ITEMS,
     FileInfo,
@@ -117,8 +127,14 @@ MIN_CHUNK_SIZE: Final = 4 << 10
 MAX_CHUNK_SIZE: Final = 64 << 20
 #: Worker threads for chunk I/O and hashing (most of their time is spent waiting for fsync).
 DEFAULT_IO_THREADS: Final = 8
-#: Chunks of one upload being hashed/written at once (memory: that many + 1 chunk buffers).
+#: Buffers of one upload: one filling while the others are hashed and written (see
+#: ``upload.py``). Two keep receiving and writing overlapped.
 DEFAULT_UPLOAD_PIPELINE: Final = 2
+#: Bytes of one upload buffer: an upload holds at most ``upload_pipeline`` of them, whatever
+#: the chunk size (2 MiB by default). 1 MiB pieces keep the per-piece costs (two thread
+#: hand-offs, ~0.1 ms) small against the piece's hashing and writing (~1-3 ms); it is also
+#: the largest DATA payload a client sends by default, so a piece usually is one frame.
+DEFAULT_UPLOAD_BUFFER: Final = 1 << 20
 #: Chunks of one upload staged (written, writeback started, not yet fsynced) before they are
 #: published together; with two batches in flight (one staging, one publishing) an upload
 #: holds at most twice this many temp files open. 8 chunks of 4 MiB: 32 MiB per batch.
@@ -135,8 +151,9 @@ DEFAULT_GC_BATCH: Final = 256
 DEFAULT_INLINE_LIST_LIMIT: Final = 100
 #: Longest wait at close for chunk jobs in flight (then they are cancelled).
 DEFAULT_CLOSE_TIMEOUT: Final = 30.0
-#: Idle chunk buffers kept for reuse.
-DEFAULT_MAX_IDLE_BUFFERS: Final = 16
+#: Idle buffers kept for reuse, per size (upload buffers, read buffers): a small bound, so that
+#: a burst of requests leaves little memory held once it is over.
+DEFAULT_MAX_IDLE_BUFFERS: Final = 4
 #: Upload ids follow the rule of a path component: 1 to 255 bytes of UTF-8, no NUL, no "/".
 MAX_UPLOAD_ID_BYTES: Final = MAX_NAME_BYTES
 
@@ -174,6 +191,7 @@ class Store:
         io_threads: int,
         upload_pipeline: int,
         upload_batch: int,
+        upload_buffer: int,
         read_ahead: int,
         lock_timeout: float,
         gc_batch: int,
@@ -186,6 +204,7 @@ class Store:
         self.chunk_size = chunk_size
         self.upload_pipeline = upload_pipeline
         self.upload_batch = upload_batch
+        self.upload_buffer = upload_buffer
         self.read_ahead = read_ahead
         self._fs = fs
         self._gc_batch = gc_batch
@@ -202,7 +221,8 @@ class Store:
         self._pins = ChunkPins()
         self._path_locks: LockTable[str] = LockTable(timeout=lock_timeout)
         self._chunk_locks: LockTable[bytes] = LockTable(timeout=lock_timeout)
-        self._pool = BufferPool(chunk_size, max_idle=max_idle_buffers)
+        self._upload_buffers = BufferPool(upload_buffer, max_idle=max_idle_buffers)
+        self._read_buffers = BufferPool(chunk_size, max_idle=max_idle_buffers)
         self._attached: dict[str, Upload | None] = {}
         self._nursery: trio.Nursery | None = None
         self._jobs_running = 0
@@ -233,12 +253,13 @@ class Store:
             msg = f"the store is read-only: {self._read_only}"
             raise ReadOnlyError(msg)
 
-    def _get_buffer(self, size: int) -> bytearray:
-        return self._pool.get() if size == self._pool.size else bytearray(size)
+    def _get_buffer(self, size: int) -> mmap.mmap:
+        """A read buffer of at least ``size`` bytes (a reader's whole chunk)."""
+        pool = self._read_buffers
+        return pool.get() if size <= pool.size else new_buffer(size)
 
-    def _put_buffer(self, buf: bytearray) -> None:
-        if len(buf) == self._pool.size:
-            self._pool.put(buf)
+    def _put_buffer(self, buf: mmap.mmap) -> None:
+        self._read_buffers.put(buf)
 
     async def _in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         assert not kwargs
@@ -717,13 +738,8 @@ class Store:
             try:
                 hasher = blake3.blake3()
                 for digest, length in chunks:
-                    buf = self._get_buffer(row.chunk_size)
-                    try:
-                        view = memoryview(buf)[:length]
-                        await self._objects.get(digest, view, 0, make_verifier(digest))
-                        await self._in_thread(hasher.update, view)
-                    finally:
-                        self._put_buffer(buf)
+                    # Verified and hashed from a mapping of the file: no buffer.
+                    await self._objects.check(digest, length, also=hasher)
                 upload = Upload(
                     self,
                     path=row.path,
@@ -844,11 +860,12 @@ class Store:
     ) -> FileInfo:
         """Store a client's regular file, given as a descriptor, as the file at ``path``.
 
-        Each chunk is read into a buffer, hashed there and written from it with O_DIRECT
-        (where the file system refuses O_DIRECT: copied in the kernel with
-        ``copy_file_range`` and hashed from the copy), so a client that modifies its file
-        meanwhile gets *some* content, never a chunk that does not match its name. The
-        descriptor is not closed and its file position is not moved.
+        The file goes through the pipeline of a streamed upload (see ``upload.py``), its
+        pieces read into the upload's buffers in worker threads: each piece is hashed there
+        and written from there (with O_DIRECT where the file system allows it), so a client
+        that modifies its file meanwhile gets *some* content, never a chunk that does not
+        match its name. Memory: the upload's ``upload_pipeline`` buffers. The descriptor is
+        not closed and its file position is not moved.
 
         Cancellation: before the commit, a cancelled ingest has no visible effect; the
         commit is shielded (once it starts, the file is stored and returned).
@@ -880,51 +897,25 @@ class Store:
             msg = f"the file has {st.st_size} bytes, not the declared {size}"
             raise InvalidArgumentError(msg)
         await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
-        hasher = blake3.blake3()
-        chunks: list[tuple[bytes, int]] = []
-        pinned: list[bytes] = []
-        # Staged and not yet handed to _publish_chunks (which then owns them): a batch of
-        # distinct digests, made durable together as a streamed upload's are.
-        batch: list[Staged] = []
-        buf = self._get_buffer(self.chunk_size)
-        try:
-            for offset in range(0, size, self.chunk_size):
-                length = min(self.chunk_size, size - offset)
-                staged = await self._objects.stage_from_fd(fd, offset, length, hasher, buf)
-                chunks.append((staged.digest, length))
-                if any(item.digest == staged.digest for item in batch):
-                    await self._objects.discard_many([staged])  # a repeat within the batch
-                else:
-                    batch.append(staged)
-                    self._pins.pin([staged.digest])
-                    pinned.append(staged.digest)
-                if len(batch) >= self.upload_batch or offset + length >= size:
-                    publishing, batch = batch, []
-                    await self._publish_chunks(publishing)
+        upload = Upload(
+            self,
+            path=normal,
+            mode=mode,
+            size=size,
+            upload_id=None,
+            chunk_size=self.chunk_size,
+            recorded=[],
+            hasher=blake3.blake3(),
+        )
+        async with upload:
+            await upload._ingest(fd, size)
             # Once the commit starts it completes: a cancelled caller must not be left not
             # knowing whether the file was stored.
             with trio.CancelScope(shield=True):
-                info = await self._commit_file(
-                    normal,
-                    mode,
-                    size=size,
-                    content_hash=hasher.digest(),
-                    chunk_size=self.chunk_size,
-                    chunks=chunks,
-                    upload_id=None,
-                )
-            # Returned after the block: a cancel scope may swallow exceptions, as type
-            # checkers see it.
-            return info  # noqa: RET504
-        finally:
-            if batch:
-                with trio.CancelScope(shield=True):
-                    await self._objects.discard_many(batch)
-            self._put_buffer(buf)
-            self._pins.unpin(pinned)
-            if pinned:
-                with trio.CancelScope(shield=True):
-                    await self._collect_step()
+                info = await upload.commit()
+        # Returned after the blocks: a cancel scope may swallow exceptions, as type checkers
+        # see it.
+        return info
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -1071,16 +1062,11 @@ class Store:
             while todo:
                 digest = todo.pop()
                 size = stored[digest][0]
-                buf = self._get_buffer(size)
                 try:
-                    await self._objects.get(
-                        digest, memoryview(buf)[:size], 0, make_verifier(digest)
-                    )
+                    await self._objects.check(digest, size)
                     checked_bytes += size
                 except (CorruptDataError, StoreIOError):
                     corrupt.append(digest)
-                finally:
-                    self._put_buffer(buf)
 
         to_check = len(todo)
         async with trio.open_nursery() as nursery:
@@ -1177,6 +1163,7 @@ async def open_store(
     io_threads: int = DEFAULT_IO_THREADS,
     upload_pipeline: int = DEFAULT_UPLOAD_PIPELINE,
     upload_batch: int = DEFAULT_UPLOAD_BATCH,
+    upload_buffer: int = DEFAULT_UPLOAD_BUFFER,
     read_ahead: int = DEFAULT_READ_AHEAD,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     gc_batch: int = DEFAULT_GC_BATCH,
@@ -1199,13 +1186,15 @@ async def open_store(
         max_file_size: Largest file accepted.
         chunk_size: Chunk size for new files (4 KiB .. 64 MiB).
         io_threads: Worker threads for chunk I/O and hashing.
-        upload_pipeline: Chunks of one upload in flight at once.
+        upload_pipeline: Buffers of one upload (one filling, the others being hashed and
+            written).
         upload_batch: Chunks of one upload staged before they are published (fsynced)
             together.
+        upload_buffer: Bytes of one upload buffer (a multiple of 4096).
         read_ahead: Chunks a reader prefetches.
         lock_timeout: Longest lock wait (seconds) before TimeoutError_.
         gc_batch: Journal entries collected per step.
-        max_idle_buffers: Chunk buffers kept for reuse.
+        max_idle_buffers: Idle buffers kept for reuse, per size (upload, read).
         close_timeout: Longest wait at close for chunk writes in flight.
         inline_list_limit: LIST pages larger than this are read in a worker thread.
         fs: The file-system interface (tests pass shims).
@@ -1229,6 +1218,9 @@ async def open_store(
         if value < 1:
             msg = f"{name} must be at least 1, got {value}"
             raise ValueError(msg)
+    if upload_buffer < DIRECT_ALIGN or upload_buffer % DIRECT_ALIGN:
+        msg = f"upload_buffer must be a positive multiple of {DIRECT_ALIGN}, got {upload_buffer}"
+        raise ValueError(msg)
     store = Store(
         Path(data_dir),
         fs=fs if fs is not None else OsFS(),
@@ -1237,6 +1229,7 @@ async def open_store(
         io_threads=io_threads,
         upload_pipeline=upload_pipeline,
         upload_batch=upload_batch,
+        upload_buffer=upload_buffer,
         read_ahead=read_ahead,
         lock_timeout=lock_timeout,
         gc_batch=gc_batch,

@@ -19,9 +19,7 @@ import blake3
 from librorum.store.fs import OsFS
 
 #: Operations that change what is on disk: the crash points.
-MUTATING = frozenset(
-    {"create", "write", "copy_file_range", "fsync", "rename", "unlink", "mkdir", "commit"}
-)
+MUTATING = frozenset({"create", "write", "fsync", "rename", "unlink", "mkdir", "commit"})
 #: Files of the data directory the crash model leaves to SQLite (its own durability).
 _DB_FILES = frozenset({"meta.db", "meta.db-wal", "meta.db-shm", "LOCK"})
 
@@ -69,12 +67,6 @@ class RecordingFS(OsFS):
     def write(self, fd: int, data: memoryview) -> int:
         self._op("write", self._fd_paths.get(fd, "?"))
         return super().write(fd, data)
-
-    def copy_file_range(
-        self, src: int, dst: int, count: int, offset_src: int, offset_dst: int
-    ) -> int:
-        self._op("copy_file_range", self._fd_paths.get(dst, "?"))
-        return super().copy_file_range(src, dst, count, offset_src, offset_dst)
 
     def map_read(self, fd: int, length: int):  # type: ignore[no-untyped-def]
         self._op("map_read", self._fd_paths.get(fd, "?"))
