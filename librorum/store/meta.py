@@ -45,8 +45,18 @@ KIND_FILE: Final = 1
 #: Length of a chunk digest (BLAKE3).
 DIGEST_SIZE: Final = 32
 
-_SCHEMA_VERSION: Final = 1
-_SCHEMA: Final = """
+_SCHEMA_VERSION: Final = 2
+#: Chunks found corrupt and moved aside (schema version 2).
+_QUARANTINE_TABLE: Final = """
+CREATE TABLE quarantine (
+    digest BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    found_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+_SCHEMA: Final = (
+    """
 CREATE TABLE entries (
     id INTEGER PRIMARY KEY,
     parent INTEGER NOT NULL,
@@ -92,6 +102,8 @@ CREATE TABLE stats (
     uploads INTEGER NOT NULL
 );
 """
+    + _QUARANTINE_TABLE
+)
 
 _ENTRY_COLUMNS: Final = (
     "id, parent, name, kind, size, mtime_ns, version, content_hash, chunk_size, chunks"
@@ -125,6 +137,16 @@ class UploadRow:
     size: int | None
     chunk_size: int
     created_ns: int
+
+
+@attrs.frozen
+class QuarantineRow:
+    """A chunk found corrupt, moved aside until an upload of its content heals it."""
+
+    digest: bytes
+    size: int
+    found_ns: int
+    reason: str
 
 
 @attrs.frozen
@@ -257,6 +279,26 @@ class MetaTxn(Protocol):
 
     def counters(self) -> Counters:
         """The store-wide figures."""
+        ...
+
+    def add_quarantine(self, row: QuarantineRow) -> None:
+        """Record a chunk as quarantined (replacing an earlier record of it)."""
+        ...
+
+    def is_quarantined(self, digest: bytes) -> bool:
+        """Whether the chunk is recorded as quarantined."""
+        ...
+
+    def any_quarantined(self) -> bool:
+        """Whether any chunk is recorded as quarantined."""
+        ...
+
+    def remove_quarantine(self, digests: Sequence[bytes]) -> None:
+        """Forget quarantine records (the chunks were healed or collected)."""
+        ...
+
+    def quarantined(self) -> list[QuarantineRow]:
+        """Every quarantine record (a short list: chunks found corrupt and not healed)."""
         ...
 
     def all_entries(self) -> Iterator[EntryRow]:
@@ -547,6 +589,27 @@ class _SqliteTxn:
             self._d_uploads -= 1
         return self.drop_refs(digests)
 
+    def add_quarantine(self, row: QuarantineRow) -> None:
+        self._c.execute(
+            "INSERT OR REPLACE INTO quarantine (digest, size, found_ns, reason)"
+            " VALUES (?, ?, ?, ?)",
+            (row.digest, row.size, row.found_ns, row.reason),
+        )
+
+    def is_quarantined(self, digest: bytes) -> bool:
+        cur = self._c.execute("SELECT 1 FROM quarantine WHERE digest = ?", (digest,))
+        return cur.fetchone() is not None
+
+    def any_quarantined(self) -> bool:
+        return self._c.execute("SELECT 1 FROM quarantine LIMIT 1").fetchone() is not None
+
+    def remove_quarantine(self, digests: Sequence[bytes]) -> None:
+        self._c.executemany("DELETE FROM quarantine WHERE digest = ?", [(d,) for d in digests])
+
+    def quarantined(self) -> list[QuarantineRow]:
+        cur = self._c.execute("SELECT digest, size, found_ns, reason FROM quarantine")
+        return [QuarantineRow(bytes(d), int(n), int(t), str(r)) for d, n, t, r in cur]
+
     def counters(self) -> Counters:
         row = self._c.execute(
             "SELECT seq, files, dirs, logical_bytes, stored_bytes, chunk_count, uploads"
@@ -672,6 +735,14 @@ class SqliteMetadataStore:
                         f" VALUES ({ROOT_ID}, 0, '', {KIND_DIR}, 0, {time.time_ns()}, 1);"
                         "INSERT INTO stats VALUES (1, 1, 0, 1, 0, 0, 0, 0);"
                         f"PRAGMA user_version = {_SCHEMA_VERSION};"
+                        "COMMIT;"
+                    )
+                elif version == 1:
+                    # Version 2 added the quarantine table; nothing else changed.
+                    writer.executescript(
+                        "BEGIN IMMEDIATE;"
+                        + _QUARANTINE_TABLE
+                        + f"PRAGMA user_version = {_SCHEMA_VERSION};"
                         "COMMIT;"
                     )
                 elif version != _SCHEMA_VERSION:

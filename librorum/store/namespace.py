@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from librorum.errors import (
     AlreadyExistsError,
+    CorruptDataError,
     InvalidPathError,
     IsADirectoryError_,
     NotADirectoryError_,
@@ -161,8 +162,19 @@ def commit_file(
 
     Returns:
         The new FileInfo and the digests whose last reference was dropped.
+
+    Raises:
+        CorruptDataError: A chunk is quarantined: found corrupt since the upload verified or
+            wrote it (only a resumed upload's earlier chunks can be; an upload's own chunks
+            are published afresh, which heals them). A file is never committed over chunks
+            that are not known to be good.
     """
     existing = check_write_target(txn, path, mode)
+    if txn.any_quarantined():
+        bad = next((d for d, _ in chunks if txn.is_quarantined(d)), None)
+        if bad is not None:
+            msg = f"chunk {bad.hex()} of the upload to {path} was found corrupt since it was stored"
+            raise CorruptDataError(msg)
     version = txn.next_version()
     blob = b"".join(d for d, _ in chunks)
     txn.add_refs(chunks)

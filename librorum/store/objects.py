@@ -1,7 +1,7 @@
 """Chunk storage: the object-store boundary and its embedded implementation.
 
 :class:`ObjectStore` is the pluggable interface (stage piece by piece / publish in batches /
-discard / ranged get / check / delete / list; keys are chunk digests);
+discard / ranged get / check / delete / list / quarantine; keys are chunk digests);
 :class:`LocalObjects` is the optional capability of stores that keep objects in local files,
 which lets the transport ``os.sendfile`` straight from them. :class:`LocalChunkStore` has both.
 
@@ -9,6 +9,7 @@ Layout of :class:`LocalChunkStore` under the data directory::
 
     chunks/00 .. chunks/ff/<64 hex digits>   one file per chunk, sharded by the first byte
     tmp/<random>.tmp                         chunk writes in progress (removed on open)
+    quarantine/<64 hex digits>               chunk files found corrupt, moved aside
 
 One level of 256 shards, all created when the store is created, so that no directory is ever
 created on the write path: at 4 MiB chunks a 40 TB store has ~40k files per shard, which ext4's
@@ -28,6 +29,13 @@ written, while the existing file may have rotted since (see ``Store._publish_chu
 fsync failure is reported through ``on_fsync_failure`` before the error propagates (the store
 turns read-only: the data's state on disk is unknown and must not be acknowledged by a
 retry).
+
+Corruption. Every read verifies the chunk against its digest; a chunk that fails is reported
+as :class:`CorruptChunkError`, which names the file found bad (device and inode), so that
+moving it to ``quarantine/`` (:meth:`LocalChunkStore.quarantine`, under the chunk's lock)
+never moves a good copy published under the same name since. A quarantined file is kept as
+evidence until the chunk is healed (an upload of its content publishes a fresh copy under
+its name) or collected.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ TEMP_SUFFIX: Final = ".tmp"
 DIRECT_ALIGN: Final = 4096
 
 Verify = Callable[[memoryview], None]
+#: A file's (st_dev, st_ino): which file a name pointed to when it was found bad.
+Identity = tuple[int, int]
 
 
 def new_buffer(size: int) -> mmap.mmap:
@@ -64,6 +74,24 @@ def new_buffer(size: int) -> mmap.mmap:
     reference goes, instead of staying in the allocator's heap (glibc's malloc keeps large
     freed blocks once its mmap threshold has grown past them)."""
     return mmap.mmap(-1, size)
+
+
+class CorruptChunkError(CorruptDataError):
+    """A chunk file is missing, short, or does not match its digest.
+
+    Attributes:
+        digest: The chunk's digest.
+        identity: (st_dev, st_ino) of the file found bad; ``None`` if it is missing.
+    """
+
+    def __init__(self, message: str, *, digest: bytes, identity: Identity | None) -> None:
+        super().__init__(message)
+        self.digest = digest
+        self.identity = identity
+
+
+def _identity(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino)
 
 
 @attrs.define(eq=False)
@@ -99,13 +127,13 @@ class ObjectStore(Protocol):
 
     async def get(self, key: bytes, into: memoryview, offset: int, verify: Verify) -> None:
         """Fill ``into`` with the object's bytes from ``offset`` and call ``verify`` on them
-        (in the same worker thread), raising CorruptDataError if the object is missing or
-        short."""
+        (in the same worker thread), raising CorruptChunkError if the object is missing,
+        short, or ``verify`` rejects it."""
         ...
 
     async def check(self, key: bytes, length: int, also: blake3.blake3 | None = None) -> None:
         """Verify the object against its key (and feed its bytes to ``also``), raising
-        CorruptDataError if it is missing, short or does not match."""
+        CorruptChunkError if it is missing, short or does not match."""
         ...
 
     async def delete(self, keys: Sequence[bytes]) -> None:
@@ -114,6 +142,19 @@ class ObjectStore(Protocol):
 
     async def list_all(self) -> dict[str, list[str]]:
         """The names found in each shard (``SHARDS``): digests in hex, and anything else."""
+        ...
+
+    async def is_current(self, key: bytes, identity: Identity) -> bool:
+        """Whether the object stored under ``key`` now is the one found bad (``identity``)."""
+        ...
+
+    async def quarantine(self, key: bytes, identity: Identity) -> bool:
+        """Move the object aside if it is still the one found bad (``identity``); returns
+        whether it was moved."""
+        ...
+
+    async def drop_quarantined(self, keys: Sequence[bytes]) -> None:
+        """Remove the quarantined copies of ``keys`` (missing ones are ignored)."""
         ...
 
 
@@ -140,6 +181,7 @@ class LocalChunkStore:
         self.root = root
         self.chunk_dir = os.path.join(root, "chunks")
         self.temp_dir = os.path.join(root, "tmp")
+        self.quarantine_dir = os.path.join(root, "quarantine")
         self._fs = fs
         self._limiter = limiter
         self._on_fsync_failure = on_fsync_failure
@@ -152,6 +194,10 @@ class LocalChunkStore:
         name = key.hex()
         return f"{self.chunk_dir}/{name[:2]}/{name}"
 
+    def quarantine_path(self, key: bytes) -> str:
+        """Where the file of chunk ``key`` goes when it is found corrupt."""
+        return f"{self.quarantine_dir}/{key.hex()}"
+
     # --- setup --------------------------------------------------------------------------------
 
     def init_sync(self) -> None:
@@ -161,6 +207,7 @@ class LocalChunkStore:
             self._ensure_dir(self.root, None)
             self._ensure_dir(self.chunk_dir, self.root)
             self._ensure_dir(self.temp_dir, self.root)
+            self._ensure_dir(self.quarantine_dir, self.root)
             created = False
             existing = set(self._fs.listdir(self.chunk_dir))
             for shard in SHARDS:
@@ -194,6 +241,11 @@ class LocalChunkStore:
         """Number of temp files (blocking)."""
         with translating("list temp files"):
             return len(self._fs.listdir(self.temp_dir))
+
+    def list_quarantine_sync(self) -> list[str]:
+        """The names in ``quarantine/`` (blocking)."""
+        with translating("list quarantined chunks"):
+            return self._fs.listdir(self.quarantine_dir)
 
     # --- helpers (worker threads) -------------------------------------------------------------
 
@@ -308,33 +360,45 @@ class LocalChunkStore:
                     self._drop_temp(item.temp, item.fd if i >= closed else None)
                 raise
 
-    def _open_chunk(self, key: bytes) -> int:
+    def _open_chunk(self, key: bytes) -> tuple[int, Identity]:
         try:
-            return self._fs.open(self.path(key), os.O_RDONLY)
+            fd = self._fs.open(self.path(key), os.O_RDONLY)
         except FileNotFoundError as exc:
             msg = f"chunk {key.hex()} is missing"
-            raise CorruptDataError(msg) from exc
+            raise CorruptChunkError(msg, digest=key, identity=None) from exc
+        try:
+            return fd, _identity(self._fs.fstat(fd))
+        except BaseException:
+            self._fs.close(fd)
+            raise
 
     def _get_sync(self, key: bytes, into: memoryview, offset: int, verify: Verify) -> None:
         with translating("read chunk"):
-            fd = self._open_chunk(key)
+            fd, identity = self._open_chunk(key)
             try:
                 done = 0
                 while done < len(into):
                     got = self._fs.pread_into(fd, into[done:], offset + done)
                     if got == 0:
                         msg = f"chunk {key.hex()} is truncated"
-                        raise CorruptDataError(msg)
+                        raise CorruptChunkError(msg, digest=key, identity=identity)
                     done += got
             finally:
                 self._fs.close(fd)
-            verify(into)
+            try:
+                verify(into)
+            except CorruptChunkError:
+                raise
+            except CorruptDataError as exc:
+                raise CorruptChunkError(str(exc), digest=key, identity=identity) from None
 
-    def _verify_fd(self, key: bytes, fd: int, length: int, also: blake3.blake3 | None) -> None:
+    def _verify_fd(
+        self, key: bytes, fd: int, identity: Identity, length: int, also: blake3.blake3 | None
+    ) -> None:
         """Hash a read-only mapping of the chunk (no copy into user space) and compare."""
         if self._fs.fstat(fd).st_size < length:
             msg = f"chunk {key.hex()} is truncated"
-            raise CorruptDataError(msg)
+            raise CorruptChunkError(msg, digest=key, identity=identity)
         if length:
             with self._fs.map_read(fd, length) as mapped:
                 actual = blake3.blake3(mapped).digest()
@@ -344,13 +408,13 @@ class LocalChunkStore:
             actual = blake3.blake3(b"").digest()
         if actual != key:
             msg = f"chunk {key.hex()} failed verification"
-            raise CorruptDataError(msg)
+            raise CorruptChunkError(msg, digest=key, identity=identity)
 
     def _check_sync(self, key: bytes, length: int, also: blake3.blake3 | None) -> None:
         with translating("check chunk"):
-            fd = self._open_chunk(key)
+            fd, identity = self._open_chunk(key)
             try:
-                self._verify_fd(key, fd, length, also)
+                self._verify_fd(key, fd, identity, length, also)
             finally:
                 self._fs.close(fd)
 
@@ -366,6 +430,41 @@ class LocalChunkStore:
                 shards.add(os.path.dirname(path))
             for shard in sorted(shards):
                 self._fsync_dir(shard)
+
+    def _is_current(self, key: bytes, identity: Identity) -> bool:
+        try:
+            fd = self._fs.open(self.path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            return _identity(self._fs.fstat(fd)) == identity
+        finally:
+            self._fs.close(fd)
+
+    def _is_current_sync(self, key: bytes, identity: Identity) -> bool:
+        with translating("check chunk"):
+            return self._is_current(key, identity)
+
+    def _quarantine_sync(self, key: bytes, identity: Identity) -> bool:
+        with translating("quarantine chunk"):
+            path = self.path(key)
+            if not self._is_current(key, identity):
+                return False  # gone, or replaced by a fresh copy since it was found bad
+            self._fs.rename(path, self.quarantine_path(key))
+            # Both directories durable: the bad file never reappears under its name.
+            self._fsync_dir(os.path.dirname(path))
+            self._fsync_dir(self.quarantine_dir)
+            return True
+
+    def _drop_quarantined_sync(self, keys: Sequence[bytes]) -> None:
+        # No fsync: a removal lost in a crash leaves a copy that nothing records, which the
+        # next open removes.
+        with translating("remove quarantined chunks"):
+            for key in keys:
+                try:
+                    self._fs.unlink(self.quarantine_path(key))
+                except FileNotFoundError:
+                    pass
 
     # --- ObjectStore ----------------------------------------------------------------------------
 
@@ -416,7 +515,7 @@ class LocalChunkStore:
         """Read a chunk range into ``into`` and verify it (see :class:`ObjectStore`).
 
         Raises:
-            CorruptDataError: The chunk is missing, short, or ``verify`` rejects it.
+            CorruptChunkError: The chunk is missing, short, or ``verify`` rejects it.
             StoreIOError: The read failed.
         """
         await trio.to_thread.run_sync(
@@ -428,7 +527,7 @@ class LocalChunkStore:
         to ``also`` when it is good.
 
         Raises:
-            CorruptDataError: The chunk is missing, short or does not match its digest.
+            CorruptChunkError: The chunk is missing, short or does not match its digest.
             StoreIOError: The open or read failed.
         """
         await trio.to_thread.run_sync(self._check_sync, key, length, also, limiter=self._limiter)
@@ -450,6 +549,38 @@ class LocalChunkStore:
 
         return await trio.to_thread.run_sync(run, limiter=self._limiter)
 
+    async def is_current(self, key: bytes, identity: Identity) -> bool:
+        """Whether the chunk's file is still the one found bad (``identity``).
+
+        Raises:
+            StoreIOError: The open failed (other than for a missing file).
+        """
+        return await trio.to_thread.run_sync(
+            self._is_current_sync, key, identity, limiter=self._limiter
+        )
+
+    async def quarantine(self, key: bytes, identity: Identity) -> bool:
+        """Move the chunk file to ``quarantine/`` if it is still the file found bad, and make
+        the move durable. The caller holds the chunk's lock.
+
+        Returns:
+            Whether the file was moved (False: it is gone, or a fresh copy replaced it).
+
+        Raises:
+            StoreIOError, NoSpaceError: The move or an fsync failed.
+        """
+        return await trio.to_thread.run_sync(
+            self._quarantine_sync, key, identity, limiter=self._limiter
+        )
+
+    async def drop_quarantined(self, keys: Sequence[bytes]) -> None:
+        """Remove quarantined copies (missing ones are ignored).
+
+        Raises:
+            StoreIOError: An unlink failed.
+        """
+        await trio.to_thread.run_sync(self._drop_quarantined_sync, keys, limiter=self._limiter)
+
     # --- LocalObjects ---------------------------------------------------------------------------
 
     def open_verified(self, key: bytes, length: int, digest: bytes) -> int:
@@ -457,14 +588,14 @@ class LocalChunkStore:
         user space), so that the caller can ``sendfile`` verified bytes (blocking).
 
         Raises:
-            CorruptDataError: Missing, short, or not matching ``digest``.
+            CorruptChunkError: Missing, short, or not matching ``digest``.
             StoreIOError: The open or read failed.
         """
         assert digest == key, "a chunk is named by its digest"
         with translating("open chunk"):
-            fd = self._open_chunk(key)
+            fd, identity = self._open_chunk(key)
             try:
-                self._verify_fd(key, fd, length, None)
+                self._verify_fd(key, fd, identity, length, None)
             except BaseException:
                 self._fs.close(fd)
                 raise

@@ -71,7 +71,8 @@ class Reader:
 
     ``async for piece in reader`` yields memoryviews of the range, chunk by chunk. **Each piece
     is valid only until the next iteration step** (its buffer is reused); copy it to keep it.
-    Each chunk is read whole and checked against its digest before any of it is returned.
+    Each chunk is read whole and checked against its digest before any of it is returned; a
+    chunk that fails is quarantined (see ``Store._on_corrupt``) before the error is raised.
 
     :meth:`segments` yields the same range as :class:`Segment` (fd, offset, length) triples for
     ``os.sendfile``; each chunk is verified before its segment is handed out, and the next
@@ -139,6 +140,9 @@ class Reader:
         try:
             into = memoryview(job.buf)[: span.chunk_length]
             await self._store._objects.get(span.digest, into, 0, make_verifier(span.digest))
+        except CorruptDataError as exc:
+            job.error = exc
+            await self._store._on_corrupt(exc, span.chunk_length, f"read of {self.info.path}")
         except Exception as exc:
             job.error = exc
         except BaseException:
@@ -158,6 +162,10 @@ class Reader:
     async def _run_open(self, job: _OpenJob) -> None:
         try:
             job.fd = await self._store._open_verified(job.span)
+        except CorruptDataError as exc:
+            job.error = exc
+            span = job.span
+            await self._store._on_corrupt(exc, span.chunk_length, f"read of {self.info.path}")
         except Exception as exc:
             job.error = exc
         except BaseException:

@@ -35,6 +35,17 @@ store. Order for a write: chunk data fsynced, renamed, shard directory fsynced, 
 metadata commit that references it. An fsync failure (or a failed metadata commit) fails the
 request and turns the store read-only (ReadOnlyError for every later write) until reopened.
 
+Corruption and quarantine. Every read verifies each chunk against its digest. A chunk found
+corrupt, by a read, a resumed upload or fsck, is logged at ERROR, recorded in the
+``quarantine`` table and its file moved to ``quarantine/`` (under the chunk's lock, and only
+if the file is still the one found bad), so that it is never served or trusted again;
+``status()`` counts the quarantined chunks and fsck lists them. An upload never deduplicates
+against a stored chunk it has not verified: it publishes its own freshly hashed copy over the
+stored file, which heals a quarantined (or missing) chunk, and every file using it, and drops
+the record; a commit over a quarantined chunk (a resumed upload's earlier chunk) fails with
+CorruptDataError. A quarantined chunk nothing references any more is collected with its
+record and its quarantined copy.
+
 Pins and collection. Chunks in use by an upload in progress or by an open reader are pinned
 in memory; the collector skips pinned digests and rechecks under the chunk's lock, so a chunk
 is never deleted while something is about to reference or read it.
@@ -101,8 +112,20 @@ from librorum.store import namespace as ns
 from librorum.store._translate import translating
 from librorum.store.fs import FS, OsFS
 from librorum.store.locks import BufferPool, ChunkPins, LockTable
-from librorum.store.meta import KIND_DIR, MetaTxn, SqliteMetadataStore, UploadRow
-from librorum.store.objects import DIRECT_ALIGN, LocalChunkStore, Staged, new_buffer
+from librorum.store.meta import (
+    KIND_DIR,
+    MetaTxn,
+    QuarantineRow,
+    SqliteMetadataStore,
+    UploadRow,
+)
+from librorum.store.objects import (
+    DIRECT_ALIGN,
+    CorruptChunkError,
+    LocalChunkStore,
+    Staged,
+    new_buffer,
+)
 from librorum.store.paths import normalize
 from librorum.store.reader import Reader, Span
 from librorum.store.types import (
@@ -316,6 +339,9 @@ class Store:
         with O_DIRECT and are not in the page cache), and a bad one would need the fresh
         copy all the same.
 
+        A quarantined chunk published this way is healed: its record is dropped once the
+        fresh copy is durable under its name.
+
         Raises:
             NoSpaceError, StoreIOError, ReadOnlyError, TimeoutError_: The batch could not be
                 made durable (its chunks may be on disk, pending, collected later).
@@ -325,18 +351,25 @@ class Store:
             digests = [item.digest for item in remaining]
             async with self._chunk_locks.hold(digests):
                 known = await self._meta.read(
-                    lambda t: [(t.refs(d), t.is_pending(d)) for d in digests]
+                    lambda t: [(t.refs(d), t.is_pending(d), t.is_quarantined(d)) for d in digests]
                 )
                 new = [
                     digest
-                    for digest, (refs, pending) in zip(digests, known, strict=True)
+                    for digest, (refs, pending, _) in zip(digests, known, strict=True)
                     if not refs and not pending
+                ]
+                healed = [
+                    digest
+                    for digest, (_, _, quarantined) in zip(digests, known, strict=True)
+                    if quarantined
                 ]
                 self._check_writable()
                 if new:
                     await self._meta.write(lambda t: t.add_pending(new))
                 publishing, remaining = remaining, []  # publish_many owns them now
                 await self._objects.publish_many(publishing)
+                if healed:
+                    await self._heal(healed)
         finally:
             if remaining:
                 with trio.CancelScope(shield=True):
@@ -382,6 +415,87 @@ class Store:
             self._objects.open_verified, span.digest, span.chunk_length, span.digest
         )
 
+    # --- quarantine -----------------------------------------------------------------------------
+
+    async def _on_corrupt(self, exc: CorruptDataError, size: int, where: str) -> None:
+        """A chunk failed verification (or is missing) during ``where``: log it at ERROR and
+        move the bad file aside, so that it is never served or trusted again until an upload
+        of its content heals it (see :meth:`_quarantine`).
+
+        Cancellation: shielded (bounded by the lock timeout and a few file operations).
+        Never raises: a quarantine that fails is logged, and the caller reports the
+        corruption all the same.
+        """
+        if not isinstance(exc, CorruptChunkError):
+            return
+        digest = exc.digest.hex()
+        if exc.identity is None:
+            log.error("chunk %s is missing (%s): files using it cannot be read", digest, where)
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                moved = await self._quarantine(exc.digest, exc.identity, size, f"{where}: {exc}")
+            except (StoreError, TimeoutError_) as failure:
+                log.error(
+                    "chunk %s failed verification (%s) and could not be quarantined: %s",
+                    digest,
+                    where,
+                    failure,
+                )
+                return
+        if moved:
+            log.error(
+                "chunk %s failed verification (%s): moved to quarantine/; uploading its "
+                "content again heals the files using it",
+                digest,
+                where,
+            )
+
+    async def _quarantine(
+        self, digest: bytes, identity: tuple[int, int], size: int, reason: str
+    ) -> bool:
+        """Under the chunk's lock (so that no publish or collection runs meanwhile): if the
+        chunk's file is still the one found bad, record the chunk as quarantined, then move
+        the file to ``quarantine/``. Recorded first: a crash between the two leaves the bad
+        file under its name and recorded, found bad again by the next read; the other order
+        would leave a file in ``quarantine/`` that nothing records.
+
+        Returns:
+            Whether the chunk was quarantined (False: it is gone, or was replaced since, or
+            the store cannot write).
+
+        Raises:
+            StoreIOError, NoSpaceError, TimeoutError_: Recording or moving failed.
+        """
+        if self._read_only is not None or self._closed:
+            return False
+        async with self._chunk_locks.hold([digest]):
+            if not await self._objects.is_current(digest, identity):
+                return False
+            row = QuarantineRow(digest=digest, size=size, found_ns=time.time_ns(), reason=reason)
+            await self._meta.write(lambda t: t.add_quarantine(row))
+            return await self._objects.quarantine(digest, identity)
+
+    async def _heal(self, digests: Sequence[bytes]) -> None:
+        """Quarantined chunks were published afresh (under their locks): drop their records,
+        then their quarantined copies."""
+        await self._meta.write(lambda t: t.remove_quarantine(digests))
+        for digest in digests:
+            log.warning("chunk %s healed: a fresh copy replaced the quarantined one", digest.hex())
+        await self._objects.drop_quarantined(digests)
+
+    async def _clear_quarantine_leftovers(self) -> int:
+        """At open: remove quarantined copies that no record names (a heal or a collection
+        interrupted after dropping the record). Returns how many."""
+        names = await self._in_thread(self._objects.list_quarantine_sync)
+        if not names:
+            return 0
+        recorded = {row.digest.hex() for row in await self._meta.read(lambda t: t.quarantined())}
+        stale = [bytes.fromhex(n) for n in names if n not in recorded and _is_hex_digest(n)]
+        if stale:
+            await self._objects.drop_quarantined(stale)
+        return len(stale)
+
     # --- garbage collection ---------------------------------------------------------------------
 
     async def _collect_step(self) -> tuple[int, int]:
@@ -402,11 +516,24 @@ class Store:
                 return (0, 0)
             async with self._chunk_locks.hold(candidates):
                 candidates = [d for d in candidates if not self._pins.pinned(d)]
-                refs = await self._meta.read(lambda t: [t.refs(d) for d in candidates])
-                dead = [d for d, r in zip(candidates, refs, strict=True) if r == 0]
+                refs = await self._meta.read(
+                    lambda t: [(t.refs(d), t.is_quarantined(d)) for d in candidates]
+                )
+                dead = [d for d, (r, _) in zip(candidates, refs, strict=True) if r == 0]
+                # A quarantined chunk that nothing references any more needs no healing.
+                unquarantined = [
+                    d for d, (r, q) in zip(candidates, refs, strict=True) if not r and q
+                ]
                 if dead:
                     await self._objects.delete(dead)
-                await self._meta.write(lambda t: t.remove_pending(candidates))
+
+                def drop(t: MetaTxn) -> None:
+                    t.remove_pending(candidates)
+                    t.remove_quarantine(unquarantined)
+
+                await self._meta.write(drop)
+                if unquarantined:
+                    await self._objects.drop_quarantined(unquarantined)
             return (len(candidates), len(dead))
         except (StoreError, TimeoutError_) as exc:
             log.warning("chunk collection failed, will retry: %s", exc)
@@ -436,6 +563,7 @@ class Store:
         await trio.to_thread.run_sync(self._open_sync)
         self._meta.open_reader()
         temp_removed = await self._in_thread(self._objects.clear_temp_sync)
+        await self._clear_quarantine_leftovers()
         checked = collected = 0
         while True:
             handled, deleted = await self._collect_step()
@@ -709,7 +837,8 @@ class Store:
             NotFoundError: No such upload.
             ConflictError: The upload is attached to another stream, or ``offset`` differs
                 from the committed offset.
-            CorruptDataError: A stored chunk fails verification.
+            CorruptDataError: A stored chunk fails verification (it is quarantined; abort the
+                upload and start again).
             ReadOnlyError: The store cannot write.
         """
         _check_upload_id(upload_id)
@@ -739,7 +868,11 @@ class Store:
                 hasher = blake3.blake3()
                 for digest, length in chunks:
                     # Verified and hashed from a mapping of the file: no buffer.
-                    await self._objects.check(digest, length, also=hasher)
+                    try:
+                        await self._objects.check(digest, length, also=hasher)
+                    except CorruptDataError as exc:
+                        await self._on_corrupt(exc, length, f"resume of upload {upload_id!r}")
+                        raise
                 upload = Upload(
                     self,
                     path=row.path,
@@ -1000,7 +1133,9 @@ class Store:
         Raises:
             StoreIOError: statvfs failed.
         """
-        counters = await self._meta.read(lambda t: t.counters())
+        counters, quarantined = await self._meta.read(
+            lambda t: (t.counters(), len(t.quarantined()))
+        )
 
         def free() -> int:
             with translating("statvfs"):
@@ -1016,6 +1151,7 @@ class Store:
             free_bytes=await self._in_thread(free),
             uploads=counters.uploads,
             read_only=self.read_only,
+            quarantined=quarantined,
         )
 
     async def fsck(self) -> FsckReport:
@@ -1024,7 +1160,9 @@ class Store:
 
         Safe on a live store: findings that concurrent activity could explain (a chunk
         written or collected during the scan) are rechecked against the current state
-        before being reported. Reports, never repairs.
+        before being reported. Reports, never repairs; but a chunk found corrupt is
+        quarantined, as a read finding it would (logged at ERROR, moved aside, recorded:
+        see :meth:`_on_corrupt`), and listed both as corrupt and as quarantined.
 
         Cancellation: safe at any point (reads only; chunk reads in flight are waited for).
 
@@ -1065,6 +1203,12 @@ class Store:
                 try:
                     await self._objects.check(digest, size)
                     checked_bytes += size
+                except CorruptChunkError as exc:
+                    if exc.identity is None:
+                        missing.append(digest)  # gone since the listing: rechecked below
+                    else:
+                        corrupt.append(digest)
+                        await self._on_corrupt(exc, size, "fsck")
                 except (CorruptDataError, StoreIOError):
                     corrupt.append(digest)
 
@@ -1073,13 +1217,19 @@ class Store:
             for _ in range(max(1, int(self._io_limiter.total_tokens))):
                 nursery.start_soon(worker)
 
-        # Recheck findings a concurrent write or collection could explain.
+        # Recheck findings a concurrent write or collection could explain. A chunk moved to
+        # quarantine is reported as quarantined, not as missing.
         if orphans or missing:
             now = await self._meta.read(
-                lambda t: {d: (t.refs(d), t.is_pending(d)) for d in orphans + missing}
+                lambda t: {
+                    d: (t.refs(d), t.is_pending(d), t.is_quarantined(d)) for d in orphans + missing
+                }
             )
-            orphans = [d for d in orphans if now[d] == (0, False) and not self._pins.pinned(d)]
-            missing = [d for d in missing if now[d][0] > 0]
+            orphans = [d for d in orphans if now[d][:2] == (0, False) and not self._pins.pinned(d)]
+            missing = [d for d in missing if now[d][0] > 0 and not now[d][2]]
+        quarantined = sorted(
+            row.digest.hex() for row in await self._meta.read(lambda t: t.quarantined())
+        )
         temp_files = await self._in_thread(self._objects.count_temp_sync)
         namespace_errors = scan.namespace_errors + [
             f"foreign file in chunks/: {f}" for f in foreign
@@ -1101,7 +1251,16 @@ class Store:
             namespace_errors=namespace_errors[:cap],
             pending=len(scan.pending),
             temp_files=temp_files,
+            quarantined=quarantined[:cap],
+            quarantined_count=len(quarantined),
         )
+
+
+def _is_hex_digest(name: str) -> bool:
+    try:
+        return len(bytes.fromhex(name)) == 32
+    except ValueError:
+        return False
 
 
 class _Scan:

@@ -290,20 +290,31 @@ async def test_corruption_is_detected(store: Store) -> None:
     raw = bytearray(path.read_bytes())
     raw[100] ^= 1
     path.write_bytes(raw)
+    report = await store.fsck()
+    assert not report.ok
+    assert report.corrupt == [digest]
     assert await store.read_bytes("/f", length=CS) == content[:CS]
+    # fsck quarantined it: moved aside, never served.
+    assert not path.exists()
     with pytest.raises(CorruptDataError):
         await store.read_bytes("/f")
     async with store.open_read("/f", offset=CS) as reader:
         with pytest.raises(CorruptDataError):
             await reader.segments().__anext__()
     report = await store.fsck()
+    assert (report.corrupt, report.missing, report.quarantined) == ([], [], [digest])
     assert not report.ok
-    assert report.corrupt == [digest]
-    path.unlink()
+
+
+async def test_a_missing_chunk_is_reported_missing(store: Store) -> None:
+    content = data(2 * CS)
+    await store.write_bytes("/f", content)
+    digest = blake3.blake3(content[CS:]).hexdigest()
+    (store.data_dir / "chunks" / digest[:2] / digest).unlink()
     with pytest.raises(CorruptDataError):
         await store.read_bytes("/f", offset=CS + 1)
     report = await store.fsck()
-    assert report.missing == [digest]
+    assert (report.missing, report.quarantined) == ([digest], [])
 
 
 async def test_resumable_upload(store: Store) -> None:
