@@ -54,6 +54,7 @@ from librorum.limits import (
     MAX_CONNECTIONS_PER_IP,
     MAX_CONNECTIONS_PER_UID,
     MAX_UNAUTHENTICATED,
+    MIN_FREE_SPACE,
     SHUTDOWN_GRACE,
 )
 
@@ -127,6 +128,12 @@ def is_loopback(host: str) -> bool:
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or value <= 0:
         msg = f"{attribute.name} must be positive, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _not_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or value < 0:
+        msg = f"{attribute.name} must be 0 or more, got {value!r}"
         raise ConfigError(msg)
 
 
@@ -208,6 +215,11 @@ class Config:
     idle_timeout_ws: float = attrs.field(default=IDLE_TIMEOUT_WS, validator=_positive)
     #: Seconds requests in flight get to finish when the daemon stops.
     shutdown_grace: float = attrs.field(default=SHUTDOWN_GRACE, validator=_positive)
+    #: Bytes of free space below which the store refuses new data (uploads, new files and
+    #: directories) with NO_SPACE, while deletes, renames and reads go on: 256 MiB by default,
+    #: room for the metadata to grow and for uploads already under way (see
+    #: :data:`librorum.limits.MIN_FREE_SPACE`). 0 refuses new data only when the disk is full.
+    min_free_space: int = attrs.field(default=MIN_FREE_SPACE, validator=_not_negative)
 
     def __attrs_post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -489,6 +501,7 @@ _KINDS: Final = types.MappingProxyType(
         "idle_timeout_uds": "float",
         "idle_timeout_ws": "float",
         "shutdown_grace": "float",
+        "min_free_space": "int",
     }
 )
 assert set(_KINDS) == _FIELDS, "every field needs a converter kind"

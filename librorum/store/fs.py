@@ -66,6 +66,11 @@ class FS(Protocol):
         """``os.fsync`` of a file or a directory."""
         ...
 
+    def allocate(self, fd: int, length: int) -> None:
+        """``os.posix_fallocate(fd, 0, length)``: the blocks of the first ``length`` bytes
+        are allocated (ENOSPC if they cannot all be)."""
+        ...
+
     def clear_direct(self, fd: int) -> None:
         """Turn ``O_DIRECT`` off for ``fd`` (``fcntl(F_SETFL)``)."""
         ...
@@ -124,6 +129,9 @@ class OsFS:
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def allocate(self, fd: int, length: int) -> None:
+        os.posix_fallocate(fd, 0, length)
 
     def clear_direct(self, fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)

@@ -31,7 +31,7 @@ from typing import Final, Protocol, TypeVar
 import attrs
 import trio
 
-from librorum.errors import NoSpaceError, TimeoutError_
+from librorum.errors import NoSpaceError, StoreIOError, TimeoutError_
 from librorum.store._translate import store_error_for, translating
 from librorum.store.fs import FS
 
@@ -339,8 +339,10 @@ class MetadataStore(Protocol):
         """Run ``fn`` in a read snapshot."""
         ...
 
-    async def write(self, fn: Callable[[MetaTxn], T]) -> T:
-        """Run ``fn`` in a write transaction and commit it."""
+    async def write(self, fn: Callable[[MetaTxn], T], *, use_reserve: bool = False) -> T:
+        """Run ``fn`` in a write transaction and commit it. With ``use_reserve`` (writes that
+        add no data: deletes, renames, forgetting, the journal), a write that fails for lack
+        of space may release the store's space reserve and is retried once."""
         ...
 
     async def read_slow(self, fn: Callable[[MetaTxn], T]) -> T:
@@ -690,6 +692,9 @@ class SqliteMetadataStore:
         on_commit_failure: Called (from a worker thread) when a commit fails other than for
             lack of space: the commit's outcome on disk is then unknown, and the store must
             stop acknowledging writes.
+        release_reserve: Called (from a worker thread) when a write that may use the
+            store's space reserve, or opening, failed for lack of space: gives the reserve's
+            space back and returns whether there was any to give.
         lock_timeout: Longest wait for the writer (seconds) before TimeoutError_.
     """
 
@@ -699,9 +704,11 @@ class SqliteMetadataStore:
         fs: FS,
         *,
         on_commit_failure: Callable[[BaseException], None],
+        release_reserve: Callable[[], bool],
         lock_timeout: float,
     ) -> None:
         self._path = path
+        self._release_reserve = release_reserve
         self._lock_timeout = lock_timeout
         self._fs = fs
         self._on_commit_failure = on_commit_failure
@@ -712,10 +719,23 @@ class SqliteMetadataStore:
         self._thread_lock = threading.Lock()
 
     def open_sync(self) -> bool:
-        """Open (creating if needed) the database; returns whether it was created.
+        """Open (creating if needed) the database; returns whether it was created. If that
+        fails for lack of space (SQLite creates its log and index files on open), or with an
+        I/O error (as which SQLite reports a full disk while creating the index), the space
+        reserve is released and the open tried again.
 
         Blocking: call from a worker thread.
         """
+        try:
+            return self._open_sync()
+        except (NoSpaceError, StoreIOError):
+            # SQLite reports a full disk while creating its index file (-shm) as an I/O
+            # error: either way, try once more with the reserve's space.
+            if not self._release_reserve():
+                raise
+            return self._open_sync()
+
+    def _open_sync(self) -> bool:
         with translating("open metadata database"):
             writer = _connect(self._path, same_thread=False)
             try:
@@ -802,8 +822,10 @@ class SqliteMetadataStore:
 
         return await trio.to_thread.run_sync(run)
 
-    async def write(self, fn: Callable[[MetaTxn], T]) -> T:
-        """Run ``fn`` in a write transaction in the writer thread and commit it.
+    async def write(self, fn: Callable[[MetaTxn], T], *, use_reserve: bool = False) -> T:
+        """Run ``fn`` in a write transaction in the writer thread and commit it. With
+        ``use_reserve``, a transaction that fails for lack of space releases the store's
+        space reserve (see ``space.py``) and runs once more.
 
         Cancellation: a cancelled wait for the writer leaves nothing done; once the
         transaction runs it is not interruptible, and its outcome (result or error) is
@@ -811,7 +833,8 @@ class SqliteMetadataStore:
 
         Raises:
             StoreError: Whatever ``fn`` raises (the transaction is rolled back), or the
-                translation of a database error.
+                translation of a database error (NoSpaceError: the disk is full, and the
+                reserve could not help).
             TimeoutError_: The writer was busy for longer than the lock timeout.
         """
         with trio.move_on_after(self._lock_timeout) as scope:
@@ -820,9 +843,21 @@ class SqliteMetadataStore:
             msg = f"metadata writer busy for more than {self._lock_timeout} s"
             raise TimeoutError_(msg)
         try:
-            return await trio.to_thread.run_sync(self._write_sync, fn, limiter=self._limiter)
+            return await trio.to_thread.run_sync(
+                self._write_sync_reserved if use_reserve else self._write_sync,
+                fn,
+                limiter=self._limiter,
+            )
         finally:
             self._write_lock.release()
+
+    def _write_sync_reserved(self, fn: Callable[[MetaTxn], T]) -> T:
+        try:
+            return self._write_sync(fn)
+        except NoSpaceError:
+            if not self._release_reserve():
+                raise
+            return self._write_sync(fn)
 
     def _write_sync(self, fn: Callable[[MetaTxn], T]) -> T:
         conn = self._writer
@@ -834,7 +869,9 @@ class SqliteMetadataStore:
                 result = fn(txn)
                 txn.flush_counters()
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (after SQLITE_FULL, for one).
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
 
             def commit() -> None:

@@ -177,8 +177,11 @@ class LocalChunkStore:
         *,
         limiter: trio.CapacityLimiter,
         on_fsync_failure: Callable[[BaseException], None],
+        check_space: Callable[[str], None] | None = None,
     ) -> None:
         self.root = root
+        # Called before each new chunk file: raises NoSpaceError below the free-space floor.
+        self._check_space = check_space
         self.chunk_dir = os.path.join(root, "chunks")
         self.temp_dir = os.path.join(root, "tmp")
         self.quarantine_dir = os.path.join(root, "quarantine")
@@ -313,6 +316,8 @@ class LocalChunkStore:
         """
         with translating("write chunk"):
             if staged.fd < 0:
+                if self._check_space is not None:
+                    self._check_space("write chunk")
                 # Every piece but a chunk's last is a whole buffer (a multiple of the
                 # alignment): a first piece that small is the whole chunk.
                 staged.temp, staged.fd, staged.direct = self._new_temp(
@@ -478,8 +483,10 @@ class LocalChunkStore:
         Cancellation: runs to completion in its worker thread once started.
 
         Raises:
-            NoSpaceError, StoreIOError: The write failed (the temp file, if created, stays
-                with ``staged``: discard it).
+            NoSpaceError: The write failed for lack of space, or (first piece) the free space
+                is below the store's floor.
+            StoreIOError: The write failed (the temp file, if created, stays with
+                ``staged``: discard it).
         """
         await trio.to_thread.run_sync(
             self._stage_piece_sync, staged, buf, length, last, limiter=self._limiter

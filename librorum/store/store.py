@@ -6,6 +6,7 @@ Layers::
       namespace.py             the rules, as functions over one metadata transaction
       meta.MetadataStore       transactions over rows       (embedded: SQLite, WAL, FULL sync)
       objects.ObjectStore      chunk files by digest        (embedded: sharded directory tree)
+      space.SpaceGuard         the free-space floor and the metadata reserve
       fs.FS                    every file-system call       (tests put shims here)
 
 Chunks. File data is cut into fixed-size chunks (``chunk_size``, default 4 MiB; every chunk
@@ -45,6 +46,13 @@ stored file, which heals a quarantined (or missing) chunk, and every file using 
 the record; a commit over a quarantined chunk (a resumed upload's earlier chunk) fails with
 CorruptDataError. A quarantined chunk nothing references any more is collected with its
 record and its quarantined copy.
+
+Free space (``space.py``). New data (uploads, ``ingest_fd``, new files and directories) is
+refused with NoSpaceError below ``min_free_space``, at admission and at every chunk; deletes,
+renames and reads never are. Metadata writes that add no data may release a preallocated
+reserve file when the disk is full to the last byte (and so may opening), and the reserve is
+allocated again once space comes back; so space can always be freed through the store, and
+writes are admitted again without a restart.
 
 Pins and collection. Chunks in use by an upload in progress or by an open reader are pinned
 in memory; the collector skips pinned digests and rechecks under the chunk's lock, so a chunk
@@ -102,6 +110,7 @@ from librorum.errors import (
     TimeoutError_,
     TooLargeError,
 )
+from librorum.limits import MIN_FREE_SPACE
 from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_FILE_SIZE,
@@ -128,6 +137,7 @@ from librorum.store.objects import (
 )
 from librorum.store.paths import normalize
 from librorum.store.reader import Reader, Span
+from librorum.store.space import SpaceGuard
 from librorum.store.types import (
     FSCK_REPORT_ITEMS,
     FileInfo,
@@ -177,6 +187,13 @@ DEFAULT_CLOSE_TIMEOUT: Final = 30.0
 #: Idle buffers kept for reuse, per size (upload buffers, read buffers): a small bound, so that
 #: a burst of requests leaves little memory held once it is over.
 DEFAULT_MAX_IDLE_BUFFERS: Final = 4
+#: Free space below which new data is refused (see ``space.py`` and ``limits.py``).
+DEFAULT_MIN_FREE_SPACE: Final = MIN_FREE_SPACE
+#: The space kept aside for metadata writes that add no data (deletes, renames, the
+#: collector's journal) when the disk is full to the last byte: a delete of one file writes
+#: a few pages to SQLite's log; 8 MiB covers a recursive delete of tens of thousands of
+#: entries, and the log's file keeps the space it grew into once the reserve is released.
+DEFAULT_METADATA_RESERVE: Final = 8 << 20
 #: Upload ids follow the rule of a path component: 1 to 255 bytes of UTF-8, no NUL, no "/".
 MAX_UPLOAD_ID_BYTES: Final = MAX_NAME_BYTES
 
@@ -220,6 +237,8 @@ class Store:
         gc_batch: int,
         max_idle_buffers: int,
         inline_list_limit: int,
+        min_free_space: int,
+        metadata_reserve: int,
     ) -> None:
         self.data_dir = data_dir
         self._inline_list_limit = inline_list_limit
@@ -232,14 +251,22 @@ class Store:
         self._fs = fs
         self._gc_batch = gc_batch
         self._io_limiter = trio.CapacityLimiter(io_threads)
+        self._space = SpaceGuard(
+            str(data_dir), fs, min_free=min_free_space, reserve=metadata_reserve
+        )
         self._meta = SqliteMetadataStore(
             str(data_dir / _DB_NAME),
             fs,
             on_commit_failure=self._on_fatal_io,
+            release_reserve=self._space.release_sync,
             lock_timeout=lock_timeout,
         )
         self._objects = LocalChunkStore(
-            str(data_dir), fs, limiter=self._io_limiter, on_fsync_failure=self._on_fatal_io
+            str(data_dir),
+            fs,
+            limiter=self._io_limiter,
+            on_fsync_failure=self._on_fatal_io,
+            check_space=self._space.check_data_sync,
         )
         self._pins = ChunkPins()
         self._path_locks: LockTable[str] = LockTable(timeout=lock_timeout)
@@ -275,6 +302,16 @@ class Store:
         if self._read_only is not None:
             msg = f"the store is read-only: {self._read_only}"
             raise ReadOnlyError(msg)
+
+    async def _check_space(self, what: str) -> None:
+        """Admit a request that adds data, or refuse it below the free-space floor (see
+        ``space.py``).
+
+        Raises:
+            NoSpaceError: Below the floor.
+            StoreIOError: statvfs failed.
+        """
+        await self._in_thread(self._space.check_data_sync, what)
 
     def _get_buffer(self, size: int) -> mmap.mmap:
         """A read buffer of at least ``size`` bytes (a reader's whole chunk)."""
@@ -473,13 +510,13 @@ class Store:
             if not await self._objects.is_current(digest, identity):
                 return False
             row = QuarantineRow(digest=digest, size=size, found_ns=time.time_ns(), reason=reason)
-            await self._meta.write(lambda t: t.add_quarantine(row))
+            await self._meta.write(lambda t: t.add_quarantine(row), use_reserve=True)
             return await self._objects.quarantine(digest, identity)
 
     async def _heal(self, digests: Sequence[bytes]) -> None:
         """Quarantined chunks were published afresh (under their locks): drop their records,
         then their quarantined copies."""
-        await self._meta.write(lambda t: t.remove_quarantine(digests))
+        await self._meta.write(lambda t: t.remove_quarantine(digests), use_reserve=True)
         for digest in digests:
             log.warning("chunk %s healed: a fresh copy replaced the quarantined one", digest.hex())
         await self._objects.drop_quarantined(digests)
@@ -526,12 +563,16 @@ class Store:
                 ]
                 if dead:
                     await self._objects.delete(dead)
+                    if not self._space.reserve_held:
+                        # Space came back: the reserve first (it no longer counts against
+                        # the floor once held).
+                        await self._in_thread(self._space.restore_sync)
 
                 def drop(t: MetaTxn) -> None:
                     t.remove_pending(candidates)
                     t.remove_quarantine(unquarantined)
 
-                await self._meta.write(drop)
+                await self._meta.write(drop, use_reserve=True)
                 if unquarantined:
                     await self._objects.drop_quarantined(unquarantined)
             return (len(candidates), len(dead))
@@ -564,6 +605,8 @@ class Store:
         self._meta.open_reader()
         temp_removed = await self._in_thread(self._objects.clear_temp_sync)
         await self._clear_quarantine_leftovers()
+        if not await self._in_thread(self._space.restore_sync):
+            log.warning("the disk is full: the metadata reserve is not allocated yet")
         checked = collected = 0
         while True:
             handled, deleted = await self._collect_step()
@@ -596,6 +639,7 @@ class Store:
             self._lock_fd = fd
         try:
             self._objects.init_sync()
+            self._space.load_sync()
             self._meta.open_sync()
         except BaseException:
             self._unlock()
@@ -674,6 +718,7 @@ class Store:
         """
         normal = normalize(path)
         self._check_writable()
+        await self._check_space("mkdir")
         mtime_ns = time.time_ns()
         async with self._path_locks.hold([normal]):
             return await self._meta.write(
@@ -699,7 +744,7 @@ class Store:
         self._check_writable()
         async with self._path_locks.hold([normal]):
             count, released = await self._meta.write(
-                lambda t: ns.delete(t, normal, recursive=recursive)
+                lambda t: ns.delete(t, normal, recursive=recursive), use_reserve=True
             )
         await self._after_commit(released)
         return count
@@ -723,7 +768,8 @@ class Store:
         self._check_writable()
         async with self._path_locks.hold([normal_src, normal_dst]):
             info, released = await self._meta.write(
-                lambda t: ns.rename(t, normal_src, normal_dst, overwrite=overwrite)
+                lambda t: ns.rename(t, normal_src, normal_dst, overwrite=overwrite),
+                use_reserve=True,
             )
         await self._after_commit(released)
         return info
@@ -769,6 +815,7 @@ class Store:
             if size > self.max_file_size:
                 msg = f"{size} bytes exceeds the maximum file size of {self.max_file_size}"
                 raise TooLargeError(msg)
+        await self._check_space("upload")
         if upload_id is None:
             await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
             return Upload(
@@ -846,6 +893,7 @@ class Store:
         if upload_id in self._attached:
             msg = f"upload {upload_id!r} is in progress on another stream"
             raise ConflictError(msg)
+        await self._check_space("upload")
 
         def load(t: MetaTxn) -> tuple[UploadRow | None, list[tuple[bytes, int]]]:
             row = t.upload(upload_id)
@@ -939,7 +987,7 @@ class Store:
                 raise NotFoundError(msg)
             return t.delete_upload(upload_id)
 
-        released = await self._meta.write(forget)
+        released = await self._meta.write(forget, use_reserve=True)
         await self._after_commit(released)
 
     async def expire_uploads(self, max_age: float) -> int:
@@ -968,7 +1016,7 @@ class Store:
             def forget(t: MetaTxn, ids: list[str] = ids) -> list[bytes]:
                 return [d for i in ids for d in t.delete_upload(i)]
 
-            released = await self._meta.write(forget)
+            released = await self._meta.write(forget, use_reserve=True)
             forgotten += len(ids)
             await self._after_commit(released)
 
@@ -1017,6 +1065,7 @@ class Store:
         if size > self.max_file_size:
             msg = f"{size} bytes exceeds the maximum file size of {self.max_file_size}"
             raise TooLargeError(msg)
+        await self._check_space("upload")
 
         def check() -> os.stat_result:
             with translating("stat client file"):
@@ -1137,18 +1186,13 @@ class Store:
             lambda t: (t.counters(), len(t.quarantined()))
         )
 
-        def free() -> int:
-            with translating("statvfs"):
-                st = self._fs.statvfs(str(self.data_dir))
-                return st.f_bavail * st.f_frsize
-
         return StoreStatus(
             files=counters.files,
             directories=counters.dirs,
             logical_bytes=counters.logical_bytes,
             stored_bytes=counters.stored_bytes,
             chunks=counters.chunk_count,
-            free_bytes=await self._in_thread(free),
+            free_bytes=await self._in_thread(self._space.free_sync),
             uploads=counters.uploads,
             read_only=self.read_only,
             quarantined=quarantined,
@@ -1329,6 +1373,8 @@ async def open_store(
     max_idle_buffers: int = DEFAULT_MAX_IDLE_BUFFERS,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     inline_list_limit: int = DEFAULT_INLINE_LIST_LIMIT,
+    min_free_space: int = DEFAULT_MIN_FREE_SPACE,
+    metadata_reserve: int = DEFAULT_METADATA_RESERVE,
     fs: FS | None = None,
 ) -> AsyncIterator[Store]:
     """Open (creating if needed) the store in ``data_dir``, recover from any crash, and close
@@ -1356,6 +1402,10 @@ async def open_store(
         max_idle_buffers: Idle buffers kept for reuse, per size (upload, read).
         close_timeout: Longest wait at close for chunk writes in flight.
         inline_list_limit: LIST pages larger than this are read in a worker thread.
+        min_free_space: Free space (bytes) below which new data is refused with
+            NoSpaceError (deletes, renames and reads go on; see ``space.py``).
+        metadata_reserve: Bytes kept aside in the data directory for metadata writes that
+            add no data, released when the disk is full (0: none).
         fs: The file-system interface (tests pass shims).
 
     Raises:
@@ -1377,6 +1427,10 @@ async def open_store(
         if value < 1:
             msg = f"{name} must be at least 1, got {value}"
             raise ValueError(msg)
+    for name, value in (("min_free_space", min_free_space), ("metadata_reserve", metadata_reserve)):
+        if value < 0:
+            msg = f"{name} must not be negative, got {value}"
+            raise ValueError(msg)
     if upload_buffer < DIRECT_ALIGN or upload_buffer % DIRECT_ALIGN:
         msg = f"upload_buffer must be a positive multiple of {DIRECT_ALIGN}, got {upload_buffer}"
         raise ValueError(msg)
@@ -1394,6 +1448,8 @@ async def open_store(
         gc_batch=gc_batch,
         max_idle_buffers=max_idle_buffers,
         inline_list_limit=inline_list_limit,
+        min_free_space=min_free_space,
+        metadata_reserve=metadata_reserve,
     )
     try:
         await store._open()
