@@ -735,10 +735,12 @@ class Store:
         not interruptible, and once made the result is returned.
 
         Raises:
-            InvalidPathError: ``path`` breaks the path rules, or is the root.
+            InvalidPathError: ``path`` breaks the path rules.
+            InvalidArgumentError: ``path`` is the root (BAD_REQUEST).
             NotFoundError: Nothing is there.
             NotEmptyError: A non-empty directory and not ``recursive``.
-            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+            ReadOnlyError, StoreIOError: The store cannot write (a delete is never refused
+                for lack of space: see ``space.py``).
         """
         normal = normalize(path)
         self._check_writable()
@@ -756,13 +758,15 @@ class Store:
         not interruptible, and once made the result is returned.
 
         Raises:
-            InvalidPathError: A path breaks the rules, is the root, or ``dst`` is inside
-                ``src``.
+            InvalidPathError: A path breaks the rules.
+            InvalidArgumentError: A path is the root, or ``dst`` is inside ``src``
+                (BAD_REQUEST).
             NotFoundError: ``src`` or ``dst``'s parent is missing.
             AlreadyExistsError: ``dst`` exists and not ``overwrite``.
             IsADirectoryError_: ``dst`` is a directory.
             NotADirectoryError_: A file is on the way, or a directory would replace a file.
-            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+            ReadOnlyError, StoreIOError: The store cannot write (a rename is never refused
+                for lack of space).
         """
         normal_src, normal_dst = normalize(src), normalize(dst)
         self._check_writable()
