@@ -563,10 +563,6 @@ class Store:
                 ]
                 if dead:
                     await self._objects.delete(dead)
-                    if not self._space.reserve_held:
-                        # Space came back: the reserve first (it no longer counts against
-                        # the floor once held).
-                        await self._in_thread(self._space.restore_sync)
 
                 def drop(t: MetaTxn) -> None:
                     t.remove_pending(candidates)
@@ -575,6 +571,10 @@ class Store:
                 await self._meta.write(drop, use_reserve=True)
                 if unquarantined:
                     await self._objects.drop_quarantined(unquarantined)
+            if dead and not self._space.reserve_held:
+                # Space came back: to the reserve first (new data is refused until it holds
+                # its space again), once the journal no longer needs any.
+                await self._in_thread(self._space.restore_sync)
             return (len(candidates), len(dead))
         except (StoreError, TimeoutError_) as exc:
             log.warning("chunk collection failed, will retry: %s", exc)
