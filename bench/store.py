@@ -7,7 +7,8 @@ Measures, on a store in a temp directory (or ``--dir``):
 * write and read throughput of a 1 GiB file (upload API in 1 MiB pieces; reader iteration;
   verified sendfile segments; ``ingest_fd`` from a regular file), each warmed up, then run
   interleaved for several rounds, median and spread reported;
-* the same write with a one-chunk pipeline, in the same rounds (the default is 2);
+* the same write with a one-buffer pipeline (no overlap of receiving and writing), in the
+  same rounds (the default is 2);
 * memory: 64 concurrent 16 MiB uploads in a child process, its peak resident memory over the
   baseline, and what it still holds once they are committed;
 * stat and list rates with 100,000 files in one directory; stat inline on the event loop

@@ -1,4 +1,5 @@
-"""The metadata store: the namespace, chunk reference counts, the journal and uploads.
+"""The metadata store: the namespace, chunk reference counts, the journal, uploads and the
+quarantine (chunks found corrupt).
 
 :class:`MetadataStore` and :class:`MetaTxn` are the pluggable boundary: the namespace logic
 (``namespace.py``) is written against :class:`MetaTxn` alone. :class:`SqliteMetadataStore` is
