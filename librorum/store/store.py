@@ -374,7 +374,11 @@ class Store:
         the batch) and heals the stored file. Checking the stored file instead would read
         and hash it back (one more pass over the data, from the disk: chunks are written
         with O_DIRECT and are not in the page cache), and a bad one would need the fresh
-        copy all the same.
+        copy all the same. Measured: a deduplicated upload of large chunks costs what a new
+        one does (0.12-0.20 GB/s against 0.37-0.70 when stored chunks were trusted, on a
+        loaded machine); for small files the per-file metadata commit dominates, and
+        checking small stored chunks instead of publishing them gained nothing measurable
+        (identical 100-byte files: 186-224 against 188-214 files/s).
 
         A quarantined chunk published this way is healed: its record is dropped once the
         fresh copy is durable under its name.
