@@ -7,7 +7,10 @@ Measures, on a store in a temp directory (or ``--dir``):
 * write and read throughput of a 1 GiB file (upload API in 1 MiB pieces; reader iteration;
   verified sendfile segments; ``ingest_fd`` from a regular file), each warmed up, then run
   interleaved for several rounds, median and spread reported;
-* the same write with a one-chunk pipeline, in the same rounds (the default is 2);
+* the same write with a one-buffer pipeline (no overlap of receiving and writing), in the
+  same rounds (the default is 2);
+* memory: 64 concurrent 16 MiB uploads in a child process, its peak resident memory over the
+  baseline, and what it still holds once they are committed;
 * stat and list rates with 100,000 files in one directory; stat inline on the event loop
   against the same query through ``trio.to_thread`` (the choice ``meta.py`` rests on);
 * recovery: a child process is killed (SIGKILL) in the middle of concurrent uploads, then
@@ -116,7 +119,7 @@ async def bench_throughput(root: Path, size: int, rounds: int) -> dict[str, Any]
         "write (pipeline=1)": [],
         "read (iterate, verified)": [],
         "read (sendfile segments, verified)": [],
-        "ingest_fd (copy_file_range)": [],
+        "ingest_fd": [],
     }
     async with open_store(root / "tp") as store:
         chunk = store.chunk_size
@@ -138,9 +141,7 @@ async def bench_throughput(root: Path, size: int, rounds: int) -> dict[str, Any]
             await store.collect_garbage()
             stamp(base, 1000 + r, chunk)
             source.write_bytes(base)
-            results["ingest_fd (copy_file_range)"].append(
-                await ingest_file(store, f"/i{r}", source, size)
-            )
+            results["ingest_fd"].append(await ingest_file(store, f"/i{r}", source, size))
             await store.delete(f"/i{r}")
             await store.collect_garbage()
             stamp(base, 2000 + r, chunk)
@@ -229,6 +230,72 @@ async def bench_namespace(root: Path, count: int, rounds: int) -> dict[str, Any]
     return out
 
 
+MEMORY_UPLOADS = 64
+MEMORY_UPLOAD_SIZE = 16 * MIB
+
+
+def _proc_status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    msg = f"no {field} in /proc/self/status"
+    raise LookupError(msg)
+
+
+def _reset_peak() -> None:
+    """Make the peak resident memory (VmHWM) what is resident now."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+async def memory_child(data_dir: Path, uploads: int, size: int) -> None:
+    """Started as a subprocess: concurrent uploads, then print the memory figures (JSON)."""
+    async with open_store(data_dir) as store:
+        # One source, each upload a different window of it: distinct content, no copies.
+        source = memoryview(os.urandom(size + uploads * 4096))
+        _reset_peak()  # the peak from here on
+        base = _proc_status("VmRSS")
+
+        async def upload(i: int) -> None:
+            async with await store.begin_upload(f"/m{i}", size=size) as up:
+                for start in range(i * 4096, i * 4096 + size, PIECE):
+                    await up.write(source[start : start + PIECE])
+                await up.commit()
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(uploads):
+                nursery.start_soon(upload, i)
+        elapsed = time.perf_counter() - start
+        peak, held = _proc_status("VmHWM") - base, _proc_status("VmRSS") - base
+    figures = {
+        "uploads": uploads,
+        "upload MiB": size / MIB,
+        "peak over baseline MiB": peak / MIB,
+        "per upload MiB": peak / MIB / uploads,
+        "held after MiB": held / MIB,
+        "GB/s": uploads * size / elapsed / 1e9,
+    }
+    print(json.dumps(figures), flush=True)
+
+
+async def bench_memory(root: Path, uploads: int, size: int) -> dict[str, Any]:
+    result = await trio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "bench.store",
+            "--memory-child",
+            str(root / "mem"),
+            str(uploads),
+            str(size),
+        ],
+        capture_stdout=True,
+    )
+    shutil.rmtree(root / "mem", ignore_errors=True)
+    figures: dict[str, Any] = json.loads(result.stdout)
+    return figures
+
+
 CHILD_UPLOADS = 8
 
 
@@ -311,6 +378,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "config": {"file_size": size, "rounds": rounds, "files": files, "cpus": os.cpu_count()}
         }
         results["throughput"] = await bench_throughput(root, size, rounds)
+        results["memory"] = await bench_memory(
+            root, MEMORY_UPLOADS // 4 if args.quick else MEMORY_UPLOADS, MEMORY_UPLOAD_SIZE
+        )
         results["namespace"] = await bench_namespace(root, files, rounds)
         results["recovery"] = await bench_recovery(root, (32 if args.quick else 128) * MIB)
         return results
@@ -326,6 +396,10 @@ def print_table(results: dict[str, Any]) -> None:
         for name, r in results[section].items():
             spread = f"{r['min']:.3g}..{r['max']:.3g}" if "min" in r else ""
             print(f"{name:40} {r['median']:12.4g} {spread:>22}  {r['unit']}")
+    print("memory:")
+    for name, value in results["memory"].items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"  {name:38} {shown}")
     print("recovery:")
     for name, value in results["recovery"].items():
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -338,7 +412,12 @@ def cli() -> None:
     parser.add_argument("--dir", help="where to put the stores (default: a temp directory)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/store.json"))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        where, count, size = args.memory_child
+        trio.run(memory_child, Path(where), int(count), int(size))
+        return
     if args.child:
         trio.run(child_main, Path(args.child[0]), int(args.child[1]))
         return

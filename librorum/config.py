@@ -58,6 +58,7 @@ from librorum.limits import (
     MAX_CONNECTIONS_PER_UID,
     MAX_INFLIGHT_BYTES,
     MAX_UNAUTHENTICATED,
+    MIN_FREE_SPACE,
     RECLAIM_AFTER,
     SHUTDOWN_GRACE,
     STREAM_TIMEOUT,
@@ -133,6 +134,12 @@ def is_loopback(host: str) -> bool:
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or value <= 0:
         msg = f"{attribute.name} must be positive, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _not_negative(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or value < 0:
+        msg = f"{attribute.name} must be 0 or more, got {value!r}"
         raise ConfigError(msg)
 
 
@@ -227,6 +234,11 @@ class Config:
     auth_backoff_max: float = attrs.field(default=AUTH_BACKOFF_MAX, validator=_positive)
     #: Seconds requests in flight get to finish when the daemon stops.
     shutdown_grace: float = attrs.field(default=SHUTDOWN_GRACE, validator=_positive)
+    #: Bytes of free space below which the store refuses new data (uploads, new files and
+    #: directories) with NO_SPACE, while deletes, renames and reads go on: 256 MiB by default,
+    #: room for the metadata to grow and for uploads already under way (see
+    #: :data:`librorum.limits.MIN_FREE_SPACE`). 0 refuses new data only when the disk is full.
+    min_free_space: int = attrs.field(default=MIN_FREE_SPACE, validator=_not_negative)
 
     def __attrs_post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -514,6 +526,7 @@ _KINDS: Final = types.MappingProxyType(
         "auth_failures_allowed": "int",
         "auth_backoff_max": "float",
         "shutdown_grace": "float",
+        "min_free_space": "int",
     }
 )
 assert set(_KINDS) == _FIELDS, "every field needs a converter kind"

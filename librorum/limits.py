@@ -1,4 +1,4 @@
-"""Server-side policy limits: timeouts, connection caps, buffer sizes.
+"""Server-side policy limits: timeouts, connection caps, buffer sizes, the free-space floor.
 
 The wire limits (payload sizes, windows, stream counts) are part of the protocol and live in
 :mod:`librorum.protocol.constants`; the values here are this implementation's policies. Every
@@ -147,6 +147,16 @@ WS_HANDSHAKE_MESSAGE_SIZE: Final = HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD
 #: Largest HTTP body read from a refused WebSocket handshake (the client side): the reason
 #: text is for a log line, not a download.
 WS_MAX_REJECT_BODY: Final = 4 << 10
+
+# --- Store -----------------------------------------------------------------------------------
+
+#: Free space below which the store refuses new data (uploads, new files, new directories)
+#: with NO_SPACE, while deletes, renames and reads go on (``librorum.store.space``). It leaves
+#: room for the metadata database to grow and checkpoint, for the store's metadata reserve to
+#: be allocated again after a full disk, and for the chunks of uploads already under way; and
+#: it keeps a little of the disk for the rest of the system. Small against any disk a store
+#: lives on (0.1 % of 256 GB); the ``min_free_space`` setting changes it.
+MIN_FREE_SPACE: Final = 256 << 20
 
 
 def next_receive_size(received: int) -> int:

@@ -245,7 +245,11 @@ async def serve(
     max_file_size = DEFAULT_MAX_FILE_SIZE
     with single_instance_lock(config.data_dir):
         async with (
-            open_store(config.data_dir / "store", max_file_size=max_file_size) as store,
+            open_store(
+                config.data_dir / "store",
+                max_file_size=max_file_size,
+                min_free_space=config.min_free_space,
+            ) as store,
             trio.open_nursery() as handlers,
         ):
             server = Server(config, store, max_file_size=max_file_size)

@@ -58,18 +58,17 @@ class FS(Protocol):
         """``os.write``: may write less than ``len(data)``."""
         ...
 
-    def copy_file_range(
-        self, src: int, dst: int, count: int, offset_src: int, offset_dst: int
-    ) -> int:
-        """``os.copy_file_range`` with explicit offsets (the fds' positions are untouched)."""
-        ...
-
     def map_read(self, fd: int, length: int) -> mmap.mmap:
         """Map the first ``length`` (> 0) bytes of ``fd`` read-only."""
         ...
 
     def fsync(self, fd: int) -> None:
         """``os.fsync`` of a file or a directory."""
+        ...
+
+    def allocate(self, fd: int, length: int) -> None:
+        """``os.posix_fallocate(fd, 0, length)``: the blocks of the first ``length`` bytes
+        are allocated (ENOSPC if they cannot all be)."""
         ...
 
     def clear_direct(self, fd: int) -> None:
@@ -125,16 +124,14 @@ class OsFS:
     def write(self, fd: int, data: memoryview) -> int:
         return os.write(fd, data)
 
-    def copy_file_range(
-        self, src: int, dst: int, count: int, offset_src: int, offset_dst: int
-    ) -> int:
-        return os.copy_file_range(src, dst, count, offset_src, offset_dst)
-
     def map_read(self, fd: int, length: int) -> mmap.mmap:
         return mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def allocate(self, fd: int, length: int) -> None:
+        os.posix_fallocate(fd, 0, length)
 
     def clear_direct(self, fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)

@@ -1,4 +1,4 @@
-"""In-memory coordination of the store's tasks: keyed locks, chunk pins, a buffer pool.
+"""In-memory coordination of the store's tasks: keyed locks, chunk pins, buffer pools.
 
 Everything here is used from the Trio thread only (never from worker threads), so plain
 dictionaries need no locking of their own.
@@ -6,6 +6,7 @@ dictionaries need no locking of their own.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import AsyncIterator, Hashable, Iterable
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
@@ -13,6 +14,7 @@ from typing import Generic, TypeVar
 import trio
 
 from librorum.errors import TimeoutError_
+from librorum.store.objects import new_buffer
 
 K = TypeVar("K", bound=Hashable)
 
@@ -118,26 +120,33 @@ class ChunkPins:
 
 
 class BufferPool:
-    """Reusable ``bytearray`` buffers of one size.
+    """Reusable page-aligned buffers of one size (see ``objects.new_buffer``).
 
-    Fresh large allocations are costly here (every page faults in, and the VM hands freed
-    memory back to the host), so chunk buffers are recycled. At most ``max_idle`` buffers are
-    kept; buffers in use are bounded by their users (uploads and readers, each of which holds a
-    fixed number).
+    A few idle buffers are kept so that back-to-back requests do not pay for fresh pages (every
+    page of a new buffer faults in, and on a VM that hands idle memory back to its host that
+    costs up to 10x). The bound is small on purpose: idle buffers are memory held for
+    nothing, and one dropped is given back to the system at once. Buffers in use are bounded
+    by their users (uploads and readers, each of which holds a fixed number).
     """
 
     def __init__(self, size: int, *, max_idle: int) -> None:
         self.size = size
-        self._idle: list[bytearray] = []
+        self._idle: list[mmap.mmap] = []
         self._max_idle = max_idle
 
-    def get(self) -> bytearray:
+    @property
+    def idle(self) -> int:
+        """Buffers kept for reuse now."""
+        return len(self._idle)
+
+    def get(self) -> mmap.mmap:
         """Take a buffer of :attr:`size` bytes (contents undefined)."""
         if self._idle:
             return self._idle.pop()
-        return bytearray(self.size)
+        return new_buffer(self.size)
 
-    def put(self, buf: bytearray) -> None:
-        """Give a buffer back."""
+    def put(self, buf: mmap.mmap) -> None:
+        """Give a buffer back (kept if there is room, else dropped: its pages go back to the
+        system once nothing refers to it)."""
         if len(buf) == self.size and len(self._idle) < self._max_idle:
             self._idle.append(buf)

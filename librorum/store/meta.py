@@ -1,4 +1,5 @@
-"""The metadata store: the namespace, chunk reference counts, the journal and uploads.
+"""The metadata store: the namespace, chunk reference counts, the journal, uploads and the
+quarantine (chunks found corrupt).
 
 :class:`MetadataStore` and :class:`MetaTxn` are the pluggable boundary: the namespace logic
 (``namespace.py``) is written against :class:`MetaTxn` alone. :class:`SqliteMetadataStore` is
@@ -31,7 +32,7 @@ from typing import Final, Protocol, TypeVar
 import attrs
 import trio
 
-from librorum.errors import NoSpaceError, TimeoutError_
+from librorum.errors import NoSpaceError, StoreIOError, TimeoutError_
 from librorum.store._translate import store_error_for, translating
 from librorum.store.fs import FS
 
@@ -45,8 +46,18 @@ KIND_FILE: Final = 1
 #: Length of a chunk digest (BLAKE3).
 DIGEST_SIZE: Final = 32
 
-_SCHEMA_VERSION: Final = 1
-_SCHEMA: Final = """
+_SCHEMA_VERSION: Final = 2
+#: Chunks found corrupt and moved aside (schema version 2).
+_QUARANTINE_TABLE: Final = """
+CREATE TABLE quarantine (
+    digest BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    found_ns INTEGER NOT NULL,
+    reason TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+_SCHEMA: Final = (
+    """
 CREATE TABLE entries (
     id INTEGER PRIMARY KEY,
     parent INTEGER NOT NULL,
@@ -92,6 +103,8 @@ CREATE TABLE stats (
     uploads INTEGER NOT NULL
 );
 """
+    + _QUARANTINE_TABLE
+)
 
 _ENTRY_COLUMNS: Final = (
     "id, parent, name, kind, size, mtime_ns, version, content_hash, chunk_size, chunks"
@@ -125,6 +138,16 @@ class UploadRow:
     size: int | None
     chunk_size: int
     created_ns: int
+
+
+@attrs.frozen
+class QuarantineRow:
+    """A chunk found corrupt, moved aside until an upload of its content heals it."""
+
+    digest: bytes
+    size: int
+    found_ns: int
+    reason: str
 
 
 @attrs.frozen
@@ -259,6 +282,26 @@ class MetaTxn(Protocol):
         """The store-wide figures."""
         ...
 
+    def add_quarantine(self, row: QuarantineRow) -> None:
+        """Record a chunk as quarantined (replacing an earlier record of it)."""
+        ...
+
+    def is_quarantined(self, digest: bytes) -> bool:
+        """Whether the chunk is recorded as quarantined."""
+        ...
+
+    def any_quarantined(self) -> bool:
+        """Whether any chunk is recorded as quarantined."""
+        ...
+
+    def remove_quarantine(self, digests: Sequence[bytes]) -> None:
+        """Forget quarantine records (the chunks were healed or collected)."""
+        ...
+
+    def quarantined(self) -> list[QuarantineRow]:
+        """Every quarantine record (a short list: chunks found corrupt and not healed)."""
+        ...
+
     def all_entries(self) -> Iterator[EntryRow]:
         """Every entry (full scan)."""
         ...
@@ -297,8 +340,10 @@ class MetadataStore(Protocol):
         """Run ``fn`` in a read snapshot."""
         ...
 
-    async def write(self, fn: Callable[[MetaTxn], T]) -> T:
-        """Run ``fn`` in a write transaction and commit it."""
+    async def write(self, fn: Callable[[MetaTxn], T], *, use_reserve: bool = False) -> T:
+        """Run ``fn`` in a write transaction and commit it. With ``use_reserve`` (writes that
+        add no data: deletes, renames, forgetting, the journal), a write that fails for lack
+        of space may release the store's space reserve and is retried once."""
         ...
 
     async def read_slow(self, fn: Callable[[MetaTxn], T]) -> T:
@@ -547,6 +592,27 @@ class _SqliteTxn:
             self._d_uploads -= 1
         return self.drop_refs(digests)
 
+    def add_quarantine(self, row: QuarantineRow) -> None:
+        self._c.execute(
+            "INSERT OR REPLACE INTO quarantine (digest, size, found_ns, reason)"
+            " VALUES (?, ?, ?, ?)",
+            (row.digest, row.size, row.found_ns, row.reason),
+        )
+
+    def is_quarantined(self, digest: bytes) -> bool:
+        cur = self._c.execute("SELECT 1 FROM quarantine WHERE digest = ?", (digest,))
+        return cur.fetchone() is not None
+
+    def any_quarantined(self) -> bool:
+        return self._c.execute("SELECT 1 FROM quarantine LIMIT 1").fetchone() is not None
+
+    def remove_quarantine(self, digests: Sequence[bytes]) -> None:
+        self._c.executemany("DELETE FROM quarantine WHERE digest = ?", [(d,) for d in digests])
+
+    def quarantined(self) -> list[QuarantineRow]:
+        cur = self._c.execute("SELECT digest, size, found_ns, reason FROM quarantine")
+        return [QuarantineRow(bytes(d), int(n), int(t), str(r)) for d, n, t, r in cur]
+
     def counters(self) -> Counters:
         row = self._c.execute(
             "SELECT seq, files, dirs, logical_bytes, stored_bytes, chunk_count, uploads"
@@ -627,6 +693,9 @@ class SqliteMetadataStore:
         on_commit_failure: Called (from a worker thread) when a commit fails other than for
             lack of space: the commit's outcome on disk is then unknown, and the store must
             stop acknowledging writes.
+        release_reserve: Called (from a worker thread) when a write that may use the
+            store's space reserve, or opening, failed for lack of space: gives the reserve's
+            space back and returns whether there was any to give.
         lock_timeout: Longest wait for the writer (seconds) before TimeoutError_.
     """
 
@@ -636,9 +705,11 @@ class SqliteMetadataStore:
         fs: FS,
         *,
         on_commit_failure: Callable[[BaseException], None],
+        release_reserve: Callable[[], bool],
         lock_timeout: float,
     ) -> None:
         self._path = path
+        self._release_reserve = release_reserve
         self._lock_timeout = lock_timeout
         self._fs = fs
         self._on_commit_failure = on_commit_failure
@@ -649,10 +720,23 @@ class SqliteMetadataStore:
         self._thread_lock = threading.Lock()
 
     def open_sync(self) -> bool:
-        """Open (creating if needed) the database; returns whether it was created.
+        """Open (creating if needed) the database; returns whether it was created. If that
+        fails for lack of space (SQLite creates its log and index files on open), or with an
+        I/O error (as which SQLite reports a full disk while creating the index), the space
+        reserve is released and the open tried again.
 
         Blocking: call from a worker thread.
         """
+        try:
+            return self._open_sync()
+        except (NoSpaceError, StoreIOError):
+            # SQLite reports a full disk while creating its index file (-shm) as an I/O
+            # error: either way, try once more with the reserve's space.
+            if not self._release_reserve():
+                raise
+            return self._open_sync()
+
+    def _open_sync(self) -> bool:
         with translating("open metadata database"):
             writer = _connect(self._path, same_thread=False)
             try:
@@ -672,6 +756,14 @@ class SqliteMetadataStore:
                         f" VALUES ({ROOT_ID}, 0, '', {KIND_DIR}, 0, {time.time_ns()}, 1);"
                         "INSERT INTO stats VALUES (1, 1, 0, 1, 0, 0, 0, 0);"
                         f"PRAGMA user_version = {_SCHEMA_VERSION};"
+                        "COMMIT;"
+                    )
+                elif version == 1:
+                    # Version 2 added the quarantine table; nothing else changed.
+                    writer.executescript(
+                        "BEGIN IMMEDIATE;"
+                        + _QUARANTINE_TABLE
+                        + f"PRAGMA user_version = {_SCHEMA_VERSION};"
                         "COMMIT;"
                     )
                 elif version != _SCHEMA_VERSION:
@@ -731,8 +823,10 @@ class SqliteMetadataStore:
 
         return await trio.to_thread.run_sync(run)
 
-    async def write(self, fn: Callable[[MetaTxn], T]) -> T:
-        """Run ``fn`` in a write transaction in the writer thread and commit it.
+    async def write(self, fn: Callable[[MetaTxn], T], *, use_reserve: bool = False) -> T:
+        """Run ``fn`` in a write transaction in the writer thread and commit it. With
+        ``use_reserve``, a transaction that fails for lack of space releases the store's
+        space reserve (see ``space.py``) and runs once more.
 
         Cancellation: a cancelled wait for the writer leaves nothing done; once the
         transaction runs it is not interruptible, and its outcome (result or error) is
@@ -740,7 +834,8 @@ class SqliteMetadataStore:
 
         Raises:
             StoreError: Whatever ``fn`` raises (the transaction is rolled back), or the
-                translation of a database error.
+                translation of a database error (NoSpaceError: the disk is full, and the
+                reserve could not help).
             TimeoutError_: The writer was busy for longer than the lock timeout.
         """
         with trio.move_on_after(self._lock_timeout) as scope:
@@ -749,9 +844,21 @@ class SqliteMetadataStore:
             msg = f"metadata writer busy for more than {self._lock_timeout} s"
             raise TimeoutError_(msg)
         try:
-            return await trio.to_thread.run_sync(self._write_sync, fn, limiter=self._limiter)
+            return await trio.to_thread.run_sync(
+                self._write_sync_reserved if use_reserve else self._write_sync,
+                fn,
+                limiter=self._limiter,
+            )
         finally:
             self._write_lock.release()
+
+    def _write_sync_reserved(self, fn: Callable[[MetaTxn], T]) -> T:
+        try:
+            return self._write_sync(fn)
+        except NoSpaceError:
+            if not self._release_reserve():
+                raise
+            return self._write_sync(fn)
 
     def _write_sync(self, fn: Callable[[MetaTxn], T]) -> T:
         conn = self._writer
@@ -763,7 +870,9 @@ class SqliteMetadataStore:
                 result = fn(txn)
                 txn.flush_counters()
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (after SQLITE_FULL, for one).
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
 
             def commit() -> None:

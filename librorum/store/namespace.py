@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from librorum.errors import (
     AlreadyExistsError,
-    InvalidPathError,
+    CorruptDataError,
+    InvalidArgumentError,
     IsADirectoryError_,
     NotADirectoryError_,
     NotEmptyError,
@@ -161,8 +162,19 @@ def commit_file(
 
     Returns:
         The new FileInfo and the digests whose last reference was dropped.
+
+    Raises:
+        CorruptDataError: A chunk is quarantined: found corrupt since the upload verified or
+            wrote it (only a resumed upload's earlier chunks can be; an upload's own chunks
+            are published afresh, which heals them). A file is never committed over chunks
+            that are not known to be good.
     """
     existing = check_write_target(txn, path, mode)
+    if txn.any_quarantined():
+        bad = next((d for d, _ in chunks if txn.is_quarantined(d)), None)
+        if bad is not None:
+            msg = f"chunk {bad.hex()} of the upload to {path} was found corrupt since it was stored"
+            raise CorruptDataError(msg)
     version = txn.next_version()
     blob = b"".join(d for d, _ in chunks)
     txn.add_refs(chunks)
@@ -252,13 +264,13 @@ def delete(txn: MetaTxn, path: str, *, recursive: bool) -> tuple[int, list[bytes
         The number of entries removed and the digests whose last reference was dropped.
 
     Raises:
-        InvalidPathError: ``path`` is the root.
+        InvalidArgumentError: ``path`` is the root (BAD_REQUEST, spec 5.7).
         NotFoundError: Nothing is at ``path``.
         NotEmptyError: A non-empty directory and ``recursive`` is false.
     """
     if path == paths.ROOT:
         msg = "the root cannot be deleted"
-        raise InvalidPathError(msg)
+        raise InvalidArgumentError(msg)
     row = resolve(txn, path)
     rows = [row]
     if row.kind == KIND_DIR:
@@ -283,7 +295,8 @@ def rename(txn: MetaTxn, src: str, dst: str, *, overwrite: bool) -> tuple[FileIn
         The moved entry's FileInfo and the digests whose last reference was dropped.
 
     Raises:
-        InvalidPathError: ``src`` or ``dst`` is the root, or ``dst`` lies inside ``src``.
+        InvalidArgumentError: ``src`` or ``dst`` is the root, or ``dst`` lies inside ``src``
+            (BAD_REQUEST, spec 5.8).
         NotFoundError: ``src`` or ``dst``'s parent is missing.
         NotADirectoryError_: A file is on the way, or ``src`` is a directory and would
             replace a file.
@@ -292,14 +305,14 @@ def rename(txn: MetaTxn, src: str, dst: str, *, overwrite: bool) -> tuple[FileIn
     """
     if paths.ROOT in (src, dst):
         msg = "the root cannot be renamed or replaced"
-        raise InvalidPathError(msg)
+        raise InvalidArgumentError(msg)
     row = resolve(txn, src)
     if src == dst:
         return to_info(dst, row), []
     parent, name = resolve_parent(txn, dst)
     if row.kind == KIND_DIR and paths.is_within(dst, src):
         msg = f"cannot move {src} inside itself ({dst})"
-        raise InvalidPathError(msg)
+        raise InvalidArgumentError(msg)
     existing = txn.child(parent.id, name)
     released: list[bytes] = []
     if existing is not None:

@@ -1,27 +1,41 @@
 """Chunk storage: the object-store boundary and its embedded implementation.
 
-:class:`ObjectStore` is the pluggable interface (stage / publish in batches / discard /
-ranged get / delete / list; keys are chunk digests); :class:`LocalObjects` is the optional capability of stores that keep objects
-in local files, which lets the transport ``os.sendfile`` straight from them and lets the store
-ingest a client's file with ``os.copy_file_range``. :class:`LocalChunkStore` has both.
+:class:`ObjectStore` is the pluggable interface (stage piece by piece / publish in batches /
+discard / ranged get / check / delete / list / quarantine; keys are chunk digests);
+:class:`LocalObjects` is the optional capability of stores that keep objects in local files,
+which lets the transport ``os.sendfile`` straight from them. :class:`LocalChunkStore` has both.
 
 Layout of :class:`LocalChunkStore` under the data directory::
 
     chunks/00 .. chunks/ff/<64 hex digits>   one file per chunk, sharded by the first byte
     tmp/<random>.tmp                         chunk writes in progress (removed on open)
+    quarantine/<64 hex digits>               chunk files found corrupt, moved aside
 
 One level of 256 shards, all created when the store is created, so that no directory is ever
 created on the write path: at 4 MiB chunks a 40 TB store has ~40k files per shard, which ext4's
 hashed directories handle without trouble.
 
-Durability of a new chunk: write a temp file, fsync it, rename it to its final name, fsync the
-shard directory. Uploads stage chunks (write the temp file and start its writeback, no fsync)
-and publish them in batches (:meth:`LocalChunkStore.publish_many`: fsync every staged file,
-rename each, then fsync every touched shard once), so one upload pays for a few fsyncs per
-batch, mostly of writes the device has already done, instead of three waits per chunk. A chunk file therefore never exists under its final name with content other
-than what was fsynced under it. An fsync failure is reported through ``on_fsync_failure``
-before the error propagates (the store turns read-only: the data's state on disk is unknown
-and must not be acknowledged by a retry).
+Writing a chunk. An upload writes each chunk into its temp file piece by piece as the data
+arrives (:meth:`LocalChunkStore.stage_piece`, from page-aligned buffers the upload owns, with
+O_DIRECT where the file system allows it), so that no chunk is ever held in memory whole; the
+chunk's digest, hashed piece by piece too, is known at its end. Uploads then publish their
+staged chunks in batches (:meth:`LocalChunkStore.publish_many`: fsync every staged file,
+rename each to its name, then fsync every touched shard once), so one upload pays for a few
+fsyncs per batch, mostly of writes the device has already done, instead of three waits per
+chunk. A chunk file therefore never exists under its final name with content other than what
+was fsynced under it. A chunk that is stored already is published all the same, over the
+existing file (the rename replaces it atomically): the fresh bytes were hashed as they were
+written, while the existing file may have rotted since (see ``Store._publish_chunks``). An
+fsync failure is reported through ``on_fsync_failure`` before the error propagates (the store
+turns read-only: the data's state on disk is unknown and must not be acknowledged by a
+retry).
+
+Corruption. Every read verifies the chunk against its digest; a chunk that fails is reported
+as :class:`CorruptChunkError`, which names the file found bad (device and inode), so that
+moving it to ``quarantine/`` (:meth:`LocalChunkStore.quarantine`, under the chunk's lock)
+never moves a good copy published under the same name since. A quarantined file is kept as
+evidence until the chunk is healed (an upload of its content publishes a fresh copy under
+its name) or collected.
 """
 
 from __future__ import annotations
@@ -30,7 +44,6 @@ import errno
 import mmap
 import os
 import secrets
-import threading
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
@@ -38,7 +51,7 @@ import attrs
 import blake3
 import trio
 
-from librorum.errors import CorruptDataError, InvalidArgumentError
+from librorum.errors import CorruptDataError
 from librorum.store._translate import translating
 from librorum.store.fs import FS
 
@@ -48,45 +61,64 @@ SHARDS: Final = tuple(f"{i:02x}" for i in range(256))
 TEMP_SUFFIX: Final = ".tmp"
 #: O_DIRECT needs buffers, offsets and sizes aligned to the logical block size; 4096 covers
 #: every common device.
-_DIRECT_ALIGN: Final = 4096
-#: Chunk data goes to O_DIRECT files through one aligned buffer of this size per thread.
-_DIRECT_BUFFER: Final = 1 << 20
-
-# copy_file_range cannot copy between these (cross-device, e.g. a memfd on tmpfs; or the file
-# system does not support it): fall back to read and write.
-_COPY_FALLBACK_ERRNOS: Final = frozenset(
-    {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
-)
+DIRECT_ALIGN: Final = 4096
 
 Verify = Callable[[memoryview], None]
+#: A file's (st_dev, st_ino): which file a name pointed to when it was found bad.
+Identity = tuple[int, int]
 
 
-def hash_chunk(view: memoryview | mmap.mmap, hasher: blake3.blake3) -> bytes:
-    """The chunk's digest; also feeds the chunk to the whole-file ``hasher`` (worker thread)."""
-    digest: bytes = blake3.blake3(view).digest()
-    hasher.update(view)
-    return digest
+def new_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer of ``size`` bytes, as O_DIRECT needs. Anonymous memory mapped
+    for this buffer alone: its pages are given back to the system as soon as the last
+    reference goes, instead of staying in the allocator's heap (glibc's malloc keeps large
+    freed blocks once its mmap threshold has grown past them)."""
+    return mmap.mmap(-1, size)
 
 
-@attrs.define
+class CorruptChunkError(CorruptDataError):
+    """A chunk file is missing, short, or does not match its digest.
+
+    Attributes:
+        digest: The chunk's digest.
+        identity: (st_dev, st_ino) of the file found bad; ``None`` if it is missing.
+    """
+
+    def __init__(self, message: str, *, digest: bytes, identity: Identity | None) -> None:
+        super().__init__(message)
+        self.digest = digest
+        self.identity = identity
+
+
+def _identity(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino)
+
+
+@attrs.define(eq=False)
 class Staged:
-    """A chunk copied into a temp file and hashed, not yet published under its digest."""
+    """A chunk written (or being written) piece by piece to a temp file, not yet published
+    under its digest. The temp file is created by the first piece (``fd`` is -1 until
+    then); ``digest`` is known once the last piece is hashed."""
 
-    temp: str
-    fd: int
-    digest: bytes
-    length: int
+    temp: str = ""
+    fd: int = -1
+    digest: bytes = b""
+    length: int = 0
+    #: Whether ``fd`` is O_DIRECT (cleared for a chunk's unaligned tail).
+    direct: bool = False
 
 
 class ObjectStore(Protocol):
     """Where chunk data lives. Keys are 32-byte digests; objects are immutable."""
 
-    async def stage(self, key: bytes, data: memoryview) -> Staged:
-        """Write ``data`` for ``key`` somewhere not yet visible under the key."""
+    async def stage_piece(self, staged: Staged, buf: mmap.mmap, length: int, *, last: bool) -> None:
+        """Append the first ``length`` bytes of ``buf`` to the staged object (creating it on
+        the first piece) somewhere not yet visible under any key."""
         ...
 
     async def publish_many(self, staged: Sequence[Staged]) -> None:
-        """Make staged objects durable and visible under their keys, as one batch."""
+        """Make staged objects durable and visible under their keys, as one batch (replacing
+        an object already stored under the same key)."""
         ...
 
     async def discard_many(self, staged: Sequence[Staged]) -> None:
@@ -95,8 +127,13 @@ class ObjectStore(Protocol):
 
     async def get(self, key: bytes, into: memoryview, offset: int, verify: Verify) -> None:
         """Fill ``into`` with the object's bytes from ``offset`` and call ``verify`` on them
-        (in the same worker thread), raising CorruptDataError if the object is missing or
-        short."""
+        (in the same worker thread), raising CorruptChunkError if the object is missing,
+        short, or ``verify`` rejects it."""
+        ...
+
+    async def check(self, key: bytes, length: int, also: blake3.blake3 | None = None) -> None:
+        """Verify the object against its key (and feed its bytes to ``also``), raising
+        CorruptChunkError if it is missing, short or does not match."""
         ...
 
     async def delete(self, keys: Sequence[bytes]) -> None:
@@ -107,6 +144,19 @@ class ObjectStore(Protocol):
         """The names found in each shard (``SHARDS``): digests in hex, and anything else."""
         ...
 
+    async def is_current(self, key: bytes, identity: Identity) -> bool:
+        """Whether the object stored under ``key`` now is the one found bad (``identity``)."""
+        ...
+
+    async def quarantine(self, key: bytes, identity: Identity) -> bool:
+        """Move the object aside if it is still the one found bad (``identity``); returns
+        whether it was moved."""
+        ...
+
+    async def drop_quarantined(self, keys: Sequence[bytes]) -> None:
+        """Remove the quarantined copies of ``keys`` (missing ones are ignored)."""
+        ...
+
 
 class LocalObjects(Protocol):
     """Optional capability: objects are local files."""
@@ -114,12 +164,6 @@ class LocalObjects(Protocol):
     def open_verified(self, key: bytes, length: int, digest: bytes) -> int:
         """Open the object read-only, check its first ``length`` bytes against ``digest``,
         and return the descriptor (blocking; the caller closes it)."""
-        ...
-
-    async def stage_from_fd(
-        self, src: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
-    ) -> Staged:
-        """Copy ``length`` bytes of ``src`` from ``offset`` into a temp file and hash them."""
         ...
 
 
@@ -133,22 +177,29 @@ class LocalChunkStore:
         *,
         limiter: trio.CapacityLimiter,
         on_fsync_failure: Callable[[BaseException], None],
+        check_space: Callable[[str], None] | None = None,
     ) -> None:
         self.root = root
+        # Called before each new chunk file: raises NoSpaceError below the free-space floor.
+        self._check_space = check_space
         self.chunk_dir = os.path.join(root, "chunks")
         self.temp_dir = os.path.join(root, "tmp")
+        self.quarantine_dir = os.path.join(root, "quarantine")
         self._fs = fs
         self._limiter = limiter
         self._on_fsync_failure = on_fsync_failure
         # Chunk files are written with O_DIRECT until the file system refuses it (tmpfs
-        # before Linux 6.6): see _write_temp.
+        # before Linux 6.6): see _stage_piece_sync.
         self._direct = True
-        self._aligned = threading.local()
 
     def path(self, key: bytes) -> str:
         """The file of chunk ``key``."""
         name = key.hex()
         return f"{self.chunk_dir}/{name[:2]}/{name}"
+
+    def quarantine_path(self, key: bytes) -> str:
+        """Where the file of chunk ``key`` goes when it is found corrupt."""
+        return f"{self.quarantine_dir}/{key.hex()}"
 
     # --- setup --------------------------------------------------------------------------------
 
@@ -159,6 +210,7 @@ class LocalChunkStore:
             self._ensure_dir(self.root, None)
             self._ensure_dir(self.chunk_dir, self.root)
             self._ensure_dir(self.temp_dir, self.root)
+            self._ensure_dir(self.quarantine_dir, self.root)
             created = False
             existing = set(self._fs.listdir(self.chunk_dir))
             for shard in SHARDS:
@@ -192,6 +244,11 @@ class LocalChunkStore:
         """Number of temp files (blocking)."""
         with translating("list temp files"):
             return len(self._fs.listdir(self.temp_dir))
+
+    def list_quarantine_sync(self) -> list[str]:
+        """The names in ``quarantine/`` (blocking)."""
+        with translating("list quarantined chunks"):
+            return self._fs.listdir(self.quarantine_dir)
 
     # --- helpers (worker threads) -------------------------------------------------------------
 
@@ -228,11 +285,13 @@ class LocalChunkStore:
     def _drop_temp(self, temp: str, fd: int | None) -> None:
         # Best effort on an error path: the original error is what the caller reports, and
         # a leftover temp file is removed at the next open.
-        if fd is not None:
+        if fd is not None and fd >= 0:
             try:
                 self._fs.close(fd)
             except OSError:
                 pass
+        if not temp:
+            return
         try:
             self._fs.unlink(temp)
         except OSError:
@@ -243,54 +302,44 @@ class LocalChunkStore:
             written = self._fs.write(fd, data)
             data = data[written:]
 
-    def _write_temp(self, data: memoryview) -> tuple[str, int]:
-        """A new temp file holding ``data``, written with O_DIRECT where the file system
-        allows it (else through the page cache). Returns its name and open descriptor.
+    def _stage_piece_sync(self, staged: Staged, buf: mmap.mmap, length: int, last: bool) -> None:
+        """Append a piece to a staged chunk (see :meth:`stage_piece`).
 
         Why O_DIRECT: new data would otherwise need fresh page-cache pages, and where memory
         is expensive to come by (a VM that hands idle memory back to its host) filling them
         costs 4-5 CPU-seconds per GiB and caps writes near 0.25 GB/s, while direct writes to
-        the same disk run at ~1 GB/s. Durability is unchanged: the file is still fsynced
-        (which also flushes the device's cache) before its name appears. Chunks written
-        this way are not left in the page cache; their first read comes from the disk.
+        the same disk run at ~1 GB/s. The pieces come straight from the upload's page-aligned
+        buffer, so there is no copy on the way. Durability is unchanged: the file is still
+        fsynced (which also flushes the device's cache) before its name appears. Chunks
+        written this way are not left in the page cache; their first read comes from the
+        disk.
         """
-        temp, fd, direct = self._new_temp(direct=len(data) >= _DIRECT_ALIGN)
-        try:
-            if direct:
-                self._write_direct(fd, data)
-            else:
-                self._write_all(fd, data)
-        except BaseException:
-            self._drop_temp(temp, fd)
-            raise
-        return temp, fd
-
-    def _write_direct(self, fd: int, data: memoryview) -> None:
-        buf = getattr(self._aligned, "buf", None)
-        if buf is None:
-            buf = self._aligned.buf = mmap.mmap(-1, _DIRECT_BUFFER)  # page-aligned
-        aligned = len(data) - len(data) % _DIRECT_ALIGN
-        done = 0
-        with memoryview(buf) as view:
-            while done < aligned:
-                n = min(_DIRECT_BUFFER, aligned - done)
-                view[:n] = data[done : done + n]
-                self._write_all(fd, view[:n])
-                done += n
-        if done < len(data):
-            # The unaligned tail goes through the page cache.
-            self._fs.clear_direct(fd)
-            self._write_all(fd, data[done:])
-
-    def _stage_data_sync(self, key: bytes, data: memoryview) -> Staged:
         with translating("write chunk"):
-            temp, fd = self._write_temp(data)
-            try:
-                self._fs.start_writeback(fd)
-            except BaseException:
-                self._drop_temp(temp, fd)
-                raise
-            return Staged(temp=temp, fd=fd, digest=key, length=len(data))
+            if staged.fd < 0:
+                if self._check_space is not None:
+                    self._check_space("write chunk")
+                # Every piece but a chunk's last is a whole buffer (a multiple of the
+                # alignment): a first piece that small is the whole chunk.
+                staged.temp, staged.fd, staged.direct = self._new_temp(
+                    direct=length >= DIRECT_ALIGN
+                )
+            with memoryview(buf) as whole:
+                view = whole[:length]
+                if staged.direct:
+                    aligned = length - length % DIRECT_ALIGN
+                    self._write_all(staged.fd, view[:aligned])
+                    if aligned < length:
+                        # The unaligned tail (a chunk's end) goes through the page cache.
+                        self._fs.clear_direct(staged.fd)
+                        staged.direct = False
+                        self._write_all(staged.fd, view[aligned:])
+                else:
+                    self._write_all(staged.fd, view)
+            staged.length += length
+            if last:
+                # Start writing what sits in the page cache (a tail, or everything where
+                # O_DIRECT is refused); the publish's fsync then waits for less.
+                self._fs.start_writeback(staged.fd)
 
     def _publish_many_sync(self, staged: Sequence[Staged]) -> None:
         with translating("write chunk"):
@@ -316,24 +365,63 @@ class LocalChunkStore:
                     self._drop_temp(item.temp, item.fd if i >= closed else None)
                 raise
 
+    def _open_chunk(self, key: bytes) -> tuple[int, Identity]:
+        try:
+            fd = self._fs.open(self.path(key), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            msg = f"chunk {key.hex()} is missing"
+            raise CorruptChunkError(msg, digest=key, identity=None) from exc
+        try:
+            return fd, _identity(self._fs.fstat(fd))
+        except BaseException:
+            self._fs.close(fd)
+            raise
+
     def _get_sync(self, key: bytes, into: memoryview, offset: int, verify: Verify) -> None:
         with translating("read chunk"):
-            try:
-                fd = self._fs.open(self.path(key), os.O_RDONLY)
-            except FileNotFoundError as exc:
-                msg = f"chunk {key.hex()} is missing"
-                raise CorruptDataError(msg) from exc
+            fd, identity = self._open_chunk(key)
             try:
                 done = 0
                 while done < len(into):
                     got = self._fs.pread_into(fd, into[done:], offset + done)
                     if got == 0:
                         msg = f"chunk {key.hex()} is truncated"
-                        raise CorruptDataError(msg)
+                        raise CorruptChunkError(msg, digest=key, identity=identity)
                     done += got
             finally:
                 self._fs.close(fd)
-            verify(into)
+            try:
+                verify(into)
+            except CorruptChunkError:
+                raise
+            except CorruptDataError as exc:
+                raise CorruptChunkError(str(exc), digest=key, identity=identity) from None
+
+    def _verify_fd(
+        self, key: bytes, fd: int, identity: Identity, length: int, also: blake3.blake3 | None
+    ) -> None:
+        """Hash a read-only mapping of the chunk (no copy into user space) and compare."""
+        if self._fs.fstat(fd).st_size < length:
+            msg = f"chunk {key.hex()} is truncated"
+            raise CorruptChunkError(msg, digest=key, identity=identity)
+        if length:
+            with self._fs.map_read(fd, length) as mapped:
+                actual = blake3.blake3(mapped).digest()
+                if also is not None and actual == key:
+                    also.update(mapped)
+        else:
+            actual = blake3.blake3(b"").digest()
+        if actual != key:
+            msg = f"chunk {key.hex()} failed verification"
+            raise CorruptChunkError(msg, digest=key, identity=identity)
+
+    def _check_sync(self, key: bytes, length: int, also: blake3.blake3 | None) -> None:
+        with translating("check chunk"):
+            fd, identity = self._open_chunk(key)
+            try:
+                self._verify_fd(key, fd, identity, length, also)
+            finally:
+                self._fs.close(fd)
 
     def _delete_sync(self, keys: Sequence[bytes]) -> None:
         with translating("delete chunks"):
@@ -348,27 +436,69 @@ class LocalChunkStore:
             for shard in sorted(shards):
                 self._fsync_dir(shard)
 
+    def _is_current(self, key: bytes, identity: Identity) -> bool:
+        try:
+            fd = self._fs.open(self.path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            return _identity(self._fs.fstat(fd)) == identity
+        finally:
+            self._fs.close(fd)
+
+    def _is_current_sync(self, key: bytes, identity: Identity) -> bool:
+        with translating("check chunk"):
+            return self._is_current(key, identity)
+
+    def _quarantine_sync(self, key: bytes, identity: Identity) -> bool:
+        with translating("quarantine chunk"):
+            path = self.path(key)
+            if not self._is_current(key, identity):
+                return False  # gone, or replaced by a fresh copy since it was found bad
+            self._fs.rename(path, self.quarantine_path(key))
+            # Both directories durable: the bad file never reappears under its name.
+            self._fsync_dir(os.path.dirname(path))
+            self._fsync_dir(self.quarantine_dir)
+            return True
+
+    def _drop_quarantined_sync(self, keys: Sequence[bytes]) -> None:
+        # No fsync: a removal lost in a crash leaves a copy that nothing records, which the
+        # next open removes.
+        with translating("remove quarantined chunks"):
+            for key in keys:
+                try:
+                    self._fs.unlink(self.quarantine_path(key))
+                except FileNotFoundError:
+                    pass
+
     # --- ObjectStore ----------------------------------------------------------------------------
 
-    async def stage(self, key: bytes, data: memoryview) -> Staged:
-        """Write ``data`` to a temp file and start its writeback, without waiting for it:
-        the chunk ``key`` is not durable until :meth:`publish_many` (or :meth:`discard`).
+    async def stage_piece(self, staged: Staged, buf: mmap.mmap, length: int, *, last: bool) -> None:
+        """Append the first ``length`` bytes of ``buf`` (a buffer from :func:`new_buffer`) to
+        a staged chunk's temp file, creating the file on the first piece. Every piece but a
+        chunk's last must be a multiple of :data:`DIRECT_ALIGN` bytes. After the last piece,
+        writeback of whatever sits in the page cache is started, without waiting: the chunk
+        is not durable until :meth:`publish_many` (or gone after :meth:`discard_many`).
 
         Cancellation: runs to completion in its worker thread once started.
 
         Raises:
-            NoSpaceError, StoreIOError: The write failed; no temp file is left behind.
+            NoSpaceError: The write failed for lack of space, or (first piece) the free space
+                is below the store's floor.
+            StoreIOError: The write failed (the temp file, if created, stays with
+                ``staged``: discard it).
         """
-        return await trio.to_thread.run_sync(
-            self._stage_data_sync, key, data, limiter=self._limiter
+        await trio.to_thread.run_sync(
+            self._stage_piece_sync, staged, buf, length, last, limiter=self._limiter
         )
 
     async def publish_many(self, staged: Sequence[Staged]) -> None:
         """Make staged chunks durable under their digests, in one batch: fsync every temp
-        file, rename each to its final name, then fsync each shard directory touched, once.
-        Every chunk file is thus fsynced before its name appears, and every name is durable
-        when this returns. Takes ownership of ``staged``: on error, what was not renamed is
-        removed (renamed files stay, journalled as pending by the caller).
+        file, rename each to its final name (replacing a file already there), then fsync each
+        shard directory touched, once. Every chunk file is thus fsynced before its name
+        appears, and every name is durable when this returns. Takes ownership of ``staged``:
+        on error, what was not renamed is removed (renamed files stay, journalled as pending
+        by the caller).
 
         Cancellation: runs to completion in its worker thread once started.
 
@@ -384,6 +514,7 @@ class LocalChunkStore:
         def run() -> None:
             for item in staged:
                 self._drop_temp(item.temp, item.fd)
+                item.temp, item.fd = "", -1
 
         await trio.to_thread.run_sync(run, limiter=self._limiter)
 
@@ -391,12 +522,22 @@ class LocalChunkStore:
         """Read a chunk range into ``into`` and verify it (see :class:`ObjectStore`).
 
         Raises:
-            CorruptDataError: The chunk is missing, short, or ``verify`` rejects it.
+            CorruptChunkError: The chunk is missing, short, or ``verify`` rejects it.
             StoreIOError: The read failed.
         """
         await trio.to_thread.run_sync(
             self._get_sync, key, into, offset, verify, limiter=self._limiter
         )
+
+    async def check(self, key: bytes, length: int, also: blake3.blake3 | None = None) -> None:
+        """Verify a chunk by hashing a read-only mapping of it (no buffer), and feed its bytes
+        to ``also`` when it is good.
+
+        Raises:
+            CorruptChunkError: The chunk is missing, short or does not match its digest.
+            StoreIOError: The open or read failed.
+        """
+        await trio.to_thread.run_sync(self._check_sync, key, length, also, limiter=self._limiter)
 
     async def delete(self, keys: Sequence[bytes]) -> None:
         """Unlink chunk files and fsync their shards.
@@ -415,6 +556,38 @@ class LocalChunkStore:
 
         return await trio.to_thread.run_sync(run, limiter=self._limiter)
 
+    async def is_current(self, key: bytes, identity: Identity) -> bool:
+        """Whether the chunk's file is still the one found bad (``identity``).
+
+        Raises:
+            StoreIOError: The open failed (other than for a missing file).
+        """
+        return await trio.to_thread.run_sync(
+            self._is_current_sync, key, identity, limiter=self._limiter
+        )
+
+    async def quarantine(self, key: bytes, identity: Identity) -> bool:
+        """Move the chunk file to ``quarantine/`` if it is still the file found bad, and make
+        the move durable. The caller holds the chunk's lock.
+
+        Returns:
+            Whether the file was moved (False: it is gone, or a fresh copy replaced it).
+
+        Raises:
+            StoreIOError, NoSpaceError: The move or an fsync failed.
+        """
+        return await trio.to_thread.run_sync(
+            self._quarantine_sync, key, identity, limiter=self._limiter
+        )
+
+    async def drop_quarantined(self, keys: Sequence[bytes]) -> None:
+        """Remove quarantined copies (missing ones are ignored).
+
+        Raises:
+            StoreIOError: An unlink failed.
+        """
+        await trio.to_thread.run_sync(self._drop_quarantined_sync, keys, limiter=self._limiter)
+
     # --- LocalObjects ---------------------------------------------------------------------------
 
     def open_verified(self, key: bytes, length: int, digest: bytes) -> int:
@@ -422,113 +595,15 @@ class LocalChunkStore:
         user space), so that the caller can ``sendfile`` verified bytes (blocking).
 
         Raises:
-            CorruptDataError: Missing, short, or not matching ``digest``.
+            CorruptChunkError: Missing, short, or not matching ``digest``.
             StoreIOError: The open or read failed.
         """
+        assert digest == key, "a chunk is named by its digest"
         with translating("open chunk"):
+            fd, identity = self._open_chunk(key)
             try:
-                fd = self._fs.open(self.path(key), os.O_RDONLY)
-            except FileNotFoundError as exc:
-                msg = f"chunk {key.hex()} is missing"
-                raise CorruptDataError(msg) from exc
-            try:
-                if self._fs.fstat(fd).st_size < length:
-                    msg = f"chunk {key.hex()} is truncated"
-                    raise CorruptDataError(msg)
-                if length:
-                    with self._fs.map_read(fd, length) as mapped:
-                        actual = blake3.blake3(mapped).digest()
-                else:
-                    actual = blake3.blake3(b"").digest()
-                if actual != digest:
-                    msg = f"chunk {key.hex()} failed verification"
-                    raise CorruptDataError(msg)
+                self._verify_fd(key, fd, identity, length, None)
             except BaseException:
                 self._fs.close(fd)
                 raise
             return fd
-
-    def _stage_sync(
-        self, src: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
-    ) -> Staged:
-        with translating("copy from client file"):
-            # As for streamed chunks (see _write_temp): reading the client's cached file and
-            # writing directly beats a kernel copy into fresh page-cache pages.
-            temp, fd, direct = self._new_temp(direct=length >= _DIRECT_ALIGN)
-            try:
-                copied = (
-                    self._read_write_range(src, fd, offset, length, hasher, buf, direct=True)
-                    if direct
-                    else self._copy_range(src, fd, offset, length, hasher, buf)
-                )
-                if copied is None:
-                    # Copied in the kernel: hash what landed in the temp file, not the source,
-                    # so that a client changing its file meanwhile cannot make the chunk's
-                    # content differ from its name.
-                    with self._fs.map_read(fd, length) as mapped:
-                        digest = hash_chunk(mapped, hasher)
-                else:
-                    digest = copied
-            except BaseException:
-                self._drop_temp(temp, fd)
-                raise
-            return Staged(temp=temp, fd=fd, digest=digest, length=length)
-
-    def _copy_range(
-        self, src: int, dst: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
-    ) -> bytes | None:
-        """Copy with copy_file_range (returns None) or, where the kernel cannot, with
-        pread/write through ``buf``, hashing on the way (returns the chunk digest)."""
-        done = 0
-        while done < length:
-            try:
-                got = self._fs.copy_file_range(src, dst, length - done, offset + done, done)
-            except OSError as exc:
-                if done == 0 and exc.errno in _COPY_FALLBACK_ERRNOS:
-                    return self._read_write_range(src, dst, offset, length, hasher, buf)
-                raise
-            if got == 0:
-                msg = f"client file ended {length - done} bytes early (it shrank)"
-                raise InvalidArgumentError(msg)
-            done += got
-        return None
-
-    def _read_write_range(
-        self,
-        src: int,
-        dst: int,
-        offset: int,
-        length: int,
-        hasher: blake3.blake3,
-        buf: bytearray,
-        *,
-        direct: bool = False,
-    ) -> bytes:
-        view = memoryview(buf)[:length]
-        done = 0
-        while done < length:
-            got = self._fs.pread_into(src, view[done:], offset + done)
-            if got == 0:
-                msg = f"client file ended {length - done} bytes early (it shrank)"
-                raise InvalidArgumentError(msg)
-            done += got
-        digest = hash_chunk(view, hasher)
-        if direct:
-            self._write_direct(dst, view)
-        else:
-            self._write_all(dst, view)
-        return digest
-
-    async def stage_from_fd(
-        self, src: int, offset: int, length: int, hasher: blake3.blake3, buf: bytearray
-    ) -> Staged:
-        """Copy a range of a client's file into a temp file and hash it (see
-        :class:`LocalObjects`); ``hasher`` is updated with the same bytes.
-
-        Raises:
-            InvalidArgumentError: The client's file is shorter than declared.
-            NoSpaceError, StoreIOError: The copy failed.
-        """
-        return await trio.to_thread.run_sync(
-            self._stage_sync, src, offset, length, hasher, buf, limiter=self._limiter
-        )

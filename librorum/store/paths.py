@@ -3,10 +3,10 @@
 A path names an entry of the store's namespace. The rules (spec 5.1):
 
 * a path is a ``str`` whose UTF-8 encoding exists (no lone surrogates) and contains no NUL;
-* components are separated by ``/``; a leading ``/`` is optional and a single trailing ``/`` is
-  accepted, both are normalised away (``a/b/``, ``/a/b`` and ``/a/b/`` are all ``/a/b``);
-* ``/`` alone is the root; the empty string is not a path;
-* no component is empty (``a//b``), ``.`` or ``..``;
+* components are separated by ``/``; a leading ``/`` is optional and normalised away (``a/b``
+  and ``/a/b`` are both ``/a/b``);
+* ``/`` alone is the root, and so is the empty string (a leading ``/`` being optional);
+* no component is empty (``a//b``, or a trailing ``/`` as in ``/a/b/``), ``.`` or ``..``;
 * each component is at most :data:`MAX_NAME_BYTES` (255) bytes of UTF-8 and the normalised path
   at most :data:`MAX_PATH_BYTES` (4096) bytes;
 * names are compared as code point sequences (which is UTF-8 byte order); there is no Unicode
@@ -41,17 +41,15 @@ def normalize(path: str) -> str:
     Raises:
         InvalidPathError: The path breaks one of the rules in the module docstring.
     """
-    if not path:
-        msg = "the empty string is not a path (the root is '/')"
-        raise InvalidPathError(msg)
     if "\x00" in path:
         msg = "a path must not contain NUL"
         raise InvalidPathError(msg)
-    if path == ROOT:
+    if path in ("", ROOT):
         return ROOT
     body = path[1:] if path.startswith("/") else path
     if body.endswith("/"):
-        body = body[:-1]
+        msg = f"a path must not end with '/' (only the root is '/'): {path!r}"
+        raise InvalidPathError(msg)
     parts = body.split("/")
     for part in parts:
         if not part:

@@ -1,7 +1,14 @@
-"""Downloads: a snapshot of a file's chunks, streamed in order and verified chunk by chunk."""
+"""Downloads: a snapshot of a file's chunks, streamed in order and verified chunk by chunk.
+
+Memory per reader: iterated as pieces, ``read_ahead + 1`` chunk buffers (the chunks read and
+verified ahead, and the one whose piece the consumer holds: 12 MiB at the defaults), since a
+chunk is verified whole before any of it is handed out; iterated as segments, none (each
+chunk is verified by hashing a mapping of its file, and only descriptors are held).
+"""
 
 from __future__ import annotations
 
+import mmap
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -41,7 +48,7 @@ def make_verifier(digest: bytes) -> Callable[[memoryview], None]:
 @attrs.define(eq=False)
 class _ReadJob:
     span: Span
-    buf: bytearray
+    buf: mmap.mmap
     done: trio.Event = attrs.field(factory=trio.Event)
     error: Exception | None = None
 
@@ -64,7 +71,8 @@ class Reader:
 
     ``async for piece in reader`` yields memoryviews of the range, chunk by chunk. **Each piece
     is valid only until the next iteration step** (its buffer is reused); copy it to keep it.
-    Each chunk is read whole and checked against its digest before any of it is returned.
+    Each chunk is read whole and checked against its digest before any of it is returned; a
+    chunk that fails is quarantined (see ``Store._on_corrupt``) before the error is raised.
 
     :meth:`segments` yields the same range as :class:`Segment` (fd, offset, length) triples for
     ``os.sendfile``; each chunk is verified before its segment is handed out, and the next
@@ -132,6 +140,9 @@ class Reader:
         try:
             into = memoryview(job.buf)[: span.chunk_length]
             await self._store._objects.get(span.digest, into, 0, make_verifier(span.digest))
+        except CorruptDataError as exc:
+            job.error = exc
+            await self._store._on_corrupt(exc, span.chunk_length, f"read of {self.info.path}")
         except Exception as exc:
             job.error = exc
         except BaseException:
@@ -151,6 +162,10 @@ class Reader:
     async def _run_open(self, job: _OpenJob) -> None:
         try:
             job.fd = await self._store._open_verified(job.span)
+        except CorruptDataError as exc:
+            job.error = exc
+            span = job.span
+            await self._store._on_corrupt(exc, span.chunk_length, f"read of {self.info.path}")
         except Exception as exc:
             job.error = exc
         except BaseException:

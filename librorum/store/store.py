@@ -6,17 +6,27 @@ Layers::
       namespace.py             the rules, as functions over one metadata transaction
       meta.MetadataStore       transactions over rows       (embedded: SQLite, WAL, FULL sync)
       objects.ObjectStore      chunk files by digest        (embedded: sharded directory tree)
+      space.SpaceGuard         the free-space floor and the metadata reserve
       fs.FS                    every file-system call       (tests put shims here)
 
 Chunks. File data is cut into fixed-size chunks (``chunk_size``, default 4 MiB; every chunk
 but the last is full), each named by its BLAKE3 digest. Fixed-size rather than
 content-defined chunking: a rolling hash in Python would cap ingest far below disk speed,
 while fixed chunks dedup identical files and identical aligned blocks at full speed. 4 MiB
-keeps the per-chunk costs (a journal transaction, two fsyncs, thread hand-offs: ~0.5 ms) small
-against the data's (~3-4 ms per chunk here) and still bounds memory per stream. Identical
-chunks are stored once and reference-counted (references from files and from resumable
-uploads); deleting a file drops its references, and a chunk whose count reaches zero is
-collected.
+keeps the per-chunk costs (a journal transaction, two fsyncs: ~0.5 ms) small against the
+data's (~3-4 ms per chunk here). Identical chunks are stored once and reference-counted
+(references from files and from resumable uploads); deleting a file drops its references,
+and a chunk whose count reaches zero is collected.
+
+Memory. No request holds a whole chunk in memory to write it: an upload (and ``ingest_fd``)
+writes each chunk to its temp file piece by piece through at most ``upload_pipeline``
+buffers of ``upload_buffer`` bytes (2 x 1 MiB by default, whatever the chunk size; see
+``upload.py``); fsck and resumed uploads verify chunks by hashing a mapping of the file. A
+reader streaming pieces (WebSocket downloads) verifies each chunk whole before handing any
+of it out, so it holds ``read_ahead + 1`` chunk buffers (12 MiB at the defaults); one handing
+out ``sendfile`` segments (Unix socket downloads) holds only descriptors. Buffers come from
+small pools (``max_idle_buffers`` idle ones per size) of page-aligned anonymous mappings,
+given back to the system as soon as they are dropped.
 
 Journal and durable order. The ``pending`` table is the intent journal: a digest is journalled
 (committed) *before* a new chunk file is renamed into place, and when its last reference is
@@ -25,6 +35,24 @@ recovery and the collector only ever look at those rows (and at ``tmp/``), never
 store. Order for a write: chunk data fsynced, renamed, shard directory fsynced, then the
 metadata commit that references it. An fsync failure (or a failed metadata commit) fails the
 request and turns the store read-only (ReadOnlyError for every later write) until reopened.
+
+Corruption and quarantine. Every read verifies each chunk against its digest. A chunk found
+corrupt, by a read, a resumed upload or fsck, is logged at ERROR, recorded in the
+``quarantine`` table and its file moved to ``quarantine/`` (under the chunk's lock, and only
+if the file is still the one found bad), so that it is never served or trusted again;
+``status()`` counts the quarantined chunks and fsck lists them. An upload never deduplicates
+against a stored chunk it has not verified: it publishes its own freshly hashed copy over the
+stored file, which heals a quarantined (or missing) chunk, and every file using it, and drops
+the record; a commit over a quarantined chunk (a resumed upload's earlier chunk) fails with
+CorruptDataError. A quarantined chunk nothing references any more is collected with its
+record and its quarantined copy.
+
+Free space (``space.py``). New data (uploads, ``ingest_fd``, new files and directories) is
+refused with NoSpaceError below ``min_free_space``, at admission and at every chunk; deletes,
+renames and reads never are. Metadata writes that add no data may release a preallocated
+reserve file when the disk is full to the last byte (and so may opening), and the reserve is
+allocated again once space comes back; so space can always be freed through the store, and
+writes are admitted again without a restart.
 
 Pins and collection. Chunks in use by an upload in progress or by an open reader are pinned
 in memory; the collector skips pinned digests and rechecks under the chunk's lock, so a chunk
@@ -37,10 +65,10 @@ wait for each other, and uploads to the same path neither (last commit wins; see
 the one short serialization point, and no data I/O ever happens inside it.
 
 Threads. Chunk I/O and hashing run in worker threads bounded by ``io_threads``
-(``trio.to_thread`` with a CapacityLimiter): per 4 MiB chunk, hashing takes ~0.9 ms per hash
-(two: the chunk's and the whole file's), the copy into the page cache 1 ms warm and up to
-15 ms on fresh pages, its fsync 3-10 ms; inline, each would stall every other connection for
-that long, and the thread hand-off (~50-90 us) is small against any of them. Metadata reads
+(``trio.to_thread`` with a CapacityLimiter): per 1 MiB piece, hashing takes ~0.4 ms per hash
+(two: the chunk's and the whole file's), its direct write 1-3 ms, and a chunk's fsync
+3-10 ms; inline, each would stall every other connection for that long, and the thread
+hand-off (~50-90 us) is small against any of them. Metadata reads
 run inline (see ``meta.py`` for the measurements); metadata writes run in a dedicated writer
 thread.
 
@@ -54,6 +82,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import mmap
 import os
 import stat as stat_module
 import time
@@ -81,6 +110,7 @@ from librorum.errors import (
     TimeoutError_,
     TooLargeError,
 )
+from librorum.limits import MIN_FREE_SPACE
 from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_FILE_SIZE,
@@ -91,10 +121,23 @@ from librorum.store import namespace as ns
 from librorum.store._translate import translating
 from librorum.store.fs import FS, OsFS
 from librorum.store.locks import BufferPool, ChunkPins, LockTable
-from librorum.store.meta import KIND_DIR, MetaTxn, SqliteMetadataStore, UploadRow
-from librorum.store.objects import LocalChunkStore, Staged
+from librorum.store.meta import (
+    KIND_DIR,
+    MetaTxn,
+    QuarantineRow,
+    SqliteMetadataStore,
+    UploadRow,
+)
+from librorum.store.objects import (
+    DIRECT_ALIGN,
+    CorruptChunkError,
+    LocalChunkStore,
+    Staged,
+    new_buffer,
+)
 from librorum.store.paths import normalize
-from librorum.store.reader import Reader, Span, make_verifier
+from librorum.store.reader import Reader, Span
+from librorum.store.space import SpaceGuard
 from librorum.store.types import (
     FSCK_REPORT_ITEMS,
     FileInfo,
@@ -117,8 +160,14 @@ MIN_CHUNK_SIZE: Final = 4 << 10
 MAX_CHUNK_SIZE: Final = 64 << 20
 #: Worker threads for chunk I/O and hashing (most of their time is spent waiting for fsync).
 DEFAULT_IO_THREADS: Final = 8
-#: Chunks of one upload being hashed/written at once (memory: that many + 1 chunk buffers).
+#: Buffers of one upload: one filling while the others are hashed and written (see
+#: ``upload.py``). Two keep receiving and writing overlapped.
 DEFAULT_UPLOAD_PIPELINE: Final = 2
+#: Bytes of one upload buffer: an upload holds at most ``upload_pipeline`` of them, whatever
+#: the chunk size (2 MiB by default). 1 MiB pieces keep the per-piece costs (two thread
+#: hand-offs, ~0.1 ms) small against the piece's hashing and writing (~1-3 ms); it is also
+#: the largest DATA payload a client sends by default, so a piece usually is one frame.
+DEFAULT_UPLOAD_BUFFER: Final = 1 << 20
 #: Chunks of one upload staged (written, writeback started, not yet fsynced) before they are
 #: published together; with two batches in flight (one staging, one publishing) an upload
 #: holds at most twice this many temp files open. 8 chunks of 4 MiB: 32 MiB per batch.
@@ -135,8 +184,16 @@ DEFAULT_GC_BATCH: Final = 256
 DEFAULT_INLINE_LIST_LIMIT: Final = 100
 #: Longest wait at close for chunk jobs in flight (then they are cancelled).
 DEFAULT_CLOSE_TIMEOUT: Final = 30.0
-#: Idle chunk buffers kept for reuse.
-DEFAULT_MAX_IDLE_BUFFERS: Final = 16
+#: Idle buffers kept for reuse, per size (upload buffers, read buffers): a small bound, so that
+#: a burst of requests leaves little memory held once it is over.
+DEFAULT_MAX_IDLE_BUFFERS: Final = 4
+#: Free space below which new data is refused (see ``space.py`` and ``limits.py``).
+DEFAULT_MIN_FREE_SPACE: Final = MIN_FREE_SPACE
+#: The space kept aside for metadata writes that add no data (deletes, renames, the
+#: collector's journal) when the disk is full to the last byte: a delete of one file writes
+#: a few pages to SQLite's log; 8 MiB covers a recursive delete of tens of thousands of
+#: entries, and the log's file keeps the space it grew into once the reserve is released.
+DEFAULT_METADATA_RESERVE: Final = 8 << 20
 #: Upload ids follow the rule of a path component: 1 to 255 bytes of UTF-8, no NUL, no "/".
 MAX_UPLOAD_ID_BYTES: Final = MAX_NAME_BYTES
 
@@ -174,11 +231,14 @@ class Store:
         io_threads: int,
         upload_pipeline: int,
         upload_batch: int,
+        upload_buffer: int,
         read_ahead: int,
         lock_timeout: float,
         gc_batch: int,
         max_idle_buffers: int,
         inline_list_limit: int,
+        min_free_space: int,
+        metadata_reserve: int,
     ) -> None:
         self.data_dir = data_dir
         self._inline_list_limit = inline_list_limit
@@ -186,23 +246,33 @@ class Store:
         self.chunk_size = chunk_size
         self.upload_pipeline = upload_pipeline
         self.upload_batch = upload_batch
+        self.upload_buffer = upload_buffer
         self.read_ahead = read_ahead
         self._fs = fs
         self._gc_batch = gc_batch
         self._io_limiter = trio.CapacityLimiter(io_threads)
+        self._space = SpaceGuard(
+            str(data_dir), fs, min_free=min_free_space, reserve=metadata_reserve
+        )
         self._meta = SqliteMetadataStore(
             str(data_dir / _DB_NAME),
             fs,
             on_commit_failure=self._on_fatal_io,
+            release_reserve=self._space.release_sync,
             lock_timeout=lock_timeout,
         )
         self._objects = LocalChunkStore(
-            str(data_dir), fs, limiter=self._io_limiter, on_fsync_failure=self._on_fatal_io
+            str(data_dir),
+            fs,
+            limiter=self._io_limiter,
+            on_fsync_failure=self._on_fatal_io,
+            check_space=self._space.check_data_sync,
         )
         self._pins = ChunkPins()
         self._path_locks: LockTable[str] = LockTable(timeout=lock_timeout)
         self._chunk_locks: LockTable[bytes] = LockTable(timeout=lock_timeout)
-        self._pool = BufferPool(chunk_size, max_idle=max_idle_buffers)
+        self._upload_buffers = BufferPool(upload_buffer, max_idle=max_idle_buffers)
+        self._read_buffers = BufferPool(chunk_size, max_idle=max_idle_buffers)
         self._attached: dict[str, Upload | None] = {}
         self._nursery: trio.Nursery | None = None
         self._jobs_running = 0
@@ -233,12 +303,23 @@ class Store:
             msg = f"the store is read-only: {self._read_only}"
             raise ReadOnlyError(msg)
 
-    def _get_buffer(self, size: int) -> bytearray:
-        return self._pool.get() if size == self._pool.size else bytearray(size)
+    async def _check_space(self, what: str) -> None:
+        """Admit a request that adds data, or refuse it below the free-space floor (see
+        ``space.py``).
 
-    def _put_buffer(self, buf: bytearray) -> None:
-        if len(buf) == self._pool.size:
-            self._pool.put(buf)
+        Raises:
+            NoSpaceError: Below the floor.
+            StoreIOError: statvfs failed.
+        """
+        await self._in_thread(self._space.check_data_sync, what)
+
+    def _get_buffer(self, size: int) -> mmap.mmap:
+        """A read buffer of at least ``size`` bytes (a reader's whole chunk)."""
+        pool = self._read_buffers
+        return pool.get() if size <= pool.size else new_buffer(size)
+
+    def _put_buffer(self, buf: mmap.mmap) -> None:
+        self._read_buffers.put(buf)
 
     async def _in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         assert not kwargs
@@ -277,18 +358,30 @@ class Store:
                 except LibrorumError as exc:
                     log.warning("upload %s not detached at close: %s", upload.upload_id, exc)
 
-    async def _chunk_stored(self, digest: bytes) -> bool:
-        """Whether a chunk is referenced (so on disk, durably): an upload need not stage it.
-        A hint: :meth:`_publish_chunks` checks again under the chunk's lock."""
-        refs: int = await self._meta.read(lambda t: t.refs(digest))
-        return refs > 0
-
     async def _publish_chunks(self, staged: Sequence[Staged]) -> None:
         """Make pinned, staged chunks (distinct digests) durable, as one batch. Under the
-        chunks' locks, a chunk the store holds already is dropped; the others are journalled
-        as pending in one transaction (before any of them can appear under its name), then
-        published together. Takes ownership of ``staged``: on any error or
-        cancellation nothing of it is left in the temp directory or open.
+        chunks' locks, the chunks the store holds neither as referenced nor as pending are
+        journalled as pending in one transaction (before any of them can appear under its
+        name), then every chunk is published, a stored one over its existing file. Takes
+        ownership of ``staged``: on any error or cancellation nothing of it is left in the
+        temp directory or open.
+
+        Why a stored chunk is published again rather than its fresh copy dropped: the store
+        cannot know that the stored file is still good without reading it back, and a
+        deduplicated upload that trusted a file which rotted since would be acknowledged and
+        unreadable. The fresh copy was hashed as it was written, so publishing it costs what
+        it cost to write any new chunk (its fsync, a rename, the shard's fsync, shared with
+        the batch) and heals the stored file. Checking the stored file instead would read
+        and hash it back (one more pass over the data, from the disk: chunks are written
+        with O_DIRECT and are not in the page cache), and a bad one would need the fresh
+        copy all the same. Measured: a deduplicated upload of large chunks costs what a new
+        one does (0.12-0.20 GB/s against 0.37-0.70 when stored chunks were trusted, on a
+        loaded machine); for small files the per-file metadata commit dominates, and
+        checking small stored chunks instead of publishing them gained nothing measurable
+        (identical 100-byte files: 186-224 against 188-214 files/s).
+
+        A quarantined chunk published this way is healed: its record is dropped once the
+        fresh copy is durable under its name.
 
         Raises:
             NoSpaceError, StoreIOError, ReadOnlyError, TimeoutError_: The batch could not be
@@ -299,24 +392,25 @@ class Store:
             digests = [item.digest for item in remaining]
             async with self._chunk_locks.hold(digests):
                 known = await self._meta.read(
-                    lambda t: [(t.refs(d), t.is_pending(d)) for d in digests]
+                    lambda t: [(t.refs(d), t.is_pending(d), t.is_quarantined(d)) for d in digests]
                 )
-                stored = [item for item, (refs, _) in zip(remaining, known, strict=True) if refs]
-                todo = [item for item, (refs, _) in zip(remaining, known, strict=True) if not refs]
                 new = [
-                    item.digest
-                    for item, (refs, pending) in zip(remaining, known, strict=True)
+                    digest
+                    for digest, (refs, pending, _) in zip(digests, known, strict=True)
                     if not refs and not pending
                 ]
-                if stored:
-                    remaining = todo
-                    await self._objects.discard_many(stored)
-                if todo:
-                    self._check_writable()
-                    if new:
-                        await self._meta.write(lambda t: t.add_pending(new))
-                    remaining = []  # publish_many owns them now
-                    await self._objects.publish_many(todo)
+                healed = [
+                    digest
+                    for digest, (_, _, quarantined) in zip(digests, known, strict=True)
+                    if quarantined
+                ]
+                self._check_writable()
+                if new:
+                    await self._meta.write(lambda t: t.add_pending(new))
+                publishing, remaining = remaining, []  # publish_many owns them now
+                await self._objects.publish_many(publishing)
+                if healed:
+                    await self._heal(healed)
         finally:
             if remaining:
                 with trio.CancelScope(shield=True):
@@ -362,6 +456,87 @@ class Store:
             self._objects.open_verified, span.digest, span.chunk_length, span.digest
         )
 
+    # --- quarantine -----------------------------------------------------------------------------
+
+    async def _on_corrupt(self, exc: CorruptDataError, size: int, where: str) -> None:
+        """A chunk failed verification (or is missing) during ``where``: log it at ERROR and
+        move the bad file aside, so that it is never served or trusted again until an upload
+        of its content heals it (see :meth:`_quarantine`).
+
+        Cancellation: shielded (bounded by the lock timeout and a few file operations).
+        Never raises: a quarantine that fails is logged, and the caller reports the
+        corruption all the same.
+        """
+        if not isinstance(exc, CorruptChunkError):
+            return
+        digest = exc.digest.hex()
+        if exc.identity is None:
+            log.error("chunk %s is missing (%s): files using it cannot be read", digest, where)
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                moved = await self._quarantine(exc.digest, exc.identity, size, f"{where}: {exc}")
+            except (StoreError, TimeoutError_) as failure:
+                log.error(
+                    "chunk %s failed verification (%s) and could not be quarantined: %s",
+                    digest,
+                    where,
+                    failure,
+                )
+                return
+        if moved:
+            log.error(
+                "chunk %s failed verification (%s): moved to quarantine/; uploading its "
+                "content again heals the files using it",
+                digest,
+                where,
+            )
+
+    async def _quarantine(
+        self, digest: bytes, identity: tuple[int, int], size: int, reason: str
+    ) -> bool:
+        """Under the chunk's lock (so that no publish or collection runs meanwhile): if the
+        chunk's file is still the one found bad, record the chunk as quarantined, then move
+        the file to ``quarantine/``. Recorded first: a crash between the two leaves the bad
+        file under its name and recorded, found bad again by the next read; the other order
+        would leave a file in ``quarantine/`` that nothing records.
+
+        Returns:
+            Whether the chunk was quarantined (False: it is gone, or was replaced since, or
+            the store cannot write).
+
+        Raises:
+            StoreIOError, NoSpaceError, TimeoutError_: Recording or moving failed.
+        """
+        if self._read_only is not None or self._closed:
+            return False
+        async with self._chunk_locks.hold([digest]):
+            if not await self._objects.is_current(digest, identity):
+                return False
+            row = QuarantineRow(digest=digest, size=size, found_ns=time.time_ns(), reason=reason)
+            await self._meta.write(lambda t: t.add_quarantine(row), use_reserve=True)
+            return await self._objects.quarantine(digest, identity)
+
+    async def _heal(self, digests: Sequence[bytes]) -> None:
+        """Quarantined chunks were published afresh (under their locks): drop their records,
+        then their quarantined copies."""
+        await self._meta.write(lambda t: t.remove_quarantine(digests), use_reserve=True)
+        for digest in digests:
+            log.warning("chunk %s healed: a fresh copy replaced the quarantined one", digest.hex())
+        await self._objects.drop_quarantined(digests)
+
+    async def _clear_quarantine_leftovers(self) -> int:
+        """At open: remove quarantined copies that no record names (a heal or a collection
+        interrupted after dropping the record). Returns how many."""
+        names = await self._in_thread(self._objects.list_quarantine_sync)
+        if not names:
+            return 0
+        recorded = {row.digest.hex() for row in await self._meta.read(lambda t: t.quarantined())}
+        stale = [bytes.fromhex(n) for n in names if n not in recorded and _is_hex_digest(n)]
+        if stale:
+            await self._objects.drop_quarantined(stale)
+        return len(stale)
+
     # --- garbage collection ---------------------------------------------------------------------
 
     async def _collect_step(self) -> tuple[int, int]:
@@ -382,11 +557,28 @@ class Store:
                 return (0, 0)
             async with self._chunk_locks.hold(candidates):
                 candidates = [d for d in candidates if not self._pins.pinned(d)]
-                refs = await self._meta.read(lambda t: [t.refs(d) for d in candidates])
-                dead = [d for d, r in zip(candidates, refs, strict=True) if r == 0]
+                refs = await self._meta.read(
+                    lambda t: [(t.refs(d), t.is_quarantined(d)) for d in candidates]
+                )
+                dead = [d for d, (r, _) in zip(candidates, refs, strict=True) if r == 0]
+                # A quarantined chunk that nothing references any more needs no healing.
+                unquarantined = [
+                    d for d, (r, q) in zip(candidates, refs, strict=True) if not r and q
+                ]
                 if dead:
                     await self._objects.delete(dead)
-                await self._meta.write(lambda t: t.remove_pending(candidates))
+
+                def drop(t: MetaTxn) -> None:
+                    t.remove_pending(candidates)
+                    t.remove_quarantine(unquarantined)
+
+                await self._meta.write(drop, use_reserve=True)
+                if unquarantined:
+                    await self._objects.drop_quarantined(unquarantined)
+            if dead and not self._space.reserve_held:
+                # Space came back: to the reserve first (new data is refused until it holds
+                # its space again), once the journal no longer needs any.
+                await self._in_thread(self._space.restore_sync)
             return (len(candidates), len(dead))
         except (StoreError, TimeoutError_) as exc:
             log.warning("chunk collection failed, will retry: %s", exc)
@@ -416,6 +608,9 @@ class Store:
         await trio.to_thread.run_sync(self._open_sync)
         self._meta.open_reader()
         temp_removed = await self._in_thread(self._objects.clear_temp_sync)
+        await self._clear_quarantine_leftovers()
+        if not await self._in_thread(self._space.restore_sync):
+            log.warning("the disk is full: the metadata reserve is not allocated yet")
         checked = collected = 0
         while True:
             handled, deleted = await self._collect_step()
@@ -448,6 +643,7 @@ class Store:
             self._lock_fd = fd
         try:
             self._objects.init_sync()
+            self._space.load_sync()
             self._meta.open_sync()
         except BaseException:
             self._unlock()
@@ -526,6 +722,7 @@ class Store:
         """
         normal = normalize(path)
         self._check_writable()
+        await self._check_space("mkdir")
         mtime_ns = time.time_ns()
         async with self._path_locks.hold([normal]):
             return await self._meta.write(
@@ -542,16 +739,18 @@ class Store:
         not interruptible, and once made the result is returned.
 
         Raises:
-            InvalidPathError: ``path`` breaks the path rules, or is the root.
+            InvalidPathError: ``path`` breaks the path rules.
+            InvalidArgumentError: ``path`` is the root (BAD_REQUEST).
             NotFoundError: Nothing is there.
             NotEmptyError: A non-empty directory and not ``recursive``.
-            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+            ReadOnlyError, StoreIOError: The store cannot write (a delete is never refused
+                for lack of space: see ``space.py``).
         """
         normal = normalize(path)
         self._check_writable()
         async with self._path_locks.hold([normal]):
             count, released = await self._meta.write(
-                lambda t: ns.delete(t, normal, recursive=recursive)
+                lambda t: ns.delete(t, normal, recursive=recursive), use_reserve=True
             )
         await self._after_commit(released)
         return count
@@ -563,19 +762,22 @@ class Store:
         not interruptible, and once made the result is returned.
 
         Raises:
-            InvalidPathError: A path breaks the rules, is the root, or ``dst`` is inside
-                ``src``.
+            InvalidPathError: A path breaks the rules.
+            InvalidArgumentError: A path is the root, or ``dst`` is inside ``src``
+                (BAD_REQUEST).
             NotFoundError: ``src`` or ``dst``'s parent is missing.
             AlreadyExistsError: ``dst`` exists and not ``overwrite``.
             IsADirectoryError_: ``dst`` is a directory.
             NotADirectoryError_: A file is on the way, or a directory would replace a file.
-            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+            ReadOnlyError, StoreIOError: The store cannot write (a rename is never refused
+                for lack of space).
         """
         normal_src, normal_dst = normalize(src), normalize(dst)
         self._check_writable()
         async with self._path_locks.hold([normal_src, normal_dst]):
             info, released = await self._meta.write(
-                lambda t: ns.rename(t, normal_src, normal_dst, overwrite=overwrite)
+                lambda t: ns.rename(t, normal_src, normal_dst, overwrite=overwrite),
+                use_reserve=True,
             )
         await self._after_commit(released)
         return info
@@ -621,6 +823,7 @@ class Store:
             if size > self.max_file_size:
                 msg = f"{size} bytes exceeds the maximum file size of {self.max_file_size}"
                 raise TooLargeError(msg)
+        await self._check_space("upload")
         if upload_id is None:
             await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
             return Upload(
@@ -689,7 +892,8 @@ class Store:
             NotFoundError: No such upload.
             ConflictError: The upload is attached to another stream, or ``offset`` differs
                 from the committed offset.
-            CorruptDataError: A stored chunk fails verification.
+            CorruptDataError: A stored chunk fails verification (it is quarantined; abort the
+                upload and start again).
             ReadOnlyError: The store cannot write.
         """
         _check_upload_id(upload_id)
@@ -697,6 +901,7 @@ class Store:
         if upload_id in self._attached:
             msg = f"upload {upload_id!r} is in progress on another stream"
             raise ConflictError(msg)
+        await self._check_space("upload")
 
         def load(t: MetaTxn) -> tuple[UploadRow | None, list[tuple[bytes, int]]]:
             row = t.upload(upload_id)
@@ -718,13 +923,12 @@ class Store:
             try:
                 hasher = blake3.blake3()
                 for digest, length in chunks:
-                    buf = self._get_buffer(row.chunk_size)
+                    # Verified and hashed from a mapping of the file: no buffer.
                     try:
-                        view = memoryview(buf)[:length]
-                        await self._objects.get(digest, view, 0, make_verifier(digest))
-                        await self._in_thread(hasher.update, view)
-                    finally:
-                        self._put_buffer(buf)
+                        await self._objects.check(digest, length, also=hasher)
+                    except CorruptDataError as exc:
+                        await self._on_corrupt(exc, length, f"resume of upload {upload_id!r}")
+                        raise
                 upload = Upload(
                     self,
                     path=row.path,
@@ -791,7 +995,7 @@ class Store:
                 raise NotFoundError(msg)
             return t.delete_upload(upload_id)
 
-        released = await self._meta.write(forget)
+        released = await self._meta.write(forget, use_reserve=True)
         await self._after_commit(released)
 
     async def expire_uploads(self, max_age: float) -> int:
@@ -820,7 +1024,7 @@ class Store:
             def forget(t: MetaTxn, ids: list[str] = ids) -> list[bytes]:
                 return [d for i in ids for d in t.delete_upload(i)]
 
-            released = await self._meta.write(forget)
+            released = await self._meta.write(forget, use_reserve=True)
             forgotten += len(ids)
             await self._after_commit(released)
 
@@ -845,11 +1049,12 @@ class Store:
     ) -> FileInfo:
         """Store a client's regular file, given as a descriptor, as the file at ``path``.
 
-        Each chunk is read into a buffer, hashed there and written from it with O_DIRECT
-        (where the file system refuses O_DIRECT: copied in the kernel with
-        ``copy_file_range`` and hashed from the copy), so a client that modifies its file
-        meanwhile gets *some* content, never a chunk that does not match its name. The
-        descriptor is not closed and its file position is not moved.
+        The file goes through the pipeline of a streamed upload (see ``upload.py``), its
+        pieces read into the upload's buffers in worker threads: each piece is hashed there
+        and written from there (with O_DIRECT where the file system allows it), so a client
+        that modifies its file meanwhile gets *some* content, never a chunk that does not
+        match its name. Memory: the upload's ``upload_pipeline`` buffers. The descriptor is
+        not closed and its file position is not moved.
 
         Cancellation: before the commit, a cancelled ingest has no visible effect; the
         commit is shielded (once it starts, the file is stored and returned).
@@ -868,6 +1073,7 @@ class Store:
         if size > self.max_file_size:
             msg = f"{size} bytes exceeds the maximum file size of {self.max_file_size}"
             raise TooLargeError(msg)
+        await self._check_space("upload")
 
         def check() -> os.stat_result:
             with translating("stat client file"):
@@ -881,51 +1087,25 @@ class Store:
             msg = f"the file has {st.st_size} bytes, not the declared {size}"
             raise InvalidArgumentError(msg)
         await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
-        hasher = blake3.blake3()
-        chunks: list[tuple[bytes, int]] = []
-        pinned: list[bytes] = []
-        # Staged and not yet handed to _publish_chunks (which then owns them): a batch of
-        # distinct digests, made durable together as a streamed upload's are.
-        batch: list[Staged] = []
-        buf = self._get_buffer(self.chunk_size)
-        try:
-            for offset in range(0, size, self.chunk_size):
-                length = min(self.chunk_size, size - offset)
-                staged = await self._objects.stage_from_fd(fd, offset, length, hasher, buf)
-                chunks.append((staged.digest, length))
-                if any(item.digest == staged.digest for item in batch):
-                    await self._objects.discard_many([staged])  # a repeat within the batch
-                else:
-                    batch.append(staged)
-                    self._pins.pin([staged.digest])
-                    pinned.append(staged.digest)
-                if len(batch) >= self.upload_batch or offset + length >= size:
-                    publishing, batch = batch, []
-                    await self._publish_chunks(publishing)
+        upload = Upload(
+            self,
+            path=normal,
+            mode=mode,
+            size=size,
+            upload_id=None,
+            chunk_size=self.chunk_size,
+            recorded=[],
+            hasher=blake3.blake3(),
+        )
+        async with upload:
+            await upload._ingest(fd, size)
             # Once the commit starts it completes: a cancelled caller must not be left not
             # knowing whether the file was stored.
             with trio.CancelScope(shield=True):
-                info = await self._commit_file(
-                    normal,
-                    mode,
-                    size=size,
-                    content_hash=hasher.digest(),
-                    chunk_size=self.chunk_size,
-                    chunks=chunks,
-                    upload_id=None,
-                )
-            # Returned after the block: a cancel scope may swallow exceptions, as type
-            # checkers see it.
-            return info  # noqa: RET504
-        finally:
-            if batch:
-                with trio.CancelScope(shield=True):
-                    await self._objects.discard_many(batch)
-            self._put_buffer(buf)
-            self._pins.unpin(pinned)
-            if pinned:
-                with trio.CancelScope(shield=True):
-                    await self._collect_step()
+                info = await upload.commit()
+        # Returned after the blocks: a cancel scope may swallow exceptions, as type checkers
+        # see it.
+        return info
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -1010,12 +1190,9 @@ class Store:
         Raises:
             StoreIOError: statvfs failed.
         """
-        counters = await self._meta.read(lambda t: t.counters())
-
-        def free() -> int:
-            with translating("statvfs"):
-                st = self._fs.statvfs(str(self.data_dir))
-                return st.f_bavail * st.f_frsize
+        counters, quarantined = await self._meta.read(
+            lambda t: (t.counters(), len(t.quarantined()))
+        )
 
         return StoreStatus(
             files=counters.files,
@@ -1023,9 +1200,10 @@ class Store:
             logical_bytes=counters.logical_bytes,
             stored_bytes=counters.stored_bytes,
             chunks=counters.chunk_count,
-            free_bytes=await self._in_thread(free),
+            free_bytes=await self._in_thread(self._space.free_sync),
             uploads=counters.uploads,
             read_only=self.read_only,
+            quarantined=quarantined,
         )
 
     async def fsck(self) -> FsckReport:
@@ -1034,7 +1212,9 @@ class Store:
 
         Safe on a live store: findings that concurrent activity could explain (a chunk
         written or collected during the scan) are rechecked against the current state
-        before being reported. Reports, never repairs.
+        before being reported. Reports, never repairs; but a chunk found corrupt is
+        quarantined, as a read finding it would (logged at ERROR, moved aside, recorded:
+        see :meth:`_on_corrupt`), and listed both as corrupt and as quarantined.
 
         Cancellation: safe at any point (reads only; chunk reads in flight are waited for).
 
@@ -1072,29 +1252,36 @@ class Store:
             while todo:
                 digest = todo.pop()
                 size = stored[digest][0]
-                buf = self._get_buffer(size)
                 try:
-                    await self._objects.get(
-                        digest, memoryview(buf)[:size], 0, make_verifier(digest)
-                    )
+                    await self._objects.check(digest, size)
                     checked_bytes += size
+                except CorruptChunkError as exc:
+                    if exc.identity is None:
+                        missing.append(digest)  # gone since the listing: rechecked below
+                    else:
+                        corrupt.append(digest)
+                        await self._on_corrupt(exc, size, "fsck")
                 except (CorruptDataError, StoreIOError):
                     corrupt.append(digest)
-                finally:
-                    self._put_buffer(buf)
 
         to_check = len(todo)
         async with trio.open_nursery() as nursery:
             for _ in range(max(1, int(self._io_limiter.total_tokens))):
                 nursery.start_soon(worker)
 
-        # Recheck findings a concurrent write or collection could explain.
+        # Recheck findings a concurrent write or collection could explain. A chunk moved to
+        # quarantine is reported as quarantined, not as missing.
         if orphans or missing:
             now = await self._meta.read(
-                lambda t: {d: (t.refs(d), t.is_pending(d)) for d in orphans + missing}
+                lambda t: {
+                    d: (t.refs(d), t.is_pending(d), t.is_quarantined(d)) for d in orphans + missing
+                }
             )
-            orphans = [d for d in orphans if now[d] == (0, False) and not self._pins.pinned(d)]
-            missing = [d for d in missing if now[d][0] > 0]
+            orphans = [d for d in orphans if now[d][:2] == (0, False) and not self._pins.pinned(d)]
+            missing = [d for d in missing if now[d][0] > 0 and not now[d][2]]
+        quarantined = sorted(
+            row.digest.hex() for row in await self._meta.read(lambda t: t.quarantined())
+        )
         temp_files = await self._in_thread(self._objects.count_temp_sync)
         namespace_errors = scan.namespace_errors + [
             f"foreign file in chunks/: {f}" for f in foreign
@@ -1116,7 +1303,16 @@ class Store:
             namespace_errors=namespace_errors[:cap],
             pending=len(scan.pending),
             temp_files=temp_files,
+            quarantined=quarantined[:cap],
+            quarantined_count=len(quarantined),
         )
+
+
+def _is_hex_digest(name: str) -> bool:
+    try:
+        return len(bytes.fromhex(name)) == 32
+    except ValueError:
+        return False
 
 
 class _Scan:
@@ -1178,12 +1374,15 @@ async def open_store(
     io_threads: int = DEFAULT_IO_THREADS,
     upload_pipeline: int = DEFAULT_UPLOAD_PIPELINE,
     upload_batch: int = DEFAULT_UPLOAD_BATCH,
+    upload_buffer: int = DEFAULT_UPLOAD_BUFFER,
     read_ahead: int = DEFAULT_READ_AHEAD,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     gc_batch: int = DEFAULT_GC_BATCH,
     max_idle_buffers: int = DEFAULT_MAX_IDLE_BUFFERS,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     inline_list_limit: int = DEFAULT_INLINE_LIST_LIMIT,
+    min_free_space: int = DEFAULT_MIN_FREE_SPACE,
+    metadata_reserve: int = DEFAULT_METADATA_RESERVE,
     fs: FS | None = None,
 ) -> AsyncIterator[Store]:
     """Open (creating if needed) the store in ``data_dir``, recover from any crash, and close
@@ -1200,15 +1399,21 @@ async def open_store(
         max_file_size: Largest file accepted.
         chunk_size: Chunk size for new files (4 KiB .. 64 MiB).
         io_threads: Worker threads for chunk I/O and hashing.
-        upload_pipeline: Chunks of one upload in flight at once.
+        upload_pipeline: Buffers of one upload (one filling, the others being hashed and
+            written).
         upload_batch: Chunks of one upload staged before they are published (fsynced)
             together.
+        upload_buffer: Bytes of one upload buffer (a multiple of 4096).
         read_ahead: Chunks a reader prefetches.
         lock_timeout: Longest lock wait (seconds) before TimeoutError_.
         gc_batch: Journal entries collected per step.
-        max_idle_buffers: Chunk buffers kept for reuse.
+        max_idle_buffers: Idle buffers kept for reuse, per size (upload, read).
         close_timeout: Longest wait at close for chunk writes in flight.
         inline_list_limit: LIST pages larger than this are read in a worker thread.
+        min_free_space: Free space (bytes) below which new data is refused with
+            NoSpaceError (deletes, renames and reads go on; see ``space.py``).
+        metadata_reserve: Bytes kept aside in the data directory for metadata writes that
+            add no data, released when the disk is full (0: none).
         fs: The file-system interface (tests pass shims).
 
     Raises:
@@ -1230,6 +1435,13 @@ async def open_store(
         if value < 1:
             msg = f"{name} must be at least 1, got {value}"
             raise ValueError(msg)
+    for name, value in (("min_free_space", min_free_space), ("metadata_reserve", metadata_reserve)):
+        if value < 0:
+            msg = f"{name} must not be negative, got {value}"
+            raise ValueError(msg)
+    if upload_buffer < DIRECT_ALIGN or upload_buffer % DIRECT_ALIGN:
+        msg = f"upload_buffer must be a positive multiple of {DIRECT_ALIGN}, got {upload_buffer}"
+        raise ValueError(msg)
     store = Store(
         Path(data_dir),
         fs=fs if fs is not None else OsFS(),
@@ -1238,11 +1450,14 @@ async def open_store(
         io_threads=io_threads,
         upload_pipeline=upload_pipeline,
         upload_batch=upload_batch,
+        upload_buffer=upload_buffer,
         read_ahead=read_ahead,
         lock_timeout=lock_timeout,
         gc_batch=gc_batch,
         max_idle_buffers=max_idle_buffers,
         inline_list_limit=inline_list_limit,
+        min_free_space=min_free_space,
+        metadata_reserve=metadata_reserve,
     )
     try:
         await store._open()

@@ -95,6 +95,8 @@ class StoreStatus:
         free_bytes: Space available to the store on its file system.
         uploads: Resumable uploads kept (attached or not).
         read_only: Whether the store refuses writes (after an fsync failure).
+        quarantined: Chunks found corrupt and moved aside, not healed yet (files using them
+            cannot be read until their content is uploaded again).
     """
 
     files: int
@@ -105,6 +107,7 @@ class StoreStatus:
     free_bytes: int
     uploads: int
     read_only: bool
+    quarantined: int = 0
 
 
 @attrs.frozen
@@ -136,9 +139,10 @@ class FsckReport:
         directories: Directories checked.
         chunks_checked: Chunk files rehashed.
         bytes_checked: Bytes rehashed.
-        corrupt: Hex digests of chunks whose content does not match their name.
+        corrupt: Hex digests of chunks whose content does not match their name (found by this
+            check; each is quarantined).
         corrupt_count: Their number.
-        missing: Referenced chunks with no file.
+        missing: Referenced chunks with no file (and not quarantined).
         missing_count: Their number.
         orphans: Chunk files that nothing references and no journal entry explains.
         orphan_count: Their number.
@@ -149,6 +153,9 @@ class FsckReport:
             a file whose size does not match its chunks, wrong figures).
         pending: Chunks awaiting collection (journalled; not an error).
         temp_files: Temp files present (chunk writes in progress; not an error).
+        quarantined: Hex digests of the chunks in quarantine (found corrupt, by this check or
+            earlier, and not healed since).
+        quarantined_count: Their number.
     """
 
     files: int
@@ -166,13 +173,17 @@ class FsckReport:
     namespace_errors: list[str]
     pending: int
     temp_files: int
+    quarantined: list[str] = attrs.field(factory=list)
+    quarantined_count: int = 0
 
     @property
     def ok(self) -> bool:
-        """No corruption, nothing missing, no orphans, counts and namespace consistent."""
+        """No corruption, nothing missing or quarantined, no orphans, counts and namespace
+        consistent."""
         return not (
             self.corrupt_count
             or self.missing_count
+            or self.quarantined_count
             or self.orphan_count
             or self.refcount_error_count
             or self.namespace_errors

@@ -1,31 +1,47 @@
 """Uploads: a stream of pieces of any size, cut into chunks, committed atomically at the end.
 
-Pipeline (per upload). ``write`` copies pieces into a chunk-sized buffer on the Trio thread
-(a memoryview copy, ~9 GB/s). A full buffer becomes a *chunk job* run in the store's nursery:
+Pipeline (per upload). ``write`` copies the caller's bytes into one of the upload's
+page-aligned buffers (``upload_buffer`` bytes each, default 1 MiB) on the Trio thread (a
+memoryview copy, ~9 GB/s) and returns. A full buffer, or the end of a chunk, becomes a *piece
+job* run in the store's nursery, which, in worker threads:
 
-1. hash, in a worker thread: the chunk's BLAKE3 (its name) and the running whole-file BLAKE3
-   (the content hash). Jobs take this step in order (the whole-file hash is sequential);
-2. pin the digest and, in chunk order, *stage* it unless the store already holds it (dedup):
-   write it to a temp file and start its writeback, without waiting (the buffer is then free);
-3. every ``upload_batch`` chunks (and at commit), *publish* the batch in a publish job:
-   under the chunks' locks, journal them as pending in one transaction, fsync every staged
-   file, rename each to its name, fsync each touched shard directory once
-   (``Store._publish_chunks``); resumable uploads then record the batch's full chunks in the
-   metadata, which advances the committed offset.
+1. feeds the piece to the chunk's BLAKE3 (its name) and to the running whole-file BLAKE3 (the
+   content hash), after the previous piece was hashed;
+2. appends it to the chunk's temp file (created by the chunk's first piece), with O_DIRECT
+   straight from the buffer where the file system allows it, after the previous piece was
+   written; the buffer is then free.
 
-Up to ``upload_pipeline`` chunk jobs run at once per upload (default 2), so hashing the next
-chunk overlaps staging the previous one and receiving; one publish job runs at a time per
-upload, overlapping the staging of the next batch. Publishing per batch instead of per chunk
-turns three waits per chunk (file fsync, shard fsync, journal commit) into a few per batch,
-most of them for writes the device has already done: on the development machine the pattern
-alone went from ~0.2-0.36 GB/s (one chunk at a time) to ~0.45-0.65 GB/s (batches of 16),
-against ~0.55-0.8 GB/s for a plain file and one fsync.
+Two chains, so hashing one piece overlaps writing the one before.
+
+The last piece of a chunk yields its digest; in chunk order, the chunk is then pinned and
+added to the current *batch* (a repeat of a digest already in the batch is dropped). Every
+``upload_batch`` chunks (and at commit) the batch goes to a *publish job*: under the chunks'
+locks, journal the new digests as pending in one transaction, fsync every staged file, rename
+each to its name, fsync each touched shard directory once (``Store._publish_chunks``);
+resumable uploads then record the batch's full chunks in the metadata, which advances the
+committed offset. ``ingest_fd`` runs the same pipeline with pieces read from the client's file
+into the buffers in the piece jobs' threads.
+
+Memory. An upload holds at most ``upload_pipeline`` buffers (default 2: one filling while the
+other is hashed and written), whatever the chunk size: 2 MiB by default, allocated on first
+use and given back (to the store's small pool of idle buffers, or to the system) when the
+upload finishes. A chunk is never held in memory whole: its digest is learned piece by piece,
+so every chunk is written to a temp file, including one the store holds already (see
+``Store._publish_chunks`` for why that copy is published too). ``write`` returns once the
+caller's bytes are in a buffer, so the bytes an upload has taken and not yet written are
+bounded by its buffers.
+
+Pipelining. With two buffers, receiving (filling one buffer) overlaps hashing and writing the
+other; one publish job runs at a time per upload, overlapping the staging of the next batch.
+Publishing per batch instead of per chunk turns three waits per chunk (file fsync, shard fsync,
+journal commit) into a few per batch, most of them for writes the device has already done.
 
 Durability is unchanged: every chunk file is fsynced before its name appears, its pending
 entry is committed before that, and its directory entry is durable before the commit (or the
 upload record) that references it. A crash loses at most the batches not yet published,
-which nothing references. Bounds per upload: ``upload_pipeline + 1`` chunk buffers of memory;
-at most ``2 * upload_batch`` staged temp files (open descriptors, dirty page cache).
+which nothing references. Bounds per upload: ``upload_pipeline`` buffers of memory; at most
+``2 * upload_batch + 1`` staged temp files (open descriptors; with O_DIRECT no dirty page
+cache but a chunk's unaligned tail).
 
 Same-file writers: *last commit wins, atomically*. Uploads to one path proceed independently
 and never wait for each other; each commit replaces the file in one metadata transaction
@@ -36,6 +52,7 @@ and never wait for each other; each commit replaces the file in one metadata tra
 from __future__ import annotations
 
 import logging
+import mmap
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -46,7 +63,8 @@ import trio
 
 from librorum.errors import ConflictError, InvalidArgumentError, TooLargeError
 from librorum.protocol.constants import WriteMode
-from librorum.store.objects import Staged, hash_chunk
+from librorum.store._translate import translating
+from librorum.store.objects import Staged
 from librorum.store.types import FileInfo
 
 if TYPE_CHECKING:
@@ -57,18 +75,32 @@ log = logging.getLogger("librorum.store")
 
 
 @attrs.define(eq=False)
-class ChunkJob:
-    """One chunk on its way to disk."""
+class _Chunk:
+    """One chunk on its way to disk: its temp file and its running hash."""
 
     index: int
-    buf: bytearray
+    staged: Staged = attrs.field(factory=Staged)
+    hasher: blake3.blake3 = attrs.field(factory=blake3.blake3)
+    #: Bytes of the chunk taken into buffers so far.
+    filled: int = 0
+
+
+@attrs.define(eq=False)
+class _Piece:
+    """Part of one chunk in one buffer, on its way to the chunk's temp file."""
+
+    chunk: _Chunk
+    buf: mmap.mmap
     length: int
-    #: Record the chunk in the upload's metadata once durable (resumable uploads, full chunks).
-    record: bool
-    prev: ChunkJob | None
+    #: The chunk's last piece (its digest is known after it).
+    last: bool
+    prev: _Piece | None
+    #: Where to read the piece from first (``ingest_fd``): the client's fd and an offset.
+    source: tuple[int, int] | None = None
+    #: Set once the piece is hashed (or failed before); the next piece may be hashed then.
     hashed: trio.Event = attrs.field(factory=trio.Event)
+    #: Set once the piece is written and, if last, its chunk handed on (or failed).
     done: trio.Event = attrs.field(factory=trio.Event)
-    digest: bytes = b""
     error: Exception | None = None
 
 
@@ -78,7 +110,7 @@ class _Batch:
 
     staged: list[Staged] = attrs.field(factory=list)
     digests: set[bytes] = attrs.field(factory=set)
-    #: Chunks of the upload in this batch, staged or deduplicated.
+    #: Chunks of the upload in this batch, staged or repeated.
     count: int = 0
     #: (index, digest, length) of the chunks to record once published (resumable uploads).
     records: list[tuple[int, bytes, int]] = attrs.field(factory=list)
@@ -91,6 +123,11 @@ _FAILED = "failed"
 _COMMITTED = "committed"
 _ABORTED = "aborted"
 _DETACHED = "detached"
+
+
+def _feed(view: memoryview, chunk_hasher: blake3.blake3, file_hasher: blake3.blake3) -> None:
+    chunk_hasher.update(view)
+    file_hasher.update(view)
 
 
 class Upload:
@@ -127,10 +164,17 @@ class Upload:
         self._hasher = hasher
         self._offset = sum(n for _, n in recorded)
         self._committed = self._offset
-        self._buf: bytearray | None = None
+        # The buffer being filled, and the buffers not in use (at most upload_pipeline in
+        # all, counting those of the pieces in flight).
+        self._buf: mmap.mmap | None = None
         self._fill = 0
-        self._jobs: deque[ChunkJob] = deque()
-        self._last_job: ChunkJob | None = None
+        self._spare: list[mmap.mmap] = []
+        self._buffers = 0
+        self._chunk: _Chunk | None = None
+        # Chunks whose temp file the upload still owns (not yet handed to a batch).
+        self._unstaged: list[_Chunk] = []
+        self._pieces: deque[_Piece] = deque()
+        self._last_piece: _Piece | None = None
         self._next_index = len(recorded)
         self._state = _OPEN
         self._busy = False
@@ -181,8 +225,10 @@ class Upload:
         self._busy = True
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data`` (any size; copied before this returns, so the caller may reuse
-        its buffer).
+        """Append ``data`` (any size). Returns once ``data`` is copied into the upload's
+        buffers, so the caller may reuse it; waits while every buffer is busy being hashed and
+        written (so the bytes taken and not yet written stay within ``upload_pipeline``
+        buffers).
 
         Cancellation: a cancelled write leaves the upload failed (it may have consumed part
         of ``data``); abort or detach it.
@@ -211,89 +257,172 @@ class Upload:
 
     async def _write(self, view: memoryview) -> None:
         try:
-            pos, total, size = 0, len(view), self._chunk_size
+            pos, total = 0, len(view)
             while pos < total:
-                if self._buf is None:
-                    self._buf = self._take_buffer()
-                n = min(total - pos, size - self._fill)
-                memoryview(self._buf)[self._fill : self._fill + n] = view[pos : pos + n]
+                buf, chunk = await self._room()
+                n = min(total - pos, self._piece_room(chunk))
+                buf[self._fill : self._fill + n] = view[pos : pos + n]
                 self._fill += n
+                chunk.filled += n
                 self._offset += n
                 pos += n
-                if self._fill == size:
-                    await self._submit(final=False)
+                self._piece_filled(chunk)
         except BaseException:
             self._state = _FAILED
             raise
 
-    def _take_buffer(self) -> bytearray:
-        return self._store._get_buffer(self._chunk_size)
+    async def _ingest(self, fd: int, size: int) -> None:
+        """Take the ``size`` bytes of the client's file ``fd`` (from offset 0) and publish
+        them, short of the metadata commit (``Store.ingest_fd``). Each piece is read into a
+        buffer by its piece job, in a worker thread.
 
-    def _give_buffer(self, buf: bytearray) -> None:
-        self._store._put_buffer(buf)
+        Raises:
+            InvalidArgumentError: The file shrank.
+            NoSpaceError, StoreIOError, ReadOnlyError: Storing failed (the upload is failed).
+        """
+        self._enter()
+        try:
+            while self._offset < size:
+                _buf, chunk = await self._room()
+                n = min(size - self._offset, self._piece_room(chunk))
+                source = (fd, self._offset)
+                self._fill += n
+                chunk.filled += n
+                self._offset += n
+                self._piece_filled(chunk, source=source, end=self._offset == size)
+            await self._flush()
+        except BaseException:
+            self._state = _FAILED
+            raise
+        finally:
+            self._busy = False
 
-    async def _submit(self, *, final: bool) -> None:
+    def _piece_room(self, chunk: _Chunk) -> int:
+        buf_room = self._store.upload_buffer - self._fill
+        return min(buf_room, self._chunk_size - chunk.filled)
+
+    async def _room(self) -> tuple[mmap.mmap, _Chunk]:
+        """The buffer being filled and the chunk it belongs to (taking or waiting for a
+        buffer, starting a chunk, as needed)."""
+        if self._buf is None:
+            self._buf = await self._take_buffer()
+            self._fill = 0
+        if self._chunk is None:
+            self._chunk = _Chunk(index=self._next_index)
+            self._next_index += 1
+            self._unstaged.append(self._chunk)
+        return self._buf, self._chunk
+
+    def _piece_filled(
+        self, chunk: _Chunk, *, source: tuple[int, int] | None = None, end: bool = False
+    ) -> None:
+        """Submit the buffer if it is full or ends its chunk. With ``source`` (its bytes are
+        still to be read from the client's file) it is submitted at once, and ``end`` says
+        that the file ends with it."""
+        if chunk.filled == self._chunk_size or end:
+            self._chunk = None
+            self._submit(chunk, last=True, source=source)
+        elif self._fill == self._store.upload_buffer or source is not None:
+            self._submit(chunk, last=False, source=source)
+
+    async def _take_buffer(self) -> mmap.mmap:
+        """A free buffer: a spare one, a new one while the upload holds fewer than
+        ``upload_pipeline``, else the oldest piece's once it is done."""
+        if self._spare:
+            return self._spare.pop()
+        if self._buffers < self._store.upload_pipeline:
+            self._buffers += 1
+            return self._store._upload_buffers.get()
+        await self._reap()
+        return self._spare.pop()
+
+    def _submit(self, chunk: _Chunk, *, last: bool, source: tuple[int, int] | None) -> None:
         assert self._buf is not None
-        job = ChunkJob(
-            index=self._next_index,
+        piece = _Piece(
+            chunk=chunk,
             buf=self._buf,
             length=self._fill,
-            record=self._upload_id is not None and not final,
-            prev=self._last_job,
+            last=last,
+            prev=self._last_piece,
+            source=source,
         )
         self._buf = None
         self._fill = 0
-        # At most upload_pipeline jobs in flight, the new one included (with 1, chunk jobs run
-        # strictly one after the other: the file-system operations come in a fixed order).
         try:
-            while len(self._jobs) >= self._store.upload_pipeline:
-                await self._reap()
+            self._store._start_job(self._run_piece, piece)
         except BaseException:
-            self._give_buffer(job.buf)
+            self._spare.append(piece.buf)
             raise
-        self._next_index += 1
-        self._last_job = job
-        self._jobs.append(job)
-        self._store._start_job(self._run_job, job)
+        self._last_piece = piece
+        self._pieces.append(piece)
 
-    async def _run_job(self, job: ChunkJob) -> None:
+    async def _run_piece(self, piece: _Piece) -> None:
         store = self._store
+        chunk = piece.chunk
         try:
-            if job.prev is not None:
-                await job.prev.hashed.wait()
-                if job.prev.error is not None:
-                    msg = "an earlier chunk of this upload failed"
+            if piece.source is not None:
+                # Read into the buffer before waiting for the previous piece: the read of one
+                # overlaps the hashing and writing of the other.
+                fd, offset = piece.source
+                await store._in_thread(_read_exact, store, fd, offset, piece.buf, piece.length)
+            # Pieces are hashed in order (one hash runs through the whole file) and written
+            # in order, in two chains: hashing a piece overlaps writing the one before.
+            prev = piece.prev
+            if prev is not None:
+                await prev.hashed.wait()
+                if prev.error is not None:
+                    msg = "an earlier piece of this upload failed"
                     raise ConflictError(msg)
-            view = memoryview(job.buf)[: job.length]
-            job.digest = await store._in_thread(hash_chunk, view, self._hasher)
-            job.hashed.set()
-            store._pins.pin([job.digest])
-            self._pinned.append(job.digest)
-            # Staged in chunk order: a batch is a run of consecutive chunks, recorded in order.
-            if job.prev is not None:
-                await job.prev.done.wait()
-                if job.prev.error is not None:
-                    msg = "an earlier chunk of this upload failed"
+            if piece.length:
+                view = memoryview(piece.buf)[: piece.length]
+                await store._in_thread(_feed, view, chunk.hasher, self._hasher)
+            piece.hashed.set()
+            if prev is not None:
+                await prev.done.wait()
+                if prev.error is not None:
+                    msg = "an earlier piece of this upload failed"
                     raise ConflictError(msg)
-            batch = self._batch
-            if job.digest not in batch.digests and not await store._chunk_stored(job.digest):
-                store._check_writable()
-                batch.staged.append(await store._objects.stage(job.digest, view))
-                batch.digests.add(job.digest)
-            batch.count += 1
-            if job.record:
-                batch.records.append((job.index, job.digest, job.length))
-            if batch.count >= store.upload_batch:
-                await self._start_publish()
+            if piece.length or piece.last:
+                await store._objects.stage_piece(
+                    chunk.staged, piece.buf, piece.length, last=piece.last
+                )
+            if piece.last:
+                await self._chunk_done(chunk)
         except Exception as exc:
-            job.error = exc
+            piece.error = exc
         except BaseException:
-            job.error = ConflictError("chunk write interrupted: the store is closing")
+            piece.error = ConflictError("chunk write interrupted: the store is closing")
             raise
         finally:
-            job.prev = None  # the chain of jobs is not kept alive past the one in flight
-            job.hashed.set()
-            job.done.set()
+            piece.prev = None  # the chain of pieces is not kept alive past the one in flight
+            piece.hashed.set()
+            piece.done.set()
+
+    async def _chunk_done(self, chunk: _Chunk) -> None:
+        """The chunk's last piece is written (runs in chunk order): pin it and hand it to the
+        current batch, which publishes it when full."""
+        store = self._store
+        staged = chunk.staged
+        staged.digest = chunk.hasher.digest()
+        length = staged.length
+        store._pins.pin([staged.digest])
+        self._pinned.append(staged.digest)
+        self._chunks.append((staged.digest, length))
+        batch = self._batch
+        if staged.digest in batch.digests:
+            # A repeat within the batch. Shielded: the temp file is the upload's until gone.
+            with trio.CancelScope(shield=True):
+                await store._objects.discard_many([staged])
+        else:
+            batch.staged.append(staged)  # the batch owns it now
+            batch.digests.add(staged.digest)
+        self._unstaged.remove(chunk)
+        batch.count += 1
+        # Only full chunks are recorded: a resume continues from a chunk boundary.
+        if self._upload_id is not None and length == self._chunk_size:
+            batch.records.append((chunk.index, staged.digest, length))
+        if batch.count >= store.upload_batch:
+            await self._start_publish()
 
     async def _start_publish(self) -> None:
         """Hand the current batch (if any) to a publish job, after the previous one finished:
@@ -353,38 +482,60 @@ class Upload:
             batch.done.set()
 
     async def _reap(self) -> None:
-        """Wait for the oldest job; take its result or raise its error (upload failed)."""
-        job = self._jobs[0]
-        await job.done.wait()
-        self._jobs.popleft()
-        self._give_buffer(job.buf)
-        if job.error is not None:
+        """Wait for the oldest piece; take back its buffer and raise its error (the upload
+        is then failed)."""
+        piece = self._pieces[0]
+        await piece.done.wait()
+        self._pieces.popleft()
+        self._spare.append(piece.buf)
+        if piece.error is not None:
             self._state = _FAILED
-            raise job.error
-        self._chunks.append((job.digest, job.length))
+            raise piece.error
 
-    async def _drain_jobs(self) -> None:
-        """Wait for every chunk job (errors ignored) and return every buffer. Shielded: the
-        jobs own the buffers until their threads finish."""
+    async def _flush(self) -> None:
+        """Submit what the buffer holds as the last piece of the last chunk, wait for every
+        piece, then publish the last batch and wait for it.
+
+        Raises:
+            The first error of a piece or a publish (the upload is then failed).
+        """
+        if self._chunk is not None:
+            chunk, self._chunk = self._chunk, None
+            if self._buf is None:
+                # The chunk's pieces so far were whole buffers: end it with an empty piece.
+                self._buf = await self._take_buffer()
+                self._fill = 0
+            self._submit(chunk, last=True, source=None)
+        while self._pieces:
+            await self._reap()
+        await self._start_publish()
+        await self._wait_publish()
+
+    async def _drain_pieces(self) -> None:
+        """Wait for every piece (errors ignored) and take back every buffer. Shielded: the
+        pieces own their buffers until their threads finish."""
         with trio.CancelScope(shield=True):
-            while self._jobs:
-                job = self._jobs.popleft()
-                await job.done.wait()
-                self._give_buffer(job.buf)
+            while self._pieces:
+                piece = self._pieces.popleft()
+                await piece.done.wait()
+                self._spare.append(piece.buf)
             if self._buf is not None:
-                self._give_buffer(self._buf)
+                self._spare.append(self._buf)
                 self._buf = None
                 self._fill = 0
 
     async def _drain(self) -> None:
-        """:meth:`_drain_jobs`, then wait for the publish in flight and remove what is staged
-        and not published (shielded)."""
-        await self._drain_jobs()
+        """:meth:`_drain_pieces`, then wait for the publish in flight and remove what is
+        staged and not published (shielded)."""
+        await self._drain_pieces()
         with trio.CancelScope(shield=True):
             if self._publishing is not None:
                 await self._publishing.done.wait()
                 self._publishing = None
             staged, self._batch = self._batch.staged, _Batch()
+            staged += [chunk.staged for chunk in self._unstaged]
+            self._unstaged = []
+            self._chunk = None
             if staged:
                 await self._store._objects.discard_many(staged)
 
@@ -394,6 +545,15 @@ class Upload:
         self._pinned = []
         if self._upload_id is not None:
             self._store._attached.pop(self._upload_id, None)
+        # Nothing is in flight any more: the buffers go back to the store (which keeps a few
+        # for the next upload and lets the rest go).
+        if self._buf is not None:
+            self._spare.append(self._buf)
+            self._buf = None
+        for buf in self._spare:
+            self._store._upload_buffers.put(buf)
+        self._spare = []
+        self._buffers = 0
 
     # --- finishing ------------------------------------------------------------------------------
 
@@ -418,16 +578,7 @@ class Upload:
                 msg = f"upload to {self.path} ended at {self._offset} of {self.size} bytes"
                 raise InvalidArgumentError(msg)
             try:
-                if self._buf is not None:
-                    if self._fill:
-                        await self._submit(final=True)
-                    else:
-                        self._give_buffer(self._buf)
-                        self._buf = None
-                while self._jobs:
-                    await self._reap()
-                await self._start_publish()
-                await self._wait_publish()
+                await self._flush()
                 content_hash: bytes = self._hasher.digest()
                 info = await self._store._commit_file(
                     self.path,
@@ -482,7 +633,7 @@ class Upload:
             return
         if self._state in (_COMMITTED, _ABORTED, _DETACHED):
             return
-        await self._drain_jobs()
+        await self._drain_pieces()
         with trio.CancelScope(shield=True):
             # Keep what the chunks received so far can keep: publish and record the staged
             # batch (the chunks are consecutive from the committed offset). If that fails,
@@ -508,3 +659,21 @@ class Upload:
     ) -> None:
         if self._state in (_OPEN, _FAILED):
             await self.detach()
+
+
+def _read_exact(store: Store, fd: int, offset: int, buf: mmap.mmap, length: int) -> None:
+    """Read ``length`` bytes of the client's file at ``offset`` into ``buf`` (worker thread).
+
+    Raises:
+        InvalidArgumentError: The file ended early (it shrank).
+        StoreIOError: The read failed.
+    """
+    with translating("read client file"), memoryview(buf) as whole:
+        view = whole[:length]
+        done = 0
+        while done < length:
+            got = store._fs.pread_into(fd, view[done:], offset + done)
+            if got == 0:
+                msg = f"client file ended {length - done} bytes early (it shrank)"
+                raise InvalidArgumentError(msg)
+            done += got

@@ -14,6 +14,8 @@ from librorum.store import Store, open_store
 
 #: Small chunks so that small test files span several chunks.
 TEST_CHUNK_SIZE = 4096
+#: A small metadata reserve for tests that copy or snapshot data directories by the hundred.
+TEST_RESERVE = 64 << 10
 
 #: Figures the tests record (crash points, fault sites, ...), printed after the run and
 #: written to figures.json in the current directory when LIBRORUM_FIGURES is set.

@@ -19,11 +19,10 @@ import blake3
 from librorum.store.fs import OsFS
 
 #: Operations that change what is on disk: the crash points.
-MUTATING = frozenset(
-    {"create", "write", "copy_file_range", "fsync", "rename", "unlink", "mkdir", "commit"}
-)
-#: Files of the data directory the crash model leaves to SQLite (its own durability).
-_DB_FILES = frozenset({"meta.db", "meta.db-wal", "meta.db-shm", "LOCK"})
+MUTATING = frozenset({"create", "write", "fsync", "rename", "unlink", "mkdir", "commit"})
+#: Files of the data directory the crash model leaves to SQLite (its own durability), and
+#: the space reserve (space, not data: the store allocates it again when it is missing).
+_DB_FILES = frozenset({"meta.db", "meta.db-wal", "meta.db-shm", "LOCK", "reserve"})
 
 
 class RecordingFS(OsFS):
@@ -70,15 +69,13 @@ class RecordingFS(OsFS):
         self._op("write", self._fd_paths.get(fd, "?"))
         return super().write(fd, data)
 
-    def copy_file_range(
-        self, src: int, dst: int, count: int, offset_src: int, offset_dst: int
-    ) -> int:
-        self._op("copy_file_range", self._fd_paths.get(dst, "?"))
-        return super().copy_file_range(src, dst, count, offset_src, offset_dst)
-
     def map_read(self, fd: int, length: int):  # type: ignore[no-untyped-def]
         self._op("map_read", self._fd_paths.get(fd, "?"))
         return super().map_read(fd, length)
+
+    def allocate(self, fd: int, length: int) -> None:
+        self._op("allocate", self._fd_paths.get(fd, "?"))
+        super().allocate(fd, length)
 
     def fsync(self, fd: int) -> None:
         path = self._fd_paths.get(fd, "?")
@@ -309,3 +306,101 @@ class CrashFS(RecordingFS):
         """Take the last snapshot (a crash after the workload completed)."""
         with self._lock:
             self._snapshot()
+
+
+class DiskFS(RecordingFS):
+    """A disk of ``capacity`` bytes, modelled: bytes written to (or allocated for) files
+    through the shim use space, removing or replacing a file gives its space back, a
+    metadata commit needs ``commit_cost`` bytes free (SQLite appends to its log), and
+    ``statvfs`` reports what is left. A write past the last byte writes what fits, then fails
+    with ENOSPC, as a real file system does. :meth:`fill` takes every byte left, as another
+    program filling the disk would; :meth:`free_up` gives bytes back.
+    """
+
+    BLOCK = 4096
+
+    def __init__(self, capacity: int, commit_cost: int = 4096) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.commit_cost = commit_cost
+        self.used = 0
+        self.others = 0  # bytes taken by "other programs" (fill)
+        self._sizes: dict[str, int] = {}
+
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - self.used - self.others)
+
+    def fill(self) -> None:
+        with self._lock:
+            self.others += self.free
+
+    def free_up(self, amount: int) -> None:
+        with self._lock:
+            self.others = max(0, self.others - amount)
+
+    def _enospc(self, detail: str) -> OSError:
+        return OSError(errno_module.ENOSPC, os.strerror(errno_module.ENOSPC), detail)
+
+    def write(self, fd: int, data: memoryview) -> int:
+        with self._lock:
+            path = self._fd_paths.get(fd, "?")
+            if len(data) > self.free:
+                # What fits, in whole blocks (as O_DIRECT needs); nothing fits: ENOSPC.
+                data = data[: self.free - self.free % self.BLOCK]
+                if not data:
+                    self.trace.append(("write", path))
+                    raise self._enospc(path)
+            written = super().write(fd, data)
+            self.used += written
+            self._sizes[path] = self._sizes.get(path, 0) + written
+            return written
+
+    def allocate(self, fd: int, length: int) -> None:
+        with self._lock:
+            path = self._fd_paths.get(fd, "?")
+            need = length - self._sizes.get(path, 0)
+            if need > self.free:
+                self.trace.append(("allocate", path))
+                raise self._enospc(path)
+            super().allocate(fd, length)
+            self.used += max(0, need)
+            self._sizes[path] = max(length, self._sizes.get(path, 0))
+
+    def unlink(self, path: str) -> None:
+        with self._lock:
+            super().unlink(path)
+            self.used -= self._sizes.pop(path, 0)
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._lock:
+            super().rename(src, dst)
+            self.used -= self._sizes.pop(dst, 0)
+            if src in self._sizes:
+                self._sizes[dst] = self._sizes.pop(src)
+
+    def commit_metadata(self, commit: Callable[[], None]) -> None:
+        with self._lock:
+            if self.free < self.commit_cost:
+                self.trace.append(("commit", ""))
+                raise self._enospc("metadata commit")
+        super().commit_metadata(commit)
+
+    def statvfs(self, path: str) -> os.statvfs_result:
+        real = super().statvfs(path)
+        blocks = self.capacity // self.BLOCK
+        free = self.free // self.BLOCK
+        return os.statvfs_result(
+            (
+                self.BLOCK,
+                self.BLOCK,
+                blocks,
+                free,
+                free,
+                real.f_files,
+                real.f_ffree,
+                real.f_favail,
+                real.f_flag,
+                real.f_namemax,
+            )
+        )

@@ -51,7 +51,7 @@ async def test_write_read_stat(store: Store) -> None:
     assert info.kind is EntryKind.FILE
     assert info.size == len(content)
     assert info.content_hash == blake3.blake3(content).digest()
-    assert await store.stat("f/") == info
+    assert await store.stat("f") == info
     assert await store.read_bytes("/f") == content
     for offset, length in [(0, 1), (CS - 1, 2), (CS, CS), (5, 3 * CS), (len(content) - 1, 10)]:
         assert (
@@ -191,8 +191,12 @@ async def test_delete(store: Store) -> None:
         await store.delete("/a")
     with pytest.raises(NotFoundError):
         await store.delete("/zz")
+    # Spec 5.7: an operation on the root is BAD_REQUEST; "" names the root too (5.1).
+    for root in ("/", ""):
+        with pytest.raises(InvalidArgumentError):
+            await store.delete(root, recursive=True)
     with pytest.raises(InvalidPathError):
-        await store.delete("/", recursive=True)
+        await store.delete("/a/")
     assert await store.delete("/a", recursive=True) == 5
     with pytest.raises(NotFoundError):
         await store.stat("/a/g")
@@ -222,10 +226,15 @@ async def test_rename(store: Store) -> None:
     await store.write_bytes("/h", b"h")
     with pytest.raises(NotADirectoryError_):
         await store.rename("/c/b", "/h", overwrite=True)
-    with pytest.raises(InvalidPathError):
+    # Spec 5.8: the root as src or dst, or dst inside src, is BAD_REQUEST.
+    with pytest.raises(InvalidArgumentError):
         await store.rename("/c", "/c/b/inside")
-    with pytest.raises(InvalidPathError):
+    with pytest.raises(InvalidArgumentError):
         await store.rename("/", "/x")
+    with pytest.raises(InvalidArgumentError):
+        await store.rename("/c", "/")
+    with pytest.raises(InvalidPathError):
+        await store.rename("/c/", "/x")
     with pytest.raises(NotFoundError):
         await store.rename("/h", "/nope/h")
     with pytest.raises(NotFoundError):
@@ -290,20 +299,31 @@ async def test_corruption_is_detected(store: Store) -> None:
     raw = bytearray(path.read_bytes())
     raw[100] ^= 1
     path.write_bytes(raw)
+    report = await store.fsck()
+    assert not report.ok
+    assert report.corrupt == [digest]
     assert await store.read_bytes("/f", length=CS) == content[:CS]
+    # fsck quarantined it: moved aside, never served.
+    assert not path.exists()
     with pytest.raises(CorruptDataError):
         await store.read_bytes("/f")
     async with store.open_read("/f", offset=CS) as reader:
         with pytest.raises(CorruptDataError):
             await reader.segments().__anext__()
     report = await store.fsck()
+    assert (report.corrupt, report.missing, report.quarantined) == ([], [], [digest])
     assert not report.ok
-    assert report.corrupt == [digest]
-    path.unlink()
+
+
+async def test_a_missing_chunk_is_reported_missing(store: Store) -> None:
+    content = data(2 * CS)
+    await store.write_bytes("/f", content)
+    digest = blake3.blake3(content[CS:]).hexdigest()
+    (store.data_dir / "chunks" / digest[:2] / digest).unlink()
     with pytest.raises(CorruptDataError):
         await store.read_bytes("/f", offset=CS + 1)
     report = await store.fsck()
-    assert report.missing == [digest]
+    assert (report.missing, report.quarantined) == ([digest], [])
 
 
 async def test_resumable_upload(store: Store) -> None:

@@ -18,7 +18,7 @@ import pytest
 from librorum.errors import NotFoundError
 from librorum.protocol.constants import EntryKind
 from librorum.store import Store, open_store
-from tests.store.conftest import FIGURES, TEST_CHUNK_SIZE
+from tests.store.conftest import FIGURES, TEST_CHUNK_SIZE, TEST_RESERVE
 from tests.store.fsshim import CrashFS
 from tests.store.test_api import data
 
@@ -145,7 +145,7 @@ async def check_resume_leftover(store: Store, state: int) -> None:
 async def test_crash_at_every_operation(name: str, batch: int, tmp_path: Path) -> None:
     initial, setup, workload, states = WORKLOADS[name]
     root = tmp_path / "store"
-    async with open_store(root, chunk_size=CS) as store:
+    async with open_store(root, chunk_size=CS, metadata_reserve=TEST_RESERVE) as store:
         await make(store, initial)
         if setup is not None:
             await setup(store)
@@ -153,7 +153,13 @@ async def test_crash_at_every_operation(name: str, batch: int, tmp_path: Path) -
     # One chunk job and one read at a time: the operations come in a fixed order. Uploads
     # publish their chunks one at a time, or in batches of 3 (mid-file and at the commit).
     async with open_store(
-        root, chunk_size=CS, upload_pipeline=1, upload_batch=batch, read_ahead=1, fs=shim
+        root,
+        chunk_size=CS,
+        upload_pipeline=1,
+        upload_batch=batch,
+        read_ahead=1,
+        metadata_reserve=TEST_RESERVE,
+        fs=shim,
     ) as store:
         await workload(store)
     shim.finish()
@@ -163,7 +169,7 @@ async def test_crash_at_every_operation(name: str, batch: int, tmp_path: Path) -
     survived = 0
     seen: list[int] = []
     for snapshot in shim.snapshots:
-        async with open_store(snapshot, chunk_size=CS) as store:
+        async with open_store(snapshot, chunk_size=CS, metadata_reserve=TEST_RESERVE) as store:
             found = await tree(store)
             assert found in states, f"{snapshot.name}: a mixed state {sorted(found)}"
             index = states.index(found)

@@ -20,7 +20,7 @@ import pytest
 
 from librorum.errors import NoSpaceError, ReadOnlyError, StoreError, StoreIOError
 from librorum.store import Store, open_store
-from tests.store.conftest import FIGURES, TEST_CHUNK_SIZE, open_fd_count
+from tests.store.conftest import FIGURES, TEST_CHUNK_SIZE, TEST_RESERVE, open_fd_count
 from tests.store.fsshim import MUTATING, FaultFS
 from tests.store.test_api import data
 from tests.store.test_crash import DIR, Tree, make, tree
@@ -85,7 +85,14 @@ async def run_once(
     shutil.copytree(template, root)
     fds_before = open_fd_count()
     shim = FaultFS()
-    async with open_store(root, chunk_size=CS, upload_pipeline=1, read_ahead=1, fs=shim) as store:
+    async with open_store(
+        root,
+        chunk_size=CS,
+        upload_pipeline=1,
+        read_ahead=1,
+        metadata_reserve=TEST_RESERVE,
+        fs=shim,
+    ) as store:
         shim.arm(fail_at, error, only=MUTATING if error == errno.ENOSPC else None)
         outcome = "ok"
         try:
@@ -113,7 +120,7 @@ async def run_once(
             report = await store.fsck()
             assert report.ok, (shim.fired, report)
             assert (report.pending, report.temp_files) == (0, 0), (shim.fired, outcome, report)
-    async with open_store(root, chunk_size=CS) as store:
+    async with open_store(root, chunk_size=CS, metadata_reserve=TEST_RESERVE) as store:
         assert not store.read_only
         found = await tree(store)
         assert all(v == DIR or isinstance(v, bytes) for v in found.values())
@@ -134,7 +141,7 @@ async def run_once(
 @pytest.mark.parametrize("name", list(WORKLOADS))
 async def test_fault_at_every_operation(name: str, tmp_path: Path) -> None:
     template = tmp_path / "template"
-    async with open_store(template, chunk_size=CS) as store:
+    async with open_store(template, chunk_size=CS, metadata_reserve=TEST_RESERVE) as store:
         await make(store, WORKLOADS[name][0])
     sites: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     runs = 0

@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from librorum.errors import (
     AlreadyExistsError,
-    InvalidPathError,
+    InvalidArgumentError,
     IsADirectoryError_,
     NotADirectoryError_,
     NotEmptyError,
@@ -171,7 +171,7 @@ class Model:
 
     def delete(self, path: str, recursive: bool) -> int:
         if path == "/":
-            raise InvalidPathError
+            raise InvalidArgumentError
         kind = self.resolve(path)
         below = [p for p in self.entries if p != path and is_within(p, path)]
         if kind == DIR and below and not recursive:
@@ -182,13 +182,13 @@ class Model:
 
     def rename(self, src: str, dst: str, overwrite: bool) -> None:
         if "/" in (src, dst):
-            raise InvalidPathError
+            raise InvalidArgumentError
         kind = self.resolve(src)
         if src == dst:
             return
         self.parent_dir(dst)
         if kind == DIR and is_within(dst, src):
-            raise InvalidPathError
+            raise InvalidArgumentError
         existing = self.entries.get(dst)
         if existing is not None:
             if not overwrite:
@@ -229,7 +229,7 @@ def expect(model_fn: Callable[[], Any]) -> str:
         model_fn()
     except (
         AlreadyExistsError,
-        InvalidPathError,
+        InvalidArgumentError,
         IsADirectoryError_,
         NotADirectoryError_,
         NotEmptyError,
