@@ -31,7 +31,7 @@ from librorum import __version__, limits
 from librorum.config import Config, ConfigError, load_config
 from librorum.protocol.constants import DEFAULT_MAX_FILE_SIZE, Feature
 from librorum.protocol.session import ServerLimits
-from librorum.server.budget import InflightBudget
+from librorum.server.budget import InflightBudget, give_memory_back
 from librorum.server.connection import Connection
 from librorum.store import open_store
 from librorum.transport import (
@@ -306,6 +306,7 @@ async def serve(
                 )
                 if handle_signals:
                     listeners.start_soon(_watch_signals, server)
+                listeners.start_soon(give_memory_back, server.budget)
                 task_status.started(running)
                 await server.shutdown_requested.wait()
                 listeners.cancel_scope.cancel()  # stop accepting

@@ -47,7 +47,7 @@ from librorum.errors import (
     TimeoutError_,
     UnavailableError,
 )
-from librorum.limits import SMALL_RECEIVE_SIZE, UPLOAD_WINDOW, next_receive_size
+from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
 from librorum.protocol.constants import CancelOutcome, Command
 from librorum.protocol.framing import FileRegion
 from librorum.protocol.messages import (
@@ -134,6 +134,8 @@ class RequestState:
     #: plus DATA received and not yet taken by the store), and bytes the store has taken.
     reserved: int = 0
     consumed: int = 0
+    #: For WRITE with DATA: counted among the uploads sharing the budget.
+    budgeted: bool = False
     #: For WRITE, while the upload waits for budget with no credit out: set when DATA comes.
     wake: trio.Event | None = None
 
@@ -404,7 +406,8 @@ class Connection:
                 # The window of the HELLO reply: the client has it already, so it is taken
                 # from the budget even past its limit (see budget.py).
                 state.reserved = self.session.receive_window(event.session_id)
-                self.server.budget.force(state.reserved)
+                state.budgeted = True
+                self.server.budget.open_upload(state.reserved)
 
             async def handler() -> Message | None:
                 return await self._upload(state, message, receive)
@@ -443,9 +446,9 @@ class Connection:
             error = self._error_for(exc, state.command.name, sid)
         finally:
             del self.requests[sid]
-            if state.reserved:
+            if state.budgeted:
                 # Credit not used and DATA not taken: late DATA is discarded by the session.
-                self.server.budget.give(state.reserved)
+                self.server.budget.close_upload(state.reserved)
                 state.reserved = 0
             if state.fd is not None:
                 os.close(state.fd)
@@ -520,9 +523,9 @@ class Connection:
         """Stream a WRITE's DATA into a store upload and commit it.
 
         Credit is granted as the store takes the data, from the global in-flight budget
-        (see budget.py): the upload holds at most ``UPLOAD_WINDOW`` of it, and earns it
-        gradually (each grant at most twice what the store has taken), so an upload that
-        sends nothing holds little more than its initial window.
+        (see budget.py): the upload holds at most its share of it, and earns it gradually
+        (each grant at most twice what the store has taken), so an upload that sends
+        nothing holds little more than its initial window.
 
         Cancellation: before the commit, the upload is aborted (a resumable one keeps its
         recorded prefix); the commit is shielded, so once it starts the file is stored.
@@ -589,17 +592,19 @@ class Connection:
 
     def _grant_credit(self, state: RequestState) -> None:
         """Grant an upload more credit, in batches: up to its allowance (the initial window
-        plus twice what the store has taken, at most ``UPLOAD_WINDOW``), from the budget."""
+        plus twice what the store has taken, at most its share of the budget), from the
+        budget."""
         if state.end_received:
             return
         sid = state.session_id
-        allowance = min(UPLOAD_WINDOW, self.server.limits.initial_window + 2 * state.consumed)
+        budget = self.server.budget
+        allowance = min(budget.share(), self.server.limits.initial_window + 2 * state.consumed)
         room = allowance - state.reserved
         # Each grant is a frame: wait until a quarter of the allowance is due, unless the
         # client has no credit at all and would stall.
         if room <= 0 or (room < allowance // 4 and self.session.receive_window(sid)):
             return
-        granted = self.server.budget.take(room)
+        granted = budget.take(room)
         if granted:
             state.reserved += granted
             self.session.grant(sid, granted)

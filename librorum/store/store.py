@@ -187,6 +187,9 @@ DEFAULT_CLOSE_TIMEOUT: Final = 30.0
 #: Idle buffers kept for reuse, per size (upload buffers, read buffers): a small bound, so that
 #: a burst of requests leaves little memory held once it is over.
 DEFAULT_MAX_IDLE_BUFFERS: Final = 4
+#: Upload buffers beyond each upload's first, shared by all uploads: one upload alone keeps
+#: ``upload_pipeline`` buffers busy, while 64 at once hold 64 MiB instead of 128.
+DEFAULT_UPLOAD_EXTRA_BUFFERS: Final = 16
 #: Free space below which new data is refused (see ``space.py`` and ``limits.py``).
 DEFAULT_MIN_FREE_SPACE: Final = MIN_FREE_SPACE
 #: The space kept aside for metadata writes that add no data (deletes, renames, the
@@ -232,6 +235,7 @@ class Store:
         upload_pipeline: int,
         upload_batch: int,
         upload_buffer: int,
+        upload_extra_buffers: int,
         read_ahead: int,
         lock_timeout: float,
         gc_batch: int,
@@ -272,6 +276,8 @@ class Store:
         self._path_locks: LockTable[str] = LockTable(timeout=lock_timeout)
         self._chunk_locks: LockTable[bytes] = LockTable(timeout=lock_timeout)
         self._upload_buffers = BufferPool(upload_buffer, max_idle=max_idle_buffers)
+        # How many more upload buffers beyond each upload's first may be in use (see upload.py).
+        self._extra_upload_buffers = upload_extra_buffers
         self._read_buffers = BufferPool(chunk_size, max_idle=max_idle_buffers)
         self._attached: dict[str, Upload | None] = {}
         self._nursery: trio.Nursery | None = None
@@ -312,6 +318,17 @@ class Store:
             StoreIOError: statvfs failed.
         """
         await self._in_thread(self._space.check_data_sync, what)
+
+    def _take_extra_buffer(self) -> bool:
+        """Whether an upload may use one more buffer than its first (it then holds it until
+        it finishes, and gives it back with :meth:`_give_extra_buffers`)."""
+        if self._extra_upload_buffers <= 0:
+            return False
+        self._extra_upload_buffers -= 1
+        return True
+
+    def _give_extra_buffers(self, count: int) -> None:
+        self._extra_upload_buffers += count
 
     def _get_buffer(self, size: int) -> mmap.mmap:
         """A read buffer of at least ``size`` bytes (a reader's whole chunk)."""
@@ -1375,6 +1392,7 @@ async def open_store(
     upload_pipeline: int = DEFAULT_UPLOAD_PIPELINE,
     upload_batch: int = DEFAULT_UPLOAD_BATCH,
     upload_buffer: int = DEFAULT_UPLOAD_BUFFER,
+    upload_extra_buffers: int = DEFAULT_UPLOAD_EXTRA_BUFFERS,
     read_ahead: int = DEFAULT_READ_AHEAD,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     gc_batch: int = DEFAULT_GC_BATCH,
@@ -1404,6 +1422,8 @@ async def open_store(
         upload_batch: Chunks of one upload staged before they are published (fsynced)
             together.
         upload_buffer: Bytes of one upload buffer (a multiple of 4096).
+        upload_extra_buffers: Buffers beyond each upload's first, shared by all uploads
+            (0: every upload works with one buffer).
         read_ahead: Chunks a reader prefetches.
         lock_timeout: Longest lock wait (seconds) before TimeoutError_.
         gc_batch: Journal entries collected per step.
@@ -1421,6 +1441,9 @@ async def open_store(
         StoreIOError, CorruptDataError, NoSpaceError: The store cannot be opened.
         ValueError: A setting is out of range (a configuration bug).
     """
+    if upload_extra_buffers < 0:
+        msg = f"upload_extra_buffers must not be negative, got {upload_extra_buffers}"
+        raise ValueError(msg)
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         msg = f"chunk_size must be in {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}, got {chunk_size}"
         raise ValueError(msg)
@@ -1451,6 +1474,7 @@ async def open_store(
         upload_pipeline=upload_pipeline,
         upload_batch=upload_batch,
         upload_buffer=upload_buffer,
+        upload_extra_buffers=upload_extra_buffers,
         read_ahead=read_ahead,
         lock_timeout=lock_timeout,
         gc_batch=gc_batch,

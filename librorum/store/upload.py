@@ -25,7 +25,9 @@ into the buffers in the piece jobs' threads.
 Memory. An upload holds at most ``upload_pipeline`` buffers (default 2: one filling while the
 other is hashed and written), whatever the chunk size: 2 MiB by default, allocated on first
 use and given back (to the store's small pool of idle buffers, or to the system) when the
-upload finishes. A chunk is never held in memory whole: its digest is learned piece by piece,
+upload finishes. Only the first is the upload's own: the others come from an allowance the
+store shares among its uploads (``upload_extra_buffers``, 16 by default), so a few uploads
+pipeline fully, and many at once (which keep the disk busy anyway) hold one buffer each. A chunk is never held in memory whole: its digest is learned piece by piece,
 so every chunk is written to a temp file, including one the store holds already (see
 ``Store._publish_chunks`` for why that copy is published too). ``write`` returns once the
 caller's bytes are in a buffer, so the bytes an upload has taken and not yet written are
@@ -327,10 +329,13 @@ class Upload:
 
     async def _take_buffer(self) -> mmap.mmap:
         """A free buffer: a spare one, a new one while the upload holds fewer than
-        ``upload_pipeline``, else the oldest piece's once it is done."""
+        ``upload_pipeline`` (beyond the first, only while the store's allowance of extra
+        buffers lasts), else the oldest piece's once it is done."""
         if self._spare:
             return self._spare.pop()
-        if self._buffers < self._store.upload_pipeline:
+        if self._buffers == 0 or (
+            self._buffers < self._store.upload_pipeline and self._store._take_extra_buffer()
+        ):
             self._buffers += 1
             return self._store._upload_buffers.get()
         await self._reap()
@@ -553,6 +558,7 @@ class Upload:
         for buf in self._spare:
             self._store._upload_buffers.put(buf)
         self._spare = []
+        self._store._give_extra_buffers(max(0, self._buffers - 1))
         self._buffers = 0
 
     # --- finishing ------------------------------------------------------------------------------
