@@ -290,7 +290,8 @@ class _Connection:
 
         Raises:
             LibrorumError: the server refused the connection (its ERROR's class, e.g.
-                UnauthorizedError or UnsupportedVersionError), or ConnectionClosed.
+                UnauthorizedError or UnsupportedVersionError, also when it closed before our
+                HELLO arrived), or ConnectionClosed.
         """
         session = self.session
         session.hello(
@@ -299,17 +300,30 @@ class _Connection:
             features=self.features,
             client=CLIENT_NAME,
         )
-        await self.transport.send_frames(session.frames_to_send())
+        send_error: LibrorumError | None = None
+        try:
+            await self.transport.send_frames(session.frames_to_send())
+        except LibrorumError as exc:
+            # A server refusing the connection sends one ERROR and closes (spec 2.4), maybe
+            # before our HELLO arrives: its reason is still there to read, and is the error.
+            send_error = exc
         while True:
             event = session.next_event()
             if event is None:
-                session.receive_data(await self.transport.receive_some(RECEIVE_SIZE))
+                try:
+                    data = await self.transport.receive_some(RECEIVE_SIZE)
+                except LibrorumError:
+                    if send_error is not None:
+                        raise send_error from None
+                    raise
+                session.receive_data(data)
             elif isinstance(event, HelloAccepted):
                 reply = event.reply
                 break
             elif isinstance(event, ConnectionEnded):
-                if event.error is not None:
-                    raise event.error
+                error = event.error or send_error
+                if error is not None:
+                    raise error
                 msg = f"{self.endpoint} closed the connection during the handshake"
                 raise ConnectionClosed(msg)
         self.server = reply

@@ -439,6 +439,12 @@ class _SyncConnection:
         )
 
     def handshake(self) -> None:
+        """Send HELLO and wait for the reply.
+
+        Raises:
+            LibrorumError: the server refused the connection (its ERROR's class, e.g.
+                UnauthorizedError), ConnectionClosed, or ConnectionTimeoutError.
+        """
         session = self.session
         session.hello(
             max_payload=DEFAULT_MAX_PAYLOAD,
@@ -446,17 +452,32 @@ class _SyncConnection:
             features=self.features,
             client=CLIENT_NAME,
         )
-        self.transport.send_frames(session.frames_to_send())
+        send_error: LibrorumError | None = None
+        try:
+            self.transport.send_frames(session.frames_to_send())
+        except ConnectionTimeoutError:
+            raise
+        except LibrorumError as exc:
+            # A server refusing the connection sends one ERROR and closes (spec 2.4), maybe
+            # before our HELLO arrives: its reason is still there to read, and is the error.
+            send_error = exc
         while True:
             event = session.next_event()
             if event is None:
-                session.receive_data(self.transport.receive_some())
+                try:
+                    data = self.transport.receive_some()
+                except LibrorumError:
+                    if send_error is not None:
+                        raise send_error from None
+                    raise
+                session.receive_data(data)
             elif isinstance(event, HelloAccepted):
                 self.server = event.reply
                 return
             elif isinstance(event, ConnectionEnded):
-                if event.error is not None:
-                    raise event.error
+                error = event.error or send_error
+                if error is not None:
+                    raise error
                 msg = f"{self.endpoint} closed the connection during the handshake"
                 raise ConnectionClosed(msg)
 
