@@ -359,3 +359,21 @@ def test_random_unary_traffic_keeps_both_tables_in_step(ops: list[tuple[int, boo
         for event in pump(server, client):
             assert isinstance(event, ReplyReceived)
         assert client.in_flight() == server.in_flight() == len(pending)
+
+
+def test_a_request_over_the_control_limit_is_refused_before_it_is_sent() -> None:
+    """The server would end the whole connection (FRAME_TOO_LARGE, spec 3.1): the client
+    session refuses that request alone, and the connection goes on."""
+    client, server = connected()
+    fits = FileStat("/" + "x" * (65536 - 20))
+    assert len(encode_message(fits)) <= 65536
+    too_long = FileStat("/" + "x" * 65536)
+    with pytest.raises(LocalProtocolError, match="over the control frame limit of 65536"):
+        client.start_request(too_long)
+    assert client.frames_to_send() == []
+    assert client.in_flight() == 0
+    sid = client.start_request(fits)
+    [request] = pump(client, server)
+    assert isinstance(request, RequestReceived)
+    assert request.session_id == sid
+    assert request.message == fits
