@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,23 @@ import trio
 from librorum.testing import TestDaemon, open_test_daemon
 
 
+def environment() -> dict[str, str]:
+    """The tests' environment without the LIBRORUM_* variables of whoever runs them."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LIBRORUM_")}
+
+
+def command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "librorum", *map(str, args)]
+
+
 async def cli(*args: str | Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(
-        [sys.executable, "-m", "librorum", *map(str, args)],
+        command(*args),
         stdin=stdin,
         capture_stdout=True,
         capture_stderr=True,
         check=False,
+        env=environment(),
     )
 
 
@@ -95,12 +106,29 @@ async def test_operation_errors_exit_1_with_one_line(
             assert_one_line_error(await cli(*local(daemon), *args), *words)
 
 
-async def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    del tmp_path
-    for args in (["bogus"], ["put", "only-one"], [], ["ls", "-z"]):
+async def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    empty_token = tmp_path / "token"
+    empty_token.touch()
+    cases: list[tuple[list[str | Path], str]] = [
+        (["bogus"], "invalid choice: 'bogus'"),
+        (["put", "only-one"], "librorum put: the following arguments are required: remote"),
+        ([], "the following arguments are required: COMMAND"),
+        (["ls", "-z"], "unrecognized arguments: -z"),
+        (["ping", "-c", "0"], "must be at least 1"),
+        (["serve", "--log-level", "loud"], "invalid choice: 'LOUD'"),
+        (["serve", "--listen", "7878"], "--listen wants HOST:PORT, got '7878'"),
+        # Where to connect: not a WebSocket URL, no URL at all, a token file with no token.
+        (["--url", "http://example.org", "ping"], "not a WebSocket URL"),
+        (["--transport", "remote", "ping"], "no URL for transport='remote'"),
+        (["--url", "ws://127.0.0.1:9", "--token-file", empty_token, "ping"], "is empty"),
+    ]
+    for args, words in cases:
         result = await cli(*args)
         assert result.returncode == 2, (args, result)
-        assert b"usage:" in result.stderr
+        err = result.stderr.decode()
+        assert err.count("\n") == 1, (args, err)
+        assert err.startswith("librorum"), (args, err)
+        assert words in err, (args, err)
 
 
 async def test_no_daemon_says_how_to_start_one(tmp_path: Path) -> None:
