@@ -331,7 +331,7 @@ async def test_serve_with_its_own_options_then_sigterm(tmp_path: Path) -> None:
     token_file = tmp_path / "secret" / "token"
     token_file.parent.mkdir()
     socket_path = tmp_path / "run" / "s.sock"
-    args = [
+    args: list[str | Path] = [
         "serve", "--data-dir", tmp_path / "data", "--socket", socket_path,
         "--listen", "127.0.0.1:0", "--token-file", token_file, "--log-level", "debug",
     ]  # fmt: skip
@@ -358,7 +358,8 @@ async def test_serve_with_its_own_options_then_sigterm(tmp_path: Path) -> None:
             nursery.start_soon(pump)
             await serving.wait()
             assert token_file.stat().st_mode & 0o777 == 0o600
-            remote = ["--url", url[0], "--transport", "remote", "--token-file", token_file]
+            remote: list[str | Path] = ["--url", url[0], "--transport", "remote"]
+            remote += ["--token-file", token_file]
             assert (await cli(*remote, "put", "-", "/r", stdin=b"remote")).returncode == 0
             assert (await cli("--socket", socket_path, "cat", "/r")).stdout == b"remote"
             process.send_signal(signal.SIGTERM)
