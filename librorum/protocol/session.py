@@ -705,8 +705,8 @@ class ClientSession(_Session[Payload]):
         if self.state is not State.OPEN or self.server is None:
             msg = f"cannot start a request in state {self.state.value}"
             raise LocalProtocolError(msg)
-        command = COMMAND_OF[type(message)][0]
-        if command not in _REQUEST_COMMANDS:
+        command, is_reply = COMMAND_OF[type(message)]
+        if is_reply or command not in _REQUEST_COMMANDS:
             msg = f"{type(message).__name__} is not a request"
             raise LocalProtocolError(msg)
         # The server ends the whole connection on a frame over the control limit (spec 3.1,

@@ -513,6 +513,8 @@ def test_what_each_side_refuses_to_do_locally() -> None:
     with pytest.raises(LocalProtocolError, match="cannot start a request in state"):
         fresh.start_request(Ping())
     client, server = connected(ServerLimits(max_streams=1))
+    with pytest.raises(LocalProtocolError, match="PingReply is not a request"):
+        client.start_request(PingReply(b""))
     with pytest.raises(LocalProtocolError, match="rides only with a WRITE"):
         client.start_request(Ping(), fd=True)
     sid = client.start_request(Ping())
