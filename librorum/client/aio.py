@@ -290,8 +290,7 @@ class _Connection:
 
         Raises:
             LibrorumError: the server refused the connection (its ERROR's class, e.g.
-                UnauthorizedError or UnsupportedVersionError, also when it closed before our
-                HELLO arrived), or ConnectionClosed.
+                UnauthorizedError or UnsupportedVersionError), or ConnectionClosed.
         """
         session = self.session
         session.hello(
@@ -300,36 +299,50 @@ class _Connection:
             features=self.features,
             client=CLIENT_NAME,
         )
-        send_error: LibrorumError | None = None
         try:
             await self.transport.send_frames(session.frames_to_send())
-        except LibrorumError as exc:
-            # A server refusing the connection sends one ERROR and closes (spec 2.4), maybe
-            # before our HELLO arrives: its reason is still there to read, and is the error.
-            send_error = exc
+        except ConnectionClosed as exc:
+            # A server refusing the connection (a uid not allowed, a full cap) sends its
+            # ERROR and closes without reading ours: the HELLO may fail (EPIPE) while the
+            # reason is waiting to be read.
+            refusal = await self._read_refusal()
+            if refusal is None:
+                raise
+            raise refusal from exc
         while True:
             event = session.next_event()
             if event is None:
-                try:
-                    data = await self.transport.receive_some(RECEIVE_SIZE)
-                except LibrorumError:
-                    if send_error is not None:
-                        raise send_error from None
-                    raise
-                session.receive_data(data)
+                session.receive_data(await self.transport.receive_some(RECEIVE_SIZE))
             elif isinstance(event, HelloAccepted):
                 reply = event.reply
                 break
             elif isinstance(event, ConnectionEnded):
-                error = event.error or send_error
-                if error is not None:
-                    raise error
+                if event.error is not None:
+                    raise event.error
                 msg = f"{self.endpoint} closed the connection during the handshake"
                 raise ConnectionClosed(msg)
         self.server = reply
         self.streams = trio.Semaphore(max(1, reply.max_streams - CANCEL_RESERVE))
         self.uploads = trio.Semaphore(max(1, reply.max_uploads))
         return reply
+
+    async def _read_refusal(self) -> LibrorumError | None:
+        """The error a server sent before closing the connection, if there is one to read
+        (at most CLOSE_TIMEOUT of waiting)."""
+        session = self.session
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            try:
+                while True:
+                    data = await self.transport.receive_some(RECEIVE_SIZE)
+                    session.receive_data(data)
+                    for event in session.events():
+                        if isinstance(event, ConnectionEnded):
+                            return event.error
+                    if not data:
+                        break
+            except (ConnectionClosed, ConnectionTimeoutError):
+                pass
+        return None
 
     # Background tasks --------------------------------------------------------------------------
 

@@ -439,12 +439,6 @@ class _SyncConnection:
         )
 
     def handshake(self) -> None:
-        """Send HELLO and wait for the reply.
-
-        Raises:
-            LibrorumError: the server refused the connection (its ERROR's class, e.g.
-                UnauthorizedError), ConnectionClosed, or ConnectionTimeoutError.
-        """
         session = self.session
         session.hello(
             max_payload=DEFAULT_MAX_PAYLOAD,
@@ -452,34 +446,42 @@ class _SyncConnection:
             features=self.features,
             client=CLIENT_NAME,
         )
-        send_error: LibrorumError | None = None
         try:
             self.transport.send_frames(session.frames_to_send())
-        except ConnectionTimeoutError:
-            raise
-        except LibrorumError as exc:
-            # A server refusing the connection sends one ERROR and closes (spec 2.4), maybe
-            # before our HELLO arrives: its reason is still there to read, and is the error.
-            send_error = exc
+        except ConnectionClosed as exc:
+            # As in the async client: a refusing server's reason may be waiting to be read.
+            refusal = self._read_refusal()
+            if refusal is None:
+                raise
+            raise refusal from exc
         while True:
             event = session.next_event()
             if event is None:
-                try:
-                    data = self.transport.receive_some()
-                except LibrorumError:
-                    if send_error is not None:
-                        raise send_error from None
-                    raise
-                session.receive_data(data)
+                session.receive_data(self.transport.receive_some())
             elif isinstance(event, HelloAccepted):
                 self.server = event.reply
                 return
             elif isinstance(event, ConnectionEnded):
-                error = event.error or send_error
-                if error is not None:
-                    raise error
+                if event.error is not None:
+                    raise event.error
                 msg = f"{self.endpoint} closed the connection during the handshake"
                 raise ConnectionClosed(msg)
+
+    def _read_refusal(self) -> LibrorumError | None:
+        """The error a server sent before closing the connection, if there is one to read
+        (the transport's timeout bounds each read)."""
+        session = self.session
+        try:
+            while True:
+                data = self.transport.receive_some()
+                session.receive_data(data)
+                for event in session.events():
+                    if isinstance(event, ConnectionEnded):
+                        return event.error
+                if not data:
+                    return None
+        except (ConnectionClosed, ConnectionTimeoutError):
+            return None
 
     def flush(self, fd: int | None = None) -> None:
         """Send what the session queued; with ``fd``, the last frame queued goes alone with
