@@ -280,8 +280,7 @@ async def test_interrupt_says_so_in_one_line(tmp_path: Path) -> None:
                 assert await connection.recv(65536)  # the HELLO
                 process.send_signal(signal.SIGINT)
                 await process.wait()
-    assert process.returncode == 130
-    assert process.stderr_text == "librorum: interrupted\n"
+    assert (process.returncode, process.stderr_text) == (130, "librorum: interrupted\n")
 
 
 async def partial_process(
