@@ -11,11 +11,13 @@ EXTRAS := test,lint,fuzz
 FUZZ_SECONDS ?= 30
 FUZZ_LONG_SECONDS ?= 1800
 
-.PHONY: help venv install run test test-fast lint fmt type fuzz fuzz-smoke check bench bench-quick bench-protocol bench-store clean
+.PHONY: help venv install run test test-fast coverage coverage-html lint fmt type fuzz fuzz-smoke check bench bench-quick bench-protocol bench-store clean
 
 help:
 	@echo "make run            start the daemon (creates .venv and installs on first use)"
-	@echo "make test           lint + type check + the whole test suite + a fuzz smoke run"
+	@echo "make test           lint + type check + the whole test suite under coverage + a fuzz smoke run"
+	@echo "make coverage       the test suite alone, with its coverage report (fails below 90 %)"
+	@echo "make coverage-html  the coverage report as HTML, in htmlcov/"
 	@echo "make test-fast      protocol tests only, few Hypothesis examples"
 	@echo "make lint | fmt | type | fuzz | check | bench-protocol | bench-store | clean"
 	@echo "make bench          side-by-side benchmark vs gRPC and the limits (bench-quick: < 2 min)"
@@ -49,9 +51,29 @@ define PYTEST
 	$(BIN)/pytest $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 endef
 
-test: $(STAMP) lint type
-	HYPOTHESIS_PROFILE=ci $(call PYTEST,-q)
+# The suite under coverage.py, subprocesses included (the CLI and daemon tests run real
+# processes; see [tool.coverage] in pyproject.toml): each process writes a .coverage.* file and
+# `coverage combine` merges them into .coverage, also when a test failed.
+define COVERED_PYTEST
+	$(BIN)/coverage erase; \
+	HYPOTHESIS_PROFILE=ci $(BIN)/coverage run -m pytest $(1); rc=$$?; \
+	$(BIN)/coverage combine --quiet || rc=1; \
+	exit $$rc
+endef
+
+test: $(STAMP) lint type coverage
 	$(MAKE) --no-print-directory fuzz-smoke
+
+# Branch coverage of librorum/ over every process; fails below fail_under (pyproject.toml).
+coverage: $(STAMP)
+	$(call COVERED_PYTEST,-q)
+	$(BIN)/coverage report
+
+# From the data of the last `make test` or `make coverage`; without any, runs the suite first.
+coverage-html: $(STAMP)
+	@if [ ! -f .coverage ]; then ( $(call COVERED_PYTEST,-q) ) || true; fi
+	$(BIN)/coverage html --fail-under=0
+	@echo "open htmlcov/index.html"
 
 test-fast: $(STAMP)
 	HYPOTHESIS_PROFILE=fast $(call PYTEST,-q tests/protocol)
@@ -84,4 +106,4 @@ bench-quick: $(BENCH_STAMP)
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov

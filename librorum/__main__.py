@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, NoReturn, TextIO
 
 from librorum.errors import LibrorumError, NotADirectoryError_
 from librorum.protocol.constants import EntryKind, WriteMode
@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """The arguments (or the environment standing in for them) make no sense: exit status 2,
+    with the message on one line."""
 
 
 # --- Formatting ----------------------------------------------------------------------------
@@ -243,8 +248,23 @@ def cmd_ping(client: SyncClient, args: argparse.Namespace) -> int:
 # --- Parsing ---------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="librorum",
         description="Librorum file service: run the daemon, or talk to one.",
         epilog="Start a daemon with `librorum serve`; then e.g. `librorum put notes.txt /notes.txt`.",
@@ -270,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-remote", action="store_true", help="no WebSocket listener")
     serve.add_argument("--config", type=Path, help="TOML configuration file")
-    serve.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    serve.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL",
+    )
 
     put = sub.add_parser("put", help="upload LOCAL (- for stdin) to REMOTE")
     put.add_argument("local")
@@ -316,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     ping = sub.add_parser("ping", help="round trip to the daemon")
-    ping.add_argument("-c", "--count", type=int, default=1, help="how many pings")
+    ping.add_argument("-c", "--count", type=_count, default=1, help="how many pings")
     ping.set_defaults(func=cmd_ping)
     return parser
 
@@ -342,12 +367,12 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.listen is not None:
         host, sep, port = args.listen.rpartition(":")
         if not sep or not port.isdigit():
-            print(f"librorum: --listen wants HOST:PORT, got {args.listen!r}", file=sys.stderr)
-            return EXIT_USAGE
+            msg = f"--listen wants HOST:PORT, got {args.listen!r}"
+            raise UsageError(msg)
         overrides["listen_host"] = host.strip("[]") or "127.0.0.1"
         overrides["listen_port"] = int(port)
     if args.log_level is not None:
-        overrides["log_level"] = args.log_level.upper()
+        overrides["log_level"] = args.log_level
     config = load_config(config_file=args.config, overrides=overrides)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -375,12 +400,18 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 def _client(args: argparse.Namespace) -> Iterator[SyncClient]:
     from librorum.client.sync import connect
 
-    with connect(
-        transport=args.transport,
-        socket_path=args.socket,
-        url=args.url,
-        token_file=args.token_file,
-    ) as client:
+    try:
+        client = connect(
+            transport=args.transport,
+            socket_path=args.socket,
+            url=args.url,
+            token_file=args.token_file,
+        )
+    except ValueError as exc:
+        # Where to connect makes no sense: a URL that is not ws:// or wss://, --transport
+        # remote without a URL, an empty token file.
+        raise UsageError(str(exc)) from exc
+    with client:
         yield client
 
 
@@ -395,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert func is not None
         with _client(args) as client:
             return func(client, args)
+    except UsageError as exc:
+        print(f"librorum: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("librorum: interrupted", file=sys.stderr)
         return 130

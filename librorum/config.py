@@ -132,7 +132,8 @@ def is_loopback(host: str) -> bool:
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if isinstance(value, bool) or value <= 0:
+    # Written so that NaN (which TOML and float() both accept) fails too: it compares false.
+    if isinstance(value, bool) or not value > 0:
         msg = f"{attribute.name} must be positive, got {value!r}"
         raise ConfigError(msg)
 

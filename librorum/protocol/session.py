@@ -698,10 +698,11 @@ class ClientSession(_Session[Payload]):
         passes ``end=False``.
 
         Raises:
-            LocalProtocolError: the connection is not open, the message is not a request,
-                the stream or upload cap would be exceeded (wait for a request to finish), or
-                ``fd`` is set for anything but a WRITE with END on a connection that
-                negotiated FD_PASSING or MEMFD.
+            LocalProtocolError: the connection is not open, the message is not a request or
+                does not fit a control frame (e.g. a path of 64 KiB), the stream or upload cap
+                would be exceeded (wait for a request to finish), or ``fd`` is set for
+                anything but a WRITE with END on a connection that negotiated FD_PASSING or
+                MEMFD.
             UnavailableError: the server sent GOAWAY.
         """
         if self.state is State.DRAINING:
@@ -710,9 +711,19 @@ class ClientSession(_Session[Payload]):
         if self.state is not State.OPEN or self.server is None:
             msg = f"cannot start a request in state {self.state.value}"
             raise LocalProtocolError(msg)
-        command = COMMAND_OF[type(message)][0]
-        if command not in _REQUEST_COMMANDS:
+        command, is_reply = COMMAND_OF[type(message)]
+        if is_reply or command not in _REQUEST_COMMANDS:
             msg = f"{type(message).__name__} is not a request"
+            raise LocalProtocolError(msg)
+        # The server ends the whole connection on a frame over the control limit (spec 3.1,
+        # check 5), failing every other request on it too: refuse this one alone, here.
+        payload = encode_message(message)
+        limit = min(MAX_CONTROL_PAYLOAD, self.max_payload)
+        if len(payload) > limit:
+            msg = (
+                f"the {command.name} request takes {len(payload)} bytes, over the control "
+                f"frame limit of {limit}"
+            )
             raise LocalProtocolError(msg)
         if len(self._streams) >= self.server.max_streams:
             msg = f"{self.server.max_streams} requests already in flight"
@@ -733,7 +744,7 @@ class ClientSession(_Session[Payload]):
         session_id = self._allocate_id()
         self._streams[session_id] = stream
         flags = (_END if end else 0) | (_FD if fd else 0)
-        self._queue_message(message, flags, session_id)
+        self._queue(command, flags, session_id, payload)
         return session_id
 
     def _allocate_id(self) -> int:

@@ -114,6 +114,15 @@ class Behaviour:
     unauthorized: bool = False
     #: Expected bearer token on the WebSocket (None: no check).
     token: str | None = None
+    #: Answer the n-th request of a command (counted from 1 over all connections) with this
+    #: error instead of serving it.
+    fail_nth: dict[tuple[Command, int], LibrorumError] = attrs.field(factory=dict)
+    #: Answer PING with other data than it carried.
+    wrong_ping_data: bool = False
+    #: Every LIST page says more follows, at the same cursor.
+    stuck_list_cursor: bool = False
+    #: READ replies announce more bytes than follow.
+    short_reads: bool = False
 
 
 @attrs.define
@@ -339,6 +348,10 @@ class _ConnectionState:
             self.session.goaway("restarting", 1000)
             self.session.send_error(sid, UnavailableError("the server is shutting down"))
             return
+        failure = behaviour.fail_nth.get((event.command, self.server.counts[event.command]))
+        if failure is not None:
+            self.session.send_error(sid, failure)
+            return
         if event.command in self.server.behaviour.hold:
             self.held.add(sid)
             return
@@ -391,7 +404,7 @@ class _ConnectionState:
     def unary(self, message: Message) -> Message:
         server = self.server
         if isinstance(message, Ping):
-            return PingReply(message.data)
+            return PingReply(b"other" if server.behaviour.wrong_ping_data else message.data)
         if isinstance(message, FileStat):
             return FileStatReply(self.info(message.path))
         if isinstance(message, FileList):
@@ -458,6 +471,8 @@ class _ConnectionState:
             info = self.info(prefix + name)
             entries.append(DirEntry(name, info.kind, info.size, info.mtime_ns, info.version))
         more = len(names) > len(page)
+        if self.server.behaviour.stuck_list_cursor:
+            return FileListReply(tuple(entries), "stuck")
         return FileListReply(tuple(entries), page[-1] if more else None)
 
     def parent_dir(self, path: str) -> str:
@@ -597,7 +612,8 @@ class _ConnectionState:
         start = min(message.offset, len(content))
         stop = len(content) if message.length is None else min(len(content), start + message.length)
         length = stop - start
-        self.session.reply(sid, FileReadReply(info, start, length), end=length == 0)
+        announced = length + 10 if self.server.behaviour.short_reads else length
+        self.session.reply(sid, FileReadReply(info, start, announced), end=length == 0)
         if length:
             self.reads[sid] = _Read(memoryview(content)[start:stop])
 

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from librorum.client import WriteMode, open_client
+from librorum.client import Client, WriteMode, open_client
 from librorum.errors import (
     AlreadyExistsError,
+    ConflictError,
     ConnectionClosed,
+    ConnectionTimeoutError,
     CorruptDataError,
     ErrorCode,
     FlowControlError,
     IsADirectoryError_,
+    LocalProtocolError,
     NotADirectoryError_,
     NotEmptyError,
     NotFoundError,
+    RemoteProtocolError,
     UnauthorizedError,
+    UnavailableError,
 )
 from librorum.protocol.constants import CancelOutcome, Command, EntryKind
 from librorum.protocol.messages import Cancel, FileRead, FileStat, FileWrite, UploadStatus
@@ -537,3 +544,250 @@ async def test_unauthorized_local_socket(nursery: trio.Nursery, socket_path: Pat
         async with open_client(socket_path=socket_path, url=url) as client:
             await client.ping()
             assert str(client.endpoint) == url
+
+
+async def stat_until_closed(client: Client) -> None:
+    """A STAT the server holds: it fails when the client closes."""
+    with pytest.raises(ConnectionClosed, match="the client was closed"):
+        await client.stat("/held")
+
+
+async def test_goaway_without_reconnect_is_unavailable(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        # The held STAT keeps the draining connection open.
+        server = await start_server(
+            nursery,
+            socket_path,
+            behaviour=Behaviour(goaway_after=1, hold=frozenset({Command.STAT})),
+        )
+        async with open_client(socket_path, transport="local", reconnect=False) as client:
+            nursery.start_soon(stat_until_closed, client)
+            await server.wait_for(Command.STAT)
+            await client.ping()  # answered, then GOAWAY "restarting"
+            with pytest.raises(UnavailableError, match="going away: restarting, and reconnect"):
+                await client.ping()
+        assert server.connections == 1
+
+
+async def test_goaway_with_no_new_connection_possible_is_unavailable(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    """After GOAWAY the client makes one attempt at a new connection, without backoff: the
+    server said it is going away, so a failure is reported at once."""
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery,
+            socket_path,
+            behaviour=Behaviour(goaway_after=1, hold=frozenset({Command.STAT})),
+        )
+        async with open_client(socket_path, transport="local") as client:
+            nursery.start_soon(stat_until_closed, client)
+            await server.wait_for(Command.STAT)
+            await client.ping()
+            server.behaviour.close_first_connections = 1
+            with pytest.raises(UnavailableError, match="no new connection could be made"):
+                await client.ping()
+            assert server.refused == 1
+            await client.ping()
+        assert server.connections == 2
+
+
+async def test_a_closed_client_makes_no_requests(nursery: trio.Nursery, socket_path: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery,
+            socket_path,
+            limits=ServerLimits(max_streams=2),  # one request at a time, and one for CANCEL
+            behaviour=Behaviour(hold=frozenset({Command.STAT})),
+        )
+        async with open_client(socket_path, transport="local") as client:
+            failures: list[Exception] = []
+
+            async def request(call: Callable[[], Awaitable[object]]) -> None:
+                try:
+                    await call()
+                except ConnectionClosed as exc:
+                    failures.append(exc)
+
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(request, partial(client.stat, "/held"))
+                await server.wait_for(Command.STAT)
+                tasks.start_soon(request, client.ping)  # waits for the one request slot
+                await trio.testing.wait_all_tasks_blocked()
+                await client.aclose()
+            with pytest.raises(ConnectionClosed, match="the client is closed"):
+                await client.ping()
+        assert sorted(str(f) for f in failures) == [
+            "connection to unix:" + str(socket_path) + " lost before the STAT reply arrived; "
+            "its outcome is unknown (the client was closed)",
+            "the client is closed",
+        ]
+        assert server.counts[Command.PING] == 0
+
+
+async def test_a_request_the_server_does_not_answer_times_out(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(hold=frozenset({Command.STAT}))
+        )
+        async with open_client(socket_path, transport="local", timeout=0.2) as client:
+            with pytest.raises(ConnectionTimeoutError, match=r"no STAT reply from .* 0.2 s"):
+                await client.stat("/held")
+            await server.wait_for(Command.CANCEL)
+            assert server.cancel_outcomes == [CancelOutcome.NOT_STARTED]
+            assert await client.ping() >= 0
+
+
+async def test_a_request_the_session_refuses_gives_its_slot_back(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(nursery, socket_path, limits=ServerLimits(max_streams=2))
+        async with open_client(socket_path, transport="local") as client:
+            for _ in range(3):
+                with pytest.raises(LocalProtocolError, match="control frame limit"):
+                    await client.stat("/" + "x" * (2 * MiB))
+            assert await client.ping() >= 0
+        assert server.counts[Command.STAT] == 0
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "words"),
+    [
+        (Behaviour(wrong_ping_data=True), "does not echo"),
+        (Behaviour(stuck_list_cursor=True), "same cursor twice"),
+        (Behaviour(short_reads=True), "announced 13 bytes but 3"),
+    ],
+    ids=["ping", "list", "read"],
+)
+async def test_replies_that_break_the_protocol_are_refused(
+    nursery: trio.Nursery, socket_path: Path, behaviour: Behaviour, words: str
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(nursery, socket_path, behaviour=behaviour)
+        server.files["/f"] = b"abc"
+        async with open_client(socket_path, transport="local") as client:
+            call: Callable[[], Awaitable[object]] = (
+                client.ping
+                if behaviour.wrong_ping_data
+                else partial(client.list, "/")
+                if behaviour.stuck_list_cursor
+                else partial(client.read, "/f")
+            )
+            with pytest.raises(RemoteProtocolError, match=words):
+                await call()
+
+
+async def test_read_streams_report_progress_and_their_errors(
+    nursery: trio.Nursery, socket_path: Path, tmp_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(corrupt_read_after=2 * MiB)
+        )
+        server.files["/big"] = os.urandom(3 * MiB)
+        server.files["/small"] = b"abc"
+        target = trio.Path(tmp_path / "copy.bin")
+        await target.write_bytes(b"the old copy")
+        async with open_client(socket_path, transport="local", read_window=MiB) as client:
+            seen: list[tuple[int, int | None]] = []
+            stream = client.open_read("/small", progress=lambda d, t: seen.append((d, t)))
+            with pytest.raises(RuntimeError, match="inside `async with`"):
+                await stream.receive_some()
+            async with stream:
+                assert b"".join([chunk async for chunk in stream]) == b"abc"
+            assert seen == [(3, 3)]
+            # A READ failing half-way: the old copy stays, and no partial file is left.
+            with pytest.raises(CorruptDataError):
+                await client.read_to_file("/big", target)
+            with pytest.raises(NotFoundError):
+                await client.read_to_file("/missing", target)
+        assert await target.read_bytes() == b"the old copy"
+        assert sorted(p.name for p in await trio.Path(tmp_path).iterdir()) == [
+            "copy.bin",
+            "lbru.sock",
+        ]
+
+
+async def test_a_refused_write_from_an_iterable_is_not_sent_again(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(goaway_refuse_once=Command.WRITE)
+        )
+
+        async def parts() -> AsyncIterator[bytes]:
+            yield b"data"
+
+        async with open_client(socket_path, transport="local") as client:
+            with pytest.raises(UnavailableError):
+                await client.write("/g", parts())
+        assert server.counts[Command.WRITE] == 1
+        assert "/g" not in server.files
+
+
+async def test_a_resumable_write_gives_up_after_its_resume_attempts(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery,
+            socket_path,
+            limits=ServerLimits(initial_window=MiB),
+            behaviour=Behaviour(drop_after_write_bytes_once=MiB),
+        )
+        async with open_client(socket_path, transport="local", resume_attempts=0) as client:
+            with pytest.raises(ConnectionClosed):
+                await client.write("/r", os.urandom(3 * MiB), resumable=True)
+        assert server.counts[Command.WRITE] == 1
+        assert "/r" not in server.files
+
+
+@pytest.mark.parametrize("busy", [Command.WRITE, Command.UPLOAD_STATUS], ids=["write", "status"])
+async def test_a_resumed_write_waits_while_the_server_still_holds_the_upload(
+    nursery: trio.Nursery, socket_path: Path, busy: Command
+) -> None:
+    """Until the server notices the broken connection, the upload stays attached to it and a
+    resumed WRITE (or the status query before it) gets CONFLICT: the client asks again after
+    a pause and resumes from what was committed."""
+    with trio.fail_after(TEST_TIMEOUT):
+        conflict = ConflictError("the upload is still attached to another stream")
+        server = await start_server(
+            nursery,
+            socket_path,
+            limits=ServerLimits(initial_window=MiB),
+            # The first WRITE breaks; the CONFLICT goes to the query or to the resumed WRITE.
+            behaviour=Behaviour(
+                drop_after_write_bytes_once=2 * MiB,
+                fail_nth={(busy, 2 if busy is Command.WRITE else 1): conflict},
+            ),
+        )
+        data = os.urandom(5 * MiB)
+        async with open_client(socket_path, transport="local") as client:
+            assert (await client.write("/r", data, resumable=True)).size == len(data)
+        assert server.files["/r"] == data
+        assert server.counts[Command.WRITE] == (3 if busy is Command.WRITE else 2)
+        assert server.counts[Command.UPLOAD_STATUS] == 2
+        resumed = server.requests_of(FileWrite)[-1]
+        assert isinstance(resumed, FileWrite)
+        assert resumed.offset == 2 * MiB
+
+
+async def test_a_conflict_before_any_resume_is_the_callers(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        conflict = ConflictError("someone else is writing it")
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(fail_nth={(Command.WRITE, 1): conflict})
+        )
+        async with open_client(socket_path, transport="local") as client:
+            with pytest.raises(ConflictError, match="someone else"):
+                await client.write("/c", b"x", resumable=True)
+        assert server.counts[Command.WRITE] == 1
+        assert server.counts[Command.UPLOAD_STATUS] == 0

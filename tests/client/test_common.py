@@ -8,10 +8,13 @@ import pytest
 
 from librorum.client._common import (
     COALESCE_BELOW,
+    GOAWAY,
     RequestState,
     backoff_delays,
     copy_error,
+    expect,
     lost,
+    route_event,
 )
 from librorum.client._endpoints import (
     LocalEndpoint,
@@ -20,8 +23,22 @@ from librorum.client._endpoints import (
     read_token_file,
     resolve_endpoints,
 )
-from librorum.errors import ConnectionClosed, FlowControlError, NotFoundError
-from librorum.protocol.constants import Command
+from librorum.errors import (
+    ConnectionClosed,
+    FlowControlError,
+    NotFoundError,
+    RemoteProtocolError,
+)
+from librorum.protocol.constants import Command, EntryKind
+from librorum.protocol.messages import FileInfo, FileReadReply, FileStatReply, GoAway
+from librorum.protocol.session import (
+    ConnectionEnded,
+    DataReceived,
+    ErrorReceived,
+    GoAwayReceived,
+    ReplyReceived,
+    WindowGranted,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -128,3 +145,48 @@ def test_tokens_come_from_the_argument_or_a_file(
 def test_contradictions_are_refused(args: tuple[str, ...], kwargs: dict[str, str]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the message varies by case
         resolve_endpoints(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_events_go_to_their_request_and_finished_requests_leave() -> None:
+    woken: list[int] = []
+
+    class Watched(RequestState):
+        def changed(self) -> None:
+            woken.append(self.session_id)
+
+    read, stat, other = Watched(1, Command.READ), Watched(3, Command.STAT), 99
+    requests: dict[int, RequestState] = {1: read, 3: stat}
+    info = FileInfo("/f", EntryKind.FILE, 5, 0, 1)
+    events = [
+        ReplyReceived(1, Command.READ, FileReadReply(info, 0, 5), end=False),
+        WindowGranted(3, 10),
+        DataReceived(1, b"ab", end=False),
+        DataReceived(other, b"for nobody", end=True),  # forgotten sessions: dropped
+        ReplyReceived(other, Command.STAT, FileStatReply(info), end=True),
+        WindowGranted(other, 10),
+        ErrorReceived(other, NotFoundError("gone")),
+        DataReceived(1, b"cde", end=True),
+        ErrorReceived(3, NotFoundError("no /g")),
+    ]
+    assert [route_event(event, requests) for event in events] == [None] * len(events)
+    assert requests == {}
+    assert woken == [1, 3, 1, 1, 3]
+    assert read.finished
+    assert read.data_ended
+    assert b"".join(iter(read.take_chunk, None)) == b"abcde"  # type: ignore[arg-type]
+    assert isinstance(stat.error, NotFoundError)
+    # An error after the end changes nothing.
+    read.on_error(NotFoundError("late"))
+    assert read.error is None
+    assert route_event(GoAwayReceived(GoAway("restarting", 1000)), {}) == GOAWAY
+    ended = ConnectionEnded(ConnectionClosed("reset"))
+    assert route_event(ended, {}) is ended
+
+
+def test_a_reply_of_another_class_is_a_protocol_error() -> None:
+    info = FileInfo("/f", EntryKind.FILE, 5, 0, 1)
+    assert expect(FileStatReply(info), FileStatReply) == FileStatReply(info)
+    with pytest.raises(RemoteProtocolError, match="expected a FileStatReply reply, got NoneType"):
+        expect(None, FileStatReply)
+    with pytest.raises(RemoteProtocolError, match="got FileReadReply"):
+        expect(FileReadReply(info, 0, 5), FileStatReply)

@@ -15,10 +15,14 @@ import trio
 from librorum.client import SyncClient, connect
 from librorum.errors import (
     AlreadyExistsError,
+    ConflictError,
     ConnectionClosed,
     ConnectionTimeoutError,
+    CorruptDataError,
     NotFoundError,
+    RemoteProtocolError,
     UnauthorizedError,
+    UnavailableError,
 )
 from librorum.protocol.constants import Command, EntryKind, WriteMode
 from librorum.protocol.messages import Cancel, FileRead, FileStat, FileWrite
@@ -227,3 +231,224 @@ async def test_websocket_with_a_token(nursery: trio.Nursery) -> None:
 async def test_no_daemon(tmp_path: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT), pytest.raises(ConnectionClosed, match="no daemon"):
         await in_thread(lambda: connect(tmp_path / "none.sock", transport="local"))
+
+
+async def test_goaway_moves_the_next_request_to_a_new_connection(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(nursery, socket_path, behaviour=Behaviour(goaway_after=1))
+
+        def body() -> None:
+            with local(socket_path) as client:
+                first = client.ping()  # answered, then GOAWAY
+                assert client.ping() >= 0 <= first
+            with local(socket_path, reconnect=False) as client:
+                client.ping()
+                with pytest.raises(UnavailableError, match="going away, and reconnect is off"):
+                    client.ping()
+
+        await in_thread(body)
+        assert server.connections == 3
+
+
+async def test_no_reconnect_when_disabled(nursery: trio.Nursery, socket_path: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(drop_on_once=Command.STAT)
+        )
+
+        def body() -> None:
+            with local(socket_path, reconnect=False) as client:
+                with pytest.raises(ConnectionClosed, match="outcome is unknown"):
+                    client.stat("/f")
+                with pytest.raises(ConnectionClosed, match="reconnect is off"):
+                    client.ping()
+
+        await in_thread(body)
+        assert server.connections == 1
+
+
+async def test_a_closed_client_makes_no_requests(nursery: trio.Nursery, socket_path: Path) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(nursery, socket_path)
+
+        def body() -> None:
+            client = local(socket_path)
+            assert str(client.endpoint) == f"unix:{socket_path}"
+            client.close()
+            client.close()
+            with pytest.raises(ConnectionClosed, match="the client is closed"):
+                client.ping()
+
+        await in_thread(body)
+        assert server.counts[Command.PING] == 0
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "error", "words"),
+    [
+        (Behaviour(unauthorized=True), UnauthorizedError, "uid not allowed"),
+        (Behaviour(close_first_connections=1), ConnectionClosed, "HELLO with unix:"),
+    ],
+)
+async def test_a_refused_handshake_says_why(
+    nursery: trio.Nursery,
+    socket_path: Path,
+    behaviour: Behaviour,
+    error: type[Exception],
+    words: str,
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(nursery, socket_path, behaviour=behaviour)
+        with pytest.raises(error, match=words):
+            await in_thread(lambda: local(socket_path))
+        assert server.refused == 1
+
+
+async def test_read_streams_report_progress_and_their_errors(
+    nursery: trio.Nursery, socket_path: Path, tmp_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(corrupt_read_after=2 * MiB)
+        )
+        content = os.urandom(3 * MiB)
+        server.files["/big"] = content
+        server.files["/small"] = b"abc"
+        target = tmp_path / "copy.bin"
+        target.write_bytes(b"the old copy")
+
+        def body() -> None:
+            with local(socket_path, read_window=MiB) as client:
+                seen: list[tuple[int, int | None]] = []
+                stream = client.open_read("/small", progress=lambda d, t: seen.append((d, t)))
+                with pytest.raises(RuntimeError, match="inside `with`"):
+                    stream.receive_some()
+                with stream:
+                    assert b"".join(stream) == b"abc"
+                assert seen == [(3, 3)]
+                # A READ that fails half-way: what arrived is discarded, the old copy stays,
+                # and no partial file is left behind.
+                with pytest.raises(CorruptDataError):
+                    client.read_to_file("/big", target)
+                with pytest.raises(NotFoundError):
+                    client.read_to_file("/missing", target)
+            assert target.read_bytes() == b"the old copy"
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.bin", "lbru.sock"]
+
+        await in_thread(body)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "call", "words"),
+    [
+        (Behaviour(wrong_ping_data=True), lambda c: c.ping(), "does not echo"),
+        (Behaviour(stuck_list_cursor=True), lambda c: c.list("/"), "same cursor twice"),
+        (Behaviour(short_reads=True), lambda c: c.read("/f"), "announced 13 bytes but 3"),
+    ],
+)
+async def test_replies_that_break_the_protocol_are_refused(
+    nursery: trio.Nursery,
+    socket_path: Path,
+    behaviour: Behaviour,
+    call: Callable[[SyncClient], object],
+    words: str,
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(nursery, socket_path, behaviour=behaviour)
+        server.files["/f"] = b"abc"
+
+        def body() -> None:
+            with local(socket_path) as client, pytest.raises(RemoteProtocolError, match=words):
+                call(client)
+
+        await in_thread(body)
+
+
+async def test_a_refused_write_from_an_iterable_is_not_sent_again(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(goaway_refuse_once=Command.WRITE)
+        )
+
+        def body() -> None:
+            with local(socket_path) as client, pytest.raises(UnavailableError):
+                client.write("/g", iter([b"data"]))
+
+        await in_thread(body)
+        assert server.counts[Command.WRITE] == 1
+        assert "/g" not in server.files
+
+
+async def test_a_resumable_write_gives_up_after_its_resume_attempts(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(
+            nursery,
+            socket_path,
+            limits=ServerLimits(initial_window=MiB),
+            behaviour=Behaviour(drop_after_write_bytes_once=MiB),
+        )
+
+        def body() -> None:
+            with local(socket_path, resume_attempts=0) as client, pytest.raises(ConnectionClosed):
+                client.write("/r", os.urandom(3 * MiB), resumable=True)
+
+        await in_thread(body)
+        assert server.counts[Command.WRITE] == 1
+        assert "/r" not in server.files
+
+
+@pytest.mark.parametrize("busy", [Command.WRITE, Command.UPLOAD_STATUS], ids=["write", "status"])
+async def test_a_resumed_write_waits_while_the_server_still_holds_the_upload(
+    nursery: trio.Nursery, socket_path: Path, busy: Command
+) -> None:
+    """Until the server notices the broken connection, the upload stays attached to it and a
+    resumed WRITE (or the status query before it) gets CONFLICT: the client asks again after
+    a pause and resumes from what was committed."""
+    with trio.fail_after(TEST_TIMEOUT):
+        conflict = ConflictError("the upload is still attached to another stream")
+        server = await start_server(
+            nursery,
+            socket_path,
+            limits=ServerLimits(initial_window=MiB),
+            # The first WRITE breaks; the CONFLICT goes to the query or to the resumed WRITE.
+            behaviour=Behaviour(
+                drop_after_write_bytes_once=2 * MiB,
+                fail_nth={(busy, 2 if busy is Command.WRITE else 1): conflict},
+            ),
+        )
+        data = os.urandom(5 * MiB)
+
+        def body() -> None:
+            with local(socket_path) as client:
+                assert client.write("/r", data, resumable=True).size == len(data)
+
+        await in_thread(body)
+        assert server.files["/r"] == data
+        assert server.counts[Command.WRITE] == (3 if busy is Command.WRITE else 2)
+        assert server.counts[Command.UPLOAD_STATUS] == 2
+        resumed = server.requests_of(FileWrite)[-1]
+        assert isinstance(resumed, FileWrite)
+        assert resumed.offset == 2 * MiB
+
+
+async def test_a_conflict_without_a_resume_is_the_callers(
+    nursery: trio.Nursery, socket_path: Path
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        conflict = ConflictError("someone else is writing it")
+        server = await start_server(
+            nursery, socket_path, behaviour=Behaviour(fail_nth={(Command.WRITE, 1): conflict})
+        )
+
+        def body() -> None:
+            with local(socket_path) as client, pytest.raises(ConflictError, match="someone else"):
+                client.write("/c", b"x", resumable=True)
+
+        await in_thread(body)
+        assert server.counts[Command.WRITE] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,15 @@ def test_protocol_core_does_not_import_trio() -> None:
         " if m in sys.modules);"
         "print(','.join(bad))"
     )
+    # A fresh interpreter that does not start coverage measurement: coverage itself imports
+    # socket and sqlite3, which would hide what the import of the protocol pulls in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
     )
     assert result.stdout.strip() == ""

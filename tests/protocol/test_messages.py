@@ -25,8 +25,11 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     Hello,
+    HelloReply,
     Message,
     NodeStatus,
+    NodeStatusReply,
+    StoreFigures,
     WindowUpdate,
 )
 
@@ -123,6 +126,33 @@ def test_commands_without_a_message_in_that_direction(command: Command, flags: i
 def test_strict_types(cls: type[Message], value: object) -> None:
     with pytest.raises(MalformedPayloadError):
         decode_payload(msgpack.packb(value), cls)
+
+
+VALID_REPLIES: dict[type[Message], Message] = {
+    HelloReply: HelloReply(1, 1 << 20, 4 << 20, 128, 8, 1 << 40),
+    NodeStatusReply: NodeStatusReply(
+        "0.1.0", "node", 1, {"uds": 1}, 2, 3, 4, StoreFigures(1, 1, 3, 3, 1, 1 << 30)
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("cls", "changes", "words"),
+    [
+        (HelloReply, {"version": 0}, "protocol version in 1..255"),
+        (HelloReply, {"version": 256}, "protocol version in 1..255"),
+        (NodeStatusReply, {"connections": {"uds": -1}}, "values must be in 0..2**64-1"),
+        (NodeStatusReply, {"connections": [["uds", 1]]}, "expected a map, got list"),
+    ],
+    ids=["version-0", "version-256", "negative-count", "not-a-map"],
+)
+def test_fields_of_a_whole_reply_are_checked(
+    cls: type[Message], changes: dict[str, object], words: str
+) -> None:
+    valid = msgpack.unpackb(encode_message(VALID_REPLIES[cls]))
+    assert decode_payload(msgpack.packb(valid), cls) == VALID_REPLIES[cls]
+    with pytest.raises(MalformedPayloadError, match=words.replace("*", "\\*")):
+        decode_payload(msgpack.packb({**valid, **changes}), cls)
 
 
 @pytest.mark.parametrize(

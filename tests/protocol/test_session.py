@@ -27,6 +27,7 @@ from librorum.protocol.constants import (
 from librorum.protocol.converter import command_of, encode_message
 from librorum.protocol.framing import encode_frame
 from librorum.protocol.messages import (
+    ErrorMessage,
     FileInfo,
     FileRead,
     FileReadReply,
@@ -34,6 +35,7 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     FileWriteReply,
+    GoAway,
     Hello,
     HelloReply,
     Message,
@@ -359,3 +361,176 @@ def test_random_unary_traffic_keeps_both_tables_in_step(ops: list[tuple[int, boo
         for event in pump(server, client):
             assert isinstance(event, ReplyReceived)
         assert client.in_flight() == server.in_flight() == len(pending)
+
+
+def test_a_request_over_the_control_limit_is_refused_before_it_is_sent() -> None:
+    """The server would end the whole connection (FRAME_TOO_LARGE, spec 3.1): the client
+    session refuses that request alone, and the connection goes on."""
+    client, server = connected()
+    fits = FileStat("/" + "x" * (65536 - 20))
+    assert len(encode_message(fits)) <= 65536
+    too_long = FileStat("/" + "x" * 65536)
+    with pytest.raises(LocalProtocolError, match="over the control frame limit of 65536"):
+        client.start_request(too_long)
+    assert client.frames_to_send() == []
+    assert client.in_flight() == 0
+    sid = client.start_request(fits)
+    [request] = pump(client, server)
+    assert isinstance(request, RequestReceived)
+    assert request.session_id == sid
+    assert request.message == fits
+
+
+# --- What breaks the protocol, frame by frame -------------------------------------------------
+
+REPLY_END = Flags.REPLY | Flags.END
+
+
+def frame(command: Command, message: Message | bytes, session_id: int, flags: int) -> bytes:
+    payload = message if isinstance(message, bytes) else encode_message(message)
+    return encode_frame(command, payload, session_id=session_id, flags=flags)
+
+
+#: Frames a server must not send, each to a client with a STAT (session 1) and a WRITE
+#: (session 2, its window open) in flight; the error class and words it ends the connection
+#: with.
+SERVER_VIOLATIONS = [
+    (frame(Command.DATA, b"", 1, 0), RemoteProtocolError, "DATA from the server lacks"),
+    (
+        frame(Command.STAT, FileStatReply(INFO), 1, Flags.END),
+        RemoteProtocolError,
+        "STAT from the server lacks the REPLY flag",
+    ),
+    (
+        frame(Command.READ, FileReadReply(INFO, 0, 3), 1, REPLY_END),
+        RemoteProtocolError,
+        "READ reply on session 1, a STAT",
+    ),
+    (
+        frame(Command.STAT, FileStatReply(INFO), 1, Flags.REPLY),
+        RemoteProtocolError,
+        "non-final STAT reply",
+    ),
+    (frame(Command.DATA, b"x", 1, Flags.REPLY), RemoteProtocolError, "takes no more DATA"),
+    (
+        frame(Command.PING, PingReply(b""), 0, REPLY_END),
+        RemoteProtocolError,
+        "unexpected PING on session 0",
+    ),
+    (
+        # 64 grants of 64 MiB, the largest increment, on top of the initial window.
+        frame(Command.WINDOW, WindowUpdate(64 << 20), 2, Flags.REPLY) * 64,
+        FlowControlError,
+        "grew past 2**32-1",
+    ),
+    (
+        # A connection-class code ends the connection wherever it comes (spec 7.3).
+        frame(Command.ERROR, ErrorMessage(ErrorCode.FLOW_CONTROL, "overrun"), 1, REPLY_END),
+        FlowControlError,
+        "overrun",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "words"),
+    SERVER_VIOLATIONS,
+    ids=[
+        "data-without-reply",
+        "reply-without-reply-flag",
+        "reply-of-another-command",
+        "non-final-stat-reply",
+        "data-on-a-stat",
+        "ping-on-session-0",
+        "window-past-u32",
+        "connection-error-on-a-request",
+    ],
+)
+def test_a_server_breaking_the_protocol_ends_the_connection(
+    data: bytes, error: type[Exception], words: str
+) -> None:
+    client, server = connected()
+    assert client.start_request(FileStat("/f")) == 1
+    assert client.start_request(FileWrite("/w"), end=False) == 2
+    pump(client, server)
+    client.receive_data(data)
+    *granted, event = client.events()
+    assert all(isinstance(e, WindowGranted) for e in granted)
+    assert isinstance(event, ConnectionEnded)
+    assert type(event.error) is error
+    assert words in str(event.error)
+    assert client.state is State.CLOSED
+    client.receive_data(frame(Command.STAT, FileStatReply(INFO), 1, REPLY_END))
+    assert list(client.events()) == []  # nothing after the end
+
+
+#: Frames a client must not send, each to a server after the handshake.
+CLIENT_VIOLATIONS = [
+    (frame(Command.STAT, FileStat("/"), 1, REPLY_END), RemoteProtocolError, "REPLY flag"),
+    (frame(Command.STAT, FileStat("/"), 0, Flags.END), RemoteProtocolError, "on session 0"),
+    (
+        frame(Command.WRITE, FileWrite("/a", size=1), 1, Flags.FD),
+        BadFlagsError,
+        "must also carry END",
+    ),
+    (frame(Command.GOAWAY, GoAway("bye"), 3, 0), RemoteProtocolError, "may not send GOAWAY"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "words"),
+    CLIENT_VIOLATIONS,
+    ids=["reply-flag", "request-on-session-0", "fd-without-end", "goaway-from-a-client"],
+)
+def test_a_client_breaking_the_protocol_ends_the_connection(
+    data: bytes, error: type[Exception], words: str
+) -> None:
+    fds = int(Feature.FD_PASSING)
+    _client, server = connected(ServerLimits(features=fds), features=fds)
+    server.receive_data(data)
+    [event] = server.events()
+    assert isinstance(event, ConnectionEnded)
+    assert type(event.error) is error
+    assert words in str(event.error)
+    assert server.closed
+    server.fail(FlowControlError("again"))  # already over: nothing more is queued
+    [(header, _payload)] = server.frames_to_send()
+    assert header[5] == Command.ERROR
+
+
+def test_a_client_ending_the_connection_with_an_error() -> None:
+    client, server = connected()
+    client.fail(FlowControlError("the server overran a READ window"))
+    [ended] = pump(client, server)
+    assert isinstance(ended, ConnectionEnded)
+    assert isinstance(ended.error, FlowControlError)
+    assert "overran" in str(ended.error)
+    assert server.closed
+
+
+def test_what_each_side_refuses_to_do_locally() -> None:
+    fresh = ClientSession()
+    with pytest.raises(LocalProtocolError, match="cannot start a request in state"):
+        fresh.start_request(Ping())
+    client, server = connected(ServerLimits(max_streams=1))
+    with pytest.raises(LocalProtocolError, match="PingReply is not a request"):
+        client.start_request(PingReply(b""))
+    with pytest.raises(LocalProtocolError, match="rides only with a WRITE"):
+        client.start_request(Ping(), fd=True)
+    sid = client.start_request(Ping())
+    with pytest.raises(LocalProtocolError, match="1 requests already in flight"):
+        client.start_request(Ping())
+    with pytest.raises(LocalProtocolError, match="already answered"):
+        server.accept_hello(Hello((1,), 1 << 20, 1 << 20))
+    pump(client, server)
+    with pytest.raises(LocalProtocolError, match="only a READ's first reply"):
+        server.reply(sid, PingReply(b""), end=False)
+    with pytest.raises(LocalProtocolError, match="session 77 is not in flight"):
+        server.reply(77, PingReply(b""))
+    server.reply(sid, PingReply(b""))
+    server.send_error(sid, NotFoundError("too late"))  # already answered: nothing queued
+    [(header, _payload)] = server.frames_to_send()
+    assert header[5] == Command.PING
+    server.goaway("stopping", 0)
+    server.goaway("again", 0)  # once only
+    assert len(server.frames_to_send()) == 1

@@ -1,0 +1,82 @@
+"""Configuration values of each kind: what every source may spell them as, and what is
+refused (with the key, the value and the kind expected in the message)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from librorum.config import Config, ConfigError, load_config
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("data_dir", Path("/srv/data"), Path("/srv/data")),
+        ("token_file", "", None),
+        ("listen_port", "8080", 8080),
+        ("shutdown_grace", 3, 3.0),
+        ("shutdown_grace", "inf", math.inf),  # wait for requests in flight as long as they take
+        ("remote_enabled", "Off", False),
+        ("remote_enabled", "1", True),
+        ("allowed_uids", [1000], (1000,)),
+        ("allowed_uids", "0 1000,1001", (0, 1000, 1001)),
+        ("log_level", "warning", "WARNING"),
+        ("url", "", None),
+    ],
+)
+def test_values_each_source_may_give(
+    tmp_path: Path, key: str, value: object, expected: object
+) -> None:
+    config = load_config(env={"HOME": str(tmp_path)}, overrides={key: value})
+    assert getattr(config, key) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("data_dir", 5, "a path"),
+        ("data_dir", "", "a path"),
+        ("data_dir", "a\0b", "a path"),
+        ("listen_port", 80.5, "an integer"),
+        ("listen_port", True, "an integer"),
+        ("listen_port", "eighty", "an integer"),
+        ("shutdown_grace", True, "a number"),
+        ("shutdown_grace", [1], "a number"),
+        ("shutdown_grace", "soon", "a number"),
+        ("remote_enabled", 2, "true or false"),
+        ("remote_enabled", "maybe", "true or false"),
+        ("allowed_uids", 1000, "a list of uids"),
+        ("allowed_uids", "me", "a list of uids"),
+        ("listen_host", 127001, "a string"),
+        ("url", 7878, "a string"),
+        ("log_level", 10, "a log level"),
+        ("log_level", "loud", "a log level"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_refused(
+    tmp_path: Path, key: str, value: object, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(env={"HOME": str(tmp_path)}, overrides={key: value})
+    assert str(raised.value).startswith(f"overrides: {key} = {value!r}: expected {expected}")
+
+
+@pytest.mark.parametrize("spelling", ["nan", "NaN", "-inf", "0", "-1"])
+def test_a_timeout_must_be_a_positive_number(tmp_path: Path, spelling: str) -> None:
+    with pytest.raises(ConfigError, match="handshake_timeout must be positive"):
+        load_config(env={"HOME": str(tmp_path)}, overrides={"handshake_timeout": spelling})
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(f"handshake_timeout = {spelling.lower()}\n")
+    with pytest.raises(ConfigError, match="handshake_timeout must be positive"):
+        load_config(config_file=config_file, env={"HOME": str(tmp_path)})
+
+
+def test_a_config_built_directly_is_validated_too(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape("log_level must be one of DEBUG, INFO")):
+        Config(data_dir=tmp_path, socket_path=tmp_path / "s", log_level="LOUD")
+    with pytest.raises(ConfigError, match="shutdown_grace must be positive"):
+        Config(data_dir=tmp_path, socket_path=tmp_path / "s", shutdown_grace=math.nan)
