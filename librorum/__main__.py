@@ -79,13 +79,20 @@ class Progress:
         self.enabled = stream.isatty()
         self.started = time.monotonic()
         self._last_draw = 0.0
+        # The last figures reported, and whether the line shows them.
+        self._done = 0
+        self._total: int | None = None
+        self._shown = True
 
-    def __call__(self, done: int, total: int | None) -> None:
+    def __call__(self, done: int, total: int | None, *, force: bool = False) -> None:
         if not self.enabled:
             return
+        self._done, self._total = done, total
         now = time.monotonic()
-        if now - self._last_draw < 0.1 and done != total:
+        if now - self._last_draw < 0.1 and done != total and not force:
+            self._shown = False
             return  # redraw at most 10 times a second
+        self._shown = True
         self._last_draw = now
         rate = done / max(now - self.started, 1e-6)
         if total:
@@ -103,7 +110,10 @@ class Progress:
         self.stream.flush()
 
     def finish(self) -> None:
+        """End the line, showing the final figures if the last ones were not drawn."""
         if self.enabled:
+            if not self._shown:
+                self(self._done, self._total, force=True)
             self.stream.write("\n")
             self.stream.flush()
 

@@ -83,11 +83,11 @@ LISTEN_BACKLOG: Final = 128
 #: client message bytes in flight at 500 MB; half of that leaves a small machine room to spare.
 MAX_INFLIGHT_BYTES: Final = 256 << 20
 #: What one upload may hold of that budget (its credit plus what it has received and the store
-#: has not taken yet) is its share: a quarter of the budget divided among the uploads in
-#: flight, between these bounds. A few uploads get 8 MiB each (a round trip of 40 ms at
-#: 200 MB/s, for remote clients); 64 at once get 1 MiB each, 64 MiB in all, so a burst of
+#: has not taken yet) is its share: an eighth of the budget divided among the uploads in
+#: flight, between these bounds. Up to four uploads get 8 MiB each (a round trip of 40 ms at
+#: 200 MB/s, for remote clients); 64 at once get 512 KiB each, 32 MiB in all, so a burst of
 #: uploads holds far less than the budget allows.
-UPLOAD_WINDOW_MIN: Final = 512 << 10
+UPLOAD_WINDOW_MIN: Final = 256 << 10
 UPLOAD_WINDOW_MAX: Final = 8 << 20
 #: The WRITE window announced in the HELLO reply: what every upload may send before the server
 #: grants credit. Granted implicitly (it cannot wait for the budget), so it is kept small; small

@@ -93,13 +93,16 @@ class TestDaemon:
 
 def test_config(directory: Path, **overrides: object) -> Config:
     """A configuration confined to ``directory``: data, socket and token live there, the
-    WebSocket listener is on 127.0.0.1 with an ephemeral port, and signals are not handled."""
+    WebSocket listener is on 127.0.0.1 with an ephemeral port, and signals are not handled.
+    New data is refused only when the disk is full (``min_free_space = 0``): a test's few
+    files should not fail on a machine whose disk happens to be nearly full."""
     settings: dict[str, object] = {
         "data_dir": directory / "data",
         "socket_path": directory / "run" / "librorum.sock",
         "token_file": directory / "token",
         "listen_host": "127.0.0.1",
         "listen_port": 0,
+        "min_free_space": 0,
     }
     settings.update(overrides)
     return load_config(env={}, overrides=settings)

@@ -53,11 +53,12 @@ class InflightBudget:
         self._high_water = 0
 
     def share(self) -> int:
-        """What one upload may hold now: a quarter of the limit divided among the uploads in
-        flight, within ``UPLOAD_WINDOW_MIN`` .. ``UPLOAD_WINDOW_MAX``. A quarter, so that the
-        uploads' shares leave most of the budget for the credit granted just before a new
-        upload took its share (shares shrink as uploads start, and credit is not revoked)."""
-        share = self.limit // (4 * max(1, self.uploads))
+        """What one upload may hold now: an eighth of the limit divided among the uploads in
+        flight, within ``UPLOAD_WINDOW_MIN`` .. ``UPLOAD_WINDOW_MAX``. An eighth: shares
+        shrink as uploads start and credit granted is not revoked, so most of the budget
+        stays free for that, and every byte held costs more than itself in the daemon (the
+        read, the frame, the store's buffer)."""
+        share = self.limit // (8 * max(1, self.uploads))
         return max(UPLOAD_WINDOW_MIN, min(UPLOAD_WINDOW_MAX, share))
 
     def open_upload(self, initial: int) -> None:

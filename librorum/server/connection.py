@@ -175,6 +175,8 @@ class Connection:
         self._fds_matched = 0
         # Closed by the server to make room under a connection cap (Server.reclaim).
         self.evicted = False
+        # Bytes this connection received (for its closing DEBUG line).
+        self.bytes_in = 0
         self._loop_scope: trio.CancelScope | None = None
 
     # --- Top level -------------------------------------------------------------------------
@@ -211,6 +213,12 @@ class Connection:
                 await self.transport.aclose(error=self.session.error)
             reason = self.session.error
             log.info("connection from %s closed%s", peer, f": {reason}" if reason else "")
+            log.debug(
+                "connection from %s: %d frames received, %d bytes in",
+                peer,
+                self.session.frames_received,
+                self.bytes_in,
+            )
 
     async def _read_loop(self) -> None:
         session = self.session
@@ -309,6 +317,7 @@ class Connection:
             self._last_activity = self._last_progress = trio.current_time()
             self._receive_size = next_receive_size(len(data))
             self.server.stats.bytes_in += len(data)
+            self.bytes_in += len(data)
             return data
         if not session.closed:
             session.fail(ConnectionTimeoutError(f"{what} within the deadline"))

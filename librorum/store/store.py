@@ -189,7 +189,7 @@ DEFAULT_CLOSE_TIMEOUT: Final = 30.0
 DEFAULT_MAX_IDLE_BUFFERS: Final = 4
 #: Upload buffers beyond each upload's first, shared by all uploads: one upload alone keeps
 #: ``upload_pipeline`` buffers busy, while 64 at once hold 64 MiB instead of 128.
-DEFAULT_UPLOAD_EXTRA_BUFFERS: Final = 16
+DEFAULT_UPLOAD_EXTRA_BUFFERS: Final = 8
 #: Free space below which new data is refused (see ``space.py`` and ``limits.py``).
 DEFAULT_MIN_FREE_SPACE: Final = MIN_FREE_SPACE
 #: The space kept aside for metadata writes that add no data (deletes, renames, the

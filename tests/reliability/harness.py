@@ -55,6 +55,9 @@ class DaemonProcess:
         settings: extra configuration keys.
         nofile: RLIMIT_NOFILE (soft and hard) for the process, or ``None`` to inherit.
         env: extra environment variables.
+        coverage: whether the process is measured when the tests run under coverage (its
+            tracer costs memory and time: a figure of the daemon's own memory is taken
+            without it).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class DaemonProcess:
         settings: Mapping[str, Setting] | None = None,
         nofile: int | None = None,
         env: Mapping[str, str] | None = None,
+        coverage: bool = True,
     ) -> None:
         self.directory = directory
         self.data_dir = directory / "data"
@@ -74,6 +78,7 @@ class DaemonProcess:
         self.settings = dict(settings or {})
         self.nofile = nofile
         self.env = dict(env or {})
+        self.coverage = coverage
         self.process: trio.Process | None = None
         self.url: str | None = None
         self.starts = 0
@@ -89,6 +94,8 @@ class DaemonProcess:
             "token_file": self.token_file,
             "listen_host": "127.0.0.1",
             "listen_port": 0,
+            # As librorum.testing's: no floor under new data but the disk's end.
+            "min_free_space": 0,
             **self.settings,
         }
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -117,6 +124,10 @@ class DaemonProcess:
         self.starts += 1
         env = {**os.environ, **self.env}
         env.pop("LIBRORUM_URL", None)
+        if not self.coverage:
+            # coverage.py measures a subprocess when it finds these (its patch=subprocess).
+            env.pop("COVERAGE_PROCESS_CONFIG", None)
+            env.pop("COVERAGE_PROCESS_START", None)
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "librorum", "serve", "--config", str(self.config_file)],
             stdin=subprocess.DEVNULL,
