@@ -842,17 +842,7 @@ class Store:
                 raise TooLargeError(msg)
         await self._check_space("upload")
         if upload_id is None:
-            await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
-            return Upload(
-                self,
-                path=normal,
-                mode=mode,
-                size=size,
-                upload_id=None,
-                chunk_size=self.chunk_size,
-                recorded=[],
-                hasher=blake3.blake3(),
-            )
+            return await self._anonymous_upload(normal, mode, size)
         _check_upload_id(upload_id)
         if upload_id in self._attached:
             msg = f"upload {upload_id!r} is in progress on another stream"
@@ -891,6 +881,26 @@ class Store:
             raise
         self._attached[upload_id] = upload
         return upload
+
+    async def _anonymous_upload(self, normal: str, mode: WriteMode, size: int | None) -> Upload:
+        """A new upload without an id to ``normal`` (a normalised path), once the mode's
+        conditions hold now (they are checked again at commit).
+
+        Raises:
+            AlreadyExistsError, NotFoundError, NotADirectoryError_, IsADirectoryError_: The
+                mode's conditions do not hold.
+        """
+        await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
+        return Upload(
+            self,
+            path=normal,
+            mode=mode,
+            size=size,
+            upload_id=None,
+            chunk_size=self.chunk_size,
+            recorded=[],
+            hasher=blake3.blake3(),
+        )
 
     async def resume_upload(self, upload_id: str, *, offset: int | None = None) -> Upload:
         """Continue a resumable upload from its committed offset.
@@ -1103,17 +1113,7 @@ class Store:
         if st.st_size != size:
             msg = f"the file has {st.st_size} bytes, not the declared {size}"
             raise InvalidArgumentError(msg)
-        await self._meta.read(lambda t: ns.check_write_target(t, normal, mode))
-        upload = Upload(
-            self,
-            path=normal,
-            mode=mode,
-            size=size,
-            upload_id=None,
-            chunk_size=self.chunk_size,
-            recorded=[],
-            hasher=blake3.blake3(),
-        )
+        upload = await self._anonymous_upload(normal, mode, size)
         async with upload:
             await upload._ingest(fd, size)
             # Once the commit starts it completes: a cancelled caller must not be left not

@@ -165,6 +165,25 @@ async def stalled_writers(
             await channel.aclose()
 
 
+async def the_one_closed(
+    connections: list[tuple[FrameTransport, ClientSession]],
+) -> ConnectionEnded:
+    """The end of the one connection among ``connections`` that the daemon closed (each gets
+    half a second to show its end; the others stay open)."""
+    ends: list[ConnectionEnded] = []
+
+    async def watch(channel: FrameTransport, session: ClientSession) -> None:
+        with trio.move_on_after(0.5):
+            events = await next_events(channel, session)
+            ends.extend(e for e in events if isinstance(e, ConnectionEnded))
+
+    async with trio.open_nursery() as nursery:
+        for channel, session in connections:
+            nursery.start_soon(watch, channel, session)
+    [ended] = ends
+    return ended
+
+
 @pytest.mark.parametrize("cap", ["max_connections_per_uid", "max_connections"])
 async def test_stalled_connections_give_way_to_a_new_client(cap: str, tmp_path: Path) -> None:
     settings: dict[str, object] = {cap: 4, "reclaim_after": 0.3}
@@ -178,12 +197,7 @@ async def test_stalled_connections_give_way_to_a_new_client(cap: str, tmp_path: 
             async with open_client(transport="local", socket_path=daemon.socket_path) as client:
                 await client.ping()
             # One stalled connection was closed for it, with the reason.
-            ends = []
-            for channel, session in stalled:
-                with trio.move_on_after(0.5):
-                    events = await next_events(channel, session)
-                    ends += [e for e in events if isinstance(e, ConnectionEnded)]
-            [ended] = ends
+            ended = await the_one_closed(stalled)
             assert isinstance(ended.error, ConnectionLimitError)
             assert "connection limit" in str(ended.error)
             async with open_client(transport="local", socket_path=daemon.socket_path) as client:
@@ -291,12 +305,7 @@ async def test_stalled_websockets_give_way_to_a_new_client(cap: str, tmp_path: P
                 # ...one that can, takes the seat of a stalled one.
                 async with daemon.client("websocket") as client:
                     await client.ping()
-                ends = []
-                for channel, session in stalled:
-                    with trio.move_on_after(0.5):
-                        events = await next_events(channel, session)
-                        ends += [e for e in events if isinstance(e, ConnectionEnded)]
-                [ended] = ends
+                ended = await the_one_closed(stalled)
                 assert isinstance(ended.error, ConnectionLimitError)
             finally:
                 for channel, _ in stalled:
