@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from librorum.client.aio import Client, open_client
 from librorum.errors import NoSpaceError, NotFoundError
 from tests.figures import FigureBook
 from tests.reliability.harness import DaemonProcess
+from tests.tmpfs import CAN_MOUNT, tmpfs
 
 MIB = 1 << 20
 #: The daemon's floor for new data in the second run: small, against a 64 MiB disk.
@@ -42,17 +42,6 @@ UPLOADS = ((9 * MIB + 7, "fd"), (4 * MIB + 1, "stream"), (700_000, "stream"), (5
 #: Refusals in a row (each size, each transport) before the disk counts as full.
 REFUSALS = 8
 DEADLINE = 120.0
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str = "64m") -> Iterator[Path]:
-    """A tmpfs mounted at ``where`` for the block, always unmounted after."""
-    where.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
 
 
 def fill_to_the_last_byte(path: Path) -> None:
@@ -170,7 +159,7 @@ class Campaign:
             self.count(f"reads_{tag}", await local.read(path) == body)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+@pytest.mark.skipif(not CAN_MOUNT, reason="mounting a tmpfs needs root (CI runs as root)")
 @pytest.mark.parametrize("floor", [0, FLOOR], ids=["no_floor", "floor"])
 async def test_a_daemon_on_a_full_disk(floor: int, tmp_path: Path, figures: FigureBook) -> None:
     started = time.monotonic()
