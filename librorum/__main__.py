@@ -236,6 +236,10 @@ def cmd_status(client: SyncClient, args: argparse.Namespace) -> int:
         ["chunks", f"{store.chunks:,}"],
         ["free space", human_size(store.free_bytes)],
     ]
+    if store.quarantined:
+        rows.append(["quarantined", f"{store.quarantined:,} corrupt chunks (re-upload to heal)"])
+    if store.read_only:
+        rows.append(["store", "READ-ONLY: a write to disk failed; restart the daemon"])
     print(table(rows))
     return EXIT_OK
 

@@ -150,6 +150,11 @@ class StoreFigures:
     stored_bytes: int = attrs.field(validator=_u64)
     chunks: int = attrs.field(validator=_u64)
     free_bytes: int = attrs.field(validator=_u64)
+    #: Chunks found corrupt and set aside until an upload of their content heals them: the
+    #: files that use them cannot be read meanwhile.
+    quarantined: int = attrs.field(default=0, validator=_u64)
+    #: The store refuses writes (an fsync or a metadata commit failed; reopen to clear).
+    read_only: bool = False
 
 
 # --- Connection: HELLO, PING, WINDOW, CANCEL, GOAWAY, ERROR ------------------------------------

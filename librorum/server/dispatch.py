@@ -138,6 +138,8 @@ async def _node_status(server: Server) -> NodeStatusReply:
             stored_bytes=figures.stored_bytes,
             chunks=figures.chunks,
             free_bytes=figures.free_bytes,
+            quarantined=figures.quarantined,
+            read_only=figures.read_only,
         ),
         inflight_bytes=server.budget.used,
         inflight_peak_bytes=server.budget.peak,

@@ -58,3 +58,28 @@ async def test_reuploading_rotten_content_heals_it(how: str, tmp_path: Path) -> 
             # Acknowledged means readable, and the older file is whole again too.
             assert await client.read("/g") == data
             assert await client.read("/f") == data
+
+
+async def test_node_status_and_the_cli_report_quarantined_chunks(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = content(CS + 100)
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path) as daemon, daemon.client() as client:
+            await client.write("/f", data)
+            assert (await client.status()).store.quarantined == 0
+            flip_byte(chunk_file(daemon.config.data_dir, data[:CS]), 7)
+            with pytest.raises(CorruptDataError):
+                await client.read("/f")
+            status = await client.status()
+            assert status.store.quarantined == 1
+            assert not status.store.read_only
+            shown = await trio.run_process(
+                [sys.executable, "-m", "librorum", "--socket", daemon.socket_path, "status"],
+                capture_stdout=True,
+                stderr=subprocess.DEVNULL,
+            )
+            assert b"1 corrupt chunks (re-upload to heal)" in shown.stdout
+            await client.write("/g", data)  # heals it
+            assert (await client.status()).store.quarantined == 0
