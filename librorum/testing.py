@@ -167,6 +167,7 @@ class StreamTransport:
     """
 
     message_framed = False
+    carries_files = False
 
     def __init__(
         self, stream: trio.abc.Stream, *, kind: str = "memory", peer: PeerInfo | None = None

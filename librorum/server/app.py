@@ -122,8 +122,9 @@ class Server:
         return int(self.grace * 1000)
 
     def features_for(self, transport: FrameTransport) -> int:
-        """Feature bits a connection over ``transport`` can use (fd passing: Unix only)."""
-        return self.limits.features if transport.kind == "uds" else 0
+        """Feature bits a connection over ``transport`` can use (fd passing and memfds need a
+        transport that carries files)."""
+        return self.limits.features if transport.carries_files else 0
 
     async def handle(self, transport: FrameTransport) -> None:
         """Serve one connection (the listeners' handler)."""

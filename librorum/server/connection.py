@@ -75,7 +75,7 @@ from librorum.protocol.session import (
 )
 from librorum.server import dispatch
 from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
-from librorum.transport.uds import UdsTransport
+from librorum.transport.base import file_transport
 
 if TYPE_CHECKING:
     from librorum.server.app import Server
@@ -155,7 +155,7 @@ class Connection:
         # Set once the last flush is over: nothing is written to the transport any more.
         self._flushed = False
         # Unix sockets send a READ's DATA straight from the chunk files (os.sendfile).
-        self._file_transport = transport if isinstance(transport, UdsTransport) else None
+        self._file_transport = file_transport(transport)
         # Batches being written (by the writer, or by the reader for its own replies): their
         # frames are out of the session's queue but not yet on the wire.
         self._sending = 0

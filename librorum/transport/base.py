@@ -8,7 +8,7 @@ import contextlib
 import logging
 import resource
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Final, Protocol, TypeAlias
+from typing import Final, Protocol, TypeAlias, cast
 
 import attrs
 import trio
@@ -97,6 +97,15 @@ class FrameTransport(Protocol):
         one message, one frame); False for a byte stream cut anywhere (Unix socket)."""
         ...
 
+    @property
+    def carries_files(self) -> bool:
+        """True when this transport carries files (spec 8): it receives descriptors with
+        :meth:`receive_with_fds`, sends them with :meth:`send_fd_frame`, and is a
+        :class:`FileTransport` whose :meth:`send_frames` takes
+        :class:`~librorum.protocol.framing.FileRegion` payloads. A capability, so that the
+        server asks what a transport can do rather than which class it is."""
+        ...
+
     async def send_frames(self, frames: Sequence[FrameParts]) -> None:
         """Send whole frames, in order. Each item is the parts of one encoded frame.
 
@@ -166,6 +175,23 @@ class FrameTransport(Protocol):
         close handshake).
         """
         ...
+
+
+class FileTransport(FrameTransport, Protocol):
+    """A :class:`FrameTransport` whose ``carries_files`` is True: frames may carry file
+    regions, sent straight from the file (``os.sendfile``)."""
+
+    async def send_frames(self, frames: Sequence[FileFrameParts]) -> None:
+        """As :meth:`FrameTransport.send_frames`; a FileRegion payload is sent from its file.
+
+        Cancellation and errors: as :meth:`FrameTransport.send_frames`.
+        """
+        ...
+
+
+def file_transport(transport: FrameTransport) -> FileTransport | None:
+    """``transport`` as a :class:`FileTransport` when it carries files, else None."""
+    return cast("FileTransport", transport) if transport.carries_files else None
 
 
 #: What a listener calls for each accepted, authenticated connection.

@@ -96,6 +96,7 @@ class UdsTransport:
 
     kind: Final = "uds"
     message_framed: Final = False
+    carries_files: Final = True
 
     def __init__(
         self,

@@ -215,6 +215,7 @@ class WsTransport:
 
     kind: Final = "websocket"
     message_framed: Final = True
+    carries_files: Final = False
 
     def __init__(
         self,
