@@ -3,6 +3,9 @@ deduplicated, verified chunks, with SQLite metadata. See ``store.py`` for the de
 
 from __future__ import annotations
 
+# The store's API takes and returns these protocol enums: re-exported so that its callers need
+# not import the protocol for them.
+from librorum.protocol.constants import EntryKind as EntryKind, WriteMode as WriteMode
 from librorum.store.fs import FS as FS, OsFS as OsFS
 from librorum.store.meta import MetadataStore as MetadataStore, MetaTxn as MetaTxn
 from librorum.store.objects import LocalObjects as LocalObjects, ObjectStore as ObjectStore
