@@ -5,23 +5,29 @@ sans-I/O session; each request runs in its own task (so replies go out in whatev
 finish); one writer task sends everything the session queued, as one batch per wake-up, which
 coalesces the small replies of many requests into one write.
 
-Cheap metadata reads (STAT, PING, UPLOAD_STATUS, a LIST page the store reads inline) and a
-CANCEL whose target is not running are answered by the reader itself, without a task: the
-store runs them inline on the Trio thread without a checkpoint, so a task would only add
-scheduler passes (and they cannot be cancelled midway anyway). The reader then writes the
-replies of everything it received in one batch itself when no write is under way, instead of
-waking the writer. A request served inline has finished before the next frame is read: a
-CANCEL for it answers UNKNOWN (spec 5.14, "already completed"), after its reply. Every
-``READER_BATCH_FRAMES`` frames of a long burst the reader lets other connections run. When
-more than ``MAX_READER_QUEUED_FRAMES`` frames wait to be sent, the reader sends them (or
-waits for the writer) before it takes the next request, so a client that sends without
-reading cannot grow the server's buffers; it waits at most the idle deadline, then the
-connection ends.
+What a request means is not decided here: the command table (``commands.py``) gives each
+request command its handler, which calls the service core, and says whether the reader answers
+it itself and what cancelling it does. This module is the driver around the handlers: reading
+and writing, deadlines, credit both ways, the upload budget, and matching passed descriptors
+to their frames.
 
-Cancellation and outcomes (spec 5.14): every request task has its own cancel scope. A store
-mutation that has begun is shielded until it has committed or failed, so a CANCEL or a
-disconnect never leaves an outcome unknown to the server: the request's final frame says
-what happened and the CANCEL reply repeats it (NOT_STARTED, ABORTED, COMMITTED, UNKNOWN).
+Requests the table marks inline (cheap metadata reads the service answers without a
+checkpoint, and a CANCEL whose target is not running) are answered by the reader itself,
+without a task: a task would only add scheduler passes (and they cannot be cancelled midway
+anyway). The reader then writes the replies of everything it received in one batch itself
+when no write is under way, instead of waking the writer. A request served inline has
+finished before the next frame is read: a CANCEL for it answers UNKNOWN (spec 5.14, "already
+completed"), after its reply. Every ``READER_BATCH_FRAMES`` frames of a long burst the reader
+lets other connections run. When more than ``MAX_READER_QUEUED_FRAMES`` frames wait to be
+sent, the reader sends them (or waits for the writer) before it takes the next request, so a
+client that sends without reading cannot grow the server's buffers; it waits at most the idle
+deadline, then the connection ends.
+
+Cancellation and outcomes (spec 5.14): every request task has its own cancel scope. A
+mutation that has begun is completed by the service (shielded) until it has committed or
+failed, so a CANCEL or a disconnect never leaves an outcome unknown to the server: the
+request's final frame says what happened and the CANCEL reply repeats it (NOT_STARTED,
+ABORTED, COMMITTED, UNKNOWN).
 """
 
 from __future__ import annotations
@@ -33,10 +39,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeVar, cast
 
-import attrs
 import trio
 
 from librorum.errors import (
+    BadRequestError,
     CancelledError,
     ConnectionClosed,
     ConnectionLimitError,
@@ -48,21 +54,8 @@ from librorum.errors import (
     UnavailableError,
 )
 from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
-from librorum.protocol.constants import CancelOutcome, Command
-from librorum.protocol.framing import FileRegion
-from librorum.protocol.messages import (
-    Cancel,
-    CancelReply,
-    FileList,
-    FileRead,
-    FileReadReply,
-    FileStat,
-    FileWrite,
-    FileWriteReply,
-    Message,
-    Ping,
-    UploadStatus,
-)
+from librorum.protocol.framing import FileRegion, Payload
+from librorum.protocol.messages import FileReadReply, Message
 from librorum.protocol.session import (
     ConnectionEnded,
     DataReceived,
@@ -73,13 +66,13 @@ from librorum.protocol.session import (
     State,
     WindowGranted,
 )
-from librorum.server import dispatch
-from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
+from librorum.server.commands import COMMANDS, Row, Unary
+from librorum.server.context import ServerContext
+from librorum.server.requests import RequestState
 from librorum.transport.base import file_transport
 
 if TYPE_CHECKING:
-    from librorum.server.app import Server
-    from librorum.store.reader import Reader
+    from librorum.service import Reader, Service
     from librorum.transport import FrameParts, FrameTransport
 
 log = logging.getLogger("librorum.server")
@@ -100,54 +93,17 @@ MAX_READER_QUEUED_FRAMES: Final = 1024
 #: cheap requests in one write must not hold the event loop (and every other connection) for
 #: the whole burst. 32 STATs are ~1-2 ms here.
 READER_BATCH_FRAMES: Final = 32
-#: LIST pages up to this many entries are read inline by the store (its default; a store
-#: configured lower reads them in a thread, which is correct inline too, only slower).
-_INLINE_LIST_LIMIT: Final = DEFAULT_INLINE_LIST_LIMIT
-
-
-@attrs.define(eq=False)
-class RequestState:
-    """What the connection knows about one request in flight."""
-
-    session_id: int
-    command: Command
-    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
-    #: The request reached the store (a cancel now aborts rather than prevents it).
-    started: bool = False
-    #: The request's normal final reply, once its effect is committed; sent even if the
-    #: task is cancelled afterwards.
-    reply: Message | None = None
-    #: For READ: woken when the client grants credit.
-    window: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
-    #: For WRITE: DATA from the reader to the upload task.
-    data_in: trio.MemorySendChannel[bytes | bytearray | memoryview] | None = None
-    #: For WRITE: the client sent its last DATA (END).
-    end_received: bool = False
-    #: For a WRITE passing a descriptor (spec 8): the descriptor, owned by this request
-    #: and closed when it ends.
-    fd: int | None = None
-    #: The request waits for its client (DATA, credit, or reading what was sent): the time
-    #: it spends so is the client's, not ours (see ``Connection.waiting_on_client``).
-    waiting_on_peer: bool = False
-    #: For WRITE: bytes of the global in-flight budget held (credit granted and not used,
-    #: plus DATA received and not yet taken by the store), and bytes the store has taken.
-    reserved: int = 0
-    consumed: int = 0
-    #: For WRITE with DATA: counted among the uploads sharing the budget.
-    budgeted: bool = False
-    #: For WRITE, while the upload waits for budget with no credit out: set when DATA comes.
-    wake: trio.Event | None = None
 
 
 class Connection:
     """Serve one client over ``transport`` until it leaves, breaks the protocol, times out,
     or the server shuts down (GOAWAY, then drain)."""
 
-    def __init__(self, server: Server, transport: FrameTransport) -> None:
-        self.server = server
+    def __init__(self, context: ServerContext, transport: FrameTransport) -> None:
+        self.context = context
+        self.service: Service = context.service
         self.transport = transport
-        self.session = ServerSession(server.limits, features=server.features_for(transport))
+        self.session = ServerSession(context.limits, features=context.features_for(transport))
         self.requests: dict[int, RequestState] = {}
         self._doorbell_send, self._doorbell = trio.open_memory_channel[None](1)
         self._drained = trio.lowlevel.ParkingLot()
@@ -186,7 +142,7 @@ class Connection:
         the server is logged with its traceback and ends only this connection."""
         peer = self.transport.peer
         log.info("connection from %s", peer)
-        self.server.stats.connection_opened(self.transport.kind)
+        self.context.stats.connection_opened(self.transport.kind)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -197,7 +153,7 @@ class Connection:
                 finally:
                     # Whatever ended the loop, say goodbye (a queued ERROR, the last replies)
                     # before the requests still running are cancelled with the connection.
-                    with trio.move_on_after(self.server.timeouts.close) as scope:
+                    with trio.move_on_after(self.context.timeouts.close) as scope:
                         scope.shield = True
                         await self._flush_and_stop_writer()
                     nursery.cancel_scope.cancel()
@@ -206,7 +162,7 @@ class Connection:
         except* Exception:
             log.exception("connection from %s failed", peer)
         finally:
-            self.server.stats.connection_closed(self.transport.kind)
+            self.context.stats.connection_closed(self.transport.kind)
             _close_fds(self._fds)
             with trio.CancelScope(shield=True):
                 # The transport says why too, where it can (WebSocket: the close code).
@@ -260,7 +216,7 @@ class Connection:
         an ERROR queued) when the client did not take them within the idle deadline: it does
         not read its replies, and the connection ends."""
         session = self.session
-        with trio.move_on_after(self.server.timeouts.idle(self.transport.kind)):
+        with trio.move_on_after(self.context.timeouts.idle(self.transport.kind)):
             while session.queued_frames > limit and not self._writer_done.is_set():
                 if self._sending:
                     self._wake_writer()
@@ -276,7 +232,7 @@ class Connection:
         broke the rules (an ERROR is then queued)."""
         session = self.session
         now = trio.current_time()
-        limits = self.server.timeouts
+        limits = self.context.timeouts
         if session.partial_frame:
             if self._frame_started is None:
                 self._frame_started = now
@@ -316,7 +272,7 @@ class Connection:
                     return None
             self._last_activity = self._last_progress = trio.current_time()
             self._receive_size = next_receive_size(len(data))
-            self.server.stats.bytes_in += len(data)
+            self.context.stats.bytes_in += len(data)
             self.bytes_in += len(data)
             return data
         if not session.closed:
@@ -328,18 +284,23 @@ class Connection:
     async def _dispatch(self, event: Event) -> None:
         session = self.session
         if isinstance(event, RequestReceived):
-            self.server.stats.requests += 1
+            self.context.stats.requests += 1
             message = event.message
-            if isinstance(message, (FileStat, Ping, UploadStatus)) or (
-                isinstance(message, FileList) and message.limit <= _INLINE_LIST_LIMIT
+            row = COMMANDS.get(type(message))
+            if row is None:
+                # The session opens requests only for request commands, which all have rows.
+                msg = f"{type(message).__name__} is not a request this server handles"
+                session.send_error(event.session_id, BadRequestError(msg))
+                return
+            inline = row.inline
+            if (
+                inline is not False
+                and isinstance(row, Unary)
+                and (inline is True or inline(self, message))
             ):
-                await self._serve_inline(event.session_id, message)
-            elif isinstance(message, Cancel) and message.target not in self.requests:
-                # Nothing to wait for: the target finished (its final frame is already
-                # queued, before this reply) or never existed.
-                session.reply(event.session_id, CancelReply(CancelOutcome.UNKNOWN))
+                await self._serve_inline(event.session_id, row, message)
             else:
-                self._start_request(event)
+                self._start_request(event, row)
         elif isinstance(event, DataReceived):
             state = self.requests.get(event.session_id)
             if state is not None and state.data_in is not None:
@@ -361,19 +322,19 @@ class Connection:
                 session.accept_hello(event.hello)
             except LibrorumError:
                 return  # no common version: the ERROR is queued and the session closed
-            if self.server.shutting_down:
-                session.goaway("server is shutting down", self.server.grace_ms)
+            if self.context.shutting_down:
+                session.goaway("server is shutting down", self.context.grace_ms)
         elif isinstance(event, ConnectionEnded) and event.error is not None:
             log.info("%s: connection error: %s", self.transport.peer, event.error)
 
-    async def _serve_inline(self, sid: int, message: Message) -> None:
-        """Answer a cheap read-only request from the reader: its reply (or ERROR) is queued
-        before the next frame is read. The store answers these inline, so this does not
-        wait; a cancellation (the connection ending) leaves it unanswered, like a request
-        task cancelled with its connection."""
+    async def _serve_inline(self, sid: int, row: Unary[Message], message: Message) -> None:
+        """Answer a request the table marks inline from the reader: its reply (or ERROR) is
+        queued before the next frame is read. The service answers these without waiting; a
+        cancellation (the connection ending) leaves it unanswered, like a request task
+        cancelled with its connection."""
         session = self.session
         try:
-            reply = await dispatch.unary(self.server, message)
+            reply = await row.handler(self, message)
         except Exception as exc:
             error = self._error_for(exc, type(message).__name__, sid)
             log.info("%s: %s failed: %s", self.transport.peer, type(message).__name__, error)
@@ -389,25 +350,16 @@ class Connection:
         log.exception("%s: %s on session %d failed", self.transport.peer, what, sid)
         return InternalError(f"internal error ({type(exc).__name__}); see the server log")
 
-    def _start_request(self, event: RequestReceived) -> None:
+    def _start_request(self, event: RequestReceived, row: Row) -> None:
         assert self._nursery is not None
         fd = self._take_fd() if event.fd else None
         if event.fd and fd is None:
             return  # no descriptor came with it: the connection is failing
         state = RequestState(event.session_id, event.command, fd=fd)
         self.requests[event.session_id] = state
-        message = event.message
-        handler: Callable[[], Awaitable[Message | None]]
-        if isinstance(message, FileWrite) and fd is not None:
-
-            async def handler() -> Message | None:
-                return await self._ingest(state, message, fd)
-
-        elif isinstance(message, FileWrite):
-            send, receive = trio.open_memory_channel[bytes | bytearray | memoryview](
-                UPLOAD_QUEUE_FRAMES
-            )
-            state.data_in = send
+        if row.receives_data and fd is None:
+            send, receive = trio.open_memory_channel[Payload](UPLOAD_QUEUE_FRAMES)
+            state.data_in, state.data_out = send, receive
             if event.end:
                 state.end_received = True
                 send.close()
@@ -416,48 +368,28 @@ class Connection:
                 # from the budget even past its limit (see budget.py).
                 state.reserved = self.session.receive_window(event.session_id)
                 state.budgeted = True
-                self.server.budget.open_upload(state.reserved)
+                self.context.budget.open_upload(state.reserved)
+        self._nursery.start_soon(self._run_request, state, row, event.message)
 
-            async def handler() -> Message | None:
-                return await self._upload(state, message, receive)
-
-        elif isinstance(message, FileRead):
-
-            async def handler() -> Message | None:
-                await self._download(state, message)
-                return None
-
-        elif isinstance(message, Cancel):
-
-            async def handler() -> Message | None:
-                return await self._cancel(message)
-
-        else:
-
-            async def handler() -> Message | None:
-                state.started = True
-                return await dispatch.unary(self.server, message)
-
-        self._nursery.start_soon(self._run_request, state, handler)
-
-    async def _run_request(
-        self, state: RequestState, handler: Callable[[], Awaitable[Message | None]]
-    ) -> None:
+    async def _run_request(self, state: RequestState, row: Row, message: Message) -> None:
         session = self.session
         sid = state.session_id
         error: LibrorumError | None = None
         try:
             with state.cancel_scope:
-                reply = await handler()
+                reply = await row.run(self, state, message)
                 if reply is not None:
                     state.reply = reply
         except Exception as exc:
             error = self._error_for(exc, state.command.name, sid)
         finally:
             del self.requests[sid]
+            if state.data_out is not None:
+                # Late DATA for an upload that ended is discarded (the reader's send fails).
+                state.data_out.close()
             if state.budgeted:
                 # Credit not used and DATA not taken: late DATA is discarded by the session.
-                self.server.budget.close_upload(state.reserved)
+                self.context.budget.close_upload(state.reserved)
                 state.reserved = 0
             if state.fd is not None:
                 os.close(state.fd)
@@ -513,62 +445,42 @@ class Connection:
             self._fds_matched += 1
         return True
 
-    async def _ingest(self, state: RequestState, message: FileWrite, fd: int) -> Message:
-        state.started = True
-        info = await dispatch.ingest(self.server, message, fd, self.session.features)
-        # No checkpoint between the (shielded) commit and recording its outcome.
-        reply = FileWriteReply(dispatch.wire_info(info))
-        state.reply = reply
-        return reply
-
     # --- Requests with streams -------------------------------------------------------------
 
-    async def _upload(
-        self,
-        state: RequestState,
-        message: FileWrite,
-        data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
-    ) -> Message:
-        """Stream a WRITE's DATA into a store upload and commit it.
+    async def receive_content(
+        self, state: RequestState, sink: Callable[[Payload], Awaitable[None]]
+    ) -> None:
+        """Hand a WRITE's DATA to ``sink`` piece by piece until the client's END.
 
-        Credit is granted as the store takes the data, from the global in-flight budget
+        Credit is granted as the sink takes the data, from the global in-flight budget
         (see budget.py): the upload holds at most its share of it, and earns it gradually
-        (each grant at most twice what the store has taken), so an upload that sends
+        (each grant at most twice what the sink has taken), so an upload that sends
         nothing holds little more than its initial window.
 
-        Cancellation: before the commit, the upload is aborted (a resumable one keeps its
-        recorded prefix); the commit is shielded, so once it starts the file is stored.
+        Cancellation: stops between pieces, or inside ``sink`` as the sink allows.
 
         Raises:
             TimeoutError_: the client, holding credit, sent no DATA for the stream deadline.
             CancelledError: the DATA ended without END (the connection is going away).
-            LibrorumError: the store's answer (NO_SPACE, EXISTS, TOO_LARGE, ...).
+            LibrorumError: whatever ``sink`` raises.
         """
-        budget = self.server.budget
-        async with data, dispatch.open_upload(self.server, message) as upload:
-            state.started = True
-            while (piece := await self._next_piece(state, data)) is not None:
-                await upload.write(piece)
-                size = len(piece)
-                state.reserved -= size
-                state.consumed += size
-                budget.give(size)
-            if not state.end_received:
-                # The channel closed without END: the connection is going away.
-                msg = "the upload ended without its last DATA frame"
-                raise CancelledError(msg)
-            # Once the commit starts it completes: a cancel arriving now answers COMMITTED.
-            with trio.CancelScope(shield=True):
-                info = await upload.commit()
-                reply = FileWriteReply(dispatch.wire_info(info))
-                state.reply = reply
-        return reply
+        data = state.data_out
+        assert data is not None, "a request without DATA has no content to receive"
+        budget = self.context.budget
+        while (piece := await self._next_piece(state, data)) is not None:
+            await sink(piece)
+            size = len(piece)
+            state.reserved -= size
+            state.consumed += size
+            budget.give(size)
+        if not state.end_received:
+            # The channel closed without END: the connection is going away.
+            msg = "the upload ended without its last DATA frame"
+            raise CancelledError(msg)
 
     async def _next_piece(
-        self,
-        state: RequestState,
-        data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
-    ) -> bytes | bytearray | memoryview | None:
+        self, state: RequestState, data: trio.MemoryReceiveChannel[Payload]
+    ) -> Payload | None:
         """The upload's next DATA payload, or ``None`` after the last one. Grants credit
         first, as far as the upload's allowance and the budget go.
 
@@ -591,7 +503,7 @@ class Connection:
                 return await self._wait_for_data(data, state)
             # The client has no credit left and the budget none to give: wait for either
             # room in the budget or (an empty DATA with END needs no credit) the client.
-            budget = self.server.budget
+            budget = self.context.budget
             state.wake = budget.waiter()
             try:
                 await state.wake.wait()
@@ -606,8 +518,8 @@ class Connection:
         if state.end_received:
             return
         sid = state.session_id
-        budget = self.server.budget
-        allowance = min(budget.share(), self.server.limits.initial_window + 2 * state.consumed)
+        budget = self.context.budget
+        allowance = min(budget.share(), self.context.limits.initial_window + 2 * state.consumed)
         room = allowance - state.reserved
         # Each grant is a frame: wait until a quarter of the allowance is due, unless the
         # client has no credit at all and would stall.
@@ -620,11 +532,9 @@ class Connection:
             self._wake_writer()
 
     async def _wait_for_data(
-        self,
-        data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
-        state: RequestState,
-    ) -> bytes | bytearray | memoryview | None:
-        async def receive() -> bytes | bytearray | memoryview | None:
+        self, data: trio.MemoryReceiveChannel[Payload], state: RequestState
+    ) -> Payload | None:
+        async def receive() -> Payload | None:
             try:
                 return await data.receive()
             except trio.EndOfChannel:
@@ -640,7 +550,7 @@ class Connection:
         Raises:
             TimeoutError_: the deadline passed (the request ends; the connection stays).
         """
-        timeout = self.server.timeouts.stream
+        timeout = self.context.timeouts.stream
         with trio.move_on_after(timeout):
             state.waiting_on_peer = True
             try:
@@ -650,27 +560,35 @@ class Connection:
         msg = f"the client {what} for {timeout:g} s: {state.command.name} aborted"
         raise TimeoutError_(msg)
 
-    async def _download(self, state: RequestState, message: FileRead) -> None:
-        session = self.session
-        sid = state.session_id
-        async with dispatch.open_read(self.server, message) as reader:
-            state.started = True
-            remaining = reader.length
-            reply = FileReadReply(dispatch.wire_info(reader.info), message.offset, remaining)
-            session.reply(sid, reply, end=remaining == 0)
-            self._wake_writer()
-            try:
-                if self._file_transport is not None:
-                    remaining = await self._send_segments(state, reader, remaining)
-                else:
-                    remaining = await self._send_pieces(state, reader, remaining)
-            finally:
-                # The DATA frames queued point into the reader (its descriptors or buffers),
-                # which closing it releases for reuse: none may be written after that.
-                await self._settle_output()
-            if remaining:
-                msg = f"{remaining} bytes of the file went missing while reading"
-                raise InternalError(msg)
+    async def send_content(self, state: RequestState, reply: FileReadReply, reader: Reader) -> None:
+        """Send a READ's first reply, then the reader's range as DATA frames as the client
+        grants credit: from the chunk files themselves (``os.sendfile``) where the transport
+        sends files, else as views of the reader's buffers. Returns once no frame queued can
+        still point into the reader, so the caller may close it.
+
+        Cancellation: stops between frames; the frames queued are settled all the same.
+
+        Raises:
+            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
+            TimeoutError_: the client granted no credit, or read nothing, for the stream
+                deadline.
+            InternalError: the reader gave fewer bytes than the reply announced.
+        """
+        remaining = reply.length
+        self.session.reply(state.session_id, reply, end=remaining == 0)
+        self._wake_writer()
+        try:
+            if self._file_transport is not None:
+                remaining = await self._send_segments(state, reader, remaining)
+            else:
+                remaining = await self._send_pieces(state, reader, remaining)
+        finally:
+            # The DATA frames queued point into the reader (its descriptors or buffers),
+            # which closing it releases for reuse: none may be written after that.
+            await self._settle_output()
+        if remaining:
+            msg = f"{remaining} bytes of the file went missing while reading"
+            raise InternalError(msg)
 
     async def _send_segments(self, state: RequestState, reader: Reader, remaining: int) -> int:
         """Queue the range as DATA frames whose payloads are regions of the verified chunk
@@ -735,17 +653,6 @@ class Connection:
             await self._wait_on_client(state, "read nothing", self._wait_until_sent)
         return remaining
 
-    async def _cancel(self, message: Cancel) -> Message:
-        target = self.requests.get(message.target)
-        if target is None:
-            return CancelReply(CancelOutcome.UNKNOWN)
-        target.cancel_scope.cancel()
-        await target.done.wait()
-        # The target's final frame is already queued: the CANCEL reply goes out after it.
-        if target.reply is not None:
-            return CancelReply(CancelOutcome.COMMITTED)
-        return CancelReply(CancelOutcome.ABORTED if target.started else CancelOutcome.NOT_STARTED)
-
     # --- Writing -----------------------------------------------------------------------------
 
     def _wake_writer(self) -> None:
@@ -781,7 +688,7 @@ class Connection:
 
         Cancellation: shielded (a cancelled download must settle all the same).
         """
-        with trio.move_on_after(self.server.timeouts.close) as scope:
+        with trio.move_on_after(self.context.timeouts.close) as scope:
             scope.shield = True
             await self._wait_until_sent()
         if scope.cancelled_caught:
@@ -810,7 +717,7 @@ class Connection:
                     await self.transport.send_frames(cast("list[FrameParts]", frames))
             finally:
                 self._sending -= 1
-            self.server.stats.bytes_out += sum(
+            self.context.stats.bytes_out += sum(
                 len(header) + (payload.length if type(payload) is FileRegion else len(payload))
                 for header, payload in frames
             )
@@ -859,7 +766,7 @@ class Connection:
     def goaway(self) -> None:
         """Start draining this connection (server shutdown): GOAWAY now, close when the last
         request in flight has finished."""
-        self.session.goaway("server is shutting down", self.server.grace_ms)
+        self.session.goaway("server is shutting down", self.context.grace_ms)
         self._wake_writer()
         if self.session.closed and self._read_scope is not None:
             self._read_scope.cancel()  # nothing in flight: stop reading now
