@@ -54,6 +54,7 @@ from librorum.protocol.messages import (
     UploadStatusReply,
 )
 from librorum.server.requests import Driver, RequestState
+from librorum.server.streams import receive_content, send_content
 from librorum.service import INLINE_LIST_LIMIT, DescriptorKind, FileInfo as StoredInfo
 
 M = TypeVar("M")
@@ -239,7 +240,7 @@ async def read(driver: Driver, state: RequestState, message: FileRead) -> None:
     ) as reader:
         state.started = True
         reply = FileReadReply(wire_info(reader.info), message.offset, reader.length)
-        await driver.send_content(state, reply, reader)
+        await send_content(driver, state, reply, reader)
 
 
 async def write(driver: Driver, state: RequestState, message: FileWrite) -> FileWriteReply:
@@ -259,7 +260,7 @@ async def write(driver: Driver, state: RequestState, message: FileWrite) -> File
         offset=message.offset,
     ) as upload:
         state.started = True
-        await driver.receive_content(state, upload.write)
+        await receive_content(driver, state, upload.write)
         info = await service.commit(upload)
         # No checkpoint between the (shielded) commit and recording its outcome.
         reply = FileWriteReply(wire_info(info))

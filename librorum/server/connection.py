@@ -8,8 +8,9 @@ coalesces the small replies of many requests into one write.
 What a request means is not decided here: the command table (``commands.py``) gives each
 request command its handler, which calls the service core, and says whether the reader answers
 it itself and what cancelling it does. This module is the driver around the handlers: reading
-and writing, deadlines, credit both ways, the upload budget, and matching passed descriptors
-to their frames.
+and writing, deadlines, the requests' tasks, and matching passed descriptors to their frames;
+the content of READ and WRITE streams under credit both ways is paced in ``streams.py``, over
+the primitives of the writer here.
 
 Requests the table marks inline (cheap metadata reads the service answers without a
 checkpoint, and a CANCEL whose target is not running) are answered by the reader itself,
@@ -36,8 +37,7 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import trio
 
@@ -50,12 +50,11 @@ from librorum.errors import (
     InternalError,
     LibrorumError,
     RemoteProtocolError,
-    TimeoutError_,
     UnavailableError,
 )
 from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
 from librorum.protocol.framing import FileRegion, Payload
-from librorum.protocol.messages import FileReadReply, Message
+from librorum.protocol.messages import Message
 from librorum.protocol.session import (
     ConnectionEnded,
     DataReceived,
@@ -72,12 +71,10 @@ from librorum.server.requests import RequestState
 from librorum.transport.base import file_transport
 
 if TYPE_CHECKING:
-    from librorum.service import Reader, Service
+    from librorum.service import Service
     from librorum.transport import FrameParts, FrameTransport
 
 log = logging.getLogger("librorum.server")
-
-T = TypeVar("T")
 
 #: Frames the session may hold unsent before a READ producer waits for the writer: bounds a
 #: connection's output buffer (with 1 MiB frames, a few MiB) when the client reads slowly.
@@ -111,7 +108,7 @@ class Connection:
         # Set once the last flush is over: nothing is written to the transport any more.
         self._flushed = False
         # Unix sockets send a READ's DATA straight from the chunk files (os.sendfile).
-        self._file_transport = file_transport(transport)
+        self.file_transport = file_transport(transport)
         # Batches being written (by the writer, or by the reader for its own replies): their
         # frames are out of the session's queue but not yet on the wire.
         self._sending = 0
@@ -204,7 +201,7 @@ class Connection:
                 msg = "a WebSocket message must hold exactly one LBRU frame"
                 session.fail(RemoteProtocolError(msg))
             if not data or session.closed or self._sending:
-                self._wake_writer()  # a write is under way: the writer takes these next
+                self.wake_writer()  # a write is under way: the writer takes these next
             elif session.queued_frames and not await self._flush(0):
                 return
             if not data:
@@ -219,7 +216,7 @@ class Connection:
         with trio.move_on_after(self.context.timeouts.idle(self.transport.kind)):
             while session.queued_frames > limit and not self._writer_done.is_set():
                 if self._sending:
-                    self._wake_writer()
+                    self.wake_writer()
                     await self._drained.park()
                 else:
                     await self._send_queued()
@@ -404,7 +401,7 @@ class Connection:
                 what = "aborted: no effect" if state.started else "cancelled before it started"
                 session.send_error(sid, CancelledError(what))
             state.done.set()
-            self._wake_writer()
+            self.wake_writer()
             if session.closed and self._read_scope is not None:
                 self._read_scope.cancel()  # a drained connection: stop waiting for the client
 
@@ -445,217 +442,9 @@ class Connection:
             self._fds_matched += 1
         return True
 
-    # --- Requests with streams -------------------------------------------------------------
-
-    async def receive_content(
-        self, state: RequestState, sink: Callable[[Payload], Awaitable[None]]
-    ) -> None:
-        """Hand a WRITE's DATA to ``sink`` piece by piece until the client's END.
-
-        Credit is granted as the sink takes the data, from the global in-flight budget
-        (see budget.py): the upload holds at most its share of it, and earns it gradually
-        (each grant at most twice what the sink has taken), so an upload that sends
-        nothing holds little more than its initial window.
-
-        Cancellation: stops between pieces, or inside ``sink`` as the sink allows.
-
-        Raises:
-            TimeoutError_: the client, holding credit, sent no DATA for the stream deadline.
-            CancelledError: the DATA ended without END (the connection is going away).
-            LibrorumError: whatever ``sink`` raises.
-        """
-        data = state.data_out
-        assert data is not None, "a request without DATA has no content to receive"
-        budget = self.context.budget
-        while (piece := await self._next_piece(state, data)) is not None:
-            await sink(piece)
-            size = len(piece)
-            state.reserved -= size
-            state.consumed += size
-            budget.give(size)
-        if not state.end_received:
-            # The channel closed without END: the connection is going away.
-            msg = "the upload ended without its last DATA frame"
-            raise CancelledError(msg)
-
-    async def _next_piece(
-        self, state: RequestState, data: trio.MemoryReceiveChannel[Payload]
-    ) -> Payload | None:
-        """The upload's next DATA payload, or ``None`` after the last one. Grants credit
-        first, as far as the upload's allowance and the budget go.
-
-        Waiting for DATA the client has credit for is bounded by the stream deadline; waiting
-        for budget to grant from is not (that wait is ours, and ends as other uploads move).
-
-        Raises:
-            TimeoutError_: the client sent nothing for the stream deadline.
-        """
-        sid = state.session_id
-        while True:
-            self._grant_credit(state)
-            try:
-                return data.receive_nowait()
-            except trio.WouldBlock:
-                pass
-            except trio.EndOfChannel:
-                return None
-            if state.end_received or self.session.receive_window(sid):
-                return await self._wait_for_data(data, state)
-            # The client has no credit left and the budget none to give: wait for either
-            # room in the budget or (an empty DATA with END needs no credit) the client.
-            budget = self.context.budget
-            state.wake = budget.waiter()
-            try:
-                await state.wake.wait()
-            finally:
-                budget.forget(state.wake)
-                state.wake = None
-
-    def _grant_credit(self, state: RequestState) -> None:
-        """Grant an upload more credit, in batches: up to its allowance (the initial window
-        plus twice what the store has taken, at most its share of the budget), from the
-        budget."""
-        if state.end_received:
-            return
-        sid = state.session_id
-        budget = self.context.budget
-        allowance = min(budget.share(), self.context.limits.initial_window + 2 * state.consumed)
-        room = allowance - state.reserved
-        # Each grant is a frame: wait until a quarter of the allowance is due, unless the
-        # client has no credit at all and would stall.
-        if room <= 0 or (room < allowance // 4 and self.session.receive_window(sid)):
-            return
-        granted = budget.take(room)
-        if granted:
-            state.reserved += granted
-            self.session.grant(sid, granted)
-            self._wake_writer()
-
-    async def _wait_for_data(
-        self, data: trio.MemoryReceiveChannel[Payload], state: RequestState
-    ) -> Payload | None:
-        async def receive() -> Payload | None:
-            try:
-                return await data.receive()
-            except trio.EndOfChannel:
-                return None
-
-        return await self._wait_on_client(state, "sent no DATA", receive)
-
-    async def _wait_on_client(
-        self, state: RequestState, what: str, wait: Callable[[], Awaitable[T]]
-    ) -> T:
-        """Wait for the client's side of a stream, at most the stream deadline.
-
-        Raises:
-            TimeoutError_: the deadline passed (the request ends; the connection stays).
-        """
-        timeout = self.context.timeouts.stream
-        with trio.move_on_after(timeout):
-            state.waiting_on_peer = True
-            try:
-                return await wait()
-            finally:
-                state.waiting_on_peer = False
-        msg = f"the client {what} for {timeout:g} s: {state.command.name} aborted"
-        raise TimeoutError_(msg)
-
-    async def send_content(self, state: RequestState, reply: FileReadReply, reader: Reader) -> None:
-        """Send a READ's first reply, then the reader's range as DATA frames as the client
-        grants credit: from the chunk files themselves (``os.sendfile``) where the transport
-        sends files, else as views of the reader's buffers. Returns once no frame queued can
-        still point into the reader, so the caller may close it.
-
-        Cancellation: stops between frames; the frames queued are settled all the same.
-
-        Raises:
-            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
-            TimeoutError_: the client granted no credit, or read nothing, for the stream
-                deadline.
-            InternalError: the reader gave fewer bytes than the reply announced.
-        """
-        remaining = reply.length
-        self.session.reply(state.session_id, reply, end=remaining == 0)
-        self._wake_writer()
-        try:
-            if self._file_transport is not None:
-                remaining = await self._send_segments(state, reader, remaining)
-            else:
-                remaining = await self._send_pieces(state, reader, remaining)
-        finally:
-            # The DATA frames queued point into the reader (its descriptors or buffers),
-            # which closing it releases for reuse: none may be written after that.
-            await self._settle_output()
-        if remaining:
-            msg = f"{remaining} bytes of the file went missing while reading"
-            raise InternalError(msg)
-
-    async def _send_segments(self, state: RequestState, reader: Reader, remaining: int) -> int:
-        """Queue the range as DATA frames whose payloads are regions of the verified chunk
-        files (the transport sends them with ``os.sendfile``); return the bytes not sent.
-
-        Cancellation: frames already queued stay queued; the caller settles them before the
-        reader closes the descriptors they name.
-
-        Raises:
-            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
-            TimeoutError_: the client granted no credit, or read nothing, for the stream
-                deadline.
-        """
-        session = self.session
-        sid = state.session_id
-        async for segment in reader.segments():
-            position = segment.offset
-            end = segment.offset + segment.length
-            while position < end:
-                allowed = min(session.send_window(sid), session.max_payload, end - position)
-                if allowed == 0:
-                    await self._wait_on_client(state, "granted no credit", state.window.park)
-                    continue
-                remaining -= allowed
-                region = FileRegion(segment.fd, position, allowed)
-                session.send_data(sid, region, end=remaining == 0)
-                position += allowed
-                self._wake_writer()
-                await self._wait_on_client(state, "read nothing", self._wait_for_writer)
-            # The frames just queued name this segment's descriptor, which the next step
-            # closes. The reader has verified the next chunks meanwhile, and the socket buffer
-            # keeps the client busy while this task advances.
-            await self._wait_on_client(state, "read nothing", self._wait_until_sent)
-        return remaining
-
-    async def _send_pieces(self, state: RequestState, reader: Reader, remaining: int) -> int:
-        """Queue the range as DATA frames that are views of the reader's buffers (for
-        transports that cannot send from a file); return the bytes not sent.
-
-        Cancellation: as :meth:`_send_segments`.
-
-        Raises:
-            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
-            TimeoutError_: as :meth:`_send_segments`.
-        """
-        session = self.session
-        sid = state.session_id
-        async for piece in reader:
-            view = memoryview(piece)
-            while view:
-                allowed = min(session.send_window(sid), session.max_payload)
-                if allowed == 0:
-                    await self._wait_on_client(state, "granted no credit", state.window.park)
-                    continue
-                chunk, view = view[:allowed], view[allowed:]
-                remaining -= len(chunk)
-                session.send_data(sid, chunk, end=remaining == 0)
-                self._wake_writer()
-                await self._wait_on_client(state, "read nothing", self._wait_for_writer)
-            # The frames just queued are views of the reader's buffer, which the next
-            # step reuses: they must be on the wire before the loop advances.
-            await self._wait_on_client(state, "read nothing", self._wait_until_sent)
-        return remaining
-
     # --- Writing -----------------------------------------------------------------------------
 
-    def _wake_writer(self) -> None:
+    def wake_writer(self) -> None:
         try:
             self._doorbell_send.send_nowait(None)
         except trio.WouldBlock:
@@ -663,13 +452,13 @@ class Connection:
         except trio.ClosedResourceError:
             pass  # the writer has stopped
 
-    async def _wait_for_writer(self) -> None:
+    async def wait_for_writer(self) -> None:
         """Backpressure for producers of bulk data: wait while the session holds more than
         a few unsent frames (the transport is slower than the producer)."""
         while self.session.queued_frames > MAX_QUEUED_FRAMES and not self._writer_done.is_set():
             await self._drained.park()
 
-    async def _wait_until_sent(self) -> None:
+    async def wait_until_sent(self) -> None:
         """Wait until every frame queued so far has been written to the transport, or can no
         longer be: a batch being written always finishes first (whoever writes it), and
         frames still queued are waited for until the connection's last flush is over."""
@@ -678,10 +467,10 @@ class Connection:
             # is done; waking the writer meanwhile would only have it find nothing queued
             # and unpark us at once, round and round while a slow peer holds that send.
             if not self._sending:
-                self._wake_writer()
+                self.wake_writer()
             await self._drained.park()
 
-    async def _settle_output(self) -> None:
+    async def settle_output(self) -> None:
         """Before a download releases its reader: wait until none of the frames queued so far
         can still be written. Bounded by the close timeout; past it the transport is closed,
         so that no later write can send bytes from a released buffer or a reused descriptor.
@@ -690,7 +479,7 @@ class Connection:
         """
         with trio.move_on_after(self.context.timeouts.close) as scope:
             scope.shield = True
-            await self._wait_until_sent()
+            await self.wait_until_sent()
         if scope.cancelled_caught:
             log.info("%s: output not drained in time; closing", self.transport.peer)
             with trio.CancelScope(shield=True):
@@ -710,8 +499,8 @@ class Connection:
         if frames:
             self._sending += 1
             try:
-                if self._file_transport is not None:
-                    await self._file_transport.send_frames(frames)
+                if self.file_transport is not None:
+                    await self.file_transport.send_frames(frames)
                 else:
                     # FileRegion payloads are queued only when the transport sends files.
                     await self.transport.send_frames(cast("list[FrameParts]", frames))
@@ -759,7 +548,7 @@ class Connection:
         self.session.fail(ConnectionLimitError(reason))
         if self._loop_scope is not None:
             self._loop_scope.cancel()
-        self._wake_writer()
+        self.wake_writer()
 
     # --- Shutdown ------------------------------------------------------------------------------
 
@@ -767,7 +556,7 @@ class Connection:
         """Start draining this connection (server shutdown): GOAWAY now, close when the last
         request in flight has finished."""
         self.session.goaway("server is shutting down", self.context.grace_ms)
-        self._wake_writer()
+        self.wake_writer()
         if self.session.closed and self._read_scope is not None:
             self._read_scope.cancel()  # nothing in flight: stop reading now
 

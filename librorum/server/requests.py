@@ -7,7 +7,7 @@ Connection` implements, so neither module imports the other's internals.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 import attrs
@@ -15,9 +15,11 @@ import trio
 
 from librorum.protocol.constants import Command
 from librorum.protocol.framing import Payload
-from librorum.protocol.messages import FileReadReply, Message
+from librorum.protocol.messages import Message
 from librorum.protocol.session import ServerSession
-from librorum.service import Reader, Service
+from librorum.server.context import ServerContext
+from librorum.service import Service
+from librorum.transport.base import FileTransport
 
 
 @attrs.define(eq=False)
@@ -58,8 +60,8 @@ class RequestState:
 
 class Driver(Protocol):
     """The connection, as a request handler sees it: the service to call, the session to
-    answer on, and the two streams (content out under the client's credit, content in under
-    the credit the server grants)."""
+    answer on, what the daemon shares, and the writer's primitives that the streams in
+    ``streams.py`` pace themselves with."""
 
     @property
     def service(self) -> Service: ...
@@ -68,29 +70,26 @@ class Driver(Protocol):
     def session(self) -> ServerSession: ...
 
     @property
+    def context(self) -> ServerContext: ...
+
+    @property
     def requests(self) -> Mapping[int, RequestState]:
         """The requests in flight that run in a task of their own, by session id."""
 
-    async def send_content(self, state: RequestState, reply: FileReadReply, reader: Reader) -> None:
-        """Send a READ's first reply, then the reader's range as DATA frames as the client
-        grants credit (from the chunk files themselves where the transport sends files).
-        Returns once no frame queued can still point into the reader.
+    @property
+    def file_transport(self) -> FileTransport | None:
+        """The transport, when it sends frames whose payloads are file regions."""
 
-        Raises:
-            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
-            TimeoutError_: the client granted no credit, or read nothing, for the stream
-                deadline.
-            InternalError: the reader gave fewer bytes than the reply announced.
-        """
+    def wake_writer(self) -> None:
+        """Have the writer send what the session has queued."""
 
-    async def receive_content(
-        self, state: RequestState, sink: Callable[[Payload], Awaitable[None]]
-    ) -> None:
-        """Hand a WRITE's DATA to ``sink`` piece by piece, granting the client credit as the
-        sink takes it, until the client's END.
+    async def wait_for_writer(self) -> None:
+        """Wait while the session holds more than a few unsent frames (backpressure for
+        producers of bulk data)."""
 
-        Raises:
-            TimeoutError_: the client, holding credit, sent no DATA for the stream deadline.
-            CancelledError: the DATA ended without END (the connection is going away).
-            LibrorumError: whatever ``sink`` raises.
-        """
+    async def wait_until_sent(self) -> None:
+        """Wait until every frame queued so far is written, or can no longer be."""
+
+    async def settle_output(self) -> None:
+        """Wait until none of the frames queued so far can still be written (bounded by the
+        close timeout, past which the transport is closed). Shielded."""
