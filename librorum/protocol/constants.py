@@ -161,6 +161,12 @@ DEFAULT_LIST_LIMIT: Final = 1000
 MAX_TEXT_BYTES: Final = 1024
 #: Longest PING payload.
 MAX_PING_BYTES: Final = 256
+#: Largest WebSocket message a side accepts with the default limits: one maximal frame, since
+#: every message carries exactly one (spec 2.2); anything larger is FRAME_TOO_LARGE.
+WS_MAX_MESSAGE_SIZE: Final = HEADER_SIZE + DEFAULT_MAX_PAYLOAD
+#: Largest WebSocket message a receiver takes before HELLO completes (spec 2.2): one frame with
+#: the pre-handshake budget, so that an unintroduced peer cannot make it buffer 1 MiB.
+WS_HANDSHAKE_MESSAGE_SIZE: Final = HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD
 
 assert HEADER_SIZE == 4 + 1 + 1 + 2 + 4 + 8
 assert MIN_MAX_PAYLOAD <= MAX_CONTROL_PAYLOAD <= DEFAULT_MAX_PAYLOAD
