@@ -71,6 +71,24 @@ COMMAND_TABLE: Final[tuple[Command | None, ...]] = tuple(
 )
 
 
+#: Commands that open a request; every other command travels on an existing session or 0.
+REQUEST_COMMANDS: Final = frozenset(
+    {
+        Command.WRITE,
+        Command.READ,
+        Command.LIST,
+        Command.NODE_STATUS,
+        Command.STAT,
+        Command.MKDIR,
+        Command.DELETE,
+        Command.RENAME,
+        Command.UPLOAD_STATUS,
+        Command.PING,
+        Command.CANCEL,
+    }
+)
+
+
 class Flags(enum.IntFlag):
     """The flags field of the header (spec section 3.2). All other bits are reserved and must
     be zero; a frame with a reserved bit set is a connection error (``BAD_FLAGS``)."""
@@ -87,6 +105,11 @@ class Flags(enum.IntFlag):
 
 #: Bits a v1 frame may set; the rest are reserved.
 KNOWN_FLAGS: Final = int(Flags.END | Flags.REPLY | Flags.FD)
+#: The flag bits as plain integers, for the per-frame paths: IntFlag arithmetic costs an
+#: enum construction per operation.
+FLAG_END: Final = int(Flags.END)
+FLAG_REPLY: Final = int(Flags.REPLY)
+FLAG_FD: Final = int(Flags.FD)
 
 
 class Feature(enum.IntFlag):
