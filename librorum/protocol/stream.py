@@ -32,6 +32,11 @@ from librorum.protocol.constants import Command
 class StreamState(enum.Enum):
     """Where one request stream is (spec 6.1)."""
 
+    # Members are singletons compared by identity, so identity hashing agrees with equality;
+    # Enum's own __hash__ hashes the name in Python code, which doubled the cost of a table
+    # lookup on every frame.
+    __hash__ = object.__hash__
+
     #: The session id is not in flight (the state before the request frame).
     IDLE = "idle"
     #: A WRITE whose DATA still flows from the client (no END yet).
@@ -48,6 +53,8 @@ class StreamState(enum.Enum):
 
 class StreamInput(enum.Enum):
     """The frames that move a stream, whichever side sends them."""
+
+    __hash__ = object.__hash__  # as StreamState's
 
     #: A request frame with END (every request but a WRITE whose content follows).
     REQUEST_END = "request-end"
