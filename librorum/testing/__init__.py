@@ -1,5 +1,5 @@
-"""Test support: a real daemon on temporary paths, clients connected to it, and a frame
-transport over any byte stream.
+"""Test support: a real daemon on temporary paths, clients connected to it, and frame
+transports that run a real server connection without sockets.
 
 For users who test their code against Librorum, and for the project's own end-to-end tests::
 
@@ -11,13 +11,17 @@ The daemon listens on a Unix socket under the given directory and on WebSocket a
 127.0.0.1 with an ephemeral port, with a fresh token; signals are left alone. With pytest,
 the fixtures in :mod:`librorum.pytest_plugin` (registered automatically) wrap this.
 
-To drive one server connection without sockets (deterministic, under a mock clock),
-serve a :class:`StreamTransport` over one end of an in-memory stream and talk LBRU bytes
-into the other end::
+To drive one server connection without sockets (deterministic, under a mock clock), serve
+one end of a :func:`memory_transport_pair` and talk LBRU frames into the other end. Each
+direction holds a bounded number of bytes, so a peer that does not read stops its sender as
+a socket buffer would; with ``carries_files=True`` the pair passes descriptors as a Unix
+socket does (spec 8)::
 
-    client_end, server_end = trio.testing.memory_stream_pair()
-    nursery.start_soon(server.handle, StreamTransport(server_end))
-    await client_end.send_all(hello_frame + request_frames)
+    server_end, client_end = memory_transport_pair()
+    nursery.start_soon(server.handle, server_end)
+    await client_end.send_frames(session.frames_to_send())
+
+:class:`StreamTransport` does the same over any trio byte stream (the fuzz target's).
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ from librorum.testing.daemon import (
     open_test_daemon as open_test_daemon,
     test_config as test_config,
 )
-from librorum.testing.streams import (
-    StreamTransport as StreamTransport,
+from librorum.testing.memory import (
+    MEMORY_CAPACITY as MEMORY_CAPACITY,
+    DirectionStatistics as DirectionStatistics,
+    MemoryTransport as MemoryTransport,
+    MemoryTransportStatistics as MemoryTransportStatistics,
     memory_transport_pair as memory_transport_pair,
 )
+from librorum.testing.streams import StreamTransport as StreamTransport

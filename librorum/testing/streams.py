@@ -155,16 +155,3 @@ if TYPE_CHECKING:
 
     # mypy checks here that StreamTransport keeps to the protocol the server takes.
     _CONFORMS: type[FrameTransport] = StreamTransport
-
-
-def memory_transport_pair(
-    *, lockstep: bool = False, kind: str = "memory"
-) -> tuple[StreamTransport, StreamTransport]:
-    """Two connected :class:`StreamTransport` ends over
-    ``trio.testing.memory_stream_pair()`` (unbounded buffers: sends never wait) or, with
-    ``lockstep``, ``trio.testing.lockstep_stream_pair()`` (no buffer: each send waits until
-    the other end has read it all, like a peer whose socket buffer is full)."""
-    from trio.testing import lockstep_stream_pair, memory_stream_pair
-
-    left, right = lockstep_stream_pair() if lockstep else memory_stream_pair()
-    return StreamTransport(left, kind=kind), StreamTransport(right, kind=kind)
