@@ -113,7 +113,7 @@ class Connection:
         # frames are out of the session's queue but not yet on the wire.
         self._sending = 0
         self._nursery: trio.Nursery | None = None
-        self._last_activity = trio.current_time()
+        self._last_activity = self._accepted = trio.current_time()
         # Bytes last moved either way: how long the connection has waited on its client.
         self._last_progress = self._last_activity
         self._frame_started: float | None = None
@@ -235,10 +235,15 @@ class Connection:
                 self._frame_started = now
             deadline = self._frame_started + limits.frame
             what = "frame not completed"
+            # The handshake deadline runs from accept to a complete HELLO (spec 9.2), however
+            # the HELLO's bytes trickle in: a frame begun in time does not extend it.
+            if session.state is State.HANDSHAKE and self._accepted + limits.handshake < deadline:
+                deadline = self._accepted + limits.handshake
+                what = "no HELLO"
         else:
             self._frame_started = None
             if session.state is State.HANDSHAKE:
-                deadline = self._last_activity + limits.handshake
+                deadline = self._accepted + limits.handshake
                 what = "no HELLO"
             elif session.in_flight():
                 deadline = math.inf  # requests are running: not idle

@@ -46,11 +46,6 @@ async def test_no_hello_within_the_handshake_deadline(
         assert peer.closed_at == at(opened + DEADLINES["handshake_timeout"])
 
 
-@pytest.mark.xfail(
-    reason="a HELLO still arriving is held to the frame deadline, not to the handshake "
-    "deadline (spec 9.2: from accept to a complete HELLO)",
-    strict=True,
-)
 async def test_a_hello_still_arriving_is_held_to_the_handshake_deadline(
     server: ServerUnderTest, clock: MockClock
 ) -> None:
