@@ -38,6 +38,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check librorum tests fuzz bench
 	$(BIN)/ruff format --check librorum tests fuzz bench
+	$(PY) scripts/unasync.py --check
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix librorum tests fuzz bench

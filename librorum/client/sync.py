@@ -82,7 +82,7 @@ from librorum.client._endpoints import (
     TransportChoice,
     resolve_endpoints,
 )
-from librorum.client._sources import SyncSource, SyncWriteData, open_sync_source
+from librorum.client._sync_sources import SyncSource, SyncWriteData, open_sync_source
 from librorum.errors import (
     ConflictError,
     ConnectionClosed,
