@@ -102,7 +102,11 @@ class Rule(NamedTuple):
     target: Path
 
 
-RULES: Final = (Rule(CLIENT / "_sources.py", CLIENT / "_sync_sources.py"),)
+RULES: Final = (
+    Rule(CLIENT / "_sources.py", CLIENT / "_sync_sources.py"),
+    Rule(CLIENT / "_async_streams.py", CLIENT / "_sync_streams.py"),
+    Rule(CLIENT / "_async_client.py", CLIENT / "_sync_client.py"),
+)
 
 
 def header(source: Path) -> str:

@@ -17,6 +17,7 @@ from librorum.errors import (
     ConnectionClosed,
     LibrorumError,
     RemoteProtocolError,
+    UnavailableError,
 )
 from librorum.protocol.constants import Command
 from librorum.protocol.framing import Payload
@@ -63,6 +64,9 @@ SOCKET_BUFFER_SIZE: Final = limits.UDS_SOCKET_BUFFER
 #: Small DATA payloads are merged into one buffer while queued, so that the queue of a READ
 #: holds at most about window / COALESCE_BELOW items however small the server's frames are.
 COALESCE_BELOW: Final = 64 << 10
+#: Times a request is sent again on a new connection after a GOAWAY refused it, or after the
+#: connection it waited for became unusable.
+ROUTE_ATTEMPTS: Final = 3
 #: Environment variables that choose the endpoint when the caller does not.
 ENV_SOCKET: Final = "LIBRORUM_SOCKET"
 ENV_URL: Final = "LIBRORUM_URL"
@@ -217,6 +221,22 @@ class RequestState:
 
 #: What :func:`route_event` tells the driver about the connection.
 GOAWAY: Final = "goaway"
+
+
+def refused_by_goaway(error: LibrorumError | None, *, draining: bool) -> bool:
+    """Whether a request that ended with ``error`` on a connection that is ``draining`` was
+    refused because the server is going away (GOAWAY): such a request had no effect and may
+    be sent again on a new connection (spec 5.15)."""
+    return isinstance(error, UnavailableError) and draining
+
+
+class RefusedByGoAway(Exception):  # noqa: N818 - an internal signal, never escapes the client
+    """A WRITE was refused by a draining server before it started; ``error`` is the refusal,
+    raised if the WRITE cannot be sent again."""
+
+    def __init__(self, error: LibrorumError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def route_event(event: Event, requests: dict[int, S]) -> ConnectionEnded | str | None:
