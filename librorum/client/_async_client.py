@@ -147,6 +147,12 @@ class Client:
         self._closed = False
 
     async def __aenter__(self) -> Self:
+        """Connect now, unless connected (otherwise the first request does).
+
+        Raises:
+            As :func:`open_client`.
+        """
+        await self._connection()
         return self
 
     async def __aexit__(
@@ -268,13 +274,13 @@ class Client:
 
     async def aclose(self) -> None:
         """Close every connection; requests in flight end with ConnectionClosed. Idempotent.
-        Leaving the :func:`open_client` block does this."""
-        self._close()
-        await checkpoint()
+        Leaving the :func:`open_client` block does this.
 
-    def _close(self) -> None:
+        Cancellation: the connections are closed even if cancelled.
+        """
         self._closed = True
         self._connections.close()
+        await checkpoint()
 
     # Request plumbing --------------------------------------------------------------------------
 

@@ -145,6 +145,12 @@ class SyncClient:
         self._closed = False
 
     def __enter__(self) -> Self:
+        """Connect now, unless connected (otherwise the first request does).
+
+        Raises:
+            As :func:`connect`.
+        """
+        self._connection()
         return self
 
     def __exit__(
@@ -264,13 +270,13 @@ class SyncClient:
 
     def close(self) -> None:
         """Close every connection; requests in flight end with ConnectionClosed. Idempotent.
-        Leaving the :func:`connect` block does this."""
-        self._close()
-        checkpoint()
+        Leaving the :func:`connect` block does this.
 
-    def _close(self) -> None:
+        Cancellation: the connections are closed even if cancelled.
+        """
         self._closed = True
         self._connections.close()
+        checkpoint()
 
     # Request plumbing --------------------------------------------------------------------------
 

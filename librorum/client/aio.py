@@ -122,14 +122,15 @@ async def open_client(
             pass_fds=pass_fds,
         )
         try:
-            await client._connection()
+            await client.__aenter__()  # the first connection, now
             yield client
         except BaseException as exc:
             # Re-raised below, outside the nursery: the caller sees its own exception, not an
             # ExceptionGroup wrapping it (the connection tasks never raise).
             body_error = exc
         finally:
-            client._close()
+            with trio.CancelScope(shield=True):
+                await client.aclose()  # never blocks: each connection closes in its task
             # Each connection closes itself within CLOSE_TIMEOUT; this bounds the rest.
             nursery.cancel_scope.deadline = trio.current_time() + 2 * CLOSE_TIMEOUT
     if body_error is not None:

@@ -91,7 +91,7 @@ def connect(
         pass_fds=pass_fds,
     )
     try:
-        client._connection()
+        client.__enter__()  # the first connection, now
     except BaseException:
         client.close()
         raise
