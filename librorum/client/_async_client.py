@@ -318,7 +318,7 @@ class Client:
     async def _unary(self, message: Message, reply_type: type[M]) -> M:
         for attempt in range(1, ROUTE_ATTEMPTS + 1):
             async with self._request(message) as request:
-                await request.wait_finished(f"{request.command.name} reply")
+                await request.wait_finished()
                 if attempt < ROUTE_ATTEMPTS and refused_by_goaway(
                     request.error, draining=request.conn.draining
                 ):

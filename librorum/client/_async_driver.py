@@ -92,8 +92,10 @@ class AsyncRequest(RequestState):
     def changed(self) -> None:
         self._lot.unpark_all()
 
-    async def wait_until(self, ready: Callable[[], bool], what: str) -> None:
-        """Return once ``ready()`` holds or the request finished.
+    async def wait_until(self, ready: Callable[[], bool], what: str | None = None) -> None:
+        """Return once ``ready()`` holds or the request finished. ``what`` names what is
+        awaited in the timeout's message (default: the command's reply; built only then,
+        as every request passes here).
 
         Raises:
             ConnectionTimeoutError: nothing of the kind arrived within the connection's
@@ -107,13 +109,17 @@ class AsyncRequest(RequestState):
             while not (ready() or self.finished):
                 await self._lot.park()
             return
+        what = what or f"{self.command.name} reply"
         msg = f"no {what} from {self.conn.endpoint} within {timeout:g} s"
         raise ConnectionTimeoutError(msg)
 
-    async def wait_finished(self, what: str) -> None:
+    async def wait_finished(self, what: str | None = None) -> None:
+        """Return once the request finished (as :meth:`wait_until`)."""
         await self.wait_until(lambda: self.finished, what)
 
-    async def wait_reply(self, what: str) -> None:
+    async def wait_reply(self, what: str | None = None) -> None:
+        """Return once the (first) reply arrived or the request finished (as
+        :meth:`wait_until`)."""
         await self.wait_until(lambda: self.reply is not None, what)
 
     def result(self, cls: type[M]) -> M:

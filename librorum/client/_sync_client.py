@@ -314,7 +314,7 @@ class SyncClient:
     def _unary(self, message: Message, reply_type: type[M]) -> M:
         for attempt in range(1, ROUTE_ATTEMPTS + 1):
             with self._request(message) as request:
-                request.wait_finished(f"{request.command.name} reply")
+                request.wait_finished()
                 if attempt < ROUTE_ATTEMPTS and refused_by_goaway(
                     request.error, draining=request.conn.draining
                 ):

@@ -67,23 +67,31 @@ class SyncRequest(RequestState):
         super().__init__(session_id, command)
         self.conn = conn
 
-    def wait_until(self, ready: Callable[[], bool], what: str) -> None:
-        """Receive until ``ready()`` holds or the request finished.
+    def wait_until(self, ready: Callable[[], bool], what: str | None = None) -> None:
+        """Receive until ``ready()`` holds or the request finished. (``what``, which the
+        async driver names in its timeout message, is not needed: the socket's message
+        says where and how long.)
 
         Raises:
-            ConnectionTimeoutError: nothing arrived within the socket timeout (``what`` is
-                what the async driver names in its message; the socket's message says
-                where).
+            ConnectionTimeoutError: nothing arrived within the socket timeout.
         """
         conn = self.conn
         while not (ready() or self.finished):
             conn.pump()
 
-    def wait_finished(self, what: str) -> None:
-        self.wait_until(lambda: self.finished, what)
+    def wait_finished(self, what: str | None = None) -> None:
+        """Receive until the request finished (as :meth:`wait_until`)."""
+        # The loop of wait_until without its callable: every request passes here.
+        conn = self.conn
+        while not self.finished:
+            conn.pump()
 
-    def wait_reply(self, what: str) -> None:
-        self.wait_until(lambda: self.reply is not None, what)
+    def wait_reply(self, what: str | None = None) -> None:
+        """Receive until the (first) reply arrived or the request finished (as
+        :meth:`wait_until`)."""
+        conn = self.conn
+        while self.reply is None and not self.finished:
+            conn.pump()
 
     def result(self, cls: type[M]) -> M:
         """The reply, narrowed to ``cls``.
