@@ -1,7 +1,7 @@
-"""The streams of the async client: a READ's content, and a directory's entries page by page.
+"""The client's streams: a READ's content, and a directory's entries page by page.
 
-Written once: ``scripts/unasync.py`` generates the blocking client's streams
-(:mod:`librorum.client._sync_streams`) from this module.
+Written once, for the async client: ``scripts/unasync.py`` generates the blocking client's
+streams from this module.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class PageFetcher(Protocol):
 
 
 class ReadStream:
-    """The content of a file, streamed: an async context manager and, once entered, an async
-    iterator of chunks (buffers the caller owns). Memory stays bounded by the read window:
+    """The content of a file, streamed: an async context manager and, once entered,
+    an async iterator of chunks (buffers the caller owns). Memory stays bounded by the read window:
     credit goes back to the server as chunks are taken.
 
     Attributes (once entered):

@@ -1,9 +1,9 @@
 # GENERATED FILE: do not edit. Generated from librorum/client/_async_streams.py by
 # scripts/unasync.py; edit the source and run `python scripts/unasync.py`.
-"""The streams of the async client: a READ's content, and a directory's entries page by page.
+"""The client's streams: a READ's content, and a directory's entries page by page.
 
-Written once: ``scripts/unasync.py`` generates the blocking client's streams
-(:mod:`librorum.client._sync_streams`) from this module.
+Written once, for the async client: ``scripts/unasync.py`` generates the blocking client's
+streams from this module.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class PageFetcher(Protocol):
 
 
 class SyncReadStream:
-    """The content of a file, streamed: a context manager and, once entered, an async
-    iterator of chunks (buffers the caller owns). Memory stays bounded by the read window:
+    """The content of a file, streamed: a context manager and, once entered,
+    an iterator of chunks (buffers the caller owns). Memory stays bounded by the read window:
     credit goes back to the server as chunks are taken.
 
     Attributes (once entered):
