@@ -37,6 +37,7 @@ from librorum.client._common import (
     copy_error,
     ending_error,
     expect,
+    hello_outcome,
     lost,
     route_event,
 )
@@ -51,7 +52,7 @@ from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, Command
 from librorum.protocol.converter import command_of
 from librorum.protocol.framing import Payload
 from librorum.protocol.messages import Cancel, HelloReply, Message
-from librorum.protocol.session import ClientSession, ConnectionEnded, HelloAccepted, State
+from librorum.protocol.session import ClientSession, ConnectionEnded, State
 from librorum.transport import FrameTransport, acquire_lock, connect_uds, connect_websocket
 
 __all__ = ["AsyncConnection", "AsyncConnections", "AsyncRequest"]
@@ -223,18 +224,9 @@ class AsyncConnection:
             if refusal is None:
                 raise
             raise refusal from exc
-        while True:
-            event = session.next_event()
-            if event is None:
-                session.receive_data(await self.transport.receive_some(RECEIVE_SIZE))
-            elif isinstance(event, HelloAccepted):
-                reply = event.reply
-                break
-            elif isinstance(event, ConnectionEnded):
-                if event.error is not None:
-                    raise event.error
-                msg = f"{self.endpoint} closed the connection during the handshake"
-                raise ConnectionClosed(msg)
+        endpoint = str(self.endpoint)
+        while (reply := hello_outcome(session, endpoint)) is None:
+            session.receive_data(await self.transport.receive_some(RECEIVE_SIZE))
         self.server = reply
         self.streams = trio.Semaphore(max(1, reply.max_streams - CANCEL_RESERVE))
         self.uploads = trio.Semaphore(max(1, reply.max_uploads))

@@ -21,13 +21,15 @@ from librorum.errors import (
 )
 from librorum.protocol.constants import Command
 from librorum.protocol.framing import Payload
-from librorum.protocol.messages import Message
+from librorum.protocol.messages import HelloReply, Message
 from librorum.protocol.session import (
+    ClientSession,
     ConnectionEnded,
     DataReceived,
     ErrorReceived,
     Event,
     GoAwayReceived,
+    HelloAccepted,
     ReplyReceived,
     WindowGranted,
 )
@@ -290,3 +292,22 @@ def ending_error(ended: ConnectionEnded, endpoint: str, *, eof: bool) -> Libroru
         closed.__cause__ = error
         return closed
     return error
+
+
+def hello_outcome(session: ClientSession, endpoint: str) -> HelloReply | None:
+    """The outcome of the HELLO exchange, from the events ``session`` has queued: the
+    server's reply, or None while more bytes are needed.
+
+    Raises:
+        LibrorumError: the server refused the connection (its ERROR's class), or
+            ConnectionClosed when it closed without a word.
+    """
+    while (event := session.next_event()) is not None:
+        if isinstance(event, HelloAccepted):
+            return event.reply
+        if isinstance(event, ConnectionEnded):
+            if event.error is not None:
+                raise event.error
+            msg = f"{endpoint} closed the connection during the handshake"
+            raise ConnectionClosed(msg)
+    return None

@@ -32,6 +32,7 @@ from librorum.client._common import (
     copy_error,
     ending_error,
     expect,
+    hello_outcome,
     lost,
     route_event,
 )
@@ -40,7 +41,7 @@ from librorum.errors import ConnectionClosed, ConnectionTimeoutError, LibrorumEr
 from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, Command
 from librorum.protocol.converter import command_of
 from librorum.protocol.messages import Cancel, HelloReply, Message
-from librorum.protocol.session import ClientSession, ConnectionEnded, HelloAccepted, State
+from librorum.protocol.session import ClientSession, ConnectionEnded, State
 from librorum.transport import BlockingFrameTransport, connect_uds_blocking, connect_ws_blocking
 
 __all__ = ["SyncConnection", "SyncConnections", "SyncRequest"]
@@ -167,18 +168,11 @@ class SyncConnection:
             if refusal is None:
                 raise
             raise refusal from exc
-        while True:
-            event = session.next_event()
-            if event is None:
-                session.receive_data(self.transport.receive_some())
-            elif isinstance(event, HelloAccepted):
-                self.server = event.reply
-                return event.reply
-            elif isinstance(event, ConnectionEnded):
-                if event.error is not None:
-                    raise event.error
-                msg = f"{self.endpoint} closed the connection during the handshake"
-                raise ConnectionClosed(msg)
+        endpoint = str(self.endpoint)
+        while (reply := hello_outcome(session, endpoint)) is None:
+            session.receive_data(self.transport.receive_some())
+        self.server = reply
+        return reply
 
     def _read_refusal(self) -> LibrorumError | None:
         """The error a server sent before closing the connection, if there is one to read
