@@ -44,6 +44,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check librorum tests fuzz bench || rc=1; \
 	$(BIN)/ruff format --check librorum tests fuzz bench || rc=1; \
 	$(BIN)/lint-imports --no-cache || rc=1; \
+	$(PY) scripts/unasync.py --check || rc=1; \
 	exit $$rc
 
 fmt: $(STAMP)

@@ -17,16 +17,19 @@ from librorum.errors import (
     ConnectionClosed,
     LibrorumError,
     RemoteProtocolError,
+    UnavailableError,
 )
 from librorum.protocol.constants import Command
 from librorum.protocol.framing import Payload
-from librorum.protocol.messages import Message
+from librorum.protocol.messages import HelloReply, Message
 from librorum.protocol.session import (
+    ClientSession,
     ConnectionEnded,
     DataReceived,
     ErrorReceived,
     Event,
     GoAwayReceived,
+    HelloAccepted,
     ReplyReceived,
     WindowGranted,
 )
@@ -63,6 +66,9 @@ SOCKET_BUFFER_SIZE: Final = limits.UDS_SOCKET_BUFFER
 #: Small DATA payloads are merged into one buffer while queued, so that the queue of a READ
 #: holds at most about window / COALESCE_BELOW items however small the server's frames are.
 COALESCE_BELOW: Final = 64 << 10
+#: Times a request is sent again on a new connection after a GOAWAY refused it, or after the
+#: connection it waited for became unusable.
+ROUTE_ATTEMPTS: Final = 3
 #: Environment variables that choose the endpoint when the caller does not.
 ENV_SOCKET: Final = "LIBRORUM_SOCKET"
 ENV_URL: Final = "LIBRORUM_URL"
@@ -219,6 +225,22 @@ class RequestState:
 GOAWAY: Final = "goaway"
 
 
+def refused_by_goaway(error: LibrorumError | None, *, draining: bool) -> bool:
+    """Whether a request that ended with ``error`` on a connection that is ``draining`` was
+    refused because the server is going away (GOAWAY): such a request had no effect and may
+    be sent again on a new connection (spec 5.15)."""
+    return isinstance(error, UnavailableError) and draining
+
+
+class RefusedByGoAway(Exception):  # noqa: N818 - an internal signal, never escapes the client
+    """A WRITE was refused by a draining server before it started; ``error`` is the refusal,
+    raised if the WRITE cannot be sent again."""
+
+    def __init__(self, error: LibrorumError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def route_event(event: Event, requests: dict[int, S]) -> ConnectionEnded | str | None:
     """Hand one session event to the request it belongs to.
 
@@ -270,3 +292,22 @@ def ending_error(ended: ConnectionEnded, endpoint: str, *, eof: bool) -> Libroru
         closed.__cause__ = error
         return closed
     return error
+
+
+def hello_outcome(session: ClientSession, endpoint: str) -> HelloReply | None:
+    """The outcome of the HELLO exchange, from the events ``session`` has queued: the
+    server's reply, or None while more bytes are needed.
+
+    Raises:
+        LibrorumError: the server refused the connection (its ERROR's class), or
+            ConnectionClosed when it closed without a word.
+    """
+    while (event := session.next_event()) is not None:
+        if isinstance(event, HelloAccepted):
+            return event.reply
+        if isinstance(event, ConnectionEnded):
+            if event.error is not None:
+                raise event.error
+            msg = f"{endpoint} closed the connection during the handshake"
+            raise ConnectionClosed(msg)
+    return None

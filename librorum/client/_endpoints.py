@@ -17,6 +17,8 @@ import attrs
 
 from librorum import config
 from librorum.client._common import ENV_SOCKET, ENV_TOKEN_FILE, ENV_URL
+from librorum.config import ConfigError
+from librorum.transport.ws_client import parse_ws_url
 
 TransportChoice: TypeAlias = Literal["auto", "local", "remote"]
 
@@ -96,8 +98,8 @@ def resolve_endpoints(
     said where to go), but an explicit ``socket_path`` or ``url`` keyword is always tried.
 
     Raises:
-        ValueError: contradictory arguments, a remote transport without a URL, or a bad
-            token file.
+        ValueError: contradictory arguments, a remote transport without a URL, a URL that is
+            not ``ws://HOST[:PORT]`` or ``wss://...``, or a bad token file.
         OSError: the token file cannot be read.
     """
     if transport not in ("auto", "local", "remote"):
@@ -138,9 +140,12 @@ def resolve_endpoints(
     remote = url or target_url
     if remote is None and target_path is None:
         remote = os.environ.get(ENV_URL) or None
-    if remote is not None and not _is_url(remote):
-        msg = f"not a WebSocket URL (ws:// or wss://): {remote}"
-        raise ValueError(msg)
+    if remote is not None:
+        # The connectors' own parsing, so that both clients refuse the same URLs, up front.
+        try:
+            parse_ws_url(remote)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
 
     endpoints: list[Endpoint] = []
     if transport in ("auto", "local") and local is not None:

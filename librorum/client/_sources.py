@@ -1,4 +1,4 @@
-"""What an async WRITE reads its content from: a buffer, a local file, or an async iterable.
+"""What a WRITE reads its content from: a buffer, a local file, or an async iterable.
 
 Each source hands out chunks of at most ``max_bytes`` that stay valid until the next call,
 which is all the write loop needs: it sends (and waits for the send of) every chunk before it
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Final, Protocol, TypeAlias
 
-import trio
-
+from librorum.client._async_primitives import checkpoint, run_sync
 from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, Feature
 from librorum.protocol.framing import Payload
 
@@ -71,26 +70,26 @@ class BufferSource:
         # Streamed, not copied into a memfd first: that copy fills fresh shared-memory pages
         # and measured slower than the socket path (spec 8.3). A memfd the caller already
         # has goes as a file (pass its /proc/self/fd path).
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
         return None
 
     async def read(self, max_bytes: int) -> Payload:
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
         start = self._position
         self._position = min(start + max_bytes, len(self._view))
         return self._view[start : self._position]
 
     async def seek(self, offset: int) -> None:
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
         self._position = min(offset, len(self._view))
 
     async def aclose(self) -> None:
         self._view.release()
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
 
 
 class FileSource:
-    """A local file, read into one reused buffer in a worker thread."""
+    """A local file, read into one reused buffer (off the event loop: a file system may block)."""
 
     seekable = True
 
@@ -101,7 +100,7 @@ class FileSource:
 
     @classmethod
     async def open(cls, path: Path, *, buffer_size: int = DEFAULT_MAX_PAYLOAD) -> FileSource:
-        """Open ``path`` for reading.
+        """Open ``path`` for reading (off the event loop, as the reads are).
 
         Raises:
             OSError: the file cannot be opened.
@@ -115,24 +114,24 @@ class FileSource:
                 file.close()
                 raise
 
-        file, size = await trio.to_thread.run_sync(open_and_stat)
+        file, size = await run_sync(open_and_stat)
         return cls(file, size, buffer_size=buffer_size)
 
     async def descriptor(self, features: int) -> int | None:
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
         return _file_descriptor(self._file, self.size, features)
 
     async def read(self, max_bytes: int) -> Payload:
         view = self._buffer[: min(max_bytes, len(self._buffer))]
-        n = await trio.to_thread.run_sync(self._file.readinto, view)
+        n = await run_sync(self._file.readinto, view)
         return view[: n or 0]
 
     async def seek(self, offset: int) -> None:
-        await trio.to_thread.run_sync(self._file.seek, offset)
+        await run_sync(self._file.seek, offset)
 
     async def aclose(self) -> None:
         self._file.close()
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
 
 
 class IterableSource:
@@ -147,7 +146,7 @@ class IterableSource:
         self._rest = memoryview(b"")
 
     async def descriptor(self, features: int) -> int | None:
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
         return None
 
     async def read(self, max_bytes: int) -> Payload:
@@ -191,142 +190,6 @@ async def open_source(data: WriteData, size: int | None) -> Source:
         return IterableSource(data, size)
     if size is not None and size != source.size:
         await source.aclose()
-        msg = f"size={size} but the content has {source.size} bytes"
-        raise ValueError(msg)
-    return source
-
-
-# --- Blocking sources, for the sync client ------------------------------------------------------
-
-#: What the sync client's ``write`` accepts as content.
-SyncWriteData: TypeAlias = bytes | bytearray | memoryview | Iterable[bytes] | os.PathLike[str]
-
-
-class SyncSource(Protocol):
-    size: int | None
-    seekable: bool
-
-    def descriptor(self, features: int) -> int | None:
-        """As :meth:`Source.descriptor`."""
-        ...
-
-    def read(self, max_bytes: int) -> Payload:
-        """Up to ``max_bytes`` (at least 1) bytes, ``b""`` at the end; valid until the next
-        call."""
-        ...
-
-    def seek(self, offset: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class SyncBufferSource:
-    """Bytes in memory: chunks are views, never copies."""
-
-    seekable = True
-
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self._view = memoryview(data).cast("B")
-        self.size: int | None = len(self._view)
-        self._position = 0
-
-    def descriptor(self, features: int) -> int | None:
-        return None  # streamed: see BufferSource.descriptor
-
-    def read(self, max_bytes: int) -> Payload:
-        start = self._position
-        self._position = min(start + max_bytes, len(self._view))
-        return self._view[start : self._position]
-
-    def seek(self, offset: int) -> None:
-        self._position = min(offset, len(self._view))
-
-    def close(self) -> None:
-        self._view.release()
-
-
-class SyncFileSource:
-    """A local file, read into one reused buffer."""
-
-    seekable = True
-
-    def __init__(self, path: Path, *, buffer_size: int = DEFAULT_MAX_PAYLOAD) -> None:
-        self._file = io.FileIO(path, "rb")
-        try:
-            self.size: int | None = os.fstat(self._file.fileno()).st_size
-        except BaseException:
-            self._file.close()
-            raise
-        self._buffer = memoryview(bytearray(buffer_size))
-
-    def descriptor(self, features: int) -> int | None:
-        return _file_descriptor(self._file, self.size, features)
-
-    def read(self, max_bytes: int) -> Payload:
-        view = self._buffer[: min(max_bytes, len(self._buffer))]
-        n = self._file.readinto(view)
-        return view[: n or 0]
-
-    def seek(self, offset: int) -> None:
-        self._file.seek(offset)
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class SyncIterableSource:
-    """An iterable of byte strings; not seekable."""
-
-    seekable = False
-
-    def __init__(self, iterable: Iterable[bytes], size: int | None) -> None:
-        self._iterator: Iterator[bytes] = iter(iterable)
-        self.size = size
-        self._rest = memoryview(b"")
-
-    def descriptor(self, features: int) -> int | None:
-        return None
-
-    def read(self, max_bytes: int) -> Payload:
-        while not self._rest:
-            item = next(self._iterator, None)
-            if item is None:
-                return b""
-            self._rest = memoryview(item).cast("B")
-        chunk = self._rest[:max_bytes]
-        self._rest = self._rest[max_bytes:]
-        return chunk
-
-    def seek(self, offset: int) -> None:
-        msg = "an iterable cannot be rewound"
-        raise ValueError(msg)
-
-    def close(self) -> None:
-        close = getattr(self._iterator, "close", None)
-        if close is not None:
-            close()
-
-
-def open_sync_source(data: SyncWriteData, size: int | None) -> SyncSource:
-    """The source for the sync client's ``write(data, size=size)``.
-
-    Raises:
-        TypeError: ``data`` is a ``str`` (pass bytes, or a ``pathlib.Path`` for a file).
-        ValueError: ``size`` contradicts the size of a buffer or a file.
-        OSError: a file cannot be opened.
-    """
-    if isinstance(data, str):
-        msg = "write() takes bytes or a pathlib.Path, not str (encode text, or use Path(...))"
-        raise TypeError(msg)
-    source: SyncSource
-    if isinstance(data, bytes | bytearray | memoryview):
-        source = SyncBufferSource(data)
-    elif isinstance(data, os.PathLike):
-        source = SyncFileSource(Path(data))
-    else:
-        return SyncIterableSource(data, size)
-    if size is not None and size != source.size:
-        source.close()
         msg = f"size={size} but the content has {source.size} bytes"
         raise ValueError(msg)
     return source

@@ -50,7 +50,6 @@ from wsproto.frame_protocol import (
     Header,
     Opcode,
     ParseFailed,
-    XorMaskerSimple,
 )
 
 #: wsproto major.minor versions whose FrameDecoder/FrameProtocol internals this module
@@ -63,6 +62,8 @@ _HEADER_16: Final = struct.Struct("!BBH")
 _HEADER_64: Final = struct.Struct("!BBQ")
 _FIN: Final = 0x80
 _MASK_BIT: Final = 0x80
+#: The longest frame header: 2 bytes, a 64-bit extended length, a 4-byte masking key.
+_MAX_HEADER: Final = 14
 #: The longest payload of a control frame (RFC 6455 5.5).
 _MAX_CONTROL_PAYLOAD: Final = 125
 
@@ -148,6 +149,9 @@ class FastFrameDecoder(FrameDecoder):
     #: cost what it sent, not what it announced (large bytearrays grow by mremap, in place).
     _pending: bytearray | None = None
     _pending_size: int = 0
+    #: The masking key of the frame being received (None: unmasked), read from its header
+    #: here: wsproto keeps it only inside its masker, which this decoder never calls.
+    _masking_key: bytes | None = None
 
     def limit_messages(self, size: int) -> None:
         """Accept data messages of at most ``size`` bytes from the next frame header on, and
@@ -201,8 +205,12 @@ class FastFrameDecoder(FrameDecoder):
         if self.extensions:
             return super().process_buffer()
         if not self.header:
+            buffer = self.buffer
+            # The header starts at bytes_used (the buffer is committed after each one).
+            head = bytes(buffer.buffer[buffer.bytes_used : buffer.bytes_used + _MAX_HEADER])
             if not self.parse_header():
                 return None
+            self._masking_key = _masking_key(head)
             self._check_message()
         header = self.header
         assert header is not None  # parse_header() sets it, as in wsproto
@@ -269,11 +277,9 @@ class FastFrameDecoder(FrameDecoder):
         offset = self.payload_consumed
         self.payload_consumed += len(payload)
         finished = self.payload_consumed == header.payload_len
-        masker = self.masker
-        if isinstance(masker, XorMaskerSimple) and payload:
-            # The masker's key is the frame's key (wsproto rotates it as it goes; this
-            # decoder never calls the masker, so it is the original one).
-            mask_in_place(payload, masker._masking_key, offset)
+        key = self._masking_key
+        if key is not None and payload:
+            mask_in_place(payload, key, offset)
         frame = Frame(
             self.effective_opcode,
             # Control payloads are small and wsproto's close parsing expects bytes; data
@@ -289,6 +295,16 @@ class FastFrameDecoder(FrameDecoder):
         else:
             self.effective_opcode = Opcode.CONTINUATION
         return frame
+
+
+def _masking_key(head: bytes) -> bytes | None:
+    """The masking key in ``head``, the start of a frame header that wsproto's
+    parse_header() accepted (so it is complete), or None when the frame is not masked."""
+    if not head[1] & _MASK_BIT:
+        return None
+    length = head[1] & 0x7F
+    start = 2 + (2 if length == 126 else 8 if length == 127 else 0)
+    return head[start : start + 4]
 
 
 def _payload_start(data: bytes, limit: int) -> tuple[int, int]:

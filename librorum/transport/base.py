@@ -7,13 +7,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final, Protocol, TypeAlias, cast
 
 import attrs
 import trio
 
-from librorum.errors import ErrorCode, LibrorumError, TransportError
+from librorum.errors import (
+    ConnectionClosed,
+    ConnectionTimeoutError,
+    ErrorCode,
+    LibrorumError,
+    TransportError,
+)
 from librorum.limits import RECEIVE_SIZE
 from librorum.protocol.constants import Command, Flags
 from librorum.protocol.converter import encode_message
@@ -291,3 +298,74 @@ def fd_headroom(fd: int, reserve: int) -> bool:
     """
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft == resource.RLIM_INFINITY or fd < soft - reserve
+
+
+# --- Blocking transports (the blocking client's) -----------------------------------------------
+
+
+class BlockingFrameTransport(Protocol):
+    """What the blocking client drives: LBRU frames over a blocking socket, every call
+    bounded by the socket's timeout. Made by
+    :func:`~librorum.transport.uds_client.connect_uds_blocking` and
+    :func:`~librorum.transport.ws_client.connect_ws_blocking`."""
+
+    @property
+    def carries_files(self) -> bool:
+        """True when :meth:`send_fd_frame` can pass descriptors (spec 8)."""
+        ...
+
+    def send_frames(self, frames: Sequence[FrameParts]) -> None:
+        """Send whole frames, in order.
+
+        Raises:
+            ConnectionTimeoutError: a send took longer than the timeout (a frame may be cut).
+            ConnectionClosed: the send failed.
+        """
+        ...
+
+    def send_fd_frame(self, frame: FrameParts, fd: int) -> None:
+        """Send one frame with ``fd`` attached (spec 8.1); the caller keeps ``fd``.
+
+        Raises:
+            As :meth:`send_frames`; LocalProtocolError when ``carries_files`` is False.
+        """
+        ...
+
+    def receive_some(self) -> Buffer:
+        """What arrived next (valid until the next call), ``b""`` at EOF.
+
+        Raises:
+            ConnectionTimeoutError: nothing arrived within the timeout.
+            ConnectionClosed: the receive failed.
+            RemoteProtocolError: the peer broke the transport's own framing.
+        """
+        ...
+
+    def set_timeout(self, timeout: float) -> None:
+        """Bound each later call by ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        ...
+
+
+@contextlib.contextmanager
+def blocking_socket_errors(what: str, timeout: float) -> Iterator[None]:
+    """The translation boundary for blocking socket calls.
+
+    Raises:
+        ConnectionTimeoutError: the call timed out.
+        ConnectionClosed: any other failure (the OS or TLS error is the ``__cause__``).
+    """
+    try:
+        yield
+    except TimeoutError as exc:
+        msg = f"{what}: nothing for {timeout:g} s"
+        raise ConnectionTimeoutError(msg) from exc
+    except ssl.SSLError as exc:
+        msg = f"{what}: TLS failed ({exc})"
+        raise ConnectionClosed(msg) from exc
+    except OSError as exc:
+        msg = f"{what}: {exc.strerror or exc}"
+        raise ConnectionClosed(msg) from exc

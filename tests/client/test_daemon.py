@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from librorum.client import Client, connect, open_client
-from librorum.client.aio import _Connection
+from librorum.client._async_driver import AsyncConnection
 from librorum.errors import ConnectionClosed, NotFoundError
 from librorum.protocol.constants import DEFAULT_MAX_STREAMS
 from librorum.testing import TestDaemon, Transport, open_test_daemon
@@ -22,7 +22,7 @@ MiB = 1 << 20
 TRANSPORTS: list[Transport] = ["uds", "websocket"]
 
 
-def current_connection(client: Client) -> _Connection:
+def current_connection(client: Client) -> AsyncConnection:
     conn = client._conn
     assert conn is not None
     return conn

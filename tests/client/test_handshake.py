@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from librorum.client._async_driver import AsyncConnection
 from librorum.client._endpoints import LocalEndpoint
-from librorum.client.aio import _Connection
-from librorum.client.sync import _SyncConnection
+from librorum.client._sync_driver import SyncConnection
 from librorum.errors import ConnectionClosed, ErrorCode, UnauthorizedError
 from librorum.protocol.framing import Payload
 from librorum.transport import refusal_frame
@@ -59,7 +59,7 @@ class AsyncRefusedTransport(RefusedTransport):
 
 def test_sync_client_reports_the_refusal_not_the_failed_send() -> None:
     transport = RefusedTransport([REFUSAL, b""])
-    conn = _SyncConnection(transport, ENDPOINT, read_window=1 << 20)  # type: ignore[arg-type]
+    conn = SyncConnection(transport, ENDPOINT, read_window=1 << 20)  # type: ignore[arg-type]
     with pytest.raises(UnauthorizedError, match="uid 1000 is not allowed"):
         conn.handshake()
     assert transport.sends == 1
@@ -67,14 +67,14 @@ def test_sync_client_reports_the_refusal_not_the_failed_send() -> None:
 
 def test_sync_client_without_a_refusal_reports_the_failed_send() -> None:
     for incoming in ([b""], []):
-        conn = _SyncConnection(RefusedTransport(incoming), ENDPOINT, read_window=1 << 20)  # type: ignore[arg-type]
+        conn = SyncConnection(RefusedTransport(incoming), ENDPOINT, read_window=1 << 20)  # type: ignore[arg-type]
         with pytest.raises(ConnectionClosed, match="Broken pipe"):
             conn.handshake()
 
 
 async def test_async_client_reports_the_refusal_not_the_failed_send() -> None:
     transport = AsyncRefusedTransport([REFUSAL, b""])
-    conn = _Connection(transport, ENDPOINT, timeout=5, read_window=1 << 20)  # type: ignore[arg-type]
+    conn = AsyncConnection(transport, ENDPOINT, timeout=5, read_window=1 << 20)  # type: ignore[arg-type]
     with pytest.raises(UnauthorizedError, match="uid 1000 is not allowed"):
         await conn.handshake()
 
@@ -82,6 +82,6 @@ async def test_async_client_reports_the_refusal_not_the_failed_send() -> None:
 async def test_async_client_without_a_refusal_reports_the_failed_send() -> None:
     for incoming in ([b""], []):
         transport = AsyncRefusedTransport(incoming)
-        conn = _Connection(transport, ENDPOINT, timeout=5, read_window=1 << 20)  # type: ignore[arg-type]
+        conn = AsyncConnection(transport, ENDPOINT, timeout=5, read_window=1 << 20)  # type: ignore[arg-type]
         with pytest.raises(ConnectionClosed, match="Broken pipe"):
             await conn.handshake()

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from librorum.client._sources import (
-    PASS_FD_MIN_SIZE,
-    FileSource,
-    IterableSource,
-    SyncFileSource,
-    SyncIterableSource,
-    open_source,
-    open_sync_source,
-)
+from librorum.client._sources import PASS_FD_MIN_SIZE, FileSource, IterableSource, open_source
+from librorum.client._sync_sources import SyncFileSource, SyncIterableSource, open_sync_source
 from librorum.protocol.constants import Feature
 
 
@@ -45,7 +38,7 @@ async def test_a_large_file_goes_as_its_descriptor_when_the_connection_allows(
     large.write_bytes(b"x" * PASS_FD_MIN_SIZE)
     for source_path, wanted in ((small, False), (large, True)):
         async_source = await FileSource.open(source_path)
-        sync_source = SyncFileSource(source_path)
+        sync_source = SyncFileSource.open(source_path)
         try:
             assert await async_source.descriptor(0) is None
             assert sync_source.descriptor(0) is None

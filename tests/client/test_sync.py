@@ -194,6 +194,39 @@ async def test_receive_timeout_cancels_the_request(
         assert server.connections == 1
 
 
+@pytest.mark.parametrize(
+    ("raised", "connections"),
+    [
+        # An error of the caller's: the WRITE is cancelled, the connection stays.
+        (ValueError, 1),
+        # An interruption may have cut a frame in half: the connection is closed, and the
+        # next request opens a new one.
+        (KeyboardInterrupt, 2),
+    ],
+)
+async def test_what_leaves_a_request_decides_whether_the_connection_survives(
+    nursery: trio.Nursery, socket_path: Path, raised: type[BaseException], connections: int
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(nursery, socket_path)
+
+        def progress(done: int, total: int | None) -> None:
+            raise raised
+
+        def body() -> None:
+            with local(socket_path) as client:
+                with pytest.raises(raised):
+                    client.write("/p", b"x" * 3 * MiB, progress=progress)
+                assert client.ping() >= 0
+
+        await in_thread(body)
+        assert server.connections == connections
+        assert "/p" not in server.files
+        if raised is ValueError:
+            [(_, write_sid, _)] = [r for r in server.received if isinstance(r[2], FileWrite)]
+            assert Cancel(write_sid) in server.requests_of(Cancel)
+
+
 async def test_goaway_refusal_is_retried(nursery: trio.Nursery, socket_path: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         server = await start_server(
@@ -245,7 +278,10 @@ async def test_goaway_moves_the_next_request_to_a_new_connection(
                 assert client.ping() >= 0 <= first
             with local(socket_path, reconnect=False) as client:
                 client.ping()
-                with pytest.raises(UnavailableError, match="going away, and reconnect is off"):
+                # The server's reason, as the async client reports it.
+                with pytest.raises(
+                    UnavailableError, match="going away: restarting, and reconnect is off"
+                ):
                     client.ping()
 
         await in_thread(body)

@@ -41,6 +41,7 @@ from librorum.transport import (
     connect_websocket,
     serve_websocket,
     websocket as ws_module,
+    ws_server as ws_server_module,
 )
 
 from ..rawws import (
@@ -303,7 +304,7 @@ async def test_right_token_works_and_compare_digest_is_used(
     assert peer.kind == "websocket"
     assert peer.authenticated
     assert peer.address.startswith("127.0.0.1:")
-    assert "compare_digest" in inspect.getsource(ws_module._authorize)
+    assert "compare_digest" in inspect.getsource(ws_server_module._authorize)
 
 
 async def raw_upgrade(address: tuple[str, int], headers: list[bytes]) -> bytes:
@@ -589,7 +590,7 @@ async def test_keepalive_keeps_a_reading_peer(autojump_clock: trio.testing.MockC
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(answer_pings)
-            nursery.start_soon(ws_module._keepalive, ws, transport, 10.0, 5.0)
+            nursery.start_soon(ws_server_module._keepalive, ws, transport, 10.0, 5.0)
             nursery.start_soon(send_late)
             assert await transport.receive_some() == frame
             nursery.cancel_scope.cancel()
@@ -657,7 +658,7 @@ async def test_abrupt_peers_never_take_the_listener_down() -> None:
     ("error", "level"),
     [
         (ZeroDivisionError("a bug"), logging.ERROR),
-        (ws_module._Closed(1006, "gone"), logging.DEBUG),
+        (ws_module.WsClosed(1006, "gone"), logging.DEBUG),
         (trio.BrokenResourceError("peer reset"), logging.DEBUG),
     ],
     ids=["bug", "peer-closed", "peer-reset"],
@@ -668,7 +669,7 @@ async def test_connection_errors_are_contained(
     error: Exception,
     level: int,
 ) -> None:
-    real = ws_module._authorize
+    real = ws_server_module._authorize
     calls = 0
 
     def failing_once(*args: Any) -> Any:
@@ -678,7 +679,7 @@ async def test_connection_errors_are_contained(
             raise error
         return real(*args)
 
-    monkeypatch.setattr(ws_module, "_authorize", failing_once)
+    monkeypatch.setattr(ws_server_module, "_authorize", failing_once)
     with trio.fail_after(DEADLINE), caplog.at_level(logging.DEBUG, "librorum.transport"):
         async with ws_server(echo) as address:
             with pytest.raises(ConnectionClosed):
@@ -758,7 +759,7 @@ def server_socket(message_timeout: float) -> tuple[trio.abc.Stream, Any]:
     list(server.events())
     client.receive_data(server.send(AcceptConnection()))
     left, right = trio.testing.memory_stream_pair()
-    ws = ws_module._WebSocket(
+    ws = ws_module.WebSocketConnection(
         right,
         server,
         max_message_size=WS_MAX_MESSAGE_SIZE,

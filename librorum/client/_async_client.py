@@ -1,0 +1,670 @@
+"""The client's request logic, written once: connections and reconnects, the namespace
+requests, WRITE (streamed, resumable, or as a passed descriptor) and READ.
+
+Written once, as the async client: ``scripts/unasync.py`` generates the blocking client
+from it. What the two do differently lives in their drivers and primitives (the
+``_async_*`` and ``_sync_*`` modules of this package), which have the same interface.
+
+* **Reconnect**: a dropped connection fails the requests in flight with
+  :class:`~librorum.errors.ConnectionClosed` (outcome unknown). The next request opens a new
+  connection, retrying with exponential backoff (immediately, then 0.05 s doubling to 2 s,
+  at most 8 attempts in 15 s). After GOAWAY new requests go to a new connection while the
+  old one drains. A resumable upload interrupted by a disconnect resumes from the offset
+  the server committed.
+* **GOAWAY refusals**: a request the draining server refused had no effect and is sent again
+  on a new connection (spec 5.15), up to :data:`~librorum.client._common.ROUTE_ATTEMPTS`
+  times.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import trio  # unasync: remove
+
+from librorum.client._async_driver import AsyncConnection, AsyncConnections, AsyncRequest
+from librorum.client._async_primitives import (
+    Lock,
+    checkpoint,
+    current_time,
+    deadline_scope,
+    remove_file,
+    replace_file,
+    shielded,
+    sleep,
+    write_file,
+)
+from librorum.client._async_streams import ListIterator, ReadStream
+from librorum.client._common import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_WINDOW,
+    DEFAULT_RESUME_ATTEMPTS,
+    DEFAULT_TIMEOUT,
+    RECONNECT_ATTEMPTS,
+    RECONNECT_DEADLINE,
+    RECONNECT_INITIAL_DELAY,
+    ROUTE_ATTEMPTS,
+    M,
+    ProgressCallback,
+    RefusedByGoAway,
+    backoff_delays,
+    refused_by_goaway,
+)
+from librorum.client._endpoints import Endpoint
+from librorum.client._sources import Source, WriteData, open_source
+from librorum.errors import (
+    ConflictError,
+    ConnectionClosed,
+    LibrorumError,
+    NotFoundError,
+    RemoteProtocolError,
+    ServerError,
+    TransportError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from librorum.protocol.constants import DEFAULT_LIST_LIMIT, Feature, WriteMode
+from librorum.protocol.messages import (
+    Delete,
+    DeleteReply,
+    DirEntry,
+    FileInfo,
+    FileList,
+    FileListReply,
+    FileStat,
+    FileStatReply,
+    FileWrite,
+    FileWriteReply,
+    HelloReply,
+    MakeDirectory,
+    MakeDirectoryReply,
+    Message,
+    NodeStatus,
+    NodeStatusReply,
+    Ping,
+    PingReply,
+    Rename,
+    RenameReply,
+    UploadStatus,
+    UploadStatusReply,
+)
+
+__all__ = ["Client"]
+
+
+class Client:
+    """A connection (or, across reconnects and GOAWAY, a series of them) to a Librorum
+    daemon. Get one from :func:`open_client`. The async client is safe to share between
+    tasks (their requests are multiplexed); the blocking one runs one request at a time and
+    belongs to one thread.
+
+    Every method may raise, besides what it lists:
+
+    * the exception class of the server's ERROR code (a
+      :class:`~librorum.errors.LibrorumError` subclass carrying ``.code`` and the message);
+    * :class:`~librorum.errors.ConnectionClosed` when the connection dropped with the request
+      in flight (its outcome is unknown) or no connection could be made;
+    * :class:`~librorum.errors.ConnectionTimeoutError` when the server made no progress on
+      the request within ``timeout`` seconds (the request is then cancelled).
+
+    Cancellation: every method can be cancelled; a request in flight is then cancelled on the
+    server (the caller does not wait for the CANCEL's reply).
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,  # unasync: remove
+        endpoints: Sequence[Endpoint],
+        *,
+        reconnect: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_window: int = DEFAULT_READ_WINDOW,
+        resume_attempts: int = DEFAULT_RESUME_ATTEMPTS,
+        reconnect_attempts: int = RECONNECT_ATTEMPTS,
+        reconnect_deadline: float = RECONNECT_DEADLINE,
+        pass_fds: bool = True,
+    ) -> None:
+        self._connections = AsyncConnections(nursery)  # unasync: remove
+        # unasync: sync: self._connections = AsyncConnections()
+        self._features = int(Feature.FD_PASSING | Feature.MEMFD) if pass_fds else 0
+        self._reconnect_attempts = reconnect_attempts
+        self._reconnect_deadline = reconnect_deadline
+        self._endpoints = tuple(endpoints)
+        self._reconnect = reconnect
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._read_window = read_window
+        self._resume_attempts = resume_attempts
+        self._conn: AsyncConnection | None = None
+        self._connect_lock = Lock()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        """Connect now, unless connected (otherwise the first request does).
+
+        Raises:
+            As :func:`open_client`.
+        """
+        await self._connection()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # Connections -------------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """Where the current connection goes (``None`` before the first one)."""
+        return None if self._conn is None else self._conn.endpoint
+
+    @property
+    def server(self) -> HelloReply | None:
+        """The HELLO reply of the current connection: negotiated limits and features."""
+        return None if self._conn is None else self._conn.server
+
+    async def _connection(self) -> AsyncConnection:
+        conn = self._conn
+        if conn is not None and conn.usable:
+            return conn
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and conn.usable:
+                return conn
+            if self._closed:
+                msg = "the client is closed"
+                raise ConnectionClosed(msg)
+            if conn is not None and conn.error is None:
+                self._conn = await self._replace_draining(conn)
+                return self._conn
+            if conn is not None and not self._reconnect:
+                msg = f"connection to {conn.endpoint} is closed ({conn.error}) and reconnect is off"
+                raise ConnectionClosed(msg)
+            self._conn = await self._connect(
+                attempts=1 if conn is None else self._reconnect_attempts
+            )
+            return self._conn
+
+    async def _replace_draining(self, conn: AsyncConnection) -> AsyncConnection:
+        """A new connection in place of one the server is retiring (GOAWAY). One immediate
+        attempt, no backoff: the server said it is going away, so a failure is reported at
+        once rather than retried for seconds.
+
+        Raises:
+            UnavailableError: no new connection could be made (or reconnect is off).
+        """
+        goaway = conn.session.goaway_received
+        reason = f": {goaway.reason}" if goaway is not None and goaway.reason else ""
+        conn.retire()
+        if not self._reconnect:
+            msg = f"{conn.endpoint} is going away{reason}, and reconnect is off"
+            raise UnavailableError(msg)
+        try:
+            return await self._connect(attempts=1)
+        except ConnectionClosed as exc:
+            msg = f"{conn.endpoint} is going away{reason}, and no new connection could be made"
+            raise UnavailableError(msg) from exc
+
+    async def _connect(self, *, attempts: int) -> AsyncConnection:
+        """Connect, retrying with backoff.
+
+        Raises:
+            UnauthorizedError: the server refused the credentials (never retried).
+            ConnectionClosed: every attempt failed (the last failure is the cause).
+        """
+        last: LibrorumError | None = None
+        deadline = current_time() + self._reconnect_deadline
+        with deadline_scope(deadline):
+            for delay in backoff_delays(attempts=attempts):
+                if current_time() + delay > deadline:
+                    break  # no attempt could start before the deadline
+                await sleep(delay)
+                try:
+                    return await self._connect_once()
+                except UnauthorizedError:
+                    raise
+                except (TransportError, ServerError) as exc:
+                    last = exc
+        where = ", ".join(map(str, self._endpoints))
+        # The last error names its endpoint already; only a deadline needs saying where.
+        msg = str(last) if last is not None else f"cannot connect to {where}: deadline passed"
+        raise ConnectionClosed(msg) from last
+
+    async def _connect_once(self) -> AsyncConnection:
+        """One attempt at each endpoint in order (``auto``: local first)."""
+        failures: list[str] = []
+        last: LibrorumError | None = None
+        refused: UnauthorizedError | None = None
+        for endpoint in self._endpoints:
+            try:
+                return await self._open_connection(endpoint)
+            except UnauthorizedError as exc:
+                # In auto mode a local socket we may not use is no reason not to try the
+                # remote one; if nothing works, the refusal is the error worth reporting.
+                refused = refused or exc
+                failures.append(str(exc))  # names its endpoint already
+            except (TransportError, ServerError) as exc:
+                failures.append(str(exc))  # names its endpoint already
+                last = exc
+        if refused is not None:
+            raise refused
+        msg = "; ".join(failures)
+        raise ConnectionClosed(msg) from last
+
+    async def _open_connection(self, endpoint: Endpoint) -> AsyncConnection:
+        return await self._connections.open(
+            endpoint,
+            timeout=self._timeout,
+            connect_timeout=self._connect_timeout,
+            read_window=self._read_window,
+            features=self._features,
+        )
+
+    async def aclose(self) -> None:
+        """Close every connection; requests in flight end with ConnectionClosed. Idempotent.
+        Leaving the :func:`open_client` block does this.
+
+        Cancellation: the connections are closed even if cancelled.
+        """
+        self._closed = True
+        self._connections.close()
+        await checkpoint()
+
+    # Request plumbing --------------------------------------------------------------------------
+
+    async def _start(self, message: Message, *, end: bool, upload: bool) -> AsyncRequest:
+        for _ in range(ROUTE_ATTEMPTS):
+            conn = await self._connection()
+            if not await conn.acquire(upload=upload):
+                continue  # it died or got GOAWAY while we queued: the next one is new
+            request = conn.start(message, end=end, upload=upload)
+            try:
+                await conn.flush()
+            except BaseException:
+                conn.close_request(request)
+                raise
+            return request
+        msg = "no usable connection: each one ended while the request waited for it"
+        raise ConnectionClosed(msg)
+
+    @asynccontextmanager
+    async def _request(
+        self, message: Message, *, end: bool = True, upload: bool = False
+    ) -> AsyncIterator[AsyncRequest]:
+        """A request in flight for the duration of the block; abandoned (and cancelled on
+        the server) if the block exits before the request finished."""
+        request = await self._start(message, end=end, upload=upload)
+        try:
+            yield request
+        except BaseException as exc:
+            # Not an Exception (KeyboardInterrupt, trio.Cancelled): the blocking driver may
+            # have been stopped in the middle of a frame.
+            request.conn.close_request(request, interrupted=not isinstance(exc, Exception))
+            raise
+        request.conn.close_request(request)
+
+    async def _unary(self, message: Message, reply_type: type[M]) -> M:
+        for attempt in range(1, ROUTE_ATTEMPTS + 1):
+            async with self._request(message) as request:
+                await request.wait_finished()
+                if attempt < ROUTE_ATTEMPTS and refused_by_goaway(
+                    request.error, draining=request.conn.draining
+                ):
+                    continue  # it had no effect: send it again on a new connection
+                return request.result(reply_type)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    # Namespace ---------------------------------------------------------------------------------
+
+    async def ping(self) -> float:
+        """Round trip to the server.
+
+        Returns:
+            The round-trip time in seconds.
+        """
+        data = secrets.token_bytes(8)
+        start = current_time()
+        reply = await self._unary(Ping(data), PingReply)
+        elapsed = current_time() - start
+        if reply.data != data:
+            msg = "PING reply does not echo the PING's data"
+            raise RemoteProtocolError(msg)
+        return elapsed
+
+    async def stat(self, path: str) -> FileInfo:
+        """Describe the file or directory at ``path``.
+
+        Raises:
+            NotFoundError: nothing is there.
+            InvalidPathError: the path breaks the path rules.
+        """
+        return (await self._unary(FileStat(path), FileStatReply)).info
+
+    def iter_list(self, path: str, *, page_size: int = DEFAULT_LIST_LIMIT) -> ListIterator:
+        """The entries of directory ``path``, sorted by name, as an async iterator that
+        fetches pages of ``page_size`` entries as needed.
+
+        Raises (while iterating):
+            NotFoundError, NotADirectoryError_: ``path`` is missing or not a directory.
+        """
+        return ListIterator(self._list_page, path, page_size)
+
+    async def _list_page(self, message: FileList) -> FileListReply:
+        return await self._unary(message, FileListReply)
+
+    async def list(self, path: str, *, page_size: int = DEFAULT_LIST_LIMIT) -> list[DirEntry]:
+        """Every entry of directory ``path``, sorted by name (all pages).
+
+        Raises:
+            NotFoundError, NotADirectoryError_: ``path`` is missing or not a directory.
+        """
+        return [entry async for entry in self.iter_list(path, page_size=page_size)]
+
+    async def mkdir(self, path: str, *, parents: bool = False) -> FileInfo:
+        """Create directory ``path``; with ``parents``, also missing parents, and succeed if
+        it exists.
+
+        Raises:
+            AlreadyExistsError: something is at ``path`` (without ``parents``).
+            NotFoundError: the parent is missing (without ``parents``).
+        """
+        return (await self._unary(MakeDirectory(path, parents), MakeDirectoryReply)).info
+
+    async def delete(self, path: str, *, recursive: bool = False) -> int:
+        """Delete a file, an empty directory, or with ``recursive`` a tree.
+
+        Returns:
+            The number of entries removed.
+
+        Raises:
+            NotFoundError: nothing is at ``path``.
+            NotEmptyError: a non-empty directory without ``recursive``.
+        """
+        return (await self._unary(Delete(path, recursive), DeleteReply)).removed
+
+    async def rename(self, src: str, dst: str, *, overwrite: bool = False) -> FileInfo:
+        """Move ``src`` to ``dst`` atomically.
+
+        Returns:
+            The entry at its new path.
+
+        Raises:
+            NotFoundError: ``src`` is missing.
+            AlreadyExistsError: ``dst`` exists and ``overwrite`` is false (a directory at
+                ``dst`` is never replaced).
+        """
+        return (await self._unary(Rename(src, dst, overwrite), RenameReply)).info
+
+    async def status(self) -> NodeStatusReply:
+        """The node's health and figures."""
+        return await self._unary(NodeStatus(), NodeStatusReply)
+
+    async def upload_status(self, upload_id: str) -> UploadStatusReply:
+        """How much of resumable upload ``upload_id`` the server has committed.
+
+        Raises:
+            NotFoundError: no such upload (it never started, completed, or expired).
+        """
+        return await self._unary(UploadStatus(upload_id), UploadStatusReply)
+
+    # Writing -----------------------------------------------------------------------------------
+
+    async def write(
+        self,
+        path: str,
+        data: WriteData,
+        *,
+        mode: WriteMode = WriteMode.CREATE,
+        size: int | None = None,
+        resumable: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> FileInfo:
+        """Store ``data`` as the file at ``path``.
+
+        Args:
+            path: where in the store.
+            data: bytes-like content; a :class:`pathlib.Path` (any ``os.PathLike``) of a local
+                file to upload; or an async iterable of byte strings (not rewindable: a
+                disconnect cannot be resumed; do not mutate an item after yielding it).
+            mode: create-or-replace, exclusive create, or overwrite only.
+            size: the total size, for an async iterable (sent up front so the server can
+                refuse an oversized file at once); exactly this many bytes are sent.
+            resumable: give the upload an id (``secrets.token_urlsafe(16)``) so that a
+                disconnect resumes from what the server committed instead of failing
+                (a buffer or a file only; ``resume_attempts`` times at most).
+            progress: ``progress(done, total)`` after each chunk is sent.
+
+        Returns:
+            The stored file's :class:`FileInfo`.
+
+        Raises:
+            AlreadyExistsError, NotFoundError: per ``mode``.
+            TooLargeError: the file exceeds the server's maximum file size.
+            ConnectionClosed: the connection dropped and the upload could not resume; its
+                outcome is unknown.
+            TypeError, ValueError: ``data`` is a ``str``, or ``size`` contradicts the data.
+            OSError: the local file cannot be read.
+
+        Cancellation: the upload is cancelled on the server (nothing is committed unless the
+        final reply was already on its way).
+        """
+        source = await open_source(data, size)
+        upload_id = secrets.token_urlsafe(16) if resumable else None
+        try:
+            offset = 0
+            resumes = 0
+            reroutes = 0
+            conflict_delays = backoff_delays()
+            while True:
+                try:
+                    return await self._write_once(
+                        path, source, mode=mode, upload_id=upload_id, offset=offset,
+                        progress=progress,
+                    )  # fmt: skip
+                except RefusedByGoAway as refused:
+                    # Refused before it started (spec 5.15): it had no effect, so the same
+                    # WRITE may go to a new connection if the content can be read again.
+                    reroutes += 1
+                    if not source.seekable or reroutes >= ROUTE_ATTEMPTS:
+                        raise refused.error from None
+                except ConnectionClosed:
+                    resumes += 1
+                    if upload_id is None or not source.seekable:
+                        raise
+                    if resumes > self._resume_attempts:
+                        raise
+                    offset = await self._committed(upload_id)
+                except ConflictError:
+                    # A resumed WRITE may find the upload still attached to the stream that
+                    # broke, until the server notices the disconnect (spec 5.10): ask again
+                    # after a pause, as the committed offset may also have moved.
+                    if upload_id is None or resumes == 0:
+                        raise
+                    delay = next(conflict_delays, None)
+                    if delay is None:
+                        raise
+                    await sleep(delay or RECONNECT_INITIAL_DELAY)
+                    offset = await self._committed(upload_id)
+                await source.seek(offset)
+        finally:
+            with shielded():
+                await source.aclose()
+
+    async def _committed(self, upload_id: str) -> int:
+        """Where an interrupted upload resumes: the committed offset, or 0 if the server
+        never saw it. Retries (with backoff) while the server still has the upload in flight
+        on the old stream (CONFLICT), which it may until it notices the disconnect."""
+        delays = backoff_delays()
+        while True:
+            try:
+                return (await self.upload_status(upload_id)).offset
+            except NotFoundError:
+                return 0
+            except ConflictError:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                await sleep(delay or RECONNECT_INITIAL_DELAY)
+
+    async def _write_once(
+        self,
+        path: str,
+        source: Source,
+        *,
+        mode: WriteMode,
+        upload_id: str | None,
+        offset: int,
+        progress: ProgressCallback | None,
+    ) -> FileInfo:
+        total = source.size
+        no_data = total is not None and offset >= total
+        message = FileWrite(path, mode, total, upload_id, offset)
+        if upload_id is None and not no_data:
+            info = await self._write_passing_fd(message, source, progress)
+            if info is not None:
+                return info
+        async with self._request(message, end=no_data, upload=True) as request:
+            if not no_data:
+                await self._send_content(request, source, offset, total, progress)
+            await request.wait_finished("WRITE reply")
+            if refused_by_goaway(request.error, draining=request.conn.draining):
+                assert request.error is not None
+                raise RefusedByGoAway(request.error)
+            return request.result(FileWriteReply).info
+
+    async def _write_passing_fd(
+        self, message: FileWrite, source: Source, progress: ProgressCallback | None
+    ) -> FileInfo | None:
+        """The WRITE with the content as a local file's descriptor (spec 8), when the
+        connection negotiated it and the source is worth it; ``None`` to stream it instead.
+        A sealed memfd given as a file (its /proc/self/fd path) is stored as MEMFD."""
+        conn = await self._connection()
+        features = conn.session.features
+        fd = await source.descriptor(features) if features else None
+        if fd is None:
+            return None
+        if not await conn.acquire(upload=True):
+            return None  # the connection ended meanwhile: stream on the next one
+        request = await conn.start_passing_fd(message, fd)
+        try:
+            await request.wait_finished("WRITE reply")
+            if refused_by_goaway(request.error, draining=request.conn.draining):
+                assert request.error is not None
+                raise RefusedByGoAway(request.error)
+            info = request.result(FileWriteReply).info
+        finally:
+            conn.close_request(request)
+        if progress is not None:
+            progress(info.size, info.size)
+        return info
+
+    async def _send_content(
+        self,
+        request: AsyncRequest,
+        source: Source,
+        done: int,
+        total: int | None,
+        progress: ProgressCallback | None,
+    ) -> None:
+        """DATA frames of at most ``max_payload`` bytes within the server's window; the last
+        carries END. Stops early if the request finishes (the server's early ERROR)."""
+        conn = request.conn
+        session = conn.session
+        session_id = request.session_id
+        while True:
+            # After a failed send nothing more goes out: wait for the request's end instead.
+            await request.wait_until(
+                lambda: session.send_window(session_id) > 0 and conn.send_error is None,
+                "WRITE window",
+            )
+            if request.finished:
+                return  # an early ERROR (or the connection died): stop sending
+            room = min(session.send_window(session_id), conn.max_payload)
+            if total is not None:
+                room = min(room, total - done)
+            chunk = await source.read(room)
+            done += len(chunk)
+            last = not chunk or (total is not None and done >= total)
+            session.send_data(session_id, chunk, end=last)
+            await conn.flush()
+            if progress is not None:
+                progress(done, total)
+            if last:
+                return
+
+    # Reading -----------------------------------------------------------------------------------
+
+    def open_read(
+        self,
+        path: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ReadStream:
+        """Stream the content of ``path`` from ``offset``, ``length`` bytes or to the end::
+
+            async with client.open_read("/big") as stream:
+                async for chunk in stream:
+                    ...
+
+        Memory stays bounded by the read window whatever the file size.
+
+        Raises (on entering):
+            NotFoundError, IsADirectoryError_: ``path`` is missing or a directory.
+        """
+        return ReadStream(self._request, path, offset=offset, length=length, progress=progress)
+
+    async def read(self, path: str, *, offset: int = 0, length: int | None = None) -> bytes:
+        """The content of ``path`` from ``offset``, ``length`` bytes or to the end.
+
+        Raises:
+            NotFoundError, IsADirectoryError_: ``path`` is missing or a directory.
+        """
+        async with self.open_read(path, offset=offset, length=length) as stream:
+            chunks = [chunk async for chunk in stream]
+        return b"".join(chunks)
+
+    async def read_to_file(
+        self,
+        path: str,
+        local_path: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> FileInfo:
+        """Download ``path`` into ``local_path``. The content goes to a temporary file next
+        to it that replaces ``local_path`` only once complete, so an interrupted download
+        never leaves a torn file.
+
+        Returns:
+            The :class:`FileInfo` of what was read.
+
+        Raises:
+            NotFoundError, IsADirectoryError_: ``path`` is missing or a directory.
+            OSError: the local file cannot be written.
+        """
+        target = Path(local_path)
+        partial_path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        try:
+            async with self.open_read(path, progress=progress) as stream:
+                await write_file(partial_path, stream)
+                info = stream.info
+            await replace_file(partial_path, target)
+        except BaseException:
+            with shielded():
+                await remove_file(partial_path)
+            raise
+        assert info is not None  # set on entering the stream
+        return info
