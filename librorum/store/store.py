@@ -121,13 +121,7 @@ from librorum.store import namespace as ns
 from librorum.store._translate import translating
 from librorum.store.fs import FS, OsFS
 from librorum.store.locks import BufferPool, ChunkPins, LockTable
-from librorum.store.meta import (
-    KIND_DIR,
-    MetaTxn,
-    QuarantineRow,
-    SqliteMetadataStore,
-    UploadRow,
-)
+from librorum.store.meta import KIND_DIR, MetaTxn, QuarantineRow, UploadRow
 from librorum.store.objects import (
     DIRECT_ALIGN,
     CorruptChunkError,
@@ -138,6 +132,7 @@ from librorum.store.objects import (
 from librorum.store.paths import normalize
 from librorum.store.reader import Reader, Span
 from librorum.store.space import SpaceGuard
+from librorum.store.sqlite import SqliteMetadataStore
 from librorum.store.types import (
     FSCK_REPORT_ITEMS,
     FileInfo,
