@@ -251,6 +251,28 @@ class MetadataStore(Protocol):
     it back).
     """
 
+    def open_sync(self) -> bool:
+        """Open (creating if needed) the metadata; returns whether it was created. Blocking:
+        the store calls it from a worker thread, before anything else.
+
+        Raises:
+            StoreIOError, NoSpaceError, CorruptDataError: It cannot be opened.
+        """
+        ...
+
+    def open_reader(self) -> None:
+        """Get ready for :meth:`read` on the Trio thread (called after :meth:`open_sync`)."""
+        ...
+
+    def close_reader(self) -> None:
+        """Stop serving :meth:`read` (Trio thread; never raises)."""
+        ...
+
+    def close_writer(self) -> None:
+        """Close for good (blocking: called from a worker thread; never raises). Every
+        committed write stays durable."""
+        ...
+
     async def read(self, fn: Callable[[MetaTxn], T]) -> T:
         """Run ``fn`` in a read snapshot."""
         ...
