@@ -56,9 +56,8 @@ from __future__ import annotations
 import logging
 import mmap
 from collections import deque
-from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Self
 
 import attrs
 import blake3
@@ -69,6 +68,7 @@ from librorum.protocol.constants import WriteMode
 from librorum.store._translate import translating
 from librorum.store.engine import ChunkEngine
 from librorum.store.fs import FS
+from librorum.store.interfaces import UploadHost
 from librorum.store.objects import Staged
 from librorum.store.types import FileInfo
 
@@ -120,36 +120,6 @@ class _Batch:
     records: list[tuple[int, bytes, int]] = attrs.field(factory=list)
     done: trio.Event = attrs.field(factory=trio.Event)
     error: Exception | None = None
-
-
-class UploadHost(Protocol):
-    """What an upload needs from the registry that owns it (``uploads.UploadRegistry``)."""
-
-    async def commit_file(
-        self,
-        path: str,
-        mode: WriteMode,
-        *,
-        size: int,
-        content_hash: bytes,
-        chunk_size: int,
-        chunks: Sequence[tuple[bytes, int]],
-        upload_id: str | None,
-    ) -> FileInfo:
-        """Make published chunks the content of the file at ``path``, atomically (the
-        mode's conditions checked again), and forget the upload ``upload_id`` if given.
-
-        Raises:
-            AlreadyExistsError, NotFoundError, NotADirectoryError_, IsADirectoryError_: The
-                mode's conditions do not hold.
-            ReadOnlyError, StoreIOError, TimeoutError_: The commit could not be made.
-        """
-        ...
-
-    def release(self, upload_id: str) -> None:
-        """The resumable upload ``upload_id`` is finished with (committed, aborted or
-        detached): it may be resumed or aborted elsewhere."""
-        ...
 
 
 _OPEN = "open"
