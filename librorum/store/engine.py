@@ -112,6 +112,10 @@ class ChunkEngine:
         )
         self.meta = metadata(ctx)
         self.objects = objects(ctx)
+        # Checked once here rather than per chunk sent (a Protocol isinstance is not free).
+        self._local: LocalObjects | None = (
+            self.objects if isinstance(self.objects, LocalObjects) else None
+        )
         self.pins = ChunkPins()
         self.chunk_locks: LockTable[bytes] = LockTable(timeout=lock_timeout)
         self.upload_buffers = BufferPool(upload_buffer, max_idle=max_idle_buffers)
@@ -131,6 +135,8 @@ class ChunkEngine:
         return self._closed
 
     def on_fatal_io(self, exc: BaseException) -> None:
+        """An fsync or a metadata commit failed (``exc``): its outcome on disk is unknown, so
+        the store turns read-only until reopened. Safe from any thread; never raises."""
         # Called from worker threads: a plain attribute store is atomic.
         if self._read_only is None:
             self._read_only = f"an fsync or metadata commit failed ({exc!r})"
@@ -142,6 +148,11 @@ class ChunkEngine:
         return self._read_only is not None
 
     def check_writable(self) -> None:
+        """Refuse a write if the store is closed or read-only.
+
+        Raises:
+            ReadOnlyError: It is.
+        """
         if self._closed:
             msg = "the store is closed"
             raise ReadOnlyError(msg)
@@ -161,13 +172,14 @@ class ChunkEngine:
 
     def take_extra_buffer(self) -> bool:
         """Whether an upload may use one more buffer than its first (it then holds it until
-        it finishes, and gives it back with :meth:`_give_extra_buffers`)."""
+        it finishes, and gives it back with :meth:`give_extra_buffers`)."""
         if self._extra_upload_buffers <= 0:
             return False
         self._extra_upload_buffers -= 1
         return True
 
     def give_extra_buffers(self, count: int) -> None:
+        """Give back ``count`` buffers taken with :meth:`take_extra_buffer`."""
         self._extra_upload_buffers += count
 
     def get_read_buffer(self, size: int) -> mmap.mmap:
@@ -176,13 +188,28 @@ class ChunkEngine:
         return pool.get() if size <= pool.size else new_buffer(size)
 
     def put_read_buffer(self, buf: mmap.mmap) -> None:
+        """Give back a buffer of :meth:`get_read_buffer` (kept for reuse, or dropped)."""
         self._read_buffers.put(buf)
 
     async def in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args)`` in a worker thread, within the I/O thread limit.
+
+        Cancellation: only while waiting for a thread; once started, ``fn`` runs to
+        completion and its outcome is returned.
+
+        Raises:
+            Whatever ``fn`` raises.
+        """
         assert not kwargs
         return await trio.to_thread.run_sync(fn, *args, limiter=self.io_limiter)
 
     def start_job(self, fn: Callable[[T], Awaitable[None]], job: T) -> None:
+        """Start ``fn(job)`` in the background (it must not raise: it records its outcome in
+        ``job``); at close, jobs in flight are waited for (bounded), then cancelled.
+
+        Raises:
+            ReadOnlyError: The store is closed (no job started).
+        """
         if self._nursery is None or self._closed:
             msg = "the store is closed"
             raise ReadOnlyError(msg)
@@ -296,11 +323,11 @@ class ChunkEngine:
             CorruptChunkError: Missing, short, or not matching its digest.
             StoreIOError: The open or read failed, or the object store keeps no local files.
         """
-        objects = self.objects
-        if not isinstance(objects, LocalObjects):
+        local = self._local
+        if local is None:
             msg = "the object store keeps no local files to send from"
             raise StoreIOError(msg)
-        return await self.in_thread(objects.open_verified, digest, length, digest)
+        return await self.in_thread(local.open_verified, digest, length, digest)
 
     # --- quarantine -----------------------------------------------------------------------------
 
