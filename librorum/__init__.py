@@ -27,8 +27,7 @@ from librorum.errors import (
     TooLargeError as TooLargeError,
     UnauthorizedError as UnauthorizedError,
 )
-
-__version__ = "0.1.0"
+from librorum.version import __version__ as __version__
 
 # The daemon and the clients import trio; `import librorum.protocol` must not (the protocol
 # core is sans-I/O), and importing a package runs its __init__. So these names load on first

@@ -38,12 +38,14 @@ import logging
 import os
 import tomllib
 import types
+import typing
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import attrs
+import cattrs
 
 from librorum.errors import LibrorumError
 from librorum.limits import (
@@ -130,6 +132,12 @@ def is_loopback(host: str) -> bool:
 
 # --- The configuration -------------------------------------------------------------------------
 
+#: A logging level name (any case in a file, the environment or on the command line; stored in
+#: upper case). Annotated so that the configuration's converter knows to read it as one.
+LogLevel = Annotated[str, "log level"]
+#: Uids: an array in a file; on the command line, a list separated by commas or spaces.
+Uids = Annotated[tuple[int, ...], "uids"]
+
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     # Written so that NaN (which TOML and float() both accept) fails too: it compares false.
@@ -205,11 +213,11 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: Uids allowed to use the Unix socket (checked with SO_PEERCRED). Default: our own.
-    allowed_uids: tuple[int, ...] = attrs.field(
+    allowed_uids: Uids = attrs.field(
         factory=lambda: (os.getuid(),), converter=tuple, validator=_uids
     )
     #: Logging threshold: DEBUG, INFO, WARNING, ERROR or CRITICAL.
-    log_level: str = attrs.field(default="INFO", validator=_log_level)
+    log_level: LogLevel = attrs.field(default="INFO", validator=_log_level)
     #: Clients only: the remote daemon (``ws://`` or ``wss://``); ``None``: the local socket.
     url: str | None = None
     #: Connection policies; see :mod:`librorum.limits` for what each one bounds.
@@ -332,15 +340,15 @@ def load_config(
     for var, field in ENV_VARS.items():
         raw = env.get(var, "")
         if raw:
-            values[field] = _convert(field, raw, source=var, base=None)
+            values[field] = _convert(field, raw, source=var, converter=_TEXT)
     for key, value in overrides.items():
         if value is not None:
             _check_known(key, source="overrides")
-            values[key] = _convert(key, value, source="overrides", base=None)
+            values[key] = _convert(key, value, source="overrides", converter=_TEXT)
     values.setdefault("data_dir", default_data_dir(env))
     values.setdefault("socket_path", default_socket_path(env))
     try:
-        return Config(**values)  # type: ignore[arg-type]  # types checked by _convert
+        return _TEXT.structure(values, Config)
     except (TypeError, ValueError) as exc:
         msg = f"invalid configuration: {exc}"
         raise ConfigError(msg) from exc
@@ -360,79 +368,70 @@ def _read_file(path: Path) -> dict[str, object]:
     values: dict[str, object] = {}
     for key, value in data.items():
         _check_known(key, source=source)
-        values[key] = _convert(key, value, source=source, base=path.parent, parse_strings=False)
+        converted = _convert(key, value, source=source, converter=_TOML)
+        if isinstance(converted, Path) and not converted.is_absolute():
+            converted = path.parent / converted  # relative to the file's directory
+        values[key] = converted
     return values
 
 
-_FIELDS: Final = frozenset(field.name for field in attrs.fields(Config))
+# cattrs resolves the string annotations (PEP 563) once, here, to the types it dispatches on.
+#: Each field's type: what the converters read a value of that field as.
+_FIELD_TYPES: Final[Mapping[str, Any]] = types.MappingProxyType(
+    {field.name: field.type for field in attrs.fields(attrs.resolve_types(Config))}
+)
 
 
 def _check_known(key: str, *, source: str) -> None:
-    if key not in _FIELDS:
+    if key not in _FIELD_TYPES:
         msg = (
-            f"{source}: unknown configuration key {key!r}; known keys: {', '.join(sorted(_FIELDS))}"
+            f"{source}: unknown configuration key {key!r}; "
+            f"known keys: {', '.join(sorted(_FIELD_TYPES))}"
         )
         raise ConfigError(msg)
 
 
-def _convert(
-    key: str, value: object, *, source: str, base: Path | None, parse_strings: bool = True
-) -> object:
-    """Check and convert one value to its field's type. Strings from the environment and the
-    command line are parsed; a TOML file must use the right type (it has integers, floats,
-    booleans and arrays), so ``listen_port = "80"`` is an error there."""
-    kind = _KINDS.get(key, "str")
+def _convert(key: str, value: object, *, source: str, converter: cattrs.Converter) -> object:
+    """Check and convert one value to its field's type with ``converter`` (:data:`_TOML` or
+    :data:`_TEXT`).
+
+    Raises:
+        ConfigError: the value is not of the field's type; the message names the source, the
+            key, the value and what was expected.
+    """
+    field_type = _FIELD_TYPES[key]
     try:
-        if not parse_strings and isinstance(value, str) and kind in _NOT_STRINGS:
-            raise TypeError(value)
-        return _CONVERTERS[kind](value, base)
+        return converter.structure(value, field_type)
     except (TypeError, ValueError) as exc:
-        msg = f"{source}: {key} = {value!r}: expected {_KIND_NAMES[kind]}"
+        msg = f"{source}: {key} = {value!r}: expected {_EXPECTED[field_type]}"
         raise ConfigError(msg) from exc
 
 
-def _to_path(value: object, base: Path | None) -> Path:
-    if isinstance(value, Path):
-        path = value
-    elif isinstance(value, str) and value and "\0" not in value:
-        path = Path(value).expanduser()
-    else:
-        raise TypeError(value)
-    return base / path if base is not None and not path.is_absolute() else path
+# --- The converters ----------------------------------------------------------------------------
+#
+# One cattrs converter per kind of source. A TOML file has integers, floats, booleans and arrays,
+# so its converter takes each as it is and refuses a string where another type belongs
+# (`listen_port = "80"` is an error there). The environment and the command line give text, which
+# the other converter parses ("8080", "off", "0 1000,1001"). Every hook raises TypeError or
+# ValueError for a value it cannot take; _convert turns that into the ConfigError users see.
+# (The wire protocol's converter, librorum.protocol.converter, is strict in other ways and speaks
+# MessagePack; configuration is a different format.)
 
-
-def _to_optional_path(value: object, base: Path | None) -> Path | None:
-    # An empty string is the one way TOML and the command line can spell "none".
-    return None if value == "" else _to_path(value, base)
-
-
-def _to_int(value: object, base: Path | None) -> int:
-    if isinstance(value, bool):
-        raise TypeError(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        return int(value, 10)
-    raise TypeError(value)
-
-
-def _to_float(value: object, base: Path | None) -> float:
-    if isinstance(value, bool):
-        raise TypeError(value)
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        return float(value)
-    raise TypeError(value)
-
-
-def _to_bool(value: object, base: Path | None) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[value.lower()]
-    raise TypeError(value)
-
+#: What an error message says a setting of each type expects.
+_EXPECTED: Final[Mapping[Any, str]] = types.MappingProxyType(
+    {
+        Path: "a path",
+        Path | None: 'a path, or "" for none',
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        Uids: "a list of uids",
+        str: "a string",
+        str | None: "a string",
+        LogLevel: "a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)",
+    }
+)
+assert set(_FIELD_TYPES.values()) <= set(_EXPECTED), "every field's type needs an error text"
 
 _BOOL_WORDS: Final = types.MappingProxyType(
     {
@@ -448,86 +447,88 @@ _BOOL_WORDS: Final = types.MappingProxyType(
 )
 
 
-def _to_uids(value: object, base: Path | None) -> tuple[int, ...]:
-    if isinstance(value, str):
-        value = value.replace(",", " ").split()
-    if not isinstance(value, list | tuple | set | frozenset):
+def _make_converter(*, parse_text: bool) -> cattrs.Converter:
+    """A converter for the settings of one kind of source: with ``parse_text``, strings are
+    parsed into numbers, booleans and uid lists (the environment, the command line); without,
+    those must come typed (a TOML file)."""
+    converter = cattrs.Converter(detailed_validation=False)
+
+    def structure_path(value: object, _: type) -> Path:
+        if isinstance(value, Path):
+            return value
+        if isinstance(value, str) and value and "\0" not in value:
+            return Path(value).expanduser()
         raise TypeError(value)
-    return tuple(_to_int(item, base) for item in value)
 
-
-def _to_str(value: object, base: Path | None) -> str:
-    if not isinstance(value, str):
+    def structure_int(value: object, _: type) -> int:
+        # bool is an int subclass; `listen_port = true` is a mistake, not 1.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if parse_text and isinstance(value, str):
+            return int(value, 10)
         raise TypeError(value)
-    return value
+
+    def structure_float(value: object, _: type) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if parse_text and isinstance(value, str):
+            return float(value)  # "inf" waits forever; "nan" is refused by the validator
+        raise TypeError(value)
+
+    def structure_bool(value: object, _: type) -> bool:
+        if isinstance(value, bool):
+            return value
+        if parse_text and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
+        raise TypeError(value)
+
+    def structure_str(value: object, _: type) -> str:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        return value
+
+    def structure_uids(value: object, _: object) -> tuple[int, ...]:
+        if parse_text and isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if not isinstance(value, list | tuple | set | frozenset):
+            raise TypeError(value)
+        return tuple(structure_int(item, int) for item in value)
+
+    def structure_log_level(value: object, _: object) -> str:
+        name = structure_str(value, str).upper()
+        if logging.getLevelName(name) == f"Level {name}":
+            raise ValueError(value)
+        return name
+
+    def optional(tp: Any) -> Callable[[object, object], object]:
+        # An empty string is the one way TOML and the command line can spell "none".
+        (inner,) = (arg for arg in typing.get_args(tp) if arg is not types.NoneType)
+        structure_inner = converter.get_structure_hook(inner)
+
+        def structure(value: object, _: object) -> object:
+            if value is None or value == "":
+                return None
+            return structure_inner(value, inner)
+
+        return structure
+
+    converter.register_structure_hook(Path, structure_path)
+    converter.register_structure_hook(int, structure_int)
+    converter.register_structure_hook(float, structure_float)
+    converter.register_structure_hook(bool, structure_bool)
+    converter.register_structure_hook(str, structure_str)
+    # Annotated types dispatch by equality, not by class.
+    converter.register_structure_hook_func(lambda tp: tp == Uids, structure_uids)
+    converter.register_structure_hook_func(lambda tp: tp == LogLevel, structure_log_level)
+    converter.register_structure_hook_factory(_is_optional, optional)
+    return converter
 
 
-def _to_optional_str(value: object, base: Path | None) -> str | None:
-    return None if value == "" else _to_str(value, base)
+def _is_optional(tp: object) -> bool:
+    return isinstance(tp, types.UnionType) and types.NoneType in typing.get_args(tp)
 
 
-def _to_log_level(value: object, base: Path | None) -> str:
-    name = _to_str(value, base).upper()
-    if logging.getLevelName(name) == f"Level {name}":
-        raise ValueError(value)
-    return name
-
-
-_CONVERTERS: Final[Mapping[str, Callable[[object, Path | None], object]]] = types.MappingProxyType(
-    {
-        "path": _to_path,
-        "optional_path": _to_optional_path,
-        "int": _to_int,
-        "float": _to_float,
-        "bool": _to_bool,
-        "uids": _to_uids,
-        "str": _to_str,
-        "optional_str": _to_optional_str,
-        "log_level": _to_log_level,
-    }
-)
-_NOT_STRINGS: Final = frozenset({"int", "float", "bool", "uids"})
-_KIND_NAMES: Final = types.MappingProxyType(
-    {
-        "path": "a path",
-        "optional_path": 'a path, or "" for none',
-        "int": "an integer",
-        "float": "a number",
-        "bool": "true or false",
-        "uids": "a list of uids",
-        "str": "a string",
-        "optional_str": "a string",
-        "log_level": "a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)",
-    }
-)
-_KINDS: Final = types.MappingProxyType(
-    {
-        "data_dir": "path",
-        "socket_path": "path",
-        "token_file": "optional_path",
-        "tls_cert": "optional_path",
-        "tls_key": "optional_path",
-        "listen_host": "str",
-        "listen_port": "int",
-        "remote_enabled": "bool",
-        "allowed_uids": "uids",
-        "log_level": "log_level",
-        "url": "optional_str",
-        "max_connections": "int",
-        "max_unauthenticated": "int",
-        "max_connections_per_uid": "int",
-        "max_connections_per_ip": "int",
-        "handshake_timeout": "float",
-        "frame_timeout": "float",
-        "idle_timeout_uds": "float",
-        "idle_timeout_ws": "float",
-        "stream_timeout": "float",
-        "reclaim_after": "float",
-        "max_inflight_bytes": "int",
-        "auth_failures_allowed": "int",
-        "auth_backoff_max": "float",
-        "shutdown_grace": "float",
-        "min_free_space": "int",
-    }
-)
-assert set(_KINDS) == _FIELDS, "every field needs a converter kind"
+#: The converter for the values of a TOML file: typed as TOML types them.
+_TOML: Final = _make_converter(parse_text=False)
+#: The converter for text (the environment, the command line) and for building Config.
+_TEXT: Final = _make_converter(parse_text=True)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, MAX_HANDSHAKE_PAYLOAD
+# This module imports nothing of the project, so that every layer can use it (the store
+# included, which knows nothing of the protocol). The WebSocket message sizes derived from the
+# frame format are wire facts (spec 2.2) and live in librorum.protocol.constants.
 
 # --- Deadlines -------------------------------------------------------------------------------
 
@@ -141,12 +143,6 @@ UDS_SOCKET_BUFFER: Final = 4 << 20
 #: Bytes a WebSocket connection asks for per read, both sides. 4 KiB reads (trio-websocket's
 #: default) halve WebSocket throughput: wsproto then parses and unmasks in tiny pieces.
 WS_RECEIVE_BUFFER: Final = 1 << 20
-#: Largest WebSocket message accepted: exactly one maximal LBRU frame, since every message
-#: carries one frame. Anything larger closes the connection with code 1009.
-WS_MAX_MESSAGE_SIZE: Final = HEADER_SIZE + DEFAULT_MAX_PAYLOAD
-#: Largest WebSocket message accepted before HELLO completes (spec 2.2): one frame with the
-#: pre-handshake payload budget, so an unintroduced peer cannot make us buffer 1 MiB.
-WS_HANDSHAKE_MESSAGE_SIZE: Final = HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD
 #: Largest HTTP body read from a refused WebSocket handshake (the client side): the reason
 #: text is for a log line, not a download.
 WS_MAX_REJECT_BODY: Final = 4 << 10

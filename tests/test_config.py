@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 
+import attrs
 import pytest
 
 from librorum.config import Config, ConfigError, load_config
@@ -80,3 +81,57 @@ def test_a_config_built_directly_is_validated_too(tmp_path: Path) -> None:
         Config(data_dir=tmp_path, socket_path=tmp_path / "s", log_level="LOUD")
     with pytest.raises(ConfigError, match="shutdown_grace must be positive"):
         Config(data_dir=tmp_path, socket_path=tmp_path / "s", shutdown_grace=math.nan)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('remote_enabled = "yes"\n', "true or false"),
+        ('shutdown_grace = "inf"\n', "a number"),
+        ('allowed_uids = "0 1000"\n', "a list of uids"),
+        # Each uid too: only the command line and the environment spell numbers as text.
+        ('allowed_uids = ["1000"]\n', "a list of uids"),
+        ("allowed_uids = [true]\n", "a list of uids"),
+        ("listen_host = 127\n", "a string"),
+        ('log_level = ["INFO"]\n', "a log level"),
+    ],
+)
+def test_a_file_must_give_each_value_its_toml_type(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(text)
+    key = text.split(" = ")[0]
+    with pytest.raises(ConfigError) as raised:
+        load_config(config_file=config_file, env={"HOME": str(tmp_path)})
+    assert str(raised.value).startswith(f"{config_file}: {key} = ")
+    assert f": expected {expected}" in str(raised.value)
+
+
+def _as_text(value: object) -> str:
+    """How a person would write ``value`` on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def test_every_setting_can_be_given_as_text(tmp_path: Path) -> None:
+    # Every field's type has a reader for text: the command line can set each one.
+    reference = Config(
+        data_dir=tmp_path / "data",
+        socket_path=tmp_path / "s.sock",
+        tls_cert=tmp_path / "c.pem",
+        tls_key=tmp_path / "k.pem",
+        url="wss://example.com:7878",
+        allowed_uids=(0, 1000),
+        log_level="DEBUG",
+        remote_enabled=False,
+        listen_port=9,
+        shutdown_grace=2.5,
+    )
+    overrides = {
+        field.name: _as_text(getattr(reference, field.name)) for field in attrs.fields(Config)
+    }
+    assert load_config(env={"HOME": str(tmp_path)}, overrides=overrides) == reference

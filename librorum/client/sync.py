@@ -96,10 +96,11 @@ from librorum.errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from librorum.limits import WS_MAX_MESSAGE_SIZE, WS_MAX_REJECT_BODY
+from librorum.limits import WS_MAX_REJECT_BODY
 from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_MAX_PAYLOAD,
+    WS_MAX_MESSAGE_SIZE,
     Feature,
     WriteMode,
 )

@@ -71,6 +71,24 @@ COMMAND_TABLE: Final[tuple[Command | None, ...]] = tuple(
 )
 
 
+#: Commands that open a request; every other command travels on an existing session or 0.
+REQUEST_COMMANDS: Final = frozenset(
+    {
+        Command.WRITE,
+        Command.READ,
+        Command.LIST,
+        Command.NODE_STATUS,
+        Command.STAT,
+        Command.MKDIR,
+        Command.DELETE,
+        Command.RENAME,
+        Command.UPLOAD_STATUS,
+        Command.PING,
+        Command.CANCEL,
+    }
+)
+
+
 class Flags(enum.IntFlag):
     """The flags field of the header (spec section 3.2). All other bits are reserved and must
     be zero; a frame with a reserved bit set is a connection error (``BAD_FLAGS``)."""
@@ -87,6 +105,11 @@ class Flags(enum.IntFlag):
 
 #: Bits a v1 frame may set; the rest are reserved.
 KNOWN_FLAGS: Final = int(Flags.END | Flags.REPLY | Flags.FD)
+#: The flag bits as plain integers, for the per-frame paths: IntFlag arithmetic costs an
+#: enum construction per operation.
+FLAG_END: Final = int(Flags.END)
+FLAG_REPLY: Final = int(Flags.REPLY)
+FLAG_FD: Final = int(Flags.FD)
 
 
 class Feature(enum.IntFlag):
@@ -161,6 +184,12 @@ DEFAULT_LIST_LIMIT: Final = 1000
 MAX_TEXT_BYTES: Final = 1024
 #: Longest PING payload.
 MAX_PING_BYTES: Final = 256
+#: Largest WebSocket message a side accepts with the default limits: one maximal frame, since
+#: every message carries exactly one (spec 2.2); anything larger is FRAME_TOO_LARGE.
+WS_MAX_MESSAGE_SIZE: Final = HEADER_SIZE + DEFAULT_MAX_PAYLOAD
+#: Largest WebSocket message a receiver takes before HELLO completes (spec 2.2): one frame with
+#: the pre-handshake budget, so that an unintroduced peer cannot make it buffer 1 MiB.
+WS_HANDSHAKE_MESSAGE_SIZE: Final = HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD
 
 assert HEADER_SIZE == 4 + 1 + 1 + 2 + 4 + 8
 assert MIN_MAX_PAYLOAD <= MAX_CONTROL_PAYLOAD <= DEFAULT_MAX_PAYLOAD

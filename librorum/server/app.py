@@ -13,26 +13,25 @@ and the store closes.
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import resource
-import secrets
 import signal
 import ssl
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from librorum import __version__, limits
+from librorum import limits
 from librorum.config import Config, ConfigError, load_config
 from librorum.protocol.constants import DEFAULT_MAX_FILE_SIZE, Feature
 from librorum.protocol.session import ServerLimits
 from librorum.server.budget import InflightBudget, give_memory_back
 from librorum.server.connection import Connection
+from librorum.server.context import ServerContext, Timeouts
+from librorum.service import Service, Stats
 from librorum.store import open_store
 from librorum.transport import (
     load_or_create_token,
@@ -40,6 +39,7 @@ from librorum.transport import (
     serve_websocket,
     single_instance_lock,
 )
+from librorum.version import __version__
 
 if TYPE_CHECKING:
     from librorum.store import Store
@@ -48,57 +48,33 @@ if TYPE_CHECKING:
 log = logging.getLogger("librorum.server")
 
 
-@attrs.define
-class Stats:
-    """Live figures for NODE_STATUS."""
-
-    connections: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    requests: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-
-    def connection_opened(self, kind: str) -> None:
-        self.connections[kind] += 1
-
-    def connection_closed(self, kind: str) -> None:
-        self.connections[kind] -= 1
-
-
-@attrs.frozen
-class Timeouts:
-    """Server-side deadlines (spec 9; values from the config)."""
-
-    handshake: float = limits.HANDSHAKE_TIMEOUT
-    frame: float = limits.FRAME_TIMEOUT
-    idle_uds: float = limits.IDLE_TIMEOUT_UDS
-    idle_ws: float = limits.IDLE_TIMEOUT_WS
-    close: float = limits.CLOSE_GRACE
-    #: A request stream with no progress from the client for this long ends with TIMEOUT.
-    stream: float = limits.STREAM_TIMEOUT
-    #: Under a full connection cap, a connection waiting on its client this long gives way.
-    reclaim: float = limits.RECLAIM_AFTER
-
-    def idle(self, kind: str) -> float:
-        return self.idle_uds if kind == "uds" else self.idle_ws
-
-
 class Server:
-    """What every connection of one daemon shares: the store, limits, figures, and the list
-    of live connections that shutdown drains."""
+    """One daemon's LBRU front door: the connections it serves over the service core, what
+    they share (:class:`~librorum.server.context.ServerContext`), and the live connections
+    that shutdown drains.
 
-    def __init__(
-        self, config: Config, store: Store, *, max_file_size: int = DEFAULT_MAX_FILE_SIZE
-    ) -> None:
+    Args:
+        config: The daemon's configuration (deadlines, the in-flight budget, the grace).
+        store: The open store the service runs over.
+        max_file_size: What HELLO announces; ``None`` (the default) for what the service
+            enforces, which is the store's limit.
+    """
+
+    def __init__(self, config: Config, store: Store, *, max_file_size: int | None = None) -> None:
         self.config = config
-        self.store = store
-        self.limits = ServerLimits(
-            max_file_size=max_file_size,
+        #: The daemon's figures (the connections count into them; NODE_STATUS reports them).
+        self.stats = Stats()
+        #: Upload bytes in flight, across every connection (spec 9.2).
+        self.budget = InflightBudget(config.max_inflight_bytes)
+        self.service = Service(store, stats=self.stats, inflight=self.budget)
+        offer = ServerLimits(
+            max_file_size=self.service.max_file_size if max_file_size is None else max_file_size,
             initial_window=limits.INITIAL_UPLOAD_WINDOW,
-            # Offered on Unix sockets only (features_for): spec 8.
+            # Offered on Unix sockets only (ServerContext.features_for): spec 8.
             features=int(Feature.FD_PASSING | Feature.MEMFD),
             server=f"librorum/{__version__}",
         )
-        self.timeouts = Timeouts(
+        timeouts = Timeouts(
             handshake=config.handshake_timeout,
             frame=config.frame_timeout,
             idle_uds=config.idle_timeout_uds,
@@ -106,34 +82,34 @@ class Server:
             stream=config.stream_timeout,
             reclaim=config.reclaim_after,
         )
-        self.budget = InflightBudget(config.max_inflight_bytes)
-        self.grace = config.shutdown_grace
-        self.stats = Stats()
-        self.node_id = secrets.token_hex(8)
-        self.started_at = time.monotonic()
-        self.shutting_down = False
+        #: What each connection is given.
+        self.context = ServerContext(
+            service=self.service,
+            limits=offer,
+            timeouts=timeouts,
+            stats=self.stats,
+            budget=self.budget,
+            grace=config.shutdown_grace,
+        )
         self.connections: set[Connection] = set()
         self._idle = trio.Event()
         self._idle.set()
         self.shutdown_requested = trio.Event()
 
     @property
-    def grace_ms(self) -> int:
-        return int(self.grace * 1000)
-
-    def features_for(self, transport: FrameTransport) -> int:
-        """Feature bits a connection over ``transport`` can use (fd passing and memfds need a
-        transport that carries files)."""
-        return self.limits.features if transport.carries_files else 0
+    def shutting_down(self) -> bool:
+        """The daemon is draining (new connections get GOAWAY after their HELLO)."""
+        return self.context.shutting_down
 
     async def handle(self, transport: FrameTransport) -> None:
         """Serve one connection (the listeners' handler)."""
-        connection = Connection(self, transport)
+        connection = Connection(self.context, transport)
         self.connections.add(connection)
         self._idle = trio.Event()
         try:
             # During a drain, a new connection gets GOAWAY right after its HELLO (see
-            # Connection._dispatch): before the handshake there is nothing to say it with.
+            # the connection's HELLO handling): before the handshake there is nothing to say it
+            # with.
             await connection.run()
         finally:
             self.connections.discard(connection)
@@ -153,7 +129,7 @@ class Server:
         """
         now = trio.current_time()
         chosen: Connection | None = None
-        longest = self.timeouts.reclaim
+        longest = self.context.timeouts.reclaim
         for connection in self.connections:
             if connection.evicted or connection.transport.kind != kind:
                 continue
@@ -180,14 +156,14 @@ class Server:
     async def drain(self) -> None:
         """Shut down gracefully: GOAWAY everywhere, wait up to ``grace`` for requests in flight,
         cancel the rest, and wait (briefly) for the connections to say goodbye."""
-        self.shutting_down = True
+        self.context.shutting_down = True
         for connection in list(self.connections):
             connection.goaway()
-        with trio.move_on_after(self.grace):
+        with trio.move_on_after(self.context.grace):
             await self._idle.wait()
         for connection in list(self.connections):
             connection.cancel_requests()
-        with trio.move_on_after(self.timeouts.close):
+        with trio.move_on_after(self.context.timeouts.close):
             await self._idle.wait()
 
 
@@ -287,7 +263,7 @@ async def serve(
                             max_unauthenticated=min(config.max_unauthenticated, max_connections),
                             handshake_timeout=config.handshake_timeout,
                             # One deadline for frames and for the messages that carry them.
-                            message_timeout=server.timeouts.frame,
+                            message_timeout=server.context.timeouts.frame,
                             # Each connection checks that a message is one frame itself,
                             # after the header checks, so a bad header is reported first.
                             check_frames=False,

@@ -5,23 +5,30 @@ sans-I/O session; each request runs in its own task (so replies go out in whatev
 finish); one writer task sends everything the session queued, as one batch per wake-up, which
 coalesces the small replies of many requests into one write.
 
-Cheap metadata reads (STAT, PING, UPLOAD_STATUS, a LIST page the store reads inline) and a
-CANCEL whose target is not running are answered by the reader itself, without a task: the
-store runs them inline on the Trio thread without a checkpoint, so a task would only add
-scheduler passes (and they cannot be cancelled midway anyway). The reader then writes the
-replies of everything it received in one batch itself when no write is under way, instead of
-waking the writer. A request served inline has finished before the next frame is read: a
-CANCEL for it answers UNKNOWN (spec 5.14, "already completed"), after its reply. Every
-``READER_BATCH_FRAMES`` frames of a long burst the reader lets other connections run. When
-more than ``MAX_READER_QUEUED_FRAMES`` frames wait to be sent, the reader sends them (or
-waits for the writer) before it takes the next request, so a client that sends without
-reading cannot grow the server's buffers; it waits at most the idle deadline, then the
-connection ends.
+What a request means is not decided here: the command table (``commands.py``) gives each
+request command its handler, which calls the service core, and says whether the reader answers
+it itself and what cancelling it does. This module is the driver around the handlers: reading
+and writing, deadlines, the requests' tasks, and matching passed descriptors to their frames;
+the content of READ and WRITE streams under credit both ways is paced in ``streams.py``, over
+the primitives of the writer here.
 
-Cancellation and outcomes (spec 5.14): every request task has its own cancel scope. A store
-mutation that has begun is shielded until it has committed or failed, so a CANCEL or a
-disconnect never leaves an outcome unknown to the server: the request's final frame says
-what happened and the CANCEL reply repeats it (NOT_STARTED, ABORTED, COMMITTED, UNKNOWN).
+Requests the table marks inline (cheap metadata reads the service answers without a
+checkpoint, and a CANCEL whose target is not running) are answered by the reader itself,
+without a task: a task would only add scheduler passes (and they cannot be cancelled midway
+anyway). The reader then writes the replies of everything it received in one batch itself
+when no write is under way, instead of waking the writer. A request served inline has
+finished before the next frame is read: a CANCEL for it answers UNKNOWN (spec 5.14, "already
+completed"), after its reply. Every ``READER_BATCH_FRAMES`` frames of a long burst the reader
+lets other connections run. When more than ``MAX_READER_QUEUED_FRAMES`` frames wait to be
+sent, the reader sends them (or waits for the writer) before it takes the next request, so a
+client that sends without reading cannot grow the server's buffers; it waits at most the idle
+deadline, then the connection ends.
+
+Cancellation and outcomes (spec 5.14): every request task has its own cancel scope. A
+mutation that has begun is completed by the service (shielded) until it has committed or
+failed, so a CANCEL or a disconnect never leaves an outcome unknown to the server: the
+request's final frame says what happened and the CANCEL reply repeats it (NOT_STARTED,
+ABORTED, COMMITTED, UNKNOWN).
 """
 
 from __future__ import annotations
@@ -30,13 +37,12 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Final, cast
 
-import attrs
 import trio
 
 from librorum.errors import (
+    BadRequestError,
     CancelledError,
     ConnectionClosed,
     ConnectionLimitError,
@@ -44,25 +50,11 @@ from librorum.errors import (
     InternalError,
     LibrorumError,
     RemoteProtocolError,
-    TimeoutError_,
     UnavailableError,
 )
 from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
-from librorum.protocol.constants import CancelOutcome, Command
-from librorum.protocol.framing import FileRegion
-from librorum.protocol.messages import (
-    Cancel,
-    CancelReply,
-    FileList,
-    FileRead,
-    FileReadReply,
-    FileStat,
-    FileWrite,
-    FileWriteReply,
-    Message,
-    Ping,
-    UploadStatus,
-)
+from librorum.protocol.framing import FileRegion, Payload
+from librorum.protocol.messages import Message
 from librorum.protocol.session import (
     ConnectionEnded,
     DataReceived,
@@ -73,18 +65,16 @@ from librorum.protocol.session import (
     State,
     WindowGranted,
 )
-from librorum.server import dispatch
-from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
+from librorum.server.commands import COMMANDS, Row, Unary
+from librorum.server.context import ServerContext
+from librorum.server.requests import RequestState
 from librorum.transport.base import file_transport
 
 if TYPE_CHECKING:
-    from librorum.server.app import Server
-    from librorum.store.reader import Reader
+    from librorum.service import Service
     from librorum.transport import FrameParts, FrameTransport
 
 log = logging.getLogger("librorum.server")
-
-T = TypeVar("T")
 
 #: Frames the session may hold unsent before a READ producer waits for the writer: bounds a
 #: connection's output buffer (with 1 MiB frames, a few MiB) when the client reads slowly.
@@ -100,54 +90,17 @@ MAX_READER_QUEUED_FRAMES: Final = 1024
 #: cheap requests in one write must not hold the event loop (and every other connection) for
 #: the whole burst. 32 STATs are ~1-2 ms here.
 READER_BATCH_FRAMES: Final = 32
-#: LIST pages up to this many entries are read inline by the store (its default; a store
-#: configured lower reads them in a thread, which is correct inline too, only slower).
-_INLINE_LIST_LIMIT: Final = DEFAULT_INLINE_LIST_LIMIT
-
-
-@attrs.define(eq=False)
-class RequestState:
-    """What the connection knows about one request in flight."""
-
-    session_id: int
-    command: Command
-    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
-    #: The request reached the store (a cancel now aborts rather than prevents it).
-    started: bool = False
-    #: The request's normal final reply, once its effect is committed; sent even if the
-    #: task is cancelled afterwards.
-    reply: Message | None = None
-    #: For READ: woken when the client grants credit.
-    window: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
-    #: For WRITE: DATA from the reader to the upload task.
-    data_in: trio.MemorySendChannel[bytes | bytearray | memoryview] | None = None
-    #: For WRITE: the client sent its last DATA (END).
-    end_received: bool = False
-    #: For a WRITE passing a descriptor (spec 8): the descriptor, owned by this request
-    #: and closed when it ends.
-    fd: int | None = None
-    #: The request waits for its client (DATA, credit, or reading what was sent): the time
-    #: it spends so is the client's, not ours (see ``Connection.waiting_on_client``).
-    waiting_on_peer: bool = False
-    #: For WRITE: bytes of the global in-flight budget held (credit granted and not used,
-    #: plus DATA received and not yet taken by the store), and bytes the store has taken.
-    reserved: int = 0
-    consumed: int = 0
-    #: For WRITE with DATA: counted among the uploads sharing the budget.
-    budgeted: bool = False
-    #: For WRITE, while the upload waits for budget with no credit out: set when DATA comes.
-    wake: trio.Event | None = None
 
 
 class Connection:
     """Serve one client over ``transport`` until it leaves, breaks the protocol, times out,
     or the server shuts down (GOAWAY, then drain)."""
 
-    def __init__(self, server: Server, transport: FrameTransport) -> None:
-        self.server = server
+    def __init__(self, context: ServerContext, transport: FrameTransport) -> None:
+        self.context = context
+        self.service: Service = context.service
         self.transport = transport
-        self.session = ServerSession(server.limits, features=server.features_for(transport))
+        self.session = ServerSession(context.limits, features=context.features_for(transport))
         self.requests: dict[int, RequestState] = {}
         self._doorbell_send, self._doorbell = trio.open_memory_channel[None](1)
         self._drained = trio.lowlevel.ParkingLot()
@@ -155,12 +108,12 @@ class Connection:
         # Set once the last flush is over: nothing is written to the transport any more.
         self._flushed = False
         # Unix sockets send a READ's DATA straight from the chunk files (os.sendfile).
-        self._file_transport = file_transport(transport)
+        self.file_transport = file_transport(transport)
         # Batches being written (by the writer, or by the reader for its own replies): their
         # frames are out of the session's queue but not yet on the wire.
         self._sending = 0
         self._nursery: trio.Nursery | None = None
-        self._last_activity = trio.current_time()
+        self._last_activity = self._accepted = trio.current_time()
         # Bytes last moved either way: how long the connection has waited on its client.
         self._last_progress = self._last_activity
         self._frame_started: float | None = None
@@ -186,7 +139,7 @@ class Connection:
         the server is logged with its traceback and ends only this connection."""
         peer = self.transport.peer
         log.info("connection from %s", peer)
-        self.server.stats.connection_opened(self.transport.kind)
+        self.context.stats.connection_opened(self.transport.kind)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -197,7 +150,7 @@ class Connection:
                 finally:
                     # Whatever ended the loop, say goodbye (a queued ERROR, the last replies)
                     # before the requests still running are cancelled with the connection.
-                    with trio.move_on_after(self.server.timeouts.close) as scope:
+                    with trio.move_on_after(self.context.timeouts.close) as scope:
                         scope.shield = True
                         await self._flush_and_stop_writer()
                     nursery.cancel_scope.cancel()
@@ -206,7 +159,7 @@ class Connection:
         except* Exception:
             log.exception("connection from %s failed", peer)
         finally:
-            self.server.stats.connection_closed(self.transport.kind)
+            self.context.stats.connection_closed(self.transport.kind)
             _close_fds(self._fds)
             with trio.CancelScope(shield=True):
                 # The transport says why too, where it can (WebSocket: the close code).
@@ -248,7 +201,7 @@ class Connection:
                 msg = "a WebSocket message must hold exactly one LBRU frame"
                 session.fail(RemoteProtocolError(msg))
             if not data or session.closed or self._sending:
-                self._wake_writer()  # a write is under way: the writer takes these next
+                self.wake_writer()  # a write is under way: the writer takes these next
             elif session.queued_frames and not await self._flush(0):
                 return
             if not data:
@@ -260,10 +213,10 @@ class Connection:
         an ERROR queued) when the client did not take them within the idle deadline: it does
         not read its replies, and the connection ends."""
         session = self.session
-        with trio.move_on_after(self.server.timeouts.idle(self.transport.kind)):
+        with trio.move_on_after(self.context.timeouts.idle(self.transport.kind)):
             while session.queued_frames > limit and not self._writer_done.is_set():
                 if self._sending:
-                    self._wake_writer()
+                    self.wake_writer()
                     await self._drained.park()
                 else:
                     await self._send_queued()
@@ -276,16 +229,21 @@ class Connection:
         broke the rules (an ERROR is then queued)."""
         session = self.session
         now = trio.current_time()
-        limits = self.server.timeouts
+        limits = self.context.timeouts
         if session.partial_frame:
             if self._frame_started is None:
                 self._frame_started = now
             deadline = self._frame_started + limits.frame
             what = "frame not completed"
+            # The handshake deadline runs from accept to a complete HELLO (spec 9.2), however
+            # the HELLO's bytes trickle in: a frame begun in time does not extend it.
+            if session.state is State.HANDSHAKE and self._accepted + limits.handshake < deadline:
+                deadline = self._accepted + limits.handshake
+                what = "no HELLO"
         else:
             self._frame_started = None
             if session.state is State.HANDSHAKE:
-                deadline = self._last_activity + limits.handshake
+                deadline = self._accepted + limits.handshake
                 what = "no HELLO"
             elif session.in_flight():
                 deadline = math.inf  # requests are running: not idle
@@ -316,7 +274,7 @@ class Connection:
                     return None
             self._last_activity = self._last_progress = trio.current_time()
             self._receive_size = next_receive_size(len(data))
-            self.server.stats.bytes_in += len(data)
+            self.context.stats.bytes_in += len(data)
             self.bytes_in += len(data)
             return data
         if not session.closed:
@@ -328,18 +286,23 @@ class Connection:
     async def _dispatch(self, event: Event) -> None:
         session = self.session
         if isinstance(event, RequestReceived):
-            self.server.stats.requests += 1
+            self.context.stats.requests += 1
             message = event.message
-            if isinstance(message, (FileStat, Ping, UploadStatus)) or (
-                isinstance(message, FileList) and message.limit <= _INLINE_LIST_LIMIT
+            row = COMMANDS.get(type(message))
+            if row is None:
+                # The session opens requests only for request commands, which all have rows.
+                msg = f"{type(message).__name__} is not a request this server handles"
+                session.send_error(event.session_id, BadRequestError(msg))
+                return
+            inline = row.inline
+            if (
+                inline is not False
+                and isinstance(row, Unary)
+                and (inline is True or inline(self, message))
             ):
-                await self._serve_inline(event.session_id, message)
-            elif isinstance(message, Cancel) and message.target not in self.requests:
-                # Nothing to wait for: the target finished (its final frame is already
-                # queued, before this reply) or never existed.
-                session.reply(event.session_id, CancelReply(CancelOutcome.UNKNOWN))
+                await self._serve_inline(event.session_id, row, message)
             else:
-                self._start_request(event)
+                self._start_request(event, row)
         elif isinstance(event, DataReceived):
             state = self.requests.get(event.session_id)
             if state is not None and state.data_in is not None:
@@ -361,19 +324,19 @@ class Connection:
                 session.accept_hello(event.hello)
             except LibrorumError:
                 return  # no common version: the ERROR is queued and the session closed
-            if self.server.shutting_down:
-                session.goaway("server is shutting down", self.server.grace_ms)
+            if self.context.shutting_down:
+                session.goaway("server is shutting down", self.context.grace_ms)
         elif isinstance(event, ConnectionEnded) and event.error is not None:
             log.info("%s: connection error: %s", self.transport.peer, event.error)
 
-    async def _serve_inline(self, sid: int, message: Message) -> None:
-        """Answer a cheap read-only request from the reader: its reply (or ERROR) is queued
-        before the next frame is read. The store answers these inline, so this does not
-        wait; a cancellation (the connection ending) leaves it unanswered, like a request
-        task cancelled with its connection."""
+    async def _serve_inline(self, sid: int, row: Unary[Message], message: Message) -> None:
+        """Answer a request the table marks inline from the reader: its reply (or ERROR) is
+        queued before the next frame is read. The service answers these without waiting; a
+        cancellation (the connection ending) leaves it unanswered, like a request task
+        cancelled with its connection."""
         session = self.session
         try:
-            reply = await dispatch.unary(self.server, message)
+            reply = await row.handler(self, message)
         except Exception as exc:
             error = self._error_for(exc, type(message).__name__, sid)
             log.info("%s: %s failed: %s", self.transport.peer, type(message).__name__, error)
@@ -389,25 +352,16 @@ class Connection:
         log.exception("%s: %s on session %d failed", self.transport.peer, what, sid)
         return InternalError(f"internal error ({type(exc).__name__}); see the server log")
 
-    def _start_request(self, event: RequestReceived) -> None:
+    def _start_request(self, event: RequestReceived, row: Row) -> None:
         assert self._nursery is not None
         fd = self._take_fd() if event.fd else None
         if event.fd and fd is None:
             return  # no descriptor came with it: the connection is failing
         state = RequestState(event.session_id, event.command, fd=fd)
         self.requests[event.session_id] = state
-        message = event.message
-        handler: Callable[[], Awaitable[Message | None]]
-        if isinstance(message, FileWrite) and fd is not None:
-
-            async def handler() -> Message | None:
-                return await self._ingest(state, message, fd)
-
-        elif isinstance(message, FileWrite):
-            send, receive = trio.open_memory_channel[bytes | bytearray | memoryview](
-                UPLOAD_QUEUE_FRAMES
-            )
-            state.data_in = send
+        if row.receives_data and fd is None:
+            send, receive = trio.open_memory_channel[Payload](UPLOAD_QUEUE_FRAMES)
+            state.data_in, state.data_out = send, receive
             if event.end:
                 state.end_received = True
                 send.close()
@@ -416,48 +370,28 @@ class Connection:
                 # from the budget even past its limit (see budget.py).
                 state.reserved = self.session.receive_window(event.session_id)
                 state.budgeted = True
-                self.server.budget.open_upload(state.reserved)
+                self.context.budget.open_upload(state.reserved)
+        self._nursery.start_soon(self._run_request, state, row, event.message)
 
-            async def handler() -> Message | None:
-                return await self._upload(state, message, receive)
-
-        elif isinstance(message, FileRead):
-
-            async def handler() -> Message | None:
-                await self._download(state, message)
-                return None
-
-        elif isinstance(message, Cancel):
-
-            async def handler() -> Message | None:
-                return await self._cancel(message)
-
-        else:
-
-            async def handler() -> Message | None:
-                state.started = True
-                return await dispatch.unary(self.server, message)
-
-        self._nursery.start_soon(self._run_request, state, handler)
-
-    async def _run_request(
-        self, state: RequestState, handler: Callable[[], Awaitable[Message | None]]
-    ) -> None:
+    async def _run_request(self, state: RequestState, row: Row, message: Message) -> None:
         session = self.session
         sid = state.session_id
         error: LibrorumError | None = None
         try:
             with state.cancel_scope:
-                reply = await handler()
+                reply = await row.run(self, state, message)
                 if reply is not None:
                     state.reply = reply
         except Exception as exc:
             error = self._error_for(exc, state.command.name, sid)
         finally:
             del self.requests[sid]
+            if state.data_out is not None:
+                # Late DATA for an upload that ended is discarded (the reader's send fails).
+                state.data_out.close()
             if state.budgeted:
                 # Credit not used and DATA not taken: late DATA is discarded by the session.
-                self.server.budget.close_upload(state.reserved)
+                self.context.budget.close_upload(state.reserved)
                 state.reserved = 0
             if state.fd is not None:
                 os.close(state.fd)
@@ -472,7 +406,7 @@ class Connection:
                 what = "aborted: no effect" if state.started else "cancelled before it started"
                 session.send_error(sid, CancelledError(what))
             state.done.set()
-            self._wake_writer()
+            self.wake_writer()
             if session.closed and self._read_scope is not None:
                 self._read_scope.cancel()  # a drained connection: stop waiting for the client
 
@@ -513,242 +447,9 @@ class Connection:
             self._fds_matched += 1
         return True
 
-    async def _ingest(self, state: RequestState, message: FileWrite, fd: int) -> Message:
-        state.started = True
-        info = await dispatch.ingest(self.server, message, fd, self.session.features)
-        # No checkpoint between the (shielded) commit and recording its outcome.
-        reply = FileWriteReply(dispatch.wire_info(info))
-        state.reply = reply
-        return reply
-
-    # --- Requests with streams -------------------------------------------------------------
-
-    async def _upload(
-        self,
-        state: RequestState,
-        message: FileWrite,
-        data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
-    ) -> Message:
-        """Stream a WRITE's DATA into a store upload and commit it.
-
-        Credit is granted as the store takes the data, from the global in-flight budget
-        (see budget.py): the upload holds at most its share of it, and earns it gradually
-        (each grant at most twice what the store has taken), so an upload that sends
-        nothing holds little more than its initial window.
-
-        Cancellation: before the commit, the upload is aborted (a resumable one keeps its
-        recorded prefix); the commit is shielded, so once it starts the file is stored.
-
-        Raises:
-            TimeoutError_: the client, holding credit, sent no DATA for the stream deadline.
-            CancelledError: the DATA ended without END (the connection is going away).
-            LibrorumError: the store's answer (NO_SPACE, EXISTS, TOO_LARGE, ...).
-        """
-        budget = self.server.budget
-        async with data, dispatch.open_upload(self.server, message) as upload:
-            state.started = True
-            while (piece := await self._next_piece(state, data)) is not None:
-                await upload.write(piece)
-                size = len(piece)
-                state.reserved -= size
-                state.consumed += size
-                budget.give(size)
-            if not state.end_received:
-                # The channel closed without END: the connection is going away.
-                msg = "the upload ended without its last DATA frame"
-                raise CancelledError(msg)
-            # Once the commit starts it completes: a cancel arriving now answers COMMITTED.
-            with trio.CancelScope(shield=True):
-                info = await upload.commit()
-                reply = FileWriteReply(dispatch.wire_info(info))
-                state.reply = reply
-        return reply
-
-    async def _next_piece(
-        self,
-        state: RequestState,
-        data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
-    ) -> bytes | bytearray | memoryview | None:
-        """The upload's next DATA payload, or ``None`` after the last one. Grants credit
-        first, as far as the upload's allowance and the budget go.
-
-        Waiting for DATA the client has credit for is bounded by the stream deadline; waiting
-        for budget to grant from is not (that wait is ours, and ends as other uploads move).
-
-        Raises:
-            TimeoutError_: the client sent nothing for the stream deadline.
-        """
-        sid = state.session_id
-        while True:
-            self._grant_credit(state)
-            try:
-                return data.receive_nowait()
-            except trio.WouldBlock:
-                pass
-            except trio.EndOfChannel:
-                return None
-            if state.end_received or self.session.receive_window(sid):
-                return await self._wait_for_data(data, state)
-            # The client has no credit left and the budget none to give: wait for either
-            # room in the budget or (an empty DATA with END needs no credit) the client.
-            budget = self.server.budget
-            state.wake = budget.waiter()
-            try:
-                await state.wake.wait()
-            finally:
-                budget.forget(state.wake)
-                state.wake = None
-
-    def _grant_credit(self, state: RequestState) -> None:
-        """Grant an upload more credit, in batches: up to its allowance (the initial window
-        plus twice what the store has taken, at most its share of the budget), from the
-        budget."""
-        if state.end_received:
-            return
-        sid = state.session_id
-        budget = self.server.budget
-        allowance = min(budget.share(), self.server.limits.initial_window + 2 * state.consumed)
-        room = allowance - state.reserved
-        # Each grant is a frame: wait until a quarter of the allowance is due, unless the
-        # client has no credit at all and would stall.
-        if room <= 0 or (room < allowance // 4 and self.session.receive_window(sid)):
-            return
-        granted = budget.take(room)
-        if granted:
-            state.reserved += granted
-            self.session.grant(sid, granted)
-            self._wake_writer()
-
-    async def _wait_for_data(
-        self,
-        data: trio.MemoryReceiveChannel[bytes | bytearray | memoryview],
-        state: RequestState,
-    ) -> bytes | bytearray | memoryview | None:
-        async def receive() -> bytes | bytearray | memoryview | None:
-            try:
-                return await data.receive()
-            except trio.EndOfChannel:
-                return None
-
-        return await self._wait_on_client(state, "sent no DATA", receive)
-
-    async def _wait_on_client(
-        self, state: RequestState, what: str, wait: Callable[[], Awaitable[T]]
-    ) -> T:
-        """Wait for the client's side of a stream, at most the stream deadline.
-
-        Raises:
-            TimeoutError_: the deadline passed (the request ends; the connection stays).
-        """
-        timeout = self.server.timeouts.stream
-        with trio.move_on_after(timeout):
-            state.waiting_on_peer = True
-            try:
-                return await wait()
-            finally:
-                state.waiting_on_peer = False
-        msg = f"the client {what} for {timeout:g} s: {state.command.name} aborted"
-        raise TimeoutError_(msg)
-
-    async def _download(self, state: RequestState, message: FileRead) -> None:
-        session = self.session
-        sid = state.session_id
-        async with dispatch.open_read(self.server, message) as reader:
-            state.started = True
-            remaining = reader.length
-            reply = FileReadReply(dispatch.wire_info(reader.info), message.offset, remaining)
-            session.reply(sid, reply, end=remaining == 0)
-            self._wake_writer()
-            try:
-                if self._file_transport is not None:
-                    remaining = await self._send_segments(state, reader, remaining)
-                else:
-                    remaining = await self._send_pieces(state, reader, remaining)
-            finally:
-                # The DATA frames queued point into the reader (its descriptors or buffers),
-                # which closing it releases for reuse: none may be written after that.
-                await self._settle_output()
-            if remaining:
-                msg = f"{remaining} bytes of the file went missing while reading"
-                raise InternalError(msg)
-
-    async def _send_segments(self, state: RequestState, reader: Reader, remaining: int) -> int:
-        """Queue the range as DATA frames whose payloads are regions of the verified chunk
-        files (the transport sends them with ``os.sendfile``); return the bytes not sent.
-
-        Cancellation: frames already queued stay queued; the caller settles them before the
-        reader closes the descriptors they name.
-
-        Raises:
-            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
-            TimeoutError_: the client granted no credit, or read nothing, for the stream
-                deadline.
-        """
-        session = self.session
-        sid = state.session_id
-        async for segment in reader.segments():
-            position = segment.offset
-            end = segment.offset + segment.length
-            while position < end:
-                allowed = min(session.send_window(sid), session.max_payload, end - position)
-                if allowed == 0:
-                    await self._wait_on_client(state, "granted no credit", state.window.park)
-                    continue
-                remaining -= allowed
-                region = FileRegion(segment.fd, position, allowed)
-                session.send_data(sid, region, end=remaining == 0)
-                position += allowed
-                self._wake_writer()
-                await self._wait_on_client(state, "read nothing", self._wait_for_writer)
-            # The frames just queued name this segment's descriptor, which the next step
-            # closes. The reader has verified the next chunks meanwhile, and the socket buffer
-            # keeps the client busy while this task advances.
-            await self._wait_on_client(state, "read nothing", self._wait_until_sent)
-        return remaining
-
-    async def _send_pieces(self, state: RequestState, reader: Reader, remaining: int) -> int:
-        """Queue the range as DATA frames that are views of the reader's buffers (for
-        transports that cannot send from a file); return the bytes not sent.
-
-        Cancellation: as :meth:`_send_segments`.
-
-        Raises:
-            CorruptDataError, StoreIOError: from the reader, before any byte of that chunk.
-            TimeoutError_: as :meth:`_send_segments`.
-        """
-        session = self.session
-        sid = state.session_id
-        async for piece in reader:
-            view = memoryview(piece)
-            while view:
-                allowed = min(session.send_window(sid), session.max_payload)
-                if allowed == 0:
-                    await self._wait_on_client(state, "granted no credit", state.window.park)
-                    continue
-                chunk, view = view[:allowed], view[allowed:]
-                remaining -= len(chunk)
-                session.send_data(sid, chunk, end=remaining == 0)
-                self._wake_writer()
-                await self._wait_on_client(state, "read nothing", self._wait_for_writer)
-            # The frames just queued are views of the reader's buffer, which the next
-            # step reuses: they must be on the wire before the loop advances.
-            await self._wait_on_client(state, "read nothing", self._wait_until_sent)
-        return remaining
-
-    async def _cancel(self, message: Cancel) -> Message:
-        target = self.requests.get(message.target)
-        if target is None:
-            return CancelReply(CancelOutcome.UNKNOWN)
-        target.cancel_scope.cancel()
-        await target.done.wait()
-        # The target's final frame is already queued: the CANCEL reply goes out after it.
-        if target.reply is not None:
-            return CancelReply(CancelOutcome.COMMITTED)
-        return CancelReply(CancelOutcome.ABORTED if target.started else CancelOutcome.NOT_STARTED)
-
     # --- Writing -----------------------------------------------------------------------------
 
-    def _wake_writer(self) -> None:
+    def wake_writer(self) -> None:
         try:
             self._doorbell_send.send_nowait(None)
         except trio.WouldBlock:
@@ -756,13 +457,13 @@ class Connection:
         except trio.ClosedResourceError:
             pass  # the writer has stopped
 
-    async def _wait_for_writer(self) -> None:
+    async def wait_for_writer(self) -> None:
         """Backpressure for producers of bulk data: wait while the session holds more than
         a few unsent frames (the transport is slower than the producer)."""
         while self.session.queued_frames > MAX_QUEUED_FRAMES and not self._writer_done.is_set():
             await self._drained.park()
 
-    async def _wait_until_sent(self) -> None:
+    async def wait_until_sent(self) -> None:
         """Wait until every frame queued so far has been written to the transport, or can no
         longer be: a batch being written always finishes first (whoever writes it), and
         frames still queued are waited for until the connection's last flush is over."""
@@ -771,19 +472,19 @@ class Connection:
             # is done; waking the writer meanwhile would only have it find nothing queued
             # and unpark us at once, round and round while a slow peer holds that send.
             if not self._sending:
-                self._wake_writer()
+                self.wake_writer()
             await self._drained.park()
 
-    async def _settle_output(self) -> None:
+    async def settle_output(self) -> None:
         """Before a download releases its reader: wait until none of the frames queued so far
         can still be written. Bounded by the close timeout; past it the transport is closed,
         so that no later write can send bytes from a released buffer or a reused descriptor.
 
         Cancellation: shielded (a cancelled download must settle all the same).
         """
-        with trio.move_on_after(self.server.timeouts.close) as scope:
+        with trio.move_on_after(self.context.timeouts.close) as scope:
             scope.shield = True
-            await self._wait_until_sent()
+            await self.wait_until_sent()
         if scope.cancelled_caught:
             log.info("%s: output not drained in time; closing", self.transport.peer)
             with trio.CancelScope(shield=True):
@@ -803,14 +504,14 @@ class Connection:
         if frames:
             self._sending += 1
             try:
-                if self._file_transport is not None:
-                    await self._file_transport.send_frames(frames)
+                if self.file_transport is not None:
+                    await self.file_transport.send_frames(frames)
                 else:
                     # FileRegion payloads are queued only when the transport sends files.
                     await self.transport.send_frames(cast("list[FrameParts]", frames))
             finally:
                 self._sending -= 1
-            self.server.stats.bytes_out += sum(
+            self.context.stats.bytes_out += sum(
                 len(header) + (payload.length if type(payload) is FileRegion else len(payload))
                 for header, payload in frames
             )
@@ -852,15 +553,15 @@ class Connection:
         self.session.fail(ConnectionLimitError(reason))
         if self._loop_scope is not None:
             self._loop_scope.cancel()
-        self._wake_writer()
+        self.wake_writer()
 
     # --- Shutdown ------------------------------------------------------------------------------
 
     def goaway(self) -> None:
         """Start draining this connection (server shutdown): GOAWAY now, close when the last
         request in flight has finished."""
-        self.session.goaway("server is shutting down", self.server.grace_ms)
-        self._wake_writer()
+        self.session.goaway("server is shutting down", self.context.grace_ms)
+        self.wake_writer()
         if self.session.closed and self._read_scope is not None:
             self._read_scope.cancel()  # nothing in flight: stop reading now
 

@@ -104,8 +104,6 @@ from librorum.limits import (
     MAX_UNAUTHENTICATED,
     RECEIVE_SIZE,
     WS_BUSY_RETRY_AFTER,
-    WS_HANDSHAKE_MESSAGE_SIZE,
-    WS_MAX_MESSAGE_SIZE,
     WS_MAX_REJECT_BODY,
     WS_MAX_REQUEST_HEAD,
     WS_PING_INTERVAL,
@@ -114,7 +112,11 @@ from librorum.limits import (
     WS_REFUSAL_DRAIN,
     WS_REFUSAL_LINGER,
 )
-from librorum.protocol.constants import HEADER_SIZE
+from librorum.protocol.constants import (
+    HEADER_SIZE,
+    WS_HANDSHAKE_MESSAGE_SIZE,
+    WS_MAX_MESSAGE_SIZE,
+)
 from librorum.transport._throttle import AuthBackoff, LogLimiter, address_key
 from librorum.transport._wsframes import accelerate, encode_frame
 from librorum.transport.base import (

@@ -33,7 +33,7 @@ from librorum.errors import (
     RemoteProtocolError,
     UnauthorizedError,
 )
-from librorum.limits import WS_MAX_MESSAGE_SIZE
+from librorum.protocol.constants import WS_MAX_MESSAGE_SIZE
 from librorum.protocol.messages import FileStat, Ping, PingReply
 from librorum.protocol.session import HelloReceived, RequestReceived, ServerSession
 

@@ -32,9 +32,9 @@ from librorum.errors import (
     RemoteProtocolError,
     UnauthorizedError,
 )
-from librorum.limits import WS_MAX_MESSAGE_SIZE, WS_MAX_REQUEST_HEAD, WS_RECEIVE_BUFFER
+from librorum.limits import WS_MAX_REQUEST_HEAD, WS_RECEIVE_BUFFER
 from librorum.protocol import Command
-from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
+from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, WS_MAX_MESSAGE_SIZE
 from librorum.protocol.framing import encode_frame
 from librorum.transport import (
     FrameTransport,

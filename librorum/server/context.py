@@ -1,0 +1,59 @@
+"""What every LBRU connection of one daemon shares, handed to each connection as one small
+value (hypercorn's worker context) rather than the whole server: the service, the limits it
+announces, its deadlines, its figures and the upload budget, and whether it is shutting down.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from librorum import limits
+from librorum.protocol.session import ServerLimits
+from librorum.server.budget import InflightBudget
+from librorum.service import Service, Stats
+from librorum.transport.base import FrameTransport
+
+
+@attrs.frozen
+class Timeouts:
+    """Server-side deadlines (spec 9; values from the config)."""
+
+    handshake: float = limits.HANDSHAKE_TIMEOUT
+    frame: float = limits.FRAME_TIMEOUT
+    idle_uds: float = limits.IDLE_TIMEOUT_UDS
+    idle_ws: float = limits.IDLE_TIMEOUT_WS
+    close: float = limits.CLOSE_GRACE
+    #: A request stream with no progress from the client for this long ends with TIMEOUT.
+    stream: float = limits.STREAM_TIMEOUT
+    #: Under a full connection cap, a connection waiting on its client this long gives way.
+    reclaim: float = limits.RECLAIM_AFTER
+
+    def idle(self, kind: str) -> float:
+        return self.idle_uds if kind == "uds" else self.idle_ws
+
+
+@attrs.define(eq=False)
+class ServerContext:
+    """The daemon as one of its connections sees it."""
+
+    service: Service
+    #: What HELLO replies offer.
+    limits: ServerLimits
+    timeouts: Timeouts
+    #: The figures the connections keep (the service reports them).
+    stats: Stats
+    #: Upload bytes in flight, shared by every connection (spec 9.2).
+    budget: InflightBudget
+    #: Seconds requests in flight get to finish after GOAWAY.
+    grace: float
+    #: Set once the daemon drains: a connection that opens meanwhile gets GOAWAY at once.
+    shutting_down: bool = False
+
+    @property
+    def grace_ms(self) -> int:
+        return int(self.grace * 1000)
+
+    def features_for(self, transport: FrameTransport) -> int:
+        """Feature bits a connection over ``transport`` can use (fd passing and memfds need a
+        transport that carries files)."""
+        return self.limits.features if transport.carries_files else 0

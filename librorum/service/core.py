@@ -1,0 +1,344 @@
+"""The service core: every operation the daemon offers, once, for every front door.
+
+A front door (LBRU over a Unix socket or WebSocket today) owns only its wire format: it turns
+a request into a call of one method here and the result into its reply. What an operation
+means, the rules it checks and its behaviour under cancellation live here, so every front door
+gets the same answers:
+
+- The arguments' rules that are not the store's own: a resumable upload's id, where a resumed
+  upload continues, a read that starts past the end, what a passed descriptor may be.
+- The limits: :attr:`Service.max_file_size` is what the store enforces and what a front door
+  announces.
+- Outcomes never unknown (spec 5.14): a mutation that has begun completes, and so does a
+  commit, whoever is cancelled meanwhile; before that, a cancelled operation has no effect.
+
+Errors are ``LibrorumError`` subclasses carrying their wire codes (the store's pass through
+unchanged); each method says which it raises.
+
+Adding an operation: a method here (its docstring says what it raises and what cancelling it
+does), calling only the store's public API, then one row and one handler in each front door
+that offers it (for LBRU: ``librorum/server/commands.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Final, TypeVar
+
+import trio
+
+from librorum.errors import BadRequestError, ConflictError, NotFoundError
+from librorum.service.descriptors import DescriptorKind, descriptor_kind
+from librorum.service.figures import InflightGauge, NodeReport, Stats
+from librorum.store import FileInfo, ListPage, Reader, Store, Upload, UploadStatus, WriteMode
+from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
+from librorum.version import __version__
+
+#: Spec 5.10: what a client-chosen upload id may look like.
+UPLOAD_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
+#: LIST pages up to this many entries are read inline by the store (its default; a store
+#: configured lower reads them in a thread, which is correct inline too, only slower). So
+#: :meth:`Service.list` with such a limit, like :meth:`Service.stat` and
+#: :meth:`Service.upload_status`, completes without a checkpoint.
+INLINE_LIST_LIMIT: Final = DEFAULT_INLINE_LIST_LIMIT
+
+
+T = TypeVar("T")
+
+
+async def _completed(operation: Awaitable[T]) -> T:
+    """Run ``operation`` to its end, shielded from cancellation: once a mutation has begun,
+    its caller learns its outcome whatever is cancelled meanwhile (spec 5.14)."""
+    with trio.CancelScope(shield=True):
+        result = await operation
+    # Returned after the block: a cancel scope may swallow exceptions, as type checkers see it.
+    return result  # noqa: RET504
+
+
+class _NoBudget:
+    """The in-flight figures of a service that no front door shares a budget with."""
+
+    used = 0
+    peak = 0
+
+
+class Service:
+    """The daemon's operations over one open store.
+
+    Args:
+        store: The open store; the service calls its public API only.
+        stats: The figures the front doors keep (a new, empty one if omitted).
+        inflight: The budget of upload bytes in flight, for :meth:`node_status`.
+
+    Every method runs on the Trio thread. The read-only ones (:meth:`stat`, :meth:`list`
+    with a small page, :meth:`upload_status`) complete without a checkpoint: a front door may
+    answer them without a task of their own.
+    """
+
+    def __init__(
+        self, store: Store, *, stats: Stats | None = None, inflight: InflightGauge | None = None
+    ) -> None:
+        self._store = store
+        self.stats = stats if stats is not None else Stats()
+        self._inflight: InflightGauge = inflight if inflight is not None else _NoBudget()
+        #: Random, chosen at start: tells restarts apart in :meth:`node_status`.
+        self.node_id = secrets.token_hex(8)
+        self._started_at = time.monotonic()
+
+    @property
+    def max_file_size(self) -> int:
+        """The largest file accepted, in bytes (the store enforces it)."""
+        return self._store.max_file_size
+
+    # --- namespace ---------------------------------------------------------------------------
+
+    async def stat(self, path: str) -> FileInfo:
+        """Describe the entry at ``path``.
+
+        Cancellation: not interruptible (an inline read, no checkpoint).
+
+        Raises:
+            InvalidPathError: ``path`` breaks the path rules.
+            NotFoundError: Nothing is there.
+            NotADirectoryError_: A file is on the way.
+        """
+        return await self._store.stat(path)
+
+    async def list(self, path: str, *, cursor: str | None, limit: int) -> ListPage:
+        """One page of a directory's entries, sorted by name, after ``cursor``.
+
+        Cancellation: not interruptible (a page of up to :data:`INLINE_LIST_LIMIT` entries
+        is read inline, a larger one in a worker thread, which runs to completion).
+
+        Raises:
+            InvalidPathError, NotFoundError: As for :meth:`stat`.
+            NotADirectoryError_: ``path`` is a file.
+            ValueError: ``limit`` < 1 (a caller bug).
+        """
+        return await self._store.list(path, cursor=cursor, limit=limit)
+
+    async def mkdir(self, path: str, *, parents: bool = False) -> FileInfo:
+        """Create a directory (and missing parents if ``parents``; then an existing directory
+        is not an error).
+
+        Cancellation: shielded; once called, it completes (or fails) and returns its answer,
+        so a cancel never leaves its outcome unknown.
+
+        Raises:
+            InvalidPathError: ``path`` breaks the path rules.
+            AlreadyExistsError: Something is there.
+            NotFoundError: The parent is missing (and ``parents`` is false).
+            NotADirectoryError_: A file is on the way.
+            ReadOnlyError, NoSpaceError, StoreIOError: The store cannot write.
+        """
+        return await _completed(self._store.mkdir(path, parents=parents))
+
+    async def delete(self, path: str, *, recursive: bool = False) -> int:
+        """Delete a file, an empty directory, or (``recursive``) a whole tree, atomically.
+
+        Returns:
+            The number of entries removed.
+
+        Cancellation: as :meth:`mkdir`.
+
+        Raises:
+            InvalidPathError: ``path`` breaks the path rules.
+            InvalidArgumentError: ``path`` is the root (BAD_REQUEST).
+            NotFoundError: Nothing is there.
+            NotEmptyError: A non-empty directory and not ``recursive``.
+            ReadOnlyError, StoreIOError: The store cannot write.
+        """
+        return await _completed(self._store.delete(path, recursive=recursive))
+
+    async def rename(self, src: str, dst: str, *, overwrite: bool = False) -> FileInfo:
+        """Move a file or a directory atomically; ``overwrite`` replaces a file at ``dst``
+        (never a directory).
+
+        Cancellation: as :meth:`mkdir`.
+
+        Raises:
+            InvalidPathError: A path breaks the rules.
+            InvalidArgumentError: A path is the root, or ``dst`` is inside ``src``.
+            NotFoundError: ``src`` or ``dst``'s parent is missing.
+            AlreadyExistsError: ``dst`` exists and not ``overwrite``.
+            IsADirectoryError_: ``dst`` is a directory.
+            NotADirectoryError_: A file is on the way, or a directory would replace a file.
+            ReadOnlyError, StoreIOError: The store cannot write.
+        """
+        return await _completed(self._store.rename(src, dst, overwrite=overwrite))
+
+    # --- reading -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_read(
+        self, path: str, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[Reader]:
+        """A reader of one committed version of a file, from ``offset``, ``length`` bytes or
+        to the end (clipped to the end; :attr:`Reader.length` says how many).
+
+        Cancellation: the reader is closed on exit, shielded.
+
+        Raises:
+            InvalidPathError, NotFoundError, NotADirectoryError_: As for :meth:`stat`.
+            IsADirectoryError_: ``path`` is a directory.
+            BadRequestError: ``offset`` is past the end of the file (spec 5.11).
+            CorruptDataError, StoreIOError: While iterating the reader.
+        """
+        async with self._store.open_read(path, offset=offset, length=length) as reader:
+            # The store clips a range to the file; a start past the end is an error, judged
+            # on the same snapshot the data would come from.
+            if offset > reader.info.size:
+                msg = f"offset {offset} is past the end of {path} ({reader.info.size} bytes)"
+                raise BadRequestError(msg)
+            yield reader
+
+    # --- writing -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_upload(
+        self,
+        path: str,
+        *,
+        mode: WriteMode = WriteMode.CREATE,
+        size: int | None = None,
+        upload_id: str | None = None,
+        offset: int = 0,
+    ) -> AsyncIterator[Upload]:
+        """The upload a file's content streams into: a new one, or with ``upload_id`` a
+        resumable one, resumed when the server knows it (spec 5.10). Write the content from
+        ``offset`` with :meth:`Upload.write`, then :meth:`commit`.
+
+        Args:
+            path: Where the file will be (for a resumed upload, the path it was begun with
+                counts).
+            mode: CREATE, EXCLUSIVE or OVERWRITE (checked now and again at the commit).
+            size: The total size, if known: checked against :attr:`max_file_size` now.
+            upload_id: 16 to 64 characters of A-Z, a-z, 0-9, '_' and '-'; makes the upload
+                resumable.
+            offset: Where the data starts: 0, or the committed offset of the upload resumed.
+
+        The upload is finished when the block exits without a commit: aborted, or for a
+        resumable one detached (it keeps its committed prefix).
+
+        Cancellation: a cancelled open starts nothing; inside the block, as the store's
+        upload (a cancelled write leaves it failed, and the exit finishes it).
+
+        Raises:
+            BadRequestError: A malformed ``upload_id``, or an ``offset`` without one.
+            NotFoundError: ``offset`` > 0 for an upload id the server does not know.
+            ConflictError: ``offset`` is not the resumed upload's committed offset, or the
+                upload is in progress on another stream.
+            TooLargeError: ``size`` exceeds :attr:`max_file_size`.
+            LibrorumError: The store's answer to beginning the upload (EXISTS, NOT_FOUND,
+                NO_SPACE, READ_ONLY, CORRUPT_DATA for a resumed chunk found bad, ...).
+        """
+        store = self._store
+        upload: Upload | None = None
+        if upload_id is not None and not UPLOAD_ID.fullmatch(upload_id):
+            msg = "an upload_id is 16 to 64 characters of A-Z, a-z, 0-9, '_' and '-' (spec 5.10)"
+            raise BadRequestError(msg)
+        if upload_id is not None:
+            try:
+                upload = await store.resume_upload(upload_id)
+            except NotFoundError:
+                if offset:
+                    raise
+            if upload is not None and upload.offset != offset:
+                committed = upload.offset
+                await upload.detach()
+                msg = f"upload {upload_id} is committed up to {committed}, not {offset}"
+                raise ConflictError(msg)
+        elif offset:
+            msg = "a WRITE with an offset must name the upload_id it resumes"
+            raise BadRequestError(msg)
+        if upload is None:
+            upload = await store.begin_upload(path, mode=mode, size=size, upload_id=upload_id)
+        async with upload:
+            yield upload
+
+    async def commit(self, upload: Upload) -> FileInfo:
+        """Make an upload's data the file's content, atomically (its mode rechecked).
+
+        Cancellation: shielded; once called, the file is stored (or the commit fails), and
+        the answer is returned: the outcome is never unknown.
+
+        Raises:
+            InvalidArgumentError: The data ended short of the declared size.
+            AlreadyExistsError, NotFoundError, NotADirectoryError_, IsADirectoryError_: The
+                mode's conditions no longer hold.
+            NoSpaceError, StoreIOError, ReadOnlyError, CorruptDataError: Storing failed.
+        """
+        return await _completed(upload.commit())
+
+    async def ingest(
+        self,
+        path: str,
+        fd: int,
+        *,
+        size: int,
+        mode: WriteMode = WriteMode.CREATE,
+        accept: DescriptorKind = DescriptorKind.ANY,
+    ) -> FileInfo:
+        """Store the content of a client's file given as a descriptor (spec 8): a regular
+        file or a sealed memfd, of the kinds in ``accept`` (what the caller agreed with its
+        client). The caller keeps and closes ``fd``.
+
+        Cancellation: before the commit, a cancelled ingest has no visible effect; the
+        commit is shielded (once it starts, the file is stored and returned).
+
+        Raises:
+            BadRequestError: The descriptor is not a readable regular file, is a memfd
+                without its seals, is of a kind not in ``accept``, or does not hold ``size``
+                bytes.
+            TooLargeError: ``size`` exceeds :attr:`max_file_size`.
+            LibrorumError: The store's answer (EXISTS, NO_SPACE, IO_ERROR, ...).
+        """
+        kind = descriptor_kind(fd)
+        if not accept & kind:
+            msg = (
+                "the descriptor is not a sealed memfd, and only MEMFD was negotiated"
+                if kind is DescriptorKind.FILE
+                else "MEMFD was not negotiated on this connection"
+            )
+            raise BadRequestError(msg)
+        return await self._store.ingest_fd(path, fd, size, mode=mode)
+
+    async def upload_status(self, upload_id: str) -> UploadStatus:
+        """How much of a resumable upload is durably stored (resume from its ``offset``).
+
+        Cancellation: not interruptible (an inline read, no checkpoint).
+
+        Raises:
+            InvalidPathError: A malformed id.
+            NotFoundError: No such upload.
+        """
+        return await self._store.upload_status(upload_id)
+
+    # --- the node ----------------------------------------------------------------------------
+
+    async def node_status(self) -> NodeReport:
+        """The node's health and figures: the store's, and the front doors' counts.
+
+        Cancellation: safe at any point (reads only).
+
+        Raises:
+            StoreIOError: The store's figures could not be read.
+        """
+        figures = await self._store.status()
+        stats = self.stats
+        return NodeReport(
+            version=__version__,
+            node_id=self.node_id,
+            uptime_ms=int((time.monotonic() - self._started_at) * 1000),
+            connections=dict(stats.connections),
+            requests=stats.requests,
+            bytes_in=stats.bytes_in,
+            bytes_out=stats.bytes_out,
+            store=figures,
+            inflight_bytes=self._inflight.used,
+            inflight_peak_bytes=self._inflight.peak,
+        )
