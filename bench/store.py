@@ -12,7 +12,7 @@ Measures, on a store in a temp directory (or ``--dir``):
 * memory: 64 concurrent 16 MiB uploads in a child process, its peak resident memory over the
   baseline, and what it still holds once they are committed;
 * stat and list rates with 100,000 files in one directory; stat inline on the event loop
-  against the same query through ``trio.to_thread`` (the choice ``meta.py`` rests on);
+  against the same query through ``trio.to_thread`` (the choice ``librorum/store/sqlite.py`` rests on);
 * recovery: a child process is killed (SIGKILL) in the middle of concurrent uploads, then
   ``open_store`` is timed, next to a clean open of the same store.
 

@@ -1,12 +1,19 @@
 """The storage engine: a namespace of files and directories over content-addressed,
-deduplicated, verified chunks, with SQLite metadata. See ``store.py`` for the design."""
+deduplicated, verified chunks, over a metadata store and an object store chosen at open
+(SQLite and chunk files by default). See ``store.py`` for the design."""
 
 from __future__ import annotations
 
 # The store's API takes and returns these protocol enums: re-exported so that its callers need
 # not import the protocol for them.
 from librorum.protocol.constants import EntryKind as EntryKind, WriteMode as WriteMode
+from librorum.store.backend import (
+    BackendContext as BackendContext,
+    MetadataFactory as MetadataFactory,
+    ObjectFactory as ObjectFactory,
+)
 from librorum.store.fs import FS as FS, OsFS as OsFS
+from librorum.store.memory import memory_backend as memory_backend
 from librorum.store.meta import MetadataStore as MetadataStore, MetaTxn as MetaTxn
 from librorum.store.objects import LocalObjects as LocalObjects, ObjectStore as ObjectStore
 from librorum.store.paths import normalize as normalize

@@ -25,7 +25,7 @@ fsyncs per batch, mostly of writes the device has already done, instead of three
 chunk. A chunk file therefore never exists under its final name with content other than what
 was fsynced under it. A chunk that is stored already is published all the same, over the
 existing file (the rename replaces it atomically): the fresh bytes were hashed as they were
-written, while the existing file may have rotted since (see ``Store._publish_chunks``). An
+written, while the existing file may have rotted since (see ``ChunkEngine.publish``). An
 fsync failure is reported through ``on_fsync_failure`` before the error propagates (the store
 turns read-only: the data's state on disk is unknown and must not be acknowledged by a
 retry).
@@ -45,7 +45,7 @@ import mmap
 import os
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 import attrs
 import blake3
@@ -111,6 +111,24 @@ class Staged:
 class ObjectStore(Protocol):
     """Where chunk data lives. Keys are 32-byte digests; objects are immutable."""
 
+    def init_sync(self) -> None:
+        """Create what the store needs if missing, durably (blocking: called from a worker
+        thread at open, before anything else)."""
+        ...
+
+    def clear_temp_sync(self) -> int:
+        """Drop every staged object left by an earlier run (blocking; at open, before any
+        write); returns how many."""
+        ...
+
+    def count_temp_sync(self) -> int:
+        """Number of staged objects (blocking)."""
+        ...
+
+    def list_quarantine_sync(self) -> list[str]:
+        """The keys (hex) of the quarantined copies (blocking)."""
+        ...
+
     async def stage_piece(self, staged: Staged, buf: mmap.mmap, length: int, *, last: bool) -> None:
         """Append the first ``length`` bytes of ``buf`` to the staged object (creating it on
         the first piece) somewhere not yet visible under any key."""
@@ -158,6 +176,7 @@ class ObjectStore(Protocol):
         ...
 
 
+@runtime_checkable
 class LocalObjects(Protocol):
     """Optional capability: objects are local files."""
 

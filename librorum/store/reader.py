@@ -11,17 +11,14 @@ from __future__ import annotations
 import mmap
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import attrs
 import blake3
 import trio
 
 from librorum.errors import CorruptDataError
+from librorum.store.engine import ChunkEngine
 from librorum.store.types import FileInfo, Segment
-
-if TYPE_CHECKING:
-    from librorum.store.store import Store
 
 
 @attrs.frozen
@@ -72,7 +69,7 @@ class Reader:
     ``async for piece in reader`` yields memoryviews of the range, chunk by chunk. **Each piece
     is valid only until the next iteration step** (its buffer is reused); copy it to keep it.
     Each chunk is read whole and checked against its digest before any of it is returned; a
-    chunk that fails is quarantined (see ``Store._on_corrupt``) before the error is raised.
+    chunk that fails is quarantined (see ``ChunkEngine.on_corrupt``) before the error is raised.
 
     :meth:`segments` yields the same range as :class:`Segment` (fd, offset, length) triples for
     ``os.sendfile``; each chunk is verified before its segment is handed out, and the next
@@ -84,8 +81,8 @@ class Reader:
         length: The range's length (clipped to the file's end).
     """
 
-    def __init__(self, store: Store, info: FileInfo, offset: int, spans: list[Span]) -> None:
-        self._store = store
+    def __init__(self, engine: ChunkEngine, info: FileInfo, offset: int, spans: list[Span]) -> None:
+        self._engine = engine
         self.info = info
         self.offset = offset
         self.length = sum(s.end - s.start for s in spans)
@@ -96,6 +93,8 @@ class Reader:
         self._open_jobs: deque[_OpenJob] = deque()
         self._segment_fd: int | None = None
         self._closed = False
+        # The next span :meth:`next_segment` hands out.
+        self._segment_next = 0
 
     def __aiter__(self) -> Reader:
         return self
@@ -108,20 +107,20 @@ class Reader:
             StoreIOError: Reading failed.
         """
         if self._held is not None:
-            self._store._put_buffer(self._held.buf)
+            self._engine.put_read_buffer(self._held.buf)
             self._held = None
         if self._closed or self._next >= len(self._spans):
             raise StopAsyncIteration
-        ahead = self._store.read_ahead
+        ahead = self._engine.read_ahead
         queued = self._next + len(self._jobs)
         while len(self._jobs) < ahead and queued < len(self._spans):
             span = self._spans[queued]
-            job = _ReadJob(span=span, buf=self._store._get_buffer(span.chunk_length))
+            job = _ReadJob(span=span, buf=self._engine.get_read_buffer(span.chunk_length))
             try:
                 # Started before it is queued (see SegmentIterator.__anext__).
-                self._store._start_job(self._run_job, job)
+                self._engine.start_job(self._run_job, job)
             except BaseException:
-                self._store._put_buffer(job.buf)
+                self._engine.put_read_buffer(job.buf)
                 raise
             self._jobs.append(job)
             queued += 1
@@ -139,10 +138,10 @@ class Reader:
         span = job.span
         try:
             into = memoryview(job.buf)[: span.chunk_length]
-            await self._store._objects.get(span.digest, into, 0, make_verifier(span.digest))
+            await self._engine.objects.get(span.digest, into, 0, make_verifier(span.digest))
         except CorruptDataError as exc:
             job.error = exc
-            await self._store._on_corrupt(exc, span.chunk_length, f"read of {self.info.path}")
+            await self._engine.on_corrupt(exc, span.chunk_length, f"read of {self.info.path}")
         except Exception as exc:
             job.error = exc
         except BaseException:
@@ -161,11 +160,11 @@ class Reader:
 
     async def _run_open(self, job: _OpenJob) -> None:
         try:
-            job.fd = await self._store._open_verified(job.span)
+            job.fd = await self._engine.open_verified(job.span.digest, job.span.chunk_length)
         except CorruptDataError as exc:
             job.error = exc
             span = job.span
-            await self._store._on_corrupt(exc, span.chunk_length, f"read of {self.info.path}")
+            await self._engine.on_corrupt(exc, span.chunk_length, f"read of {self.info.path}")
         except Exception as exc:
             job.error = exc
         except BaseException:
@@ -174,22 +173,63 @@ class Reader:
         finally:
             job.done.set()
 
+    async def next_segment(self) -> Segment:
+        """The next verified segment of :meth:`segments` (closes the previous one's
+        descriptor).
+
+        Cancellation: the chunks opened ahead stay with the reader, which closes them.
+
+        Raises:
+            StopAsyncIteration: The range is done (or the reader closed).
+            CorruptDataError: The chunk is missing or does not match its digest.
+            StoreIOError: Opening or reading it failed.
+        """
+        self._close_segment()
+        spans = self._spans
+        if self._closed or self._segment_next >= len(spans):
+            raise StopAsyncIteration
+        jobs = self._open_jobs
+        # Open and verify up to read_ahead chunks ahead in worker threads, so the caller
+        # sends one chunk while the next ones are hashed. Each holds only a descriptor (the
+        # hashing maps the file), so this costs no memory beyond the page cache.
+        queued = self._segment_next + len(jobs)
+        while len(jobs) < max(1, self._engine.read_ahead) and queued < len(spans):
+            job = _OpenJob(span=spans[queued])
+            # Started before it is queued: a job that never started would never be done,
+            # and closing the reader waits for every queued one.
+            self._engine.start_job(self._run_open, job)
+            jobs.append(job)
+            queued += 1
+        job = jobs[0]
+        await job.done.wait()
+        jobs.popleft()
+        if job.error is not None:
+            self._segment_next = len(spans)
+            raise job.error
+        assert job.fd is not None
+        span = job.span
+        self._segment_fd = job.fd
+        self._segment_next += 1
+        return Segment(fd=job.fd, offset=span.start, length=span.end - span.start)
+
     def _close_segment(self) -> None:
         if self._segment_fd is not None:
             fd, self._segment_fd = self._segment_fd, None
             try:
-                self._store._fs.close(fd)
+                self._engine.fs.close(fd)
             except OSError:
                 pass
 
-    async def _close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop: wait for the chunk jobs in flight (shielded), close the descriptors opened
+        ahead and give the buffers back. Idempotent; never raises."""
         self._closed = True
         self._close_segment()
         with trio.CancelScope(shield=True):
             while self._jobs:
                 job = self._jobs.popleft()
                 await job.done.wait()
-                self._store._put_buffer(job.buf)
+                self._engine.put_read_buffer(job.buf)
             # Chunks opened ahead and never handed out: wait for each (it runs in a thread)
             # and close its descriptor.
             while self._open_jobs:
@@ -199,7 +239,7 @@ class Reader:
                     self._segment_fd = opened.fd
                     self._close_segment()
         if self._held is not None:
-            self._store._put_buffer(self._held.buf)
+            self._engine.put_read_buffer(self._held.buf)
             self._held = None
 
 
@@ -208,7 +248,6 @@ class SegmentIterator:
 
     def __init__(self, reader: Reader) -> None:
         self._reader = reader
-        self._next = 0
 
     def __aiter__(self) -> SegmentIterator:
         return self
@@ -222,31 +261,4 @@ class SegmentIterator:
             CorruptDataError: The chunk is missing or does not match its digest.
             StoreIOError: Opening or reading it failed.
         """
-        reader = self._reader
-        reader._close_segment()
-        spans = reader._spans
-        if reader._closed or self._next >= len(spans):
-            raise StopAsyncIteration
-        jobs = reader._open_jobs
-        # Open and verify up to read_ahead chunks ahead in worker threads, so the caller
-        # sends one chunk while the next ones are hashed. Each holds only a descriptor (the
-        # hashing maps the file), so this costs no memory beyond the page cache.
-        queued = self._next + len(jobs)
-        while len(jobs) < max(1, reader._store.read_ahead) and queued < len(spans):
-            job = _OpenJob(span=spans[queued])
-            # Started before it is queued: a job that never started would never be done,
-            # and closing the reader waits for every queued one.
-            reader._store._start_job(reader._run_open, job)
-            jobs.append(job)
-            queued += 1
-        job = jobs[0]
-        await job.done.wait()
-        jobs.popleft()
-        if job.error is not None:
-            self._next = len(spans)
-            raise job.error
-        assert job.fd is not None
-        span = job.span
-        reader._segment_fd = job.fd
-        self._next += 1
-        return Segment(fd=job.fd, offset=span.start, length=span.end - span.start)
+        return await self._reader.next_segment()

@@ -17,7 +17,7 @@ The last piece of a chunk yields its digest; in chunk order, the chunk is then p
 added to the current *batch* (a repeat of a digest already in the batch is dropped). Every
 ``upload_batch`` chunks (and at commit) the batch goes to a *publish job*: under the chunks'
 locks, journal the new digests as pending in one transaction, fsync every staged file, rename
-each to its name, fsync each touched shard directory once (``Store._publish_chunks``);
+each to its name, fsync each touched shard directory once (``ChunkEngine.publish``);
 resumable uploads then record the batch's full chunks in the metadata, which advances the
 committed offset. ``ingest_fd`` runs the same pipeline with pieces read from the client's file
 into the buffers in the piece jobs' threads.
@@ -29,7 +29,7 @@ upload finishes. Only the first is the upload's own: the others come from an all
 store shares among its uploads (``upload_extra_buffers``, 16 by default), so a few uploads
 pipeline fully, and many at once (which keep the disk busy anyway) hold one buffer each. A chunk is never held in memory whole: its digest is learned piece by piece,
 so every chunk is written to a temp file, including one the store holds already (see
-``Store._publish_chunks`` for why that copy is published too). ``write`` returns once the
+``ChunkEngine.publish`` for why that copy is published too). ``write`` returns once the
 caller's bytes are in a buffer, so the bytes an upload has taken and not yet written are
 bounded by its buffers.
 
@@ -66,12 +66,14 @@ import trio
 from librorum.errors import ConflictError, InvalidArgumentError, TooLargeError
 from librorum.protocol.constants import WriteMode
 from librorum.store._translate import translating
+from librorum.store.engine import ChunkEngine
+from librorum.store.fs import FS
+from librorum.store.interfaces import UploadHost
 from librorum.store.objects import Staged
 from librorum.store.types import FileInfo
 
 if TYPE_CHECKING:
     from librorum.store.meta import MetaTxn
-    from librorum.store.store import Store
 
 log = logging.getLogger("librorum.store")
 
@@ -145,7 +147,8 @@ class Upload:
 
     def __init__(
         self,
-        store: Store,
+        engine: ChunkEngine,
+        host: UploadHost,
         *,
         path: str,
         mode: WriteMode,
@@ -155,7 +158,8 @@ class Upload:
         recorded: list[tuple[bytes, int]],
         hasher: blake3.blake3,
     ) -> None:
-        self._store = store
+        self._engine = engine
+        self._host = host
         self.path = path
         self.mode = mode
         self.size = size
@@ -185,7 +189,7 @@ class Upload:
         # Set once a publish failed: no later batch is published or recorded, since a
         # resumable upload's record must stay a gapless prefix of its data.
         self._publish_failed: BaseException | None = None
-        store._pins.pin(self._pinned)
+        engine.pins.pin(self._pinned)
 
     # --- properties ---------------------------------------------------------------------------
 
@@ -248,7 +252,7 @@ class Upload:
             if view.format != "B" or view.ndim != 1:
                 view = view.cast("B")
             total = len(view)
-            limit = self._store.max_file_size if self.size is None else self.size
+            limit = self._engine.max_file_size if self.size is None else self.size
             if self._offset + total > limit:
                 what = "declared size" if self.size is not None else "maximum file size"
                 msg = f"upload to {self.path} would exceed the {what} of {limit} bytes"
@@ -273,7 +277,7 @@ class Upload:
             self._state = _FAILED
             raise
 
-    async def _ingest(self, fd: int, size: int) -> None:
+    async def ingest(self, fd: int, size: int) -> None:
         """Take the ``size`` bytes of the client's file ``fd`` (from offset 0) and publish
         them, short of the metadata commit (``Store.ingest_fd``). Each piece is read into a
         buffer by its piece job, in a worker thread.
@@ -300,7 +304,7 @@ class Upload:
             self._busy = False
 
     def _piece_room(self, chunk: _Chunk) -> int:
-        buf_room = self._store.upload_buffer - self._fill
+        buf_room = self._engine.upload_buffer - self._fill
         return min(buf_room, self._chunk_size - chunk.filled)
 
     async def _room(self) -> tuple[mmap.mmap, _Chunk]:
@@ -324,7 +328,7 @@ class Upload:
         if chunk.filled == self._chunk_size or end:
             self._chunk = None
             self._submit(chunk, last=True, source=source)
-        elif self._fill == self._store.upload_buffer or source is not None:
+        elif self._fill == self._engine.upload_buffer or source is not None:
             self._submit(chunk, last=False, source=source)
 
     async def _take_buffer(self) -> mmap.mmap:
@@ -334,10 +338,10 @@ class Upload:
         if self._spare:
             return self._spare.pop()
         if self._buffers == 0 or (
-            self._buffers < self._store.upload_pipeline and self._store._take_extra_buffer()
+            self._buffers < self._engine.upload_pipeline and self._engine.take_extra_buffer()
         ):
             self._buffers += 1
-            return self._store._upload_buffers.get()
+            return self._engine.upload_buffers.get()
         await self._reap()
         return self._spare.pop()
 
@@ -354,7 +358,7 @@ class Upload:
         self._buf = None
         self._fill = 0
         try:
-            self._store._start_job(self._run_piece, piece)
+            self._engine.start_job(self._run_piece, piece)
         except BaseException:
             self._spare.append(piece.buf)
             raise
@@ -362,14 +366,14 @@ class Upload:
         self._pieces.append(piece)
 
     async def _run_piece(self, piece: _Piece) -> None:
-        store = self._store
+        engine = self._engine
         chunk = piece.chunk
         try:
             if piece.source is not None:
                 # Read into the buffer before waiting for the previous piece: the read of one
                 # overlaps the hashing and writing of the other.
                 fd, offset = piece.source
-                await store._in_thread(_read_exact, store, fd, offset, piece.buf, piece.length)
+                await engine.in_thread(_read_exact, engine.fs, fd, offset, piece.buf, piece.length)
             # Pieces are hashed in order (one hash runs through the whole file) and written
             # in order, in two chains: hashing a piece overlaps writing the one before.
             prev = piece.prev
@@ -380,7 +384,7 @@ class Upload:
                     raise ConflictError(msg)
             if piece.length:
                 view = memoryview(piece.buf)[: piece.length]
-                await store._in_thread(_feed, view, chunk.hasher, self._hasher)
+                await engine.in_thread(_feed, view, chunk.hasher, self._hasher)
             piece.hashed.set()
             if prev is not None:
                 await prev.done.wait()
@@ -388,7 +392,7 @@ class Upload:
                     msg = "an earlier piece of this upload failed"
                     raise ConflictError(msg)
             if piece.length or piece.last:
-                await store._objects.stage_piece(
+                await engine.objects.stage_piece(
                     chunk.staged, piece.buf, piece.length, last=piece.last
                 )
             if piece.last:
@@ -406,18 +410,18 @@ class Upload:
     async def _chunk_done(self, chunk: _Chunk) -> None:
         """The chunk's last piece is written (runs in chunk order): pin it and hand it to the
         current batch, which publishes it when full."""
-        store = self._store
+        engine = self._engine
         staged = chunk.staged
         staged.digest = chunk.hasher.digest()
         length = staged.length
-        store._pins.pin([staged.digest])
+        engine.pins.pin([staged.digest])
         self._pinned.append(staged.digest)
         self._chunks.append((staged.digest, length))
         batch = self._batch
         if staged.digest in batch.digests:
             # A repeat within the batch. Shielded: the temp file is the upload's until gone.
             with trio.CancelScope(shield=True):
-                await store._objects.discard_many([staged])
+                await engine.objects.discard_many([staged])
         else:
             batch.staged.append(staged)  # the batch owns it now
             batch.digests.add(staged.digest)
@@ -426,7 +430,7 @@ class Upload:
         # Only full chunks are recorded: a resume continues from a chunk boundary.
         if self._upload_id is not None and length == self._chunk_size:
             batch.records.append((chunk.index, staged.digest, length))
-        if batch.count >= store.upload_batch:
+        if batch.count >= engine.upload_batch:
             await self._start_publish()
 
     async def _start_publish(self) -> None:
@@ -445,11 +449,11 @@ class Upload:
         self._batch = _Batch()
         self._publishing = batch
         try:
-            self._store._start_job(self._run_publish, batch)
+            self._engine.start_job(self._run_publish, batch)
         except BaseException:
             self._publishing = None
             with trio.CancelScope(shield=True):
-                await self._store._objects.discard_many(batch.staged)
+                await self._engine.objects.discard_many(batch.staged)
             raise
 
     async def _wait_publish(self) -> None:
@@ -464,9 +468,9 @@ class Upload:
             raise batch.error
 
     async def _run_publish(self, batch: _Batch) -> None:
-        store = self._store
+        engine = self._engine
         try:
-            await store._publish_chunks(batch.staged)
+            await engine.publish(batch.staged)
             if batch.records:
                 upload_id = self._upload_id
                 assert upload_id is not None
@@ -476,7 +480,7 @@ class Upload:
                     for index, digest, length in records:
                         t.append_upload_chunk(upload_id, index, digest, length)
 
-                await store._meta.write(record)
+                await engine.meta.write(record)
                 self._committed += sum(length for _, _, length in records)
         except Exception as exc:
             batch.error = exc
@@ -542,23 +546,23 @@ class Upload:
             self._unstaged = []
             self._chunk = None
             if staged:
-                await self._store._objects.discard_many(staged)
+                await self._engine.objects.discard_many(staged)
 
     def _release(self, state: str) -> None:
         self._state = state
-        self._store._pins.unpin(self._pinned)
+        self._engine.pins.unpin(self._pinned)
         self._pinned = []
         if self._upload_id is not None:
-            self._store._attached.pop(self._upload_id, None)
+            self._host.release(self._upload_id)
         # Nothing is in flight any more: the buffers go back to the store (which keeps a few
         # for the next upload and lets the rest go).
         if self._buf is not None:
             self._spare.append(self._buf)
             self._buf = None
         for buf in self._spare:
-            self._store._upload_buffers.put(buf)
+            self._engine.upload_buffers.put(buf)
         self._spare = []
-        self._store._give_extra_buffers(max(0, self._buffers - 1))
+        self._engine.give_extra_buffers(max(0, self._buffers - 1))
         self._buffers = 0
 
     # --- finishing ------------------------------------------------------------------------------
@@ -586,7 +590,7 @@ class Upload:
             try:
                 await self._flush()
                 content_hash: bytes = self._hasher.digest()
-                info = await self._store._commit_file(
+                info = await self._host.commit_file(
                     self.path,
                     self.mode,
                     size=self._offset,
@@ -620,13 +624,13 @@ class Upload:
             if self._upload_id is not None:
                 upload_id = self._upload_id
                 try:
-                    self._store._check_writable()
-                    await self._store._meta.write(lambda t: t.delete_upload(upload_id))
+                    self._engine.check_writable()
+                    await self._engine.meta.write(lambda t: t.delete_upload(upload_id))
                 except BaseException:
                     self._release(_DETACHED)
                     raise
             self._release(_ABORTED)
-            await self._store._collect_step()
+            await self._engine.collect_step()
 
     async def detach(self) -> None:
         """Stop using a resumable upload and keep it: :meth:`Store.resume_upload` continues
@@ -652,7 +656,7 @@ class Upload:
         await self._drain()
         self._release(_DETACHED)
         with trio.CancelScope(shield=True):
-            await self._store._collect_step()
+            await self._engine.collect_step()
 
     async def __aenter__(self) -> Self:
         return self
@@ -667,7 +671,7 @@ class Upload:
             await self.detach()
 
 
-def _read_exact(store: Store, fd: int, offset: int, buf: mmap.mmap, length: int) -> None:
+def _read_exact(fs: FS, fd: int, offset: int, buf: mmap.mmap, length: int) -> None:
     """Read ``length`` bytes of the client's file at ``offset`` into ``buf`` (worker thread).
 
     Raises:
@@ -678,7 +682,7 @@ def _read_exact(store: Store, fd: int, offset: int, buf: mmap.mmap, length: int)
         view = whole[:length]
         done = 0
         while done < length:
-            got = store._fs.pread_into(fd, view[done:], offset + done)
+            got = fs.pread_into(fd, view[done:], offset + done)
             if got == 0:
                 msg = f"client file ended {length - done} bytes early (it shrank)"
                 raise InvalidArgumentError(msg)

@@ -7,13 +7,15 @@ that a lost wake-up fails the test instead of hanging it.
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import trio
 
 from librorum.errors import AlreadyExistsError, TimeoutError_
 from librorum.protocol.constants import WriteMode
-from librorum.store import Store, open_store
+from librorum.store import Store, memory_backend, open_store
 from librorum.store.locks import LockTable
 from tests.store.conftest import TEST_CHUNK_SIZE
 from tests.store.fsshim import RecordingFS
@@ -21,6 +23,16 @@ from tests.store.test_api import data
 
 CS = TEST_CHUNK_SIZE
 DEADLINE = 20.0
+
+
+@pytest.fixture(params=["files", "memory"])
+async def store(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """The store on each backend pair: these rules belong to the store, not to a backend."""
+    metadata, objects = memory_backend() if request.param == "memory" else (None, None)
+    async with open_store(
+        tmp_path / "store", chunk_size=CS, metadata=metadata, objects=objects
+    ) as s:
+        yield s
 
 
 class BlockingFS(RecordingFS):

@@ -225,19 +225,19 @@ async def test_the_reserve_is_released_for_a_delete_and_allocated_again(
         async with open_store(
             tmp_path / "s", chunk_size=CHUNK, min_free_space=0, metadata_reserve=MIB, fs=shim
         ) as store:
-            assert store._space.reserve_held
+            assert store._engine.space.reserve_held
             await store.write_bytes("/a", data(2 * CHUNK))
             await store.write_bytes("/b", data(CHUNK, seed=1))
             shim.fill()
             assert await store.delete("/b") == 1  # needed the reserve
             assert any("metadata reserve" in r.message for r in caplog.records)
             # The chunk collected, its space came back: the reserve was allocated again.
-            assert store._space.reserve_held
+            assert store._engine.space.reserve_held
             # New data may not take the space the reserve needs back.
             assert shim.free < MIB + CHUNK
             await store.delete("/a")
             await store.write_bytes("/c", b"c")
-            assert store._space.reserve_held
+            assert store._engine.space.reserve_held
 
 
 async def test_a_commit_that_finds_the_disk_full_fails_cleanly(tmp_path: Path) -> None:
@@ -255,7 +255,7 @@ async def test_a_commit_that_finds_the_disk_full_fails_cleanly(tmp_path: Path) -
                 shim.fill()
                 with pytest.raises(NoSpaceError):
                     await up.commit()
-            assert store._space.reserve_held
+            assert store._engine.space.reserve_held
             with pytest.raises(NotFoundError):
                 await store.stat("/f")
             assert await store.delete("/keep") == 1

@@ -242,9 +242,9 @@ async def test_quarantine_never_moves_a_fresh_copy_published_since(store: Store)
         flip_byte(chunk_path(store, content), 3)
         digest = blake3.blake3(content).digest()
         with pytest.raises(CorruptChunkError) as found:
-            await store._objects.check(digest, CS)
+            await store._engine.objects.check(digest, CS)
         await store.write_bytes("/g", content)  # heals: a fresh file under the name
-        await store._on_corrupt(found.value, CS, "a read that lost the race")
+        await store._engine.on_corrupt(found.value, CS, "a read that lost the race")
         assert chunk_path(store, content).exists()
         assert quarantined_files(store) == set()
         assert (await store.status()).quarantined == 0

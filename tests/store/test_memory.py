@@ -59,7 +59,7 @@ async def test_an_upload_uses_at_most_its_pipeline_of_buffers(tmp_path: Path) ->
         async with open_store(
             tmp_path / "s", chunk_size=8192, upload_buffer=4096, upload_pipeline=3
         ) as store:
-            pool = store._upload_buffers
+            pool = store._engine.upload_buffers
             taken = 0
             most = 0
             get, put = pool.get, pool.put

@@ -1,0 +1,231 @@
+"""Recovery at open and the full check (fsck).
+
+Recovery removes the temp files of interrupted chunk writes and collects the chunks
+journalled as pending (intents of writes that never committed, releases not yet collected);
+resumable uploads are kept. Its cost is proportional to that leftover work, not to the size
+of the store. fsck reads everything: it rehashes every chunk, recounts every reference and
+checks the namespace and the figures. See ``store.py`` for the journal and the durable order
+they rely on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import trio
+
+from librorum.errors import CorruptDataError, StoreIOError
+from librorum.store import namespace as ns
+from librorum.store.engine import ChunkEngine
+from librorum.store.meta import KIND_DIR, MetaTxn
+from librorum.store.objects import CorruptChunkError
+from librorum.store.types import FSCK_REPORT_ITEMS, FsckReport, RecoveryReport
+
+log = logging.getLogger("librorum.store")
+
+
+async def recover(engine: ChunkEngine, *, started: float) -> RecoveryReport:
+    """Recover an engine just opened: remove temp files, remove quarantined copies no
+    record names, allocate the space reserve again if there is room, and collect every
+    journalled chunk nothing references.
+
+    Args:
+        engine: The engine, opened.
+        started: ``time.perf_counter()`` when opening began (the report's duration).
+
+    Cancellation: an interrupted recovery is finished by the next open.
+
+    Raises:
+        StoreIOError: The leftovers could not be listed or removed.
+    """
+    temp_removed = await engine.in_thread(engine.objects.clear_temp_sync)
+    await clear_quarantine_leftovers(engine)
+    if not await engine.in_thread(engine.space.restore_sync):
+        log.warning("the disk is full: the metadata reserve is not allocated yet")
+    checked = collected = 0
+    while True:
+        handled, deleted = await engine.collect_step()
+        checked += handled
+        collected += deleted
+        if not handled:
+            break
+    counters = await engine.meta.read(lambda t: t.counters())
+    return RecoveryReport(
+        temp_files_removed=temp_removed,
+        pending_checked=checked,
+        chunks_collected=collected,
+        uploads_kept=counters.uploads,
+        seconds=time.perf_counter() - started,
+    )
+
+
+async def clear_quarantine_leftovers(engine: ChunkEngine) -> int:
+    """At open: remove quarantined copies that no record names (a heal or a collection
+    interrupted after dropping the record). Returns how many."""
+    names = await engine.in_thread(engine.objects.list_quarantine_sync)
+    if not names:
+        return 0
+    recorded = {row.digest.hex() for row in await engine.meta.read(lambda t: t.quarantined())}
+    stale = [bytes.fromhex(n) for n in names if n not in recorded and _is_hex_digest(n)]
+    if stale:
+        await engine.objects.drop_quarantined(stale)
+    return len(stale)
+
+
+async def fsck(engine: ChunkEngine) -> FsckReport:
+    """Check the whole store of ``engine``: rehash every chunk file, recount every reference, check the
+    namespace and the figures, and look for missing and orphan chunk files.
+
+    Safe on a live store: findings that concurrent activity could explain (a chunk
+    written or collected during the scan) are rechecked against the current state
+    before being reported. Reports, never repairs; but a chunk found corrupt is
+    quarantined, as a read finding it would (logged at ERROR, moved aside, recorded:
+    see ``ChunkEngine.on_corrupt``), and listed both as corrupt and as quarantined.
+
+    Cancellation: safe at any point (reads only; chunk reads in flight are waited for).
+
+    Raises:
+        StoreIOError: The metadata could not be read.
+    """
+    scan = await engine.meta.read_slow(_scan_metadata)
+    expected: Counter[bytes] = scan.refs
+    stored = scan.chunks
+    refcount_errors = [
+        f"{d.hex()}: recorded {stored.get(d, (0, 0))[1]}, counted {expected.get(d, 0)}"
+        for d in set(expected) | set(stored)
+        if stored.get(d, (0, 0))[1] != expected.get(d, 0)
+    ]
+    on_disk: set[bytes] = set()
+    foreign: list[str] = []
+    for shard, names in (await engine.objects.list_all()).items():
+        for name in names:
+            try:
+                digest = bytes.fromhex(name)
+            except ValueError:
+                digest = b""
+            if len(digest) != 32 or name[:2] != shard:
+                foreign.append(f"{shard}/{name}")
+            else:
+                on_disk.add(digest)
+    missing = [d for d in stored if d not in on_disk]
+    orphans = [d for d in on_disk if d not in stored and d not in scan.pending]
+    corrupt: list[bytes] = []
+    checked_bytes = 0
+    todo = [d for d in stored if d in on_disk]
+
+    async def worker() -> None:
+        nonlocal checked_bytes
+        while todo:
+            digest = todo.pop()
+            size = stored[digest][0]
+            try:
+                await engine.objects.check(digest, size)
+                checked_bytes += size
+            except CorruptChunkError as exc:
+                if exc.identity is None:
+                    missing.append(digest)  # gone since the listing: rechecked below
+                else:
+                    corrupt.append(digest)
+                    await engine.on_corrupt(exc, size, "fsck")
+            except (CorruptDataError, StoreIOError):
+                corrupt.append(digest)
+
+    to_check = len(todo)
+    async with trio.open_nursery() as nursery:
+        for _ in range(max(1, int(engine.io_limiter.total_tokens))):
+            nursery.start_soon(worker)
+
+    # Recheck findings a concurrent write or collection could explain. A chunk moved to
+    # quarantine is reported as quarantined, not as missing.
+    if orphans or missing:
+        now = await engine.meta.read(
+            lambda t: {
+                d: (t.refs(d), t.is_pending(d), t.is_quarantined(d)) for d in orphans + missing
+            }
+        )
+        orphans = [d for d in orphans if now[d][:2] == (0, False) and not engine.pins.pinned(d)]
+        missing = [d for d in missing if now[d][0] > 0 and not now[d][2]]
+    quarantined = sorted(
+        row.digest.hex() for row in await engine.meta.read(lambda t: t.quarantined())
+    )
+    temp_files = await engine.in_thread(engine.objects.count_temp_sync)
+    namespace_errors = scan.namespace_errors + [f"foreign file in chunks/: {f}" for f in foreign]
+    cap = FSCK_REPORT_ITEMS
+    return FsckReport(
+        files=scan.files,
+        directories=scan.dirs,
+        chunks_checked=to_check,
+        bytes_checked=checked_bytes,
+        corrupt=sorted(d.hex() for d in corrupt)[:cap],
+        corrupt_count=len(corrupt),
+        missing=sorted(d.hex() for d in missing)[:cap],
+        missing_count=len(missing),
+        orphans=sorted(d.hex() for d in orphans)[:cap],
+        orphan_count=len(orphans),
+        refcount_errors=sorted(refcount_errors)[:cap],
+        refcount_error_count=len(refcount_errors),
+        namespace_errors=namespace_errors[:cap],
+        pending=len(scan.pending),
+        temp_files=temp_files,
+        quarantined=quarantined[:cap],
+        quarantined_count=len(quarantined),
+    )
+
+
+def _is_hex_digest(name: str) -> bool:
+    try:
+        return len(bytes.fromhex(name)) == 32
+    except ValueError:
+        return False
+
+
+class _Scan:
+    def __init__(self) -> None:
+        self.refs: Counter[bytes] = Counter()
+        self.chunks: dict[bytes, tuple[int, int]] = {}
+        self.pending: set[bytes] = set()
+        self.namespace_errors: list[str] = []
+        self.files = 0
+        self.dirs = 0
+
+
+def _scan_metadata(t: MetaTxn) -> _Scan:
+    """One consistent pass over the metadata (worker thread)."""
+    scan = _Scan()
+    kinds: dict[int, int] = {}
+    parents: list[tuple[int, int, str]] = []
+    logical = 0
+    for row in t.all_entries():
+        kinds[row.id] = row.kind
+        if row.id != 1:
+            parents.append((row.id, row.parent, row.name))
+        if row.kind == KIND_DIR:
+            scan.dirs += 1
+            continue
+        scan.files += 1
+        logical += row.size
+        digests = ns.digests(row)
+        lengths = ns.chunk_lengths(row.size, row.chunk_size or 1)
+        if len(digests) != len(lengths):
+            scan.namespace_errors.append(
+                f"entry {row.id} ({row.name!r}): {len(digests)} chunks for {row.size} bytes"
+            )
+        scan.refs.update(digests)
+    for entry_id, parent, name in parents:
+        if kinds.get(parent) != KIND_DIR:
+            scan.namespace_errors.append(f"entry {entry_id} ({name!r}): parent is not a directory")
+    for digest, _size in t.all_upload_chunks():
+        scan.refs[digest] += 1
+    stored_bytes = 0
+    for digest, size, refs in t.all_chunks():
+        scan.chunks[digest] = (size, refs)
+        stored_bytes += size
+    scan.pending = set(t.all_pending())
+    c = t.counters()
+    actual = (scan.files, scan.dirs, logical, stored_bytes, len(scan.chunks), len(t.upload_ids()))
+    recorded = (c.files, c.dirs, c.logical_bytes, c.stored_bytes, c.chunk_count, c.uploads)
+    if actual != recorded:
+        scan.namespace_errors.append(f"figures: recorded {recorded}, counted {actual}")
+    return scan
