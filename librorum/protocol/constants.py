@@ -1,13 +1,25 @@
 """Wire constants of LBRU v1: magic, header size, commands, flags, error codes and limits.
 
 Every number here is normative; ``protocol_spec/lbru-v1.md`` is the prose for it and cites
-these names. Nothing in this module may import anything outside the standard library.
+these names. Nothing in this module may import anything outside the standard library but the modules
+below the protocol (errors, domain).
 """
 
 from __future__ import annotations
 
 import enum
 from typing import Final
+
+# The file service's vocabulary (entry kinds, write modes, path and listing limits) is carried
+# on the wire but shared with the store, so it lives below both; re-exported here likewise.
+from librorum.domain import (
+    DEFAULT_LIST_LIMIT as DEFAULT_LIST_LIMIT,
+    DEFAULT_MAX_FILE_SIZE as DEFAULT_MAX_FILE_SIZE,
+    MAX_NAME_BYTES as MAX_NAME_BYTES,
+    MAX_PATH_BYTES as MAX_PATH_BYTES,
+    EntryKind as EntryKind,
+    WriteMode as WriteMode,
+)
 
 # The error codes are wire constants too, but they live with the exception tree (which sits
 # below the protocol package); re-exported here so that every wire number is reachable from
@@ -122,24 +134,6 @@ class Feature(enum.IntFlag):
     MEMFD = 0x0002
 
 
-class WriteMode(enum.Enum):
-    """What WRITE does when the target exists or not (spec 5.9)."""
-
-    #: Create the file if absent, replace it if present (open with O_CREAT|O_TRUNC).
-    CREATE = "create"
-    #: Create the file; fail with EXISTS if anything is at the path (O_CREAT|O_EXCL).
-    EXCLUSIVE = "exclusive"
-    #: Replace the file; fail with NOT_FOUND if it is absent.
-    OVERWRITE = "overwrite"
-
-
-class EntryKind(enum.Enum):
-    """What a namespace entry is."""
-
-    FILE = "file"
-    DIRECTORY = "dir"
-
-
 class CancelOutcome(enum.Enum):
     """The definite answer to CANCEL (spec 5.14)."""
 
@@ -173,13 +167,6 @@ DEFAULT_INITIAL_WINDOW: Final = 4 << 20
 #: Largest increment one WINDOW frame may grant; receivers SHOULD keep at most this much
 #: granted and unconsumed on a stream, which bounds what they buffer (spec 6.2).
 MAX_WINDOW: Final = 64 << 20
-#: Largest file a WRITE may create.
-DEFAULT_MAX_FILE_SIZE: Final = 1 << 30
-#: Path limits (spec 5.1): bytes per component, bytes per path.
-MAX_NAME_BYTES: Final = 255
-MAX_PATH_BYTES: Final = 4096
-#: Entries a LIST reply carries at most; the client pages with the cursor.
-DEFAULT_LIST_LIMIT: Final = 1000
 #: Longest free-text string (error messages, client/server names) a peer must accept.
 MAX_TEXT_BYTES: Final = 1024
 #: Longest PING payload.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 # The store's API takes and returns these protocol enums: re-exported so that its callers need
 # not import the protocol for them.
-from librorum.protocol.constants import EntryKind as EntryKind, WriteMode as WriteMode
+from librorum.domain import EntryKind as EntryKind, WriteMode as WriteMode
 from librorum.store.backend import (
     BackendContext as BackendContext,
     MetadataFactory as MetadataFactory,

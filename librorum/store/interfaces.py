@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from librorum.protocol.constants import WriteMode
+from librorum.domain import WriteMode
 from librorum.store.types import FileInfo
 
 

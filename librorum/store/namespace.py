@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from librorum.domain import EntryKind, WriteMode
 from librorum.errors import (
     AlreadyExistsError,
     CorruptDataError,
@@ -21,7 +22,6 @@ from librorum.errors import (
     NotEmptyError,
     NotFoundError,
 )
-from librorum.protocol.constants import EntryKind, WriteMode
 from librorum.store import paths
 from librorum.store.meta import DIGEST_SIZE, KIND_DIR, KIND_FILE, ROOT_ID, EntryRow, MetaTxn
 from librorum.store.types import FileInfo

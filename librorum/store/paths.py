@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from librorum.domain import MAX_NAME_BYTES, MAX_PATH_BYTES
 from librorum.errors import InvalidPathError
-from librorum.protocol.constants import MAX_NAME_BYTES, MAX_PATH_BYTES
 
 #: The normalised root path.
 ROOT: Final = "/"

@@ -97,9 +97,9 @@ from typing import Final
 
 import trio
 
+from librorum.domain import DEFAULT_LIST_LIMIT, DEFAULT_MAX_FILE_SIZE, WriteMode
 from librorum.errors import IsADirectoryError_
 from librorum.limits import MIN_FREE_SPACE
-from librorum.protocol.constants import DEFAULT_LIST_LIMIT, DEFAULT_MAX_FILE_SIZE, WriteMode
 from librorum.store import namespace as ns, recovery
 from librorum.store.backend import (
     MetadataFactory,

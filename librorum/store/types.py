@@ -6,7 +6,7 @@ from typing import Final
 
 import attrs
 
-from librorum.protocol.constants import EntryKind
+from librorum.domain import EntryKind
 
 #: At most this many items are listed by kind in an :class:`FsckReport` (the counts are exact).
 FSCK_REPORT_ITEMS: Final = 100

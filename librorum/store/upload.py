@@ -63,8 +63,8 @@ import attrs
 import blake3
 import trio
 
+from librorum.domain import WriteMode
 from librorum.errors import ConflictError, InvalidArgumentError, TooLargeError
-from librorum.protocol.constants import WriteMode
 from librorum.store._translate import translating
 from librorum.store.engine import ChunkEngine
 from librorum.store.fs import FS

@@ -20,6 +20,7 @@ from typing import Final
 import blake3
 import trio
 
+from librorum.domain import MAX_NAME_BYTES, WriteMode
 from librorum.errors import (
     ConflictError,
     CorruptDataError,
@@ -29,7 +30,6 @@ from librorum.errors import (
     NotFoundError,
     TooLargeError,
 )
-from librorum.protocol.constants import MAX_NAME_BYTES, WriteMode
 from librorum.store import namespace as ns
 from librorum.store._translate import translating
 from librorum.store.engine import ChunkEngine
