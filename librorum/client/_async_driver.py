@@ -32,11 +32,10 @@ from librorum.client._common import (
     CLOSE_TIMEOUT,
     GOAWAY,
     RECEIVE_SIZE,
-    M,
+    ConnectionState,
     RequestState,
     copy_error,
     ending_error,
-    expect,
     hello_outcome,
     lost,
     route_event,
@@ -52,7 +51,7 @@ from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, Command
 from librorum.protocol.converter import command_of
 from librorum.protocol.framing import Payload
 from librorum.protocol.messages import Cancel, HelloReply, Message
-from librorum.protocol.session import ClientSession, ConnectionEnded, State
+from librorum.protocol.session import ClientSession, ConnectionEnded
 from librorum.transport import FrameTransport, acquire_lock, connect_uds, connect_websocket
 
 __all__ = ["AsyncConnection", "AsyncConnections", "AsyncRequest"]
@@ -123,17 +122,6 @@ class AsyncRequest(RequestState):
         :meth:`wait_until`)."""
         await self.wait_until(lambda: self.reply is not None, what)
 
-    def result(self, cls: type[M]) -> M:
-        """The reply, narrowed to ``cls``.
-
-        Raises:
-            LibrorumError: the request's error (the exception class of the ERROR's code, or
-                ConnectionClosed / the connection error when the connection ended).
-        """
-        if self.error is not None:
-            raise self.error
-        return expect(self.reply, cls)
-
     def release_slots(self) -> None:
         """Give the request's semaphore slots back (once)."""
         if self.holds_upload:
@@ -147,7 +135,7 @@ class AsyncRequest(RequestState):
 # --- One connection ----------------------------------------------------------------------------
 
 
-class AsyncConnection:
+class AsyncConnection(ConnectionState):
     """One transport, its session, its reader and canceller tasks, and its requests."""
 
     def __init__(
@@ -183,20 +171,6 @@ class AsyncConnection:
             MAX_QUEUED_CANCELS
         )
         self._scope = trio.CancelScope()
-
-    @property
-    def usable(self) -> bool:
-        """Whether a new request may start here."""
-        return (
-            self.error is None
-            and self.send_error is None
-            and not self.draining
-            and self.session.state is State.OPEN
-        )
-
-    @property
-    def max_payload(self) -> int:
-        return self.session.max_payload
 
     # Handshake ---------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from librorum.protocol.session import (
     GoAwayReceived,
     HelloAccepted,
     ReplyReceived,
+    State,
     WindowGranted,
 )
 
@@ -135,6 +136,33 @@ def expect(message: Message | None, cls: type[M]) -> M:
     return message
 
 
+class ConnectionState:
+    """What both drivers' connections answer alike, from their session and how they ended.
+
+    A subclass sets ``session``, ``error`` (the connection's end), ``send_error`` (a send
+    failed) and ``draining`` (GOAWAY received).
+    """
+
+    session: ClientSession
+    error: LibrorumError | None
+    send_error: LibrorumError | None
+    draining: bool
+
+    @property
+    def usable(self) -> bool:
+        """Whether a new request may start here."""
+        return (
+            self.error is None
+            and self.send_error is None
+            and not self.draining
+            and self.session.state is State.OPEN
+        )
+
+    @property
+    def max_payload(self) -> int:
+        return self.session.max_payload
+
+
 class RequestState:
     """What one request in flight has received so far. The reader feeds it; the request's
     owner consumes it. Pure state: the async client adds a wake-up on top (:meth:`changed`).
@@ -175,6 +203,17 @@ class RequestState:
 
     def changed(self) -> None:
         """Hook: something arrived. The async client wakes the owner here."""
+
+    def result(self, cls: type[M]) -> M:
+        """The reply, narrowed to ``cls``.
+
+        Raises:
+            LibrorumError: the request's error (the exception class of the ERROR's code, or
+                ConnectionClosed / the connection error when the connection ended).
+        """
+        if self.error is not None:
+            raise self.error
+        return expect(self.reply, cls)
 
     def on_reply(self, message: Message, end: bool) -> None:
         self.reply = message

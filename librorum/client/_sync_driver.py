@@ -27,11 +27,10 @@ from typing import Final
 from librorum.client._common import (
     CLOSE_TIMEOUT,
     GOAWAY,
-    M,
+    ConnectionState,
     RequestState,
     copy_error,
     ending_error,
-    expect,
     hello_outcome,
     lost,
     route_event,
@@ -41,7 +40,7 @@ from librorum.errors import ConnectionClosed, ConnectionTimeoutError, LibrorumEr
 from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, Command
 from librorum.protocol.converter import command_of
 from librorum.protocol.messages import Cancel, HelloReply, Message
-from librorum.protocol.session import ClientSession, ConnectionEnded, State
+from librorum.protocol.session import ClientSession, ConnectionEnded
 from librorum.transport import BlockingFrameTransport, connect_uds_blocking, connect_ws_blocking
 
 __all__ = ["SyncConnection", "SyncConnections", "SyncRequest"]
@@ -94,18 +93,8 @@ class SyncRequest(RequestState):
         while self.reply is None and not self.finished:
             conn.pump()
 
-    def result(self, cls: type[M]) -> M:
-        """The reply, narrowed to ``cls``.
 
-        Raises:
-            LibrorumError: the request's error.
-        """
-        if self.error is not None:
-            raise self.error
-        return expect(self.reply, cls)
-
-
-class SyncConnection:
+class SyncConnection(ConnectionState):
     """One blocking transport, its session, and the request in flight on it."""
 
     def __init__(
@@ -129,20 +118,6 @@ class SyncConnection:
         self.draining = False
         self.server: HelloReply | None = None
         self._turn = turn or _Turn()
-
-    @property
-    def usable(self) -> bool:
-        """Whether a new request may start here."""
-        return (
-            self.error is None
-            and self.send_error is None
-            and not self.draining
-            and self.session.state is State.OPEN
-        )
-
-    @property
-    def max_payload(self) -> int:
-        return self.session.max_payload
 
     # Handshake ---------------------------------------------------------------------------------
 
