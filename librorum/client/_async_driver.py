@@ -37,7 +37,6 @@ from librorum.client._common import (
     copy_error,
     ending_error,
     hello_outcome,
-    lost,
     route_event,
 )
 from librorum.client._endpoints import Endpoint, LocalEndpoint
@@ -135,7 +134,7 @@ class AsyncRequest(RequestState):
 # --- One connection ----------------------------------------------------------------------------
 
 
-class AsyncConnection(ConnectionState):
+class AsyncConnection(ConnectionState[AsyncRequest]):
     """One transport, its session, its reader and canceller tasks, and its requests."""
 
     def __init__(
@@ -148,7 +147,7 @@ class AsyncConnection(ConnectionState):
         features: int = 0,
     ) -> None:
         self.transport = transport
-        self.endpoint = endpoint
+        self.endpoint: Endpoint = endpoint
         self.timeout = timeout
         self.read_window = read_window
         #: Feature bits offered in HELLO (spec 4.3); the negotiated ones are the session's.
@@ -477,13 +476,8 @@ class AsyncConnection(ConnectionState):
     def die(self, exc: LibrorumError) -> None:
         """The connection is over because of ``exc``: every request in flight ends with it,
         the background tasks stop. Idempotent (the first reason wins)."""
-        if self.error is not None:
+        if not self.end_requests(exc):
             return
-        self.error = exc
-        endpoint = str(self.endpoint)
-        for request in self.requests.values():
-            request.on_error(lost(exc, request.command, endpoint))
-        self.requests.clear()
         self._cancel_send.close()
         self._scope.cancel()
 

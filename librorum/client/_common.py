@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Final, TypeAlias, TypeVar
+from typing import Final, Generic, TypeAlias, TypeVar
 
 from librorum import limits
 from librorum.errors import (
@@ -136,17 +136,31 @@ def expect(message: Message | None, cls: type[M]) -> M:
     return message
 
 
-class ConnectionState:
-    """What both drivers' connections answer alike, from their session and how they ended.
+class ConnectionState(Generic[S]):
+    """What both drivers' connections do alike, from their session and their requests.
 
-    A subclass sets ``session``, ``error`` (the connection's end), ``send_error`` (a send
-    failed) and ``draining`` (GOAWAY received).
+    A subclass sets ``session``, ``endpoint``, ``requests`` (by session id), ``error`` (the
+    connection's end), ``send_error`` (a send failed) and ``draining`` (GOAWAY received).
     """
 
     session: ClientSession
+    endpoint: object
+    requests: dict[int, S]
     error: LibrorumError | None
     send_error: LibrorumError | None
     draining: bool
+
+    def end_requests(self, exc: LibrorumError) -> bool:
+        """Record ``exc`` as the connection's end and end every request in flight with it.
+        False when the connection had ended already: the first reason wins."""
+        if self.error is not None:
+            return False
+        self.error = exc
+        endpoint = str(self.endpoint)
+        for request in self.requests.values():
+            request.on_error(lost(exc, request.command, endpoint))
+        self.requests.clear()
+        return True
 
     @property
     def usable(self) -> bool:

@@ -32,7 +32,6 @@ from librorum.client._common import (
     copy_error,
     ending_error,
     hello_outcome,
-    lost,
     route_event,
 )
 from librorum.client._endpoints import Endpoint, LocalEndpoint
@@ -94,7 +93,7 @@ class SyncRequest(RequestState):
             conn.pump()
 
 
-class SyncConnection(ConnectionState):
+class SyncConnection(ConnectionState[RequestState]):
     """One blocking transport, its session, and the request in flight on it."""
 
     def __init__(
@@ -107,7 +106,7 @@ class SyncConnection(ConnectionState):
         turn: _Turn | None = None,
     ) -> None:
         self.transport = transport
-        self.endpoint = endpoint
+        self.endpoint: Endpoint = endpoint
         self.read_window = read_window
         #: Feature bits offered in HELLO (spec 4.3); the negotiated ones are the session's.
         self.features = features
@@ -302,13 +301,8 @@ class SyncConnection(ConnectionState):
     def die(self, exc: LibrorumError) -> None:
         """The connection is over because of ``exc``: the request in flight ends with it and
         the socket is closed. Idempotent (the first reason wins)."""
-        if self.error is not None:
+        if not self.end_requests(exc):
             return
-        self.error = exc
-        endpoint = str(self.endpoint)
-        for request in self.requests.values():
-            request.on_error(lost(exc, request.command, endpoint))
-        self.requests.clear()
         self.transport.close()
 
     def close(self) -> None:
