@@ -77,7 +77,7 @@ Threads. Chunk I/O and hashing run in worker threads bounded by ``io_threads``
 (two: the chunk's and the whole file's), its direct write 1-3 ms, and a chunk's fsync
 3-10 ms; inline, each would stall every other connection for that long, and the thread
 hand-off (~50-90 us) is small against any of them. Metadata reads
-run inline (see ``meta.py`` for the measurements); metadata writes run in a dedicated writer
+run inline (see ``sqlite.py`` for the measurements); metadata writes run in a dedicated writer
 thread.
 
 Cancellation. Every operation is atomic with respect to cancellation: cancelled before its

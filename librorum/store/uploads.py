@@ -194,17 +194,7 @@ class UploadRegistry:
         self._attached[upload_id] = None
         try:
             await self._engine.meta.write(create)
-            upload = Upload(
-                self._engine,
-                self,
-                path=normal,
-                mode=mode,
-                size=size,
-                upload_id=upload_id,
-                chunk_size=self._engine.chunk_size,
-                recorded=[],
-                hasher=blake3.blake3(),
-            )
+            upload = self._new_upload(normal, mode, size, upload_id)
         except BaseException:
             del self._attached[upload_id]
             raise
@@ -220,13 +210,19 @@ class UploadRegistry:
                 mode's conditions do not hold.
         """
         await self._engine.meta.read(lambda t: ns.check_write_target(t, normal, mode))
+        return self._new_upload(normal, mode, size, None)
+
+    def _new_upload(
+        self, normal: str, mode: WriteMode, size: int | None, upload_id: str | None
+    ) -> Upload:
+        """An upload with nothing written yet, at the store's chunk size."""
         return Upload(
             self._engine,
             self,
             path=normal,
             mode=mode,
             size=size,
-            upload_id=None,
+            upload_id=upload_id,
             chunk_size=self._engine.chunk_size,
             recorded=[],
             hasher=blake3.blake3(),
