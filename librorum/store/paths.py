@@ -20,6 +20,7 @@ temp names it generates itself.
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 from librorum.domain import MAX_NAME_BYTES, MAX_PATH_BYTES
@@ -29,8 +30,11 @@ from librorum.errors import InvalidPathError
 ROOT: Final = "/"
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize(path: str) -> str:
-    """Check ``path`` against the path rules and return its normal form.
+    """Check ``path`` against the path rules and return its normal form. The last paths
+    normalised are remembered (a client tends to name the same few again and again; a path
+    that breaks a rule is not remembered).
 
     Args:
         path: A client-supplied path.

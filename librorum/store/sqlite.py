@@ -15,6 +15,13 @@ machine, 23,000/s against 6,100/s with other jobs running. A LIST page of 1,000 
 more than 100 entries through :meth:`MetadataStore.read_slow` in a worker thread. Running
 reads inline also lets the store pin the chunks a snapshot names in the same step that read
 them (see ``locks.ChunkPins``).
+
+The entries reads look up (a path's components, by parent and name, and entries by id) are
+also kept in a cache (:class:`_ReadCache`) that every write transaction empties: a STAT of a
+hot path then runs no SQL at all (no BEGIN, no lookups, no ROLLBACK), which is most of what a
+small request costs the daemon. The cache can only be this simple because this process is the
+database's one writer (the store's single-instance lock) and every write goes through
+:meth:`SqliteMetadataStore.write`.
 """
 
 from __future__ import annotations
@@ -43,6 +50,12 @@ from librorum.store.meta import (
 )
 
 T = TypeVar("T")
+
+#: Bytes of entries (their chunk lists mostly) the read cache holds before it starts over:
+#: bounds its memory whatever the namespace's size (16 MiB is ~50,000 small files).
+READ_CACHE_BYTES: Final = 16 << 20
+#: What an entry costs the cache besides its chunk list (the row object, its name, the keys).
+_ENTRY_OVERHEAD: Final = 320
 
 _SCHEMA_VERSION: Final = 2
 #: Chunks found corrupt and moved aside (schema version 2).
@@ -114,6 +127,8 @@ class _SqliteTxn:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._c = conn
+        # Every statement goes through this (a read with the cache swaps it, see below).
+        self._execute: Callable[..., sqlite3.Cursor] = conn.execute
         self._version: int | None = None
         self._d_files = self._d_dirs = self._d_logical = 0
         self._d_stored = self._d_chunks = self._d_uploads = 0
@@ -123,24 +138,24 @@ class _SqliteTxn:
         return None if values is None else EntryRow(*values)  # type: ignore[arg-type]
 
     def child(self, parent_id: int, name: str) -> EntryRow | None:
-        cur = self._c.execute(
+        cur = self._execute(
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE parent = ? AND name = ?",
             (parent_id, name),
         )
         return self._row(cur.fetchone())
 
     def entry(self, entry_id: int) -> EntryRow | None:
-        cur = self._c.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
+        cur = self._execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id = ?", (entry_id,))
         return self._row(cur.fetchone())
 
     def children(self, parent_id: int, after: str | None, limit: int) -> list[EntryRow]:
         if after is None:
-            cur = self._c.execute(
+            cur = self._execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE parent = ? ORDER BY name LIMIT ?",
                 (parent_id, limit),
             )
         else:
-            cur = self._c.execute(
+            cur = self._execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE parent = ? AND name > ?"
                 " ORDER BY name LIMIT ?",
                 (parent_id, after, limit),
@@ -148,11 +163,11 @@ class _SqliteTxn:
         return [EntryRow(*values) for values in cur]
 
     def has_children(self, parent_id: int) -> bool:
-        cur = self._c.execute("SELECT 1 FROM entries WHERE parent = ? LIMIT 1", (parent_id,))
+        cur = self._execute("SELECT 1 FROM entries WHERE parent = ? LIMIT 1", (parent_id,))
         return cur.fetchone() is not None
 
     def subtree(self, entry_id: int) -> list[EntryRow]:
-        cur = self._c.execute(
+        cur = self._execute(
             "WITH RECURSIVE sub(id) AS (SELECT id FROM entries WHERE parent = ?"
             " UNION ALL SELECT e.id FROM entries e JOIN sub ON e.parent = sub.id)"
             f" SELECT {', '.join('e.' + c for c in _ENTRY_COLUMNS.split(', '))}"
@@ -163,9 +178,9 @@ class _SqliteTxn:
 
     def next_version(self) -> int:
         if self._version is None:
-            (seq,) = self._c.execute("SELECT seq FROM stats WHERE id = 1").fetchone()
+            (seq,) = self._execute("SELECT seq FROM stats WHERE id = 1").fetchone()
             self._version = int(seq) + 1
-            self._c.execute("UPDATE stats SET seq = ? WHERE id = 1", (self._version,))
+            self._execute("UPDATE stats SET seq = ? WHERE id = 1", (self._version,))
         return self._version
 
     def insert(
@@ -181,7 +196,7 @@ class _SqliteTxn:
         chunk_size: int | None,
         chunks: bytes | None,
     ) -> EntryRow:
-        cur = self._c.execute(
+        cur = self._execute(
             "INSERT INTO entries (parent, name, kind, size, mtime_ns, version, content_hash,"
             " chunk_size, chunks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (parent_id, name, kind, size, mtime_ns, version, content_hash, chunk_size, chunks),
@@ -217,7 +232,7 @@ class _SqliteTxn:
         chunk_size: int,
         chunks: bytes,
     ) -> EntryRow:
-        self._c.execute(
+        self._execute(
             "UPDATE entries SET size = ?, mtime_ns = ?, version = ?, content_hash = ?,"
             " chunk_size = ?, chunks = ? WHERE id = ?",
             (size, mtime_ns, version, content_hash, chunk_size, chunks, old.id),
@@ -234,7 +249,7 @@ class _SqliteTxn:
         )
 
     def move(self, old: EntryRow, parent_id: int, name: str, version: int) -> EntryRow:
-        self._c.execute(
+        self._execute(
             "UPDATE entries SET parent = ?, name = ?, version = ? WHERE id = ?",
             (parent_id, name, version, old.id),
         )
@@ -250,7 +265,7 @@ class _SqliteTxn:
                 self._d_dirs -= 1
 
     def refs(self, digest: bytes) -> int:
-        cur = self._c.execute("SELECT refs FROM chunks WHERE digest = ?", (digest,))
+        cur = self._execute("SELECT refs FROM chunks WHERE digest = ?", (digest,))
         row = cur.fetchone()
         return 0 if row is None else int(row[0])
 
@@ -260,11 +275,11 @@ class _SqliteTxn:
             item = counts.setdefault(digest, [0, size])
             item[0] += 1
         for digest, (count, size) in counts.items():
-            cur = self._c.execute(
+            cur = self._execute(
                 "UPDATE chunks SET refs = refs + ? WHERE digest = ?", (count, digest)
             )
             if cur.rowcount == 0:
-                self._c.execute(
+                self._execute(
                     "INSERT INTO chunks (digest, size, refs) VALUES (?, ?, ?)",
                     (digest, size, count),
                 )
@@ -278,18 +293,16 @@ class _SqliteTxn:
             counts[digest] = counts.get(digest, 0) + 1
         released: list[bytes] = []
         for digest, count in counts.items():
-            row = self._c.execute(
+            row = self._execute(
                 "SELECT refs, size FROM chunks WHERE digest = ?", (digest,)
             ).fetchone()
             if row is None:
                 continue
             refs, size = int(row[0]), int(row[1])
             if refs > count:
-                self._c.execute(
-                    "UPDATE chunks SET refs = ? WHERE digest = ?", (refs - count, digest)
-                )
+                self._execute("UPDATE chunks SET refs = ? WHERE digest = ?", (refs - count, digest))
             else:
-                self._c.execute("DELETE FROM chunks WHERE digest = ?", (digest,))
+                self._execute("DELETE FROM chunks WHERE digest = ?", (digest,))
                 self._d_chunks -= 1
                 self._d_stored -= size
                 released.append(digest)
@@ -305,15 +318,15 @@ class _SqliteTxn:
         self._c.executemany("DELETE FROM pending WHERE digest = ?", [(d,) for d in digests])
 
     def is_pending(self, digest: bytes) -> bool:
-        cur = self._c.execute("SELECT 1 FROM pending WHERE digest = ?", (digest,))
+        cur = self._execute("SELECT 1 FROM pending WHERE digest = ?", (digest,))
         return cur.fetchone() is not None
 
     def pending(self, limit: int) -> list[bytes]:
-        cur = self._c.execute("SELECT digest FROM pending LIMIT ?", (limit,))
+        cur = self._execute("SELECT digest FROM pending LIMIT ?", (limit,))
         return [bytes(r[0]) for r in cur]
 
     def create_upload(self, row: UploadRow) -> None:
-        self._c.execute(
+        self._execute(
             "INSERT INTO uploads (id, path, mode, size, chunk_size, created_ns)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (row.id, row.path, row.mode, row.size, row.chunk_size, row.created_ns),
@@ -321,7 +334,7 @@ class _SqliteTxn:
         self._d_uploads += 1
 
     def upload(self, upload_id: str) -> UploadRow | None:
-        cur = self._c.execute(
+        cur = self._execute(
             "SELECT id, path, mode, size, chunk_size, created_ns FROM uploads WHERE id = ?",
             (upload_id,),
         )
@@ -329,14 +342,14 @@ class _SqliteTxn:
         return None if values is None else UploadRow(*values)
 
     def upload_chunks(self, upload_id: str) -> list[tuple[bytes, int]]:
-        cur = self._c.execute(
+        cur = self._execute(
             "SELECT digest, size FROM upload_chunks WHERE upload = ? ORDER BY idx",
             (upload_id,),
         )
         return [(bytes(d), int(s)) for d, s in cur]
 
     def append_upload_chunk(self, upload_id: str, index: int, digest: bytes, size: int) -> None:
-        self._c.execute(
+        self._execute(
             "INSERT INTO upload_chunks (upload, idx, digest, size) VALUES (?, ?, ?, ?)",
             (upload_id, index, digest, size),
         )
@@ -344,35 +357,35 @@ class _SqliteTxn:
 
     def delete_upload(self, upload_id: str) -> list[bytes]:
         digests = [d for d, _ in self.upload_chunks(upload_id)]
-        self._c.execute("DELETE FROM upload_chunks WHERE upload = ?", (upload_id,))
-        cur = self._c.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        self._execute("DELETE FROM upload_chunks WHERE upload = ?", (upload_id,))
+        cur = self._execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
         if cur.rowcount:
             self._d_uploads -= 1
         return self.drop_refs(digests)
 
     def add_quarantine(self, row: QuarantineRow) -> None:
-        self._c.execute(
+        self._execute(
             "INSERT OR REPLACE INTO quarantine (digest, size, found_ns, reason)"
             " VALUES (?, ?, ?, ?)",
             (row.digest, row.size, row.found_ns, row.reason),
         )
 
     def is_quarantined(self, digest: bytes) -> bool:
-        cur = self._c.execute("SELECT 1 FROM quarantine WHERE digest = ?", (digest,))
+        cur = self._execute("SELECT 1 FROM quarantine WHERE digest = ?", (digest,))
         return cur.fetchone() is not None
 
     def any_quarantined(self) -> bool:
-        return self._c.execute("SELECT 1 FROM quarantine LIMIT 1").fetchone() is not None
+        return self._execute("SELECT 1 FROM quarantine LIMIT 1").fetchone() is not None
 
     def remove_quarantine(self, digests: Sequence[bytes]) -> None:
         self._c.executemany("DELETE FROM quarantine WHERE digest = ?", [(d,) for d in digests])
 
     def quarantined(self) -> list[QuarantineRow]:
-        cur = self._c.execute("SELECT digest, size, found_ns, reason FROM quarantine")
+        cur = self._execute("SELECT digest, size, found_ns, reason FROM quarantine")
         return [QuarantineRow(bytes(d), int(n), int(t), str(r)) for d, n, t, r in cur]
 
     def counters(self) -> Counters:
-        row = self._c.execute(
+        row = self._execute(
             "SELECT seq, files, dirs, logical_bytes, stored_bytes, chunk_count, uploads"
             " FROM stats WHERE id = 1"
         ).fetchone()
@@ -396,7 +409,7 @@ class _SqliteTxn:
             self._d_uploads,
         )
         if any(deltas):
-            self._c.execute(
+            self._execute(
                 "UPDATE stats SET files = files + ?, dirs = dirs + ?,"
                 " logical_bytes = logical_bytes + ?, stored_bytes = stored_bytes + ?,"
                 " chunk_count = chunk_count + ?, uploads = uploads + ? WHERE id = 1",
@@ -406,25 +419,25 @@ class _SqliteTxn:
     # --- full scans, for fsck -------------------------------------------------------------
 
     def all_entries(self) -> Iterator[EntryRow]:
-        cur = self._c.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries")
+        cur = self._execute(f"SELECT {_ENTRY_COLUMNS} FROM entries")
         return (EntryRow(*values) for values in cur)
 
     def all_chunks(self) -> Iterator[tuple[bytes, int, int]]:
-        cur = self._c.execute("SELECT digest, size, refs FROM chunks")
+        cur = self._execute("SELECT digest, size, refs FROM chunks")
         return ((bytes(d), int(s), int(r)) for d, s, r in cur)
 
     def all_upload_chunks(self) -> Iterator[tuple[bytes, int]]:
-        cur = self._c.execute("SELECT digest, size FROM upload_chunks")
+        cur = self._execute("SELECT digest, size FROM upload_chunks")
         return ((bytes(d), int(s)) for d, s in cur)
 
     def all_pending(self) -> list[bytes]:
-        return [bytes(r[0]) for r in self._c.execute("SELECT digest FROM pending")]
+        return [bytes(r[0]) for r in self._execute("SELECT digest FROM pending")]
 
     def upload_ids(self) -> list[str]:
-        return [str(r[0]) for r in self._c.execute("SELECT id FROM uploads")]
+        return [str(r[0]) for r in self._execute("SELECT id FROM uploads")]
 
     def uploads_created_before(self, created_ns: int, limit: int) -> list[str]:
-        cur = self._c.execute(
+        cur = self._execute(
             "SELECT id FROM uploads WHERE created_ns < ? ORDER BY created_ns LIMIT ?",
             (created_ns, limit),
         )
@@ -440,6 +453,109 @@ def _connect(path: str, *, same_thread: bool) -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size = -32768")
     conn.execute("PRAGMA temp_store = MEMORY")
     return conn
+
+
+class _StaleReadError(Exception):
+    """A read that used cached entries found that a write committed since it began."""
+
+
+class _ReadCache:
+    """Entries as the last committed state has them, for the reads on the Trio thread.
+
+    Consistency. A write transaction calls :meth:`begin_write` before its BEGIN and
+    :meth:`end_write` after its COMMIT or ROLLBACK: the first empties the cache and bumps the
+    generation, and while any write is open nothing is looked up or stored. So every entry in
+    the cache was read from one snapshot, the state before the next write commits. A read
+    that finds all it needs in the cache saw that state. A read that misses goes to its own
+    SQLite snapshot, which starts at its first lookup; if the generation changed since the
+    read began, a write may have committed in between and the entries it took from the cache
+    may be older than that snapshot: it starts over without the cache (:class:`_StaleReadError`). It
+    stores what it looked up only if the generation is still the one it began with (so its
+    snapshot is that state too). Reads run on the Trio thread only and never yield, so only
+    the writer thread interleaves with one, and the writer never stores.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._lock = threading.Lock()
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self.generation = 0
+        self.writing = 0
+        self.children: dict[tuple[int, str], EntryRow] = {}
+        self.entries: dict[int, EntryRow] = {}
+
+    def begin_write(self) -> None:
+        with self._lock:
+            self.writing += 1
+            self.generation += 1
+            self._clear()
+
+    def end_write(self) -> None:
+        with self._lock:
+            self.writing -= 1
+            self.generation += 1
+
+    def store(self, generation: int, rows: Sequence[EntryRow]) -> None:
+        """Keep ``rows`` (read in a snapshot of ``generation``) unless a write began since."""
+        with self._lock:
+            if generation != self.generation or self.writing:
+                return
+            for row in rows:
+                self._bytes += _ENTRY_OVERHEAD + (len(row.chunks) if row.chunks else 0)
+                if self._bytes > self._max_bytes:
+                    # Starting over is simpler than an LRU and as good for a working set
+                    # that fits; one that does not gains little from any policy.
+                    self._clear()
+                    self._bytes = _ENTRY_OVERHEAD + (len(row.chunks) if row.chunks else 0)
+                self.children[(row.parent, row.name)] = row
+                self.entries[row.id] = row
+
+    def _clear(self) -> None:
+        self.children.clear()
+        self.entries.clear()
+        self._bytes = 0
+
+
+class _CachedReadTxn(_SqliteTxn):
+    """The read transaction of :meth:`SqliteMetadataStore.read`: ``child`` and ``entry``
+    answer from the cache where they can; the first statement it runs opens the SQLite
+    snapshot (BEGIN) and checks that no write began since the read did."""
+
+    def __init__(self, conn: sqlite3.Connection, cache: _ReadCache) -> None:
+        super().__init__(conn)
+        self._cache = cache
+        self.generation = cache.generation
+        self.begun = False
+        self.looked_up: list[EntryRow] = []
+        self._execute = self._first_execute
+
+    def _first_execute(self, sql: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        conn = self._c
+        conn.execute("BEGIN")
+        self.begun = True
+        self._execute = conn.execute
+        cursor = conn.execute(sql, params)
+        # The snapshot starts at this first SELECT: a write that began before it has bumped
+        # the generation by now (begin_write runs before the writer's BEGIN).
+        if self._cache.generation != self.generation:
+            raise _StaleReadError
+        return cursor
+
+    def child(self, parent_id: int, name: str) -> EntryRow | None:
+        row = self._cache.children.get((parent_id, name))
+        if row is None:
+            row = super().child(parent_id, name)
+            if row is not None:
+                self.looked_up.append(row)
+        return row
+
+    def entry(self, entry_id: int) -> EntryRow | None:
+        row = self._cache.entries.get(entry_id)
+        if row is None:
+            row = super().entry(entry_id)
+            if row is not None:
+                self.looked_up.append(row)
+        return row
 
 
 class SqliteMetadataStore:
@@ -476,6 +592,7 @@ class SqliteMetadataStore:
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._thread_lock = threading.Lock()
+        self._cache = _ReadCache(READ_CACHE_BYTES)
 
     def open_sync(self) -> bool:
         """Open (creating if needed) the database; returns whether it was created. If that
@@ -557,15 +674,42 @@ class SqliteMetadataStore:
                 pass
 
     async def read(self, fn: Callable[[MetaTxn], T]) -> T:
-        """Run ``fn`` inline in a read snapshot (no checkpoint: not cancellable)."""
+        """Run ``fn`` inline in a read snapshot (no checkpoint: not cancellable). Entries
+        come from the read cache where it has them (see :class:`_ReadCache`); ``fn`` may
+        run twice (it only reads)."""
         conn = self._reader
         assert conn is not None, "metadata store is closed"
-        with translating("read metadata"):
-            conn.execute("BEGIN")
+        cache = self._cache
+        # translating() spelled out: a context manager costs a STAT more than its lookups.
+        try:
+            if cache.writing:
+                return self._read_uncached(conn, fn)
+            txn = _CachedReadTxn(conn, cache)
             try:
-                return fn(_SqliteTxn(conn))
-            finally:
+                result = fn(txn)
+            except _StaleReadError:
+                # The snapshot is newer than entries already taken from the cache: read
+                # again, all of it from the snapshot.
                 conn.execute("ROLLBACK")
+                return self._read_uncached(conn, fn)
+            except BaseException:
+                if txn.begun:
+                    conn.execute("ROLLBACK")
+                raise
+            if txn.begun:
+                conn.execute("ROLLBACK")
+                cache.store(txn.generation, txn.looked_up)
+            return result
+        except (OSError, sqlite3.Error) as exc:
+            raise store_error_for(exc, "read metadata") from exc
+
+    @staticmethod
+    def _read_uncached(conn: sqlite3.Connection, fn: Callable[[MetaTxn], T]) -> T:
+        conn.execute("BEGIN")
+        try:
+            return fn(_SqliteTxn(conn))
+        finally:
+            conn.execute("ROLLBACK")
 
     async def read_slow(self, fn: Callable[[MetaTxn], T]) -> T:
         """Run ``fn`` in a snapshot on a fresh connection in a worker thread."""
@@ -622,32 +766,39 @@ class SqliteMetadataStore:
         conn = self._writer
         assert conn is not None, "metadata store is closed"
         with self._thread_lock, translating("write metadata"):
-            conn.execute("BEGIN IMMEDIATE")
+            self._cache.begin_write()
             try:
-                txn = _SqliteTxn(conn)
-                result = fn(txn)
-                txn.flush_counters()
-            except BaseException:
-                # SQLite may have rolled back already (after SQLITE_FULL, for one).
-                if conn.in_transaction:
+                return self._write_txn(conn, fn)
+            finally:
+                self._cache.end_write()
+
+    def _write_txn(self, conn: sqlite3.Connection, fn: Callable[[MetaTxn], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            txn = _SqliteTxn(conn)
+            result = fn(txn)
+            txn.flush_counters()
+        except BaseException:
+            # SQLite may have rolled back already (after SQLITE_FULL, for one).
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+        def commit() -> None:
+            conn.execute("COMMIT")
+
+        try:
+            self._fs.commit_metadata(commit)
+        except BaseException as exc:
+            if conn.in_transaction:
+                try:
                     conn.execute("ROLLBACK")
-                raise
-
-            def commit() -> None:
-                conn.execute("COMMIT")
-
-            try:
-                self._fs.commit_metadata(commit)
-            except BaseException as exc:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                if not isinstance(exc, Exception) or not _is_no_space(exc):
-                    self._on_commit_failure(exc)
-                raise
-            return result
+                except sqlite3.Error:
+                    pass
+            if not isinstance(exc, Exception) or not _is_no_space(exc):
+                self._on_commit_failure(exc)
+            raise
+        return result
 
 
 def _is_no_space(exc: Exception) -> bool:

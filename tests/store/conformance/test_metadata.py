@@ -90,6 +90,60 @@ async def test_commit_is_visible_and_survives_reopen(new_backend: NewBackend) ->
         assert (counters.files, counters.logical_bytes) == (1, 123)
 
 
+async def test_reads_see_each_commit_at_once(new_backend: NewBackend) -> None:
+    """Entries read again and again (as hot paths are) still change with every commit: an
+    update, a move, a removal, and a failed transaction that must change nothing."""
+    async with opened(new_backend()) as o:
+        d = await o.meta.write(lambda t: add_dir(t, "d"))
+        f = await o.meta.write(lambda t: add_file(t, "f", parent=d.id))
+
+        async def lookup() -> tuple[EntryRow | None, EntryRow | None, EntryRow | None]:
+            return await o.meta.read(
+                lambda t: (t.entry(ROOT_ID), t.child(ROOT_ID, "d"), t.child(d.id, "f"))
+            )
+
+        for _ in range(3):
+            assert (await lookup())[1:] == (d, f)
+
+        def update(t: MetaTxn) -> EntryRow:
+            row = t.child(d.id, "f")
+            assert row is not None
+            return t.set_content(
+                row,
+                size=77,
+                mtime_ns=2,
+                version=t.next_version(),
+                content_hash=b"n" * 32,
+                chunk_size=4096,
+                chunks=D2,
+            )
+
+        updated = await o.meta.write(update)
+        assert (await lookup())[2] == updated
+        assert updated.size == 77
+
+        def fail(t: MetaTxn) -> None:
+            row = t.child(d.id, "f")
+            assert row is not None
+            t.remove([row])
+            raise RollbackError
+
+        with pytest.raises(RollbackError):
+            await o.meta.write(fail)
+        assert (await lookup())[2] == updated
+
+        moved = await o.meta.write(lambda t: t.move(updated, ROOT_ID, "g", t.next_version()))
+        assert (await lookup())[2] is None
+        assert await o.meta.read(lambda t: t.child(ROOT_ID, "g")) == moved
+        assert await o.meta.read(lambda t: t.entry(moved.id)) == moved
+
+        await o.meta.write(lambda t: t.remove([moved]))
+        assert await o.meta.read(lambda t: (t.child(ROOT_ID, "g"), t.entry(moved.id))) == (
+            None,
+            None,
+        )
+
+
 async def test_a_failing_transaction_changes_nothing(new_backend: NewBackend) -> None:
     async with opened(new_backend()) as o:
         await o.meta.write(lambda t: (add_file(t, "keep"), t.add_refs([(D1, 5)])))
