@@ -118,9 +118,16 @@ class Connection:
         self._last_progress = self._last_activity
         self._frame_started: float | None = None
         self._receive_size = SMALL_RECEIVE_SIZE
-        # Cancelled to stop waiting for the client once the session closed by itself (the
-        # last request of a drained connection finished).
-        self._read_scope: trio.CancelScope | None = None
+        # The deadline of what the reader waits for now (a receive, or its own flush), what
+        # passing it means, and whether it waits for a receive. Plain attributes, checked by
+        # the deadline task (``_watch_deadlines``): a cancel scope per receive would cost a
+        # small request more than its reply does.
+        self._deadline = math.inf
+        self._deadline_what = ""
+        self._waiting: str | None = None
+        # When the deadline task wakes next, and the scope to wake it sooner.
+        self._watch_at = math.inf
+        self._watch_scope: trio.CancelScope | None = None
         # Descriptors received (spec 8) and not yet handed to their WRITE: at most one per
         # receive, and at most one left over between receives (for a frame still arriving).
         self._fds: deque[int] = deque()
@@ -144,6 +151,7 @@ class Connection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._writer)
+                nursery.start_soon(self._watch_deadlines)
                 try:
                     with trio.CancelScope() as self._loop_scope:
                         await self._read_loop()
@@ -213,16 +221,23 @@ class Connection:
         an ERROR queued) when the client did not take them within the idle deadline: it does
         not read its replies, and the connection ends."""
         session = self.session
-        with trio.move_on_after(self.context.timeouts.idle(self.transport.kind)):
+        if session.queued_frames <= limit or self._writer_done.is_set():
+            return True
+        self._wait_until(
+            trio.current_time() + self.context.timeouts.idle(self.transport.kind),
+            "the client did not read its replies",
+            "flush",
+        )
+        try:
             while session.queued_frames > limit and not self._writer_done.is_set():
                 if self._sending:
                     self.wake_writer()
                     await self._drained.park()
                 else:
                     await self._send_queued()
-            return True
-        session.fail(ConnectionTimeoutError("the client did not read its replies"))
-        return False
+        finally:
+            self._waiting = None
+        return True
 
     async def _receive(self) -> bytes | bytearray | memoryview | None:
         """The next bytes, or ``None`` when a deadline passed or the descriptors that came
@@ -251,9 +266,12 @@ class Connection:
             else:
                 deadline = self._last_activity + limits.idle(self.transport.kind)
                 what = "idle"
-        with trio.move_on_at(deadline) as scope:
-            self._read_scope = scope
-            data: bytes | bytearray | memoryview
+        if deadline <= now:
+            session.fail(ConnectionTimeoutError(f"{what} within the deadline"))
+            return None
+        self._wait_until(deadline, what, "receive")
+        data: bytes | bytearray | memoryview
+        try:
             if session.features:
                 # recvmsg takes the descriptors a client passes (spec 8); a plain receive
                 # would have the kernel close them.
@@ -272,14 +290,54 @@ class Connection:
                     # frame deadline): a connection error like the session's own.
                     session.fail(exc)
                     return None
-            self._last_activity = self._last_progress = trio.current_time()
-            self._receive_size = next_receive_size(len(data))
-            self.context.stats.bytes_in += len(data)
-            self.bytes_in += len(data)
-            return data
-        if not session.closed:
-            session.fail(ConnectionTimeoutError(f"{what} within the deadline"))
-        return None
+        finally:
+            self._waiting = None
+        self._last_activity = self._last_progress = trio.current_time()
+        self._receive_size = next_receive_size(len(data))
+        self.context.stats.bytes_in += len(data)
+        self.bytes_in += len(data)
+        return data
+
+    # --- Deadlines -------------------------------------------------------------------------
+
+    def _wait_until(self, deadline: float, what: str, waiting: str) -> None:
+        """Say that the reader now waits (for a ``waiting``: "receive" or "flush") until
+        ``deadline`` at most; past it the deadline task fails the connection with ``what``."""
+        self._deadline = deadline
+        self._deadline_what = what
+        self._waiting = waiting
+        if deadline < self._watch_at and self._watch_scope is not None:
+            # The deadline task sleeps past this deadline: wake it to sleep less.
+            self._watch_scope.cancel()
+
+    def _stop_receiving(self) -> None:
+        """Stop waiting for the client (the session has closed by itself); a flush under way
+        goes on, and the reader sees the closed session when it is done."""
+        if self._waiting == "receive" and self._loop_scope is not None:
+            self._loop_scope.cancel()
+
+    async def _watch_deadlines(self) -> None:
+        """Fail the connection when the reader waits past its deadline: sleep until the
+        deadline of the reader's wait, and on waking look again (the reader may be in a later
+        wait by then, with a later deadline; one sooner than this task's wake-up wakes it).
+        Runs until the connection's nursery is cancelled."""
+        while True:
+            if self._waiting is not None and trio.current_time() >= self._deadline:
+                break
+            # Not waiting: the reader's next wait wakes this task.
+            self._watch_at = self._deadline if self._waiting is not None else math.inf
+            with trio.CancelScope() as self._watch_scope:
+                await trio.sleep_until(self._watch_at)
+            self._watch_scope = None
+            self._watch_at = math.inf
+        what = self._deadline_what
+        if self._waiting == "receive":
+            what = f"{what} within the deadline"
+        self._waiting = None
+        if not self.session.closed:
+            self.session.fail(ConnectionTimeoutError(what))
+        if self._loop_scope is not None:
+            self._loop_scope.cancel()
 
     # --- Events ----------------------------------------------------------------------------
 
@@ -407,8 +465,8 @@ class Connection:
                 session.send_error(sid, CancelledError(what))
             state.done.set()
             self.wake_writer()
-            if session.closed and self._read_scope is not None:
-                self._read_scope.cancel()  # a drained connection: stop waiting for the client
+            if session.closed:
+                self._stop_receiving()  # a drained connection: stop waiting for the client
 
     # --- Descriptors (spec 8) ------------------------------------------------------------------
 
@@ -562,8 +620,8 @@ class Connection:
         request in flight has finished."""
         self.session.goaway("server is shutting down", self.context.grace_ms)
         self.wake_writer()
-        if self.session.closed and self._read_scope is not None:
-            self._read_scope.cancel()  # nothing in flight: stop reading now
+        if self.session.closed:
+            self._stop_receiving()  # nothing in flight: stop reading now
 
     def cancel_requests(self) -> None:
         """The shutdown grace expired: cancel what still runs. Each request ends with ERROR
@@ -572,8 +630,7 @@ class Connection:
             state.cancel_scope.cancel()
         if not self.requests:
             self.session.fail(UnavailableError("server shut down"))
-            if self._read_scope is not None:
-                self._read_scope.cancel()
+            self._stop_receiving()
 
 
 def _close_fds(fds: deque[int]) -> None:
