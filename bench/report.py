@@ -357,33 +357,30 @@ def _crowd_panel(ax: Any, workload: Workload | None) -> None:
 
 
 def _targets_panel(ax: Any, results: Sequence[TargetResult]) -> None:
-    """One target per two lines: status and target, then the first clause of what was
-    measured (the table has it all)."""
+    """One line per target: status, target, and the first clause of what was measured (the
+    table has it all)."""
     ax.axis("off")
     ax.set_title("Targets (medians of this run)", fontsize=10)
     colours = {MET: "#2e7d32", NOT_MET: "#c62828", NA: "#757575"}
-    step = min(0.08, 1.0 / max(1, len(results)))
-    y = 1.0
-    for result in results:
+    step = min(0.06, 1.0 / max(1, len(results)))
+    for index, result in enumerate(results):
+        y = 1.0 - index * step
         ax.text(
             0.0,
             y,
             result.status,
             color=colours.get(result.status, "black"),
-            fontsize=6.5,
+            fontsize=6,
             fontweight="bold",
             transform=ax.transAxes,
             va="top",
         )
-        ax.text(0.09, y, result.text, fontsize=6.5, transform=ax.transAxes, va="top")
-        first = result.measured.split(";")[0]
+        line = f"{result.text}: {result.measured.split(';')[0]}"
         ax.text(
-            0.09,
-            y - step * 0.45,
-            first if len(first) <= 110 else first[:109] + "…",
+            0.08,
+            y,
+            line if len(line) <= 125 else line[:124] + "…",
             fontsize=6,
-            color="#444444",
             transform=ax.transAxes,
             va="top",
         )
-        y -= step

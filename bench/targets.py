@@ -414,7 +414,7 @@ def _rss(rows: _Rows, quick: bool) -> None:
 
 def _rclone(rows: _Rows) -> None:
     """Librorum against rclone serve webdav, the faster of its two HTTP clients each way."""
-    name = "against rclone serve webdav (Go), 1 GiB"
+    name = "against rclone serve webdav (Go)"
     ways: Sequence[tuple[str, Key, Key, Key, Key]] = (
         (
             "upload",
@@ -440,7 +440,12 @@ def _rclone(rows: _Rows) -> None:
                 rows.missing(name, target, NOT_MEASURED + " (rclone)")
                 continue
             which = "curl" if ref == curl else "http.client"
-            rows.at_least_ratio(name, target, lib, ref, 3.0, f"; rclone with {which}, the faster")
+            context = f"; rclone with {which}, the faster"
+            figures = rows.get(lib)
+            startup = float("nan") if figures is None else figures.extra.get("startup_s", math.nan)
+            if _usable(startup):
+                context += f"; librorum ping alone (start-up, connect, exit): {startup:.2f} s"
+            rows.at_least_ratio(name, target, lib, ref, 3.0, context)
 
 
 def text_table(results: Sequence[TargetResult]) -> str:

@@ -500,6 +500,14 @@ def _librorum_cli(env: Env, *args: str) -> str:
     )
 
 
+def _cli_startup(env: Env) -> float:
+    """Seconds ``librorum ping`` takes: the part of every command that moves no data
+    (start-up, imports, connect, one round trip, exit)."""
+    start = time.perf_counter()
+    _librorum_cli(env, "ping")
+    return time.perf_counter() - start
+
+
 def librorum_cli_put(env: Env) -> Sample:
     """``librorum put FILE REMOTE`` in its own process, as a user runs it: start-up, connect,
     fd passing (the CLI's default over the Unix socket), exit."""
@@ -512,7 +520,8 @@ def librorum_cli_put(env: Env) -> Sample:
         out = _librorum_cli(env, "-v", "put", str(env.source), "/bench/upload-cli.bin")
         seconds = time.perf_counter() - start
     assert f": {size} bytes" in out, out
-    return _bulk(size, seconds, cpu)
+    value, extra = _bulk(size, seconds, cpu)
+    return value, {**extra, "startup_s": _cli_startup(env)}
 
 
 def librorum_cli_get(env: Env) -> Sample:
@@ -531,7 +540,8 @@ def librorum_cli_get(env: Env) -> Sample:
     size = target.stat().st_size
     target.unlink()
     assert size == env.scale.bulk_size, size
-    return _bulk(size, seconds, cpu)
+    value, extra = _bulk(size, seconds, cpu)
+    return value, {**extra, "startup_s": _cli_startup(env)}
 
 
 def _rclone_url(env: Env, name: str) -> str:
