@@ -304,13 +304,16 @@ def _bulk(rows: _Rows) -> None:
         rows.context((up, lb.LIB_MEMFD), copy, "sealed memfd"),
     )
     rows.server_cpu(name, "server CPU <= 0.5 s/GiB", fd, 0.5, "s/GiB")
+    # The file copy measured in the parallel workload's own rounds, else the upload's.
+    par_copy = (par, lb.FILE_COPY_FSYNC) if rows.get((par, lb.FILE_COPY_FSYNC)) else copy
     rows.at_least_ratio(
         "16 parallel uploads (fd passing)",
-        '>= 0.8x "file copy + fsync" (of one file of the same total size)',
+        '>= 0.8x "file copy + fsync" (one file of the same total size)',
         (par, lb.LIB_FD),
-        copy,
+        par_copy,
         0.8,
-        rows.context((par, lb.LIB_UDS_TRIO), copy, "streamed"),
+        rows.context((par, lb.LIB_UDS_TRIO), par_copy, "streamed")
+        + ("" if par_copy[0] == par else "; the file copy of the upload workload's rounds"),
     )
     name = "download over UDS (Trio client)"
     rows.at_least_ratio(

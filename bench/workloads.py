@@ -1460,23 +1460,41 @@ def build(env: Env) -> list[Workload]:
         )
     )
     n = s.parallel_uploads
+    # The file-copy limit copies the source file: a limit for the uploads' total only when
+    # the sizes match (they do at both scales).
+    same_total = s.parallel_size * n == s.bulk_size
     workloads.append(
         Workload(
             "parallel",
             f"{n} concurrent uploads to different files, {s.parallel_size // MIB} MiB each",
             [
                 _item(LIMIT_UDS, LIMIT, lambda: limit_parallel(env, uds), "GB/s"),
+                _item(
+                    FILE_COPY_FSYNC,
+                    LIMIT,
+                    (lambda: file_copy(env, fsync=True)) if same_total else None,
+                    "GB/s",
+                    note="the parallel uploads' total differs from the source file's size",
+                ),
                 _item(GRPC_UDS, GRPC, lambda: grpc_parallel(env, gu), "GB/s", limit=LIMIT_UDS),
                 _item(
                     LIB_UDS_TRIO, LIBRORUM, lambda: librorum_parallel(env, "uds"), "GB/s", **on_uds
                 ),
-                _item(LIB_FD, FD, lambda: librorum_parallel(env, "fd"), "GB/s", **on_uds),
+                _item(
+                    LIB_FD,
+                    FD,
+                    lambda: librorum_parallel(env, "fd"),
+                    "GB/s",
+                    grpc=GRPC_UDS,
+                    limit=FILE_COPY_FSYNC,
+                ),
                 _item(LIB_WS_TRIO, WS, lambda: librorum_parallel(env, "ws"), "GB/s", grpc=GRPC_UDS),
             ],
             s.bulk_rounds,
-            f"aggregate throughput; limit: {n} sockets from {n} threads; gRPC: {n} streams on "
-            f"one channel from {n} threads; Librorum: {n} Trio clients (connections) in one "
-            "process (a connection takes 4 uploads at a time).",
+            f"aggregate throughput; limit: {n} sockets from {n} threads, and one file of the "
+            f"same total size copied and fsynced (the targets' limit, in the same rounds); "
+            f"gRPC: {n} streams on one channel from {n} threads; Librorum: {n} Trio clients "
+            "(connections) in one process (a connection takes 4 uploads at a time).",
             "s/GiB",
             f"{n} uploads at once",
         )
