@@ -36,8 +36,9 @@ LIB_RAW = "Librorum UDS, lean pipelined driver"
 LIB_CLI_PUT = "Librorum CLI: librorum put FILE (UDS, fd passing)"
 LIB_CLI_GET = "Librorum CLI: librorum get REMOTE FILE (UDS)"
 #: What a user might run instead: rclone's WebDAV server over a local directory.
-RCLONE_CURL_PUT = "rclone serve webdav, curl -T FILE (HTTP PUT)"
-RCLONE_PY_PUT = "rclone serve webdav, Python http.client PUT, 1 MiB blocks"
+#: Its uploads are written in place and never fsynced: the labels say so where it matters.
+RCLONE_CURL_PUT = "rclone serve webdav (no fsync), curl -T FILE (HTTP PUT)"
+RCLONE_PY_PUT = "rclone serve webdav (no fsync), Python http.client PUT, 1 MiB blocks"
 RCLONE_CURL_GET = "rclone serve webdav, curl -o /dev/null (HTTP GET)"
 RCLONE_PY_GET = "rclone serve webdav, Python http.client GET, 1 MiB blocks"
 

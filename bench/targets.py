@@ -444,6 +444,8 @@ def _rclone(rows: _Rows) -> None:
                 continue
             which = "curl" if ref == curl else "http.client"
             context = f"; rclone with {which}, the faster"
+            if what == "upload":
+                context += " (it never fsyncs what it stores)"
             figures = rows.get(lib)
             startup = float("nan") if figures is None else figures.extra.get("startup_s", math.nan)
             if _usable(startup):
