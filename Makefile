@@ -20,7 +20,7 @@ help:
 	@echo "make coverage-html  the coverage report as HTML, in htmlcov/"
 	@echo "make test-fast      protocol tests only, few Hypothesis examples"
 	@echo "make lint | fmt | type | fuzz | check | bench-protocol | bench-store | clean"
-	@echo "make bench          side-by-side benchmark vs gRPC and the limits (bench-quick: < 2 min)"
+	@echo "make bench          side-by-side benchmark vs gRPC and the limits (bench-quick: ~2 min)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

