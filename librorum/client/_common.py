@@ -8,8 +8,11 @@ Nothing here does I/O or knows about trio: both clients drive the same sans-I/O
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Final, Generic, TypeAlias, TypeVar
 
 from librorum import limits
@@ -100,6 +103,17 @@ def backoff_delays(
             continue
         yield delay
         delay = min(delay * 2, maximum)
+
+
+def written_in_place(target: Path) -> bool:
+    """Whether a download to ``target`` goes straight into it rather than into a temporary
+    file renamed over it: a device, a FIFO or a socket that exists (``/dev/null``, a pipe)
+    is something to write to, not a file to replace."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def copy_error(exc: LibrorumError) -> LibrorumError:

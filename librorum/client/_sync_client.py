@@ -42,6 +42,7 @@ from librorum.client._common import (
     RefusedByGoAway,
     backoff_delays,
     refused_by_goaway,
+    written_in_place,
 )
 from librorum.client._endpoints import Endpoint
 from librorum.client._sync_driver import SyncConnection, SyncConnections, SyncRequest
@@ -642,7 +643,8 @@ class SyncClient:
     ) -> FileInfo:
         """Download ``path`` into ``local_path``. The content goes to a temporary file next
         to it that replaces ``local_path`` only once complete, so an interrupted download
-        never leaves a torn file.
+        never leaves a torn file. A ``local_path`` that is a device, a FIFO or a socket is
+        written to as it is (a temporary file cannot replace it).
 
         Returns:
             The :class:`FileInfo` of what was read.
@@ -652,6 +654,12 @@ class SyncClient:
             OSError: the local file cannot be written.
         """
         target = Path(local_path)
+        if written_in_place(target):
+            with self.open_read(path, progress=progress) as stream:
+                write_file(target, stream)
+                info = stream.info
+            assert info is not None  # set on entering the stream
+            return info
         partial_path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
         try:
             with self.open_read(path, progress=progress) as stream:

@@ -90,6 +90,45 @@ async def test_basics_over_a_unix_socket(
         assert server.connections == 1
 
 
+async def test_a_download_into_a_fifo_writes_into_it(
+    nursery: trio.Nursery, socket_path: Path, tmp_path: Path
+) -> None:
+    """A FIFO (like a device such as /dev/null) cannot be replaced by a temporary file: the
+    content goes into it, and it is still a FIFO afterwards."""
+    with trio.fail_after(TEST_TIMEOUT):
+        server = await start_server(nursery, socket_path)
+        content = os.urandom(MiB + 7)
+        server.files["/f"] = content
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        # Another name for the FIFO: if the download replaced it, this unblocks the reader.
+        os.link(fifo, tmp_path / "pipe-link")
+        received: list[bytes] = []
+
+        def drain() -> None:
+            with open(fifo, "rb") as pipe:
+                received.append(pipe.read())
+
+        def body() -> None:
+            with local(socket_path) as client:
+                assert client.read_to_file("/f", fifo).size == len(content)
+
+        def unblock_if_replaced() -> None:
+            if not fifo.is_fifo():
+                with open(tmp_path / "pipe-link", "wb"):
+                    pass
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(in_thread, drain)
+            try:
+                await in_thread(body)
+            finally:
+                await in_thread(unblock_if_replaced)
+        assert received == [content]
+        assert await trio.Path(fifo).is_fifo()
+        assert not list(await trio.Path(tmp_path).glob("*.part"))
+
+
 async def test_large_transfer_through_small_windows(
     nursery: trio.Nursery, socket_path: Path
 ) -> None:
