@@ -18,7 +18,7 @@ import os
 import socket
 import struct
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -54,6 +54,7 @@ _IOV_MAX: Final = 1024
 _COALESCE_BELOW: Final = 16 << 10
 #: EPIPE instead of SIGPIPE if the peer is gone (Python ignores SIGPIPE, an embedder may not).
 _SEND_FLAGS: Final = socket.MSG_NOSIGNAL
+_BUSY: Final = "another task is already receiving on this connection"
 #: sun_path holds 108 bytes, the terminating NUL included.
 _MAX_SOCKET_PATH: Final = 107
 
@@ -166,7 +167,7 @@ class UdsTransport:
         sent = 0
         completed = False
         try:
-            with self._errors("send"):
+            try:
                 while index < count:
                     first = buffers[index]
                     if isinstance(first, FileRegion):
@@ -190,6 +191,8 @@ class UdsTransport:
                         done -= lengths[index]
                         index += 1
                     offset = done
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise self._lost("send", exc) from exc
             completed = True
         finally:
             if not completed and sent:
@@ -237,8 +240,17 @@ class UdsTransport:
         if max_bytes < 1:
             msg = f"max_bytes must be at least 1, got {max_bytes}"
             raise ValueError(msg)
-        with self._receive_guard(), self._errors("receive"):
+        # The guard and the error translation spelled out, not as context managers: this is
+        # every small request's receive.
+        if self._receiving:
+            raise trio.BusyResourceError(_BUSY)
+        self._receiving = True
+        try:
             return await self._sock.recv(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise self._lost("receive", exc) from exc
+        finally:
+            self._receiving = False
 
     async def receive_with_fds(self, max_bytes: int, max_fds: int = 1) -> tuple[bytes, list[int]]:
         """Receive up to ``max_bytes`` and the descriptors that came with them, close-on-exec
@@ -257,10 +269,17 @@ class UdsTransport:
             msg = f"max_bytes and max_fds must be at least 1, got {max_bytes}, {max_fds}"
             raise ValueError(msg)
         ancbufsize = socket.CMSG_SPACE(max_fds * _FD_SIZE)
-        with self._receive_guard(), self._errors("receive"):
+        if self._receiving:
+            raise trio.BusyResourceError(_BUSY)
+        self._receiving = True
+        try:
             data, ancdata, msg_flags, _address = await self._sock.recvmsg(
                 max_bytes, ancbufsize, socket.MSG_CMSG_CLOEXEC
             )
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise self._lost("receive", exc) from exc
+        finally:
+            self._receiving = False
         # CMSG_SPACE rounds up, so the buffer may have room for more than max_fds: count.
         fds = _collect_fds(ancdata)
         if msg_flags & socket.MSG_CTRUNC or len(fds) > max_fds:
@@ -272,17 +291,6 @@ class UdsTransport:
             )
             raise RemoteProtocolError(msg)
         return data, fds
-
-    @contextlib.contextmanager
-    def _receive_guard(self) -> Iterator[None]:
-        if self._receiving:
-            msg = "another task is already receiving on this connection"
-            raise trio.BusyResourceError(msg)
-        self._receiving = True
-        try:
-            yield
-        finally:
-            self._receiving = False
 
     # --- Closing ------------------------------------------------------------------------------
 
@@ -296,17 +304,13 @@ class UdsTransport:
         self._closed = True
         await self._stream.aclose()
 
-    @contextlib.contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        """The module's one translation boundary: trio and OS errors to ConnectionClosed."""
-        try:
-            yield
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if self._closed:
-                msg = f"cannot {action}: the connection was closed"
-            else:
-                msg = f"cannot {action}: connection lost ({describe_error(exc)})"
-            raise ConnectionClosed(msg) from exc
+    def _lost(self, action: str, exc: BaseException) -> ConnectionClosed:
+        """The module's one translation: what a trio or OS error on ``action`` means."""
+        if self._closed:
+            msg = f"cannot {action}: the connection was closed"
+        else:
+            msg = f"cannot {action}: connection lost ({describe_error(exc)})"
+        return ConnectionClosed(msg)
 
 
 _FD_SIZE: Final = array.array("i").itemsize
