@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import socket
 import struct
 from bisect import bisect_left
@@ -55,6 +56,15 @@ _COALESCE_BELOW: Final = 16 << 10
 #: EPIPE instead of SIGPIPE if the peer is gone (Python ignores SIGPIPE, an embedder may not).
 _SEND_FLAGS: Final = socket.MSG_NOSIGNAL
 _BUSY: Final = "another task is already receiving on this connection"
+
+
+def _sigpipe_ignored() -> bool:
+    """Whether a write to a socket whose peer is gone fails with EPIPE rather than killing
+    the process (Python ignores SIGPIPE from its start unless an embedder or the program
+    changed that)."""
+    return signal.getsignal(signal.SIGPIPE) is signal.SIG_IGN
+
+
 #: sun_path holds 108 bytes, the terminating NUL included.
 _MAX_SOCKET_PATH: Final = 107
 
@@ -181,7 +191,10 @@ class UdsTransport:
                             batch.append(item)
                         if offset:
                             batch[0] = memoryview(batch[0]).cast("B")[offset:]
-                        done = await sock.sendmsg(batch, ancdata, _SEND_FLAGS)
+                        if ancdata or not _sigpipe_ignored():
+                            done = await sock.sendmsg(batch, ancdata, _SEND_FLAGS)
+                        else:
+                            done = await self._writev(batch)
                         # The kernel attaches ancillary data to the first byte it accepts; a
                         # resumed partial send must not attach the descriptor a second time.
                         ancdata = ()
@@ -199,6 +212,27 @@ class UdsTransport:
                 at = bisect_left(ends, sent)
                 if at == len(ends) or ends[at] != sent:
                     self._broken = f"an earlier send stopped mid-frame after {sent} bytes"
+
+    async def _writev(self, batch: list[Buffer]) -> int:
+        """One writev of ``batch``; returns the bytes sent (at least 1). Waits while the
+        socket is full.
+
+        Why not trio's sendmsg: after a send the kernel took at once, it yields to the
+        scheduler (a pass through the run loop, epoll included), and a small request's reply
+        always goes at once. Here the sender goes on; the reader's next receive is the
+        scheduling point. Only with SIGPIPE ignored (Python's default), as writev cannot ask
+        for EPIPE instead of the signal the way sendmsg's MSG_NOSIGNAL does.
+
+        Raises:
+            OSError: the send failed (translated by the caller).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = self._sock.fileno()
+        while True:
+            try:
+                return os.writev(fd, batch)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._sock)
 
     async def _sendfile(self, region: FileRegion, skip: int) -> int:
         """One ``os.sendfile`` of ``region`` after its first ``skip`` bytes; returns the bytes

@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import socket
 import stat
 import sys
@@ -62,13 +63,21 @@ async def test_many_small_frames_go_out_in_one_syscall(
             client = await connect_uds(sock_path)
             calls: list[int] = []
             real_sendmsg = type(client.socket).sendmsg
+            real_writev = os.writev
 
             def counting_sendmsg(sock: Any, buffers: Any, *args: Any) -> Any:
                 buffers = list(buffers)
                 calls.append(len(buffers))
                 return real_sendmsg(sock, buffers, *args)
 
+            def counting_writev(fd: int, buffers: Any) -> int:
+                buffers = list(buffers)
+                calls.append(len(buffers))
+                return real_writev(fd, buffers)
+
+            # Either call may carry the frames (writev where SIGPIPE is ignored).
             monkeypatch.setattr(type(client.socket), "sendmsg", counting_sendmsg)
+            monkeypatch.setattr(os, "writev", counting_writev)
             frames = [data_frame(i.to_bytes(4, "big"), session_id=i + 1) for i in range(1000)]
             await client.send_frames(frames)
             # 1000 frames, 2000 parts, all small: one buffer, one syscall.
@@ -109,6 +118,34 @@ async def test_peer_close_reads_as_eof(sock_path: Path) -> None:
                 await client.receive_some()
             with pytest.raises(ConnectionClosed):
                 await client.send_frames([data_frame(b"x")])
+
+
+async def send_until_refused(client: FrameTransport) -> None:
+    # The first sends to a peer that is gone may still be taken by the kernel.
+    for _ in range(100):
+        await client.send_frames([data_frame(bytes(64 << 10))])
+
+
+@pytest.mark.parametrize("sigpipe", ["ignored", "default"])
+async def test_a_send_to_a_peer_that_left_raises_connection_closed(
+    sock_path: Path, sigpipe: str
+) -> None:
+    """Whether writev or sendmsg carries the bytes, a peer that is gone is an error, never
+    a SIGPIPE: with SIGPIPE at its default action the transport must not use writev (this
+    test's process would die of it)."""
+    previous = signal.getsignal(signal.SIGPIPE)
+    if sigpipe == "default":
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        with trio.fail_after(DEADLINE):
+            async with uds_server(lambda t: t.aclose(), sock_path):
+                client = await connect_uds(sock_path)
+                assert await client.receive_some() == b""
+                with pytest.raises(ConnectionClosed, match="connection lost"):
+                    await send_until_refused(client)
+                await client.aclose()
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
 
 
 async def test_send_cancelled_mid_frame_breaks_the_transport(sock_path: Path) -> None:
