@@ -43,9 +43,13 @@ RCLONE_CURL_GET = "rclone serve webdav, curl -o /dev/null (HTTP GET)"
 RCLONE_PY_GET = "rclone serve webdav, Python http.client GET, 1 MiB blocks"
 
 PING_UDS = "limit: 128-byte ping-pong, Unix socket"
+#: The same echo from a Trio server: what a round trip costs a Trio program (the daemon's
+#: floor) before any protocol runs.
+TRIO_PING_UDS = "limit: 128-byte ping-pong, Unix socket, Trio echo server"
 PING_TCP = "limit: 128-byte ping-pong, TCP"
 
 ECHO_BATCHES = "limit: echo of 128 x 128-byte batches, Unix socket"
+TRIO_ECHO_BATCHES = "limit: echo of 128 x 128-byte batches, Unix socket, Trio echo server"
 GRPC_PIPELINED = f"{GRPC_UDS}, {PIPELINE_DEPTH} futures"
 LIB_TRIO_PIPELINED = f"{LIB_UDS_TRIO}, {PIPELINE_DEPTH} tasks"
 LIB_RAW_PIPELINED = f"{LIB_RAW}, {RAW_PIPELINE_DEPTH} in flight"

@@ -102,6 +102,18 @@ def raw_server(work: Path, source: Path) -> Iterator[tuple[ServerProcess, str, t
 
 
 @contextmanager
+def trio_echo_server(work: Path) -> Iterator[tuple[ServerProcess, str]]:
+    uds = work / "trio-echo.sock"
+    with server_process(
+        "Trio echo peer",
+        ["-m", "bench.trio_peer", "--uds", str(uds)],
+        work / "trio-echo.log",
+        lambda: can_connect_unix(uds),
+    ) as process:
+        yield process, str(uds)
+
+
+@contextmanager
 def grpc_server(work: Path, source: Path) -> Iterator[tuple[ServerProcess, Path, int]]:
     uds = work / "grpc.sock"
     port = free_port()
@@ -448,8 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         log("source files written")
         raw, raw_uds, raw_tcp = stack.enter_context(raw_server(work, source))
+        trio_echo, trio_uds = stack.enter_context(trio_echo_server(work))
         grpc_proc, grpc_uds, grpc_port = stack.enter_context(grpc_server(work, source))
-        PROCESSES.extend((raw, grpc_proc))
+        PROCESSES.extend((raw, trio_echo, grpc_proc))
         rclone_and_url = stack.enter_context(rclone_server(work, source, warm_source))
         rclone = None if rclone_and_url is None else rclone_and_url[0]
         if rclone is not None:
@@ -471,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raw_uds=raw_uds,
             raw_tcp=raw_tcp,
             raw_pid=raw.pid,
+            trio_echo_uds=trio_uds,
+            trio_echo_pid=trio_echo.pid,
             grpc_uds=f"unix://{grpc_uds}",
             grpc_tcp=f"127.0.0.1:{grpc_port}",
             grpc_pid=grpc_proc.pid,

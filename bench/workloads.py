@@ -156,6 +156,9 @@ class Env:
     #: rclone is not installed.
     rclone_url: str | None = None
     rclone_pid: int | None = None
+    #: The Trio echo server (the event loop's floor) and its pid; None where not started.
+    trio_echo_uds: str | None = None
+    trio_echo_pid: int | None = None
     #: The command line (``librorum`` beside this Python, else ``python -m librorum``).
     cli: Sequence[str] = ()
     channels: dict[str, grpc.Channel] = attrs.field(factory=dict)
@@ -665,9 +668,9 @@ def _loop_for(seconds: float, op: Callable[[], object]) -> tuple[int, float]:
             return count, now - start
 
 
-def limit_ping_pong(env: Env, address: raw_peer.Address) -> Sample:
+def limit_ping_pong(env: Env, address: raw_peer.Address, pid: int | None = None) -> Sample:
     raw_peer.ping_pong(address, SMALL_MESSAGE, 0.1)
-    with _CpuMeter(env.raw_pid) as cpu:
+    with _CpuMeter(env.raw_pid if pid is None else pid) as cpu:
         count, seconds = raw_peer.ping_pong(address, SMALL_MESSAGE, env.scale.small_seconds)
     return _ops(count, seconds, cpu)
 
@@ -715,12 +718,25 @@ def librorum_stat_trio(env: Env, transport: Transport) -> Sample:
     return _run_trio(run)
 
 
+NO_TRIO_ECHO = "the Trio echo server was not started"
+
+
+def trio_echo(
+    env: Env, measure: Callable[[Env, raw_peer.Address, int | None], Sample]
+) -> Callable[[], Sample] | None:
+    """The ``measure`` of a limit row against the Trio echo server, if it runs."""
+    address, pid = env.trio_echo_uds, env.trio_echo_pid
+    if address is None or pid is None:
+        return None
+    return lambda: measure(env, address, pid)
+
+
 # --- Small ops: pipelined on one connection --------------------------------------------------------
 
 
-def limit_pipelined(env: Env, address: raw_peer.Address) -> Sample:
+def limit_pipelined(env: Env, address: raw_peer.Address, pid: int | None = None) -> Sample:
     raw_peer.pipelined(address, SMALL_MESSAGE, 128, 0.1)
-    with _CpuMeter(env.raw_pid) as cpu:
+    with _CpuMeter(env.raw_pid if pid is None else pid) as cpu:
         count, seconds = raw_peer.pipelined(address, SMALL_MESSAGE, 128, env.scale.small_seconds)
     return _ops(count, seconds, cpu)
 
@@ -1343,6 +1359,13 @@ def build(env: Env) -> list[Workload]:
             "Sequential small ops (STAT of an existing file, one at a time)",
             [
                 _item(ping_uds, LIMIT, lambda: limit_ping_pong(env, uds), "ops/s"),
+                _item(
+                    lb.TRIO_PING_UDS,
+                    LIMIT,
+                    trio_echo(env, limit_ping_pong),
+                    "ops/s",
+                    note="" if env.trio_echo_uds else NO_TRIO_ECHO,
+                ),
                 _item(ping_tcp, LIMIT, lambda: limit_ping_pong(env, tcp), "ops/s"),
                 _item(
                     GRPC_UDS, GRPC, lambda: grpc_stat_sequential(env, gu), "ops/s", limit=ping_uds
@@ -1369,7 +1392,9 @@ def build(env: Env) -> list[Workload]:
             ],
             s.small_rounds,
             "gRPC: unary Stat (os.stat on the peer); Librorum: STAT (a metadata lookup); "
-            "limit: a 128-byte message echoed by a blocking thread. On this VM a round trip that "
+            "limit: a 128-byte message echoed by a blocking thread, and by a Trio server (what "
+            "a round trip costs a Trio program, as the daemon is, before any protocol). On this "
+            "VM a round trip that "
             "wakes a halted virtual CPU costs ~100 us, so the limit rows swing up to 10x with "
             "the machine's other load (busy CPUs do not halt).",
             "us/op",
@@ -1385,6 +1410,13 @@ def build(env: Env) -> list[Workload]:
             "Pipelined small ops on one connection (STAT)",
             [
                 _item(echo, LIMIT, lambda: limit_pipelined(env, uds), "ops/s"),
+                _item(
+                    lb.TRIO_ECHO_BATCHES,
+                    LIMIT,
+                    trio_echo(env, limit_pipelined),
+                    "ops/s",
+                    note="" if env.trio_echo_uds else NO_TRIO_ECHO,
+                ),
                 _item(grpc_pipe, GRPC, lambda: grpc_stat_pipelined(env, gu), "ops/s", limit=echo),
                 _item(
                     lb.LIB_TRIO_PIPELINED,
