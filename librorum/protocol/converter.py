@@ -26,7 +26,7 @@ from cattrs.gen import make_dict_structure_fn
 from cattrs.preconf.msgpack import make_converter
 
 from librorum.errors import LocalProtocolError, MalformedPayloadError
-from librorum.protocol.constants import Command, Flags
+from librorum.protocol.constants import FLAG_REPLY, Command
 from librorum.protocol.messages import COMMAND_OF, REPLY_TYPES, REQUEST_TYPES, Message
 
 M = TypeVar("M", bound=Message)
@@ -234,10 +234,10 @@ def message_type(command: Command, flags: int) -> type[Message]:
         MalformedPayloadError: the command has no message in that direction (DATA, a GOAWAY
             without REPLY), so the frame cannot be decoded as a message.
     """
-    table = REPLY_TYPES if flags & Flags.REPLY else REQUEST_TYPES
+    table = REPLY_TYPES if flags & FLAG_REPLY else REQUEST_TYPES
     cls = table.get(command)
     if cls is None:
-        direction = "reply" if flags & Flags.REPLY else "request"
+        direction = "reply" if flags & FLAG_REPLY else "request"
         msg = f"{command.name} has no {direction} message"
         raise MalformedPayloadError(msg)
     return cls
