@@ -81,6 +81,8 @@ class UdsTransport:
         self.peer: Final = peer
         self._stream = stream
         self._sock = stream.socket
+        # The same socket as a stdlib object, for sends that need no scheduler pass.
+        self._raw = _BorrowedSocket(self._sock.family, self._sock.type, fileno=self._sock.fileno())
         if socket_buffer is not None:
             set_buffers(self._sock, socket_buffer)
         self._send_lock = trio.StrictFIFOLock()
@@ -159,31 +161,43 @@ class UdsTransport:
             # Checked before any byte moves: a file region's descriptor may already be gone.
             msg = "cannot send: the connection was closed"
             raise ConnectionClosed(msg)
-        sock = self._sock
+        # The syscalls go straight to the socket, and the task waits only when the socket is
+        # full: a batch is one checkpoint, not one per syscall. Trio's socket methods and a
+        # checkpoint after each sendfile cost a scheduler pass (with its epoll_wait) per
+        # call: two per DATA frame (its header, then its payload), which measured 0.05 s
+        # of the daemon's CPU per GiB downloaded (0.26 -> 0.21 s/GiB, chunks unhashed).
+        # A batch is bounded by the socket buffer: past it the send waits, and yields.
+        raw = self._raw
         count = len(buffers)
         index = 0  # first buffer not completely sent
         offset = 0  # bytes of buffers[index] already sent
         sent = 0
         completed = False
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             with self._errors("send"):
                 while index < count:
                     first = buffers[index]
-                    if isinstance(first, FileRegion):
-                        done = await self._sendfile(first, offset)
-                    else:
-                        # The buffers up to the next file region, in one sendmsg.
-                        batch: list[Buffer] = []
-                        for item in buffers[index : index + _IOV_MAX]:
-                            if isinstance(item, FileRegion):
-                                break
-                            batch.append(item)
-                        if offset:
-                            batch[0] = memoryview(batch[0]).cast("B")[offset:]
-                        done = await sock.sendmsg(batch, ancdata, _SEND_FLAGS)
-                        # The kernel attaches ancillary data to the first byte it accepts; a
-                        # resumed partial send must not attach the descriptor a second time.
-                        ancdata = ()
+                    try:
+                        if isinstance(first, FileRegion):
+                            done = _sendfile(raw.fileno(), first, offset)
+                        else:
+                            # The buffers up to the next file region, in one sendmsg.
+                            batch: list[Buffer] = []
+                            for item in buffers[index : index + _IOV_MAX]:
+                                if isinstance(item, FileRegion):
+                                    break
+                                batch.append(item)
+                            if offset:
+                                batch[0] = memoryview(batch[0]).cast("B")[offset:]
+                            done = raw.sendmsg(batch, ancdata, _SEND_FLAGS)
+                            # The kernel attaches ancillary data to the first byte it
+                            # accepts; a resumed partial send must not attach the
+                            # descriptor a second time.
+                            ancdata = ()
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(raw)
+                        continue
                     sent += done
                     done += offset
                     while index < count and done >= lengths[index]:
@@ -196,30 +210,7 @@ class UdsTransport:
                 at = bisect_left(ends, sent)
                 if at == len(ends) or ends[at] != sent:
                     self._broken = f"an earlier send stopped mid-frame after {sent} bytes"
-
-    async def _sendfile(self, region: FileRegion, skip: int) -> int:
-        """One ``os.sendfile`` of ``region`` after its first ``skip`` bytes; returns the bytes
-        sent (at least 1). Waits while the socket is full. Trio's socket methods would do
-        the same for sendmsg: a checkpoint, then retry on EAGAIN once writable.
-
-        Raises:
-            OSError: the send failed (translated by the caller), or the file ended early.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        fd = self._sock.fileno()
-        while True:
-            try:
-                done = os.sendfile(fd, region.fd, region.offset + skip, region.length - skip)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._sock)
-                continue
-            if done == 0:
-                # The file is shorter than the region: the frame's header promised bytes
-                # that do not exist, so the stream cannot continue.
-                msg = f"file region ended {region.length - skip} bytes early"
-                raise OSError(errno.EIO, msg)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return done
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     # --- Receiving ----------------------------------------------------------------------------
 
@@ -294,6 +285,8 @@ class UdsTransport:
         Cancellation: the socket is closed all the same.
         """
         self._closed = True
+        # The descriptor is the trio socket's to close; the borrowed object lets go first.
+        self._raw.detach()
         await self._stream.aclose()
 
     @contextlib.contextmanager
@@ -310,6 +303,32 @@ class UdsTransport:
 
 
 _FD_SIZE: Final = array.array("i").itemsize
+
+
+class _BorrowedSocket(socket.socket):
+    """A stdlib socket object over a descriptor that another object (the trio socket) owns:
+    it never closes it, not even when it is collected without :meth:`detach`."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        self.detach()
+
+
+def _sendfile(sock_fd: int, region: FileRegion, skip: int) -> int:
+    """One ``os.sendfile`` of ``region`` after its first ``skip`` bytes; returns the bytes
+    sent (at least 1).
+
+    Raises:
+        BlockingIOError: the socket is full.
+        OSError: the send failed, or the file ended before the region did (the frame's
+            header promised bytes that do not exist, so the stream cannot continue).
+    """
+    done = os.sendfile(sock_fd, region.fd, region.offset + skip, region.length - skip)
+    if done == 0:
+        msg = f"file region ended {region.length - skip} bytes early"
+        raise OSError(errno.EIO, msg)
+    return done
 
 
 def _gather(
