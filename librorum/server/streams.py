@@ -196,17 +196,20 @@ async def _send_segments(
         while position < end:
             allowed = min(session.send_window(sid), session.max_payload, end - position)
             if allowed == 0:
+                driver.wake_writer()
                 await wait_on_client(driver, state, "granted no credit", state.window.park)
                 continue
             remaining -= allowed
             region = FileRegion(segment.fd, position, allowed)
             session.send_data(sid, region, end=remaining == 0)
             position += allowed
-            driver.wake_writer()
-            await wait_on_client(driver, state, "read nothing", driver.wait_for_writer)
-        # The frames just queued name this segment's descriptor, which the next step
-        # closes. The reader has verified the next chunks meanwhile, and the socket buffer
-        # keeps the client busy while this task advances.
+        # All of the segment's frames are queued at once, and the writer sends them in one
+        # batch: they hold no memory (each names a region of the chunk file), and there are
+        # at most a chunk's length over the smallest max_payload of them (64 for 4 MiB
+        # chunks). The frames name this segment's descriptor, which the next step closes.
+        # The reader has verified the next chunks meanwhile, and the socket buffer keeps the
+        # client busy while this task advances.
+        driver.wake_writer()
         await wait_on_client(driver, state, "read nothing", driver.wait_until_sent)
     return remaining
 

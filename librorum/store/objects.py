@@ -44,6 +44,7 @@ import errno
 import mmap
 import os
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol, runtime_checkable
 
@@ -62,6 +63,10 @@ TEMP_SUFFIX: Final = ".tmp"
 #: O_DIRECT needs buffers, offsets and sizes aligned to the logical block size; 4096 covers
 #: every common device.
 DIRECT_ALIGN: Final = 4096
+
+#: Chunks checked before they are sent are read in pieces of this size into a buffer of the
+#: worker thread's, small enough to stay in the core's cache while it is hashed.
+VERIFY_PIECE: Final = 256 << 10
 
 Verify = Callable[[memoryview], None]
 #: A file's (st_dev, st_ino): which file a name pointed to when it was found bad.
@@ -88,6 +93,22 @@ class CorruptChunkError(CorruptDataError):
         super().__init__(message)
         self.digest = digest
         self.identity = identity
+
+
+class _ThreadBuffer(threading.local):
+    view: memoryview | None = None
+
+
+_verify_buffer = _ThreadBuffer()
+
+
+def _thread_buffer() -> memoryview:
+    """The calling thread's :data:`VERIFY_PIECE` buffer: one per worker thread that has
+    verified a chunk (those run within the store's I/O thread limit), freed with it."""
+    view = _verify_buffer.view
+    if view is None:
+        view = _verify_buffer.view = memoryview(new_buffer(VERIFY_PIECE))
+    return view
 
 
 def _identity(st: os.stat_result) -> Identity:
@@ -434,6 +455,30 @@ class LocalChunkStore:
             msg = f"chunk {key.hex()} failed verification"
             raise CorruptChunkError(msg, digest=key, identity=identity)
 
+    def _verify_read(self, key: bytes, fd: int, identity: Identity, length: int) -> None:
+        """Hash the chunk's first ``length`` bytes, read in pieces into the thread's small
+        buffer, and compare.
+
+        Why read rather than map, for a chunk about to be sent: mapping 4 MiB and unmapping
+        it costs a page fault per 64 KiB and, in a process whose other threads run on other
+        cores, a TLB shootdown at every unmap, which measured more than the copy into a
+        buffer that stays in cache (daemon CPU per GiB downloaded, 3 alternating runs of 3:
+        0.71, 0.77, 0.78 s mapped; 0.61, 0.66, 0.65 s read in 256 KiB pieces).
+        """
+        buf = _thread_buffer()
+        hasher = blake3.blake3()
+        done = 0
+        while done < length:
+            got = self._fs.pread_into(fd, buf[: min(len(buf), length - done)], done)
+            if got == 0:
+                msg = f"chunk {key.hex()} is truncated"
+                raise CorruptChunkError(msg, digest=key, identity=identity)
+            hasher.update(buf[:got])
+            done += got
+        if hasher.digest() != key:
+            msg = f"chunk {key.hex()} failed verification"
+            raise CorruptChunkError(msg, digest=key, identity=identity)
+
     def _check_sync(self, key: bytes, length: int, also: blake3.blake3 | None) -> None:
         with translating("check chunk"):
             fd, identity = self._open_chunk(key)
@@ -610,8 +655,8 @@ class LocalChunkStore:
     # --- LocalObjects ---------------------------------------------------------------------------
 
     def open_verified(self, key: bytes, length: int, digest: bytes) -> int:
-        """Open a chunk and verify it by hashing a read-only mapping of it (no copy into
-        user space), so that the caller can ``sendfile`` verified bytes (blocking).
+        """Open a chunk and verify it (see :meth:`_verify_read`), so that the caller can
+        ``sendfile`` verified bytes (blocking).
 
         Raises:
             CorruptChunkError: Missing, short, or not matching ``digest``.
@@ -621,7 +666,7 @@ class LocalChunkStore:
         with translating("open chunk"):
             fd, identity = self._open_chunk(key)
             try:
-                self._verify_fd(key, fd, identity, length, None)
+                self._verify_read(key, fd, identity, length)
             except BaseException:
                 self._fs.close(fd)
                 raise

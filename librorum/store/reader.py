@@ -3,7 +3,8 @@
 Memory per reader: iterated as pieces, ``read_ahead + 1`` chunk buffers (the chunks read and
 verified ahead, and the one whose piece the consumer holds: 12 MiB at the defaults), since a
 chunk is verified whole before any of it is handed out; iterated as segments, none (each
-chunk is verified by hashing a mapping of its file, and only descriptors are held).
+chunk is verified by reading it through a small per-thread buffer, and only descriptors are
+held).
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ class Reader:
         jobs = self._open_jobs
         # Open and verify up to read_ahead chunks ahead in worker threads, so the caller
         # sends one chunk while the next ones are hashed. Each holds only a descriptor (the
-        # hashing maps the file), so this costs no memory beyond the page cache.
+        # hashing reads the file through a small per-thread buffer), so this costs no memory
+        # beyond the page cache.
         queued = self._segment_next + len(jobs)
         while len(jobs) < max(1, self._engine.read_ahead) and queued < len(spans):
             job = _OpenJob(span=spans[queued])

@@ -19,7 +19,7 @@ import trio
 
 from librorum.errors import CorruptDataError, NotFoundError
 from librorum.store import Store, open_store
-from librorum.store.objects import CorruptChunkError
+from librorum.store.objects import VERIFY_PIECE, CorruptChunkError
 from tests.store.conftest import TEST_CHUNK_SIZE
 from tests.store.test_api import data
 
@@ -269,3 +269,27 @@ async def test_quarantine_survives_a_restart_and_leftovers_are_cleared(tmp_path:
                 await store.read_bytes("/f")
             await store.write_bytes("/g", content[:CS])
             assert await store.read_bytes("/f") == content
+
+
+@pytest.mark.parametrize("damage", ["last byte flipped", "last byte cut"])
+async def test_a_chunk_checked_for_sending_is_hashed_to_its_last_byte(
+    damage: str, tmp_path: Path
+) -> None:
+    """Chunks longer than the piece they are read in for checking: a fault in the last
+    piece, or a file one byte short, is found before a segment is handed out."""
+    size = 2 * VERIFY_PIECE + 5
+    content = data(size, seed=11)
+    with trio.fail_after(DEADLINE):
+        async with open_store(tmp_path / "s", chunk_size=size) as store:
+            await store.write_bytes("/f", content)
+            assert await read_segments(store, "/f") == content
+            path = chunk_path(store, content)
+            if damage == "last byte flipped":
+                flip_byte(path, size - 1)
+            else:
+                os.truncate(path, size - 1)
+            async with store.open_read("/f") as reader:
+                segments = reader.segments()
+                with pytest.raises(CorruptDataError, match=r"failed verification|truncated"):
+                    await segments.__anext__()
+            assert not path.exists()  # quarantined

@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
+import gc
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ from librorum.transport import (
     AlreadyRunningError,
     FrameTransport,
     connect_uds,
+    uds,
 )
 
 from .conftest import (
@@ -62,22 +64,15 @@ async def test_many_small_frames_go_out_in_one_syscall(
         async with uds_server(echo, sock_path):
             client = await connect_uds(sock_path)
             calls: list[int] = []
-            real_sendmsg = type(client.socket).sendmsg
-            real_writev = os.writev
+            # The transport sends through the stdlib socket type (trio's goes there too).
+            real_sendmsg = socket.socket.sendmsg
 
             def counting_sendmsg(sock: Any, buffers: Any, *args: Any) -> Any:
                 buffers = list(buffers)
                 calls.append(len(buffers))
                 return real_sendmsg(sock, buffers, *args)
 
-            def counting_writev(fd: int, buffers: Any) -> int:
-                buffers = list(buffers)
-                calls.append(len(buffers))
-                return real_writev(fd, buffers)
-
-            # Either call may carry the frames (writev where SIGPIPE is ignored).
-            monkeypatch.setattr(type(client.socket), "sendmsg", counting_sendmsg)
-            monkeypatch.setattr(os, "writev", counting_writev)
+            monkeypatch.setattr(socket.socket, "sendmsg", counting_sendmsg)
             frames = [data_frame(i.to_bytes(4, "big"), session_id=i + 1) for i in range(1000)]
             await client.send_frames(frames)
             # 1000 frames, 2000 parts, all small: one buffer, one syscall.
@@ -130,9 +125,9 @@ async def send_until_refused(client: FrameTransport) -> None:
 async def test_a_send_to_a_peer_that_left_raises_connection_closed(
     sock_path: Path, sigpipe: str
 ) -> None:
-    """Whether writev or sendmsg carries the bytes, a peer that is gone is an error, never
-    a SIGPIPE: with SIGPIPE at its default action the transport must not use writev (this
-    test's process would die of it)."""
+    """A peer that is gone is an error, never a SIGPIPE, whatever the process does with the
+    signal: with SIGPIPE at its default action, a write without MSG_NOSIGNAL would kill this
+    test's process."""
     previous = signal.getsignal(signal.SIGPIPE)
     if sigpipe == "default":
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -206,6 +201,60 @@ async def test_file_region_payloads_go_by_sendfile(sock_path: Path, tmp_path: Pa
         content[2 * m + 7 : 2 * m + 10],
         b"last",
     ]
+
+
+class _StepCounter(trio.abc.Instrument):
+    """Counts the scheduler steps of one task."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_batch_of_file_frames_is_one_scheduler_step(
+    sock_path: Path, tmp_path: Path
+) -> None:
+    """Frames that fit in the socket buffer go out without a scheduler pass per syscall
+    (each header and each sendfile): the whole batch is one checkpoint."""
+    source = tmp_path / "source"
+    content = os.urandom(64 << 10)
+    source.write_bytes(content)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        frames = [
+            encode_frame_parts(Command.DATA, FileRegion(fd, i * (8 << 10), 8 << 10))
+            for i in range(8)
+        ]
+        with trio.fail_after(DEADLINE):
+            async with uds_server(echo, sock_path):
+                client = await connect_uds(sock_path)
+                counter = _StepCounter(trio.lowlevel.current_task())
+                trio.lowlevel.add_instrument(counter)
+                try:
+                    await client.send_frames(frames)
+                finally:
+                    trio.lowlevel.remove_instrument(counter)
+                got = await receive_frames(client, len(frames))
+                await client.aclose()
+    finally:
+        os.close(fd)
+    # 16 syscalls (8 headers, 8 sendfiles), one checkpoint at the end.
+    assert counter.steps == 1
+    assert b"".join(bytes(f.payload) for f in got) == content
+
+
+def test_the_borrowed_socket_never_closes_the_descriptor() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        borrowed = uds._BorrowedSocket(a.family, a.type, fileno=a.fileno())
+        del borrowed
+        gc.collect()
+        a.sendall(b"still open")
+        assert b.recv(64) == b"still open"
 
 
 async def test_file_region_past_the_end_of_its_file_breaks_the_transport(
