@@ -45,7 +45,7 @@ import mmap
 import os
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol, runtime_checkable
+from typing import Final, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import blake3
@@ -62,6 +62,8 @@ TEMP_SUFFIX: Final = ".tmp"
 #: O_DIRECT needs buffers, offsets and sizes aligned to the logical block size; 4096 covers
 #: every common device.
 DIRECT_ALIGN: Final = 4096
+
+T = TypeVar("T")
 
 Verify = Callable[[memoryview], None]
 #: A file's (st_dev, st_ino): which file a name pointed to when it was found bad.
@@ -360,29 +362,54 @@ class LocalChunkStore:
                 # O_DIRECT is refused); the publish's fsync then waits for less.
                 self._fs.start_writeback(staged.fd)
 
-    def _publish_many_sync(self, staged: Sequence[Staged]) -> None:
+    def _fsync_staged_sync(self, item: Staged) -> None:
+        """Fsync a staged chunk's temp file and close it (one of a batch's parallel jobs)."""
         with translating("write chunk"):
-            closed = 0  # staged[:closed] have their fd closed (fsynced or failed)
-            renamed = 0  # staged[:renamed] are under their final names
             try:
-                for item in staged:
-                    try:
-                        self._fsync(item.fd)
-                    finally:
-                        closed += 1
-                        self._fs.close(item.fd)
-                shards: set[str] = set()
+                self._fsync(item.fd)
+            finally:
+                fd, item.fd = item.fd, -1
+                self._fs.close(fd)
+
+    def _rename_staged_sync(self, staged: Sequence[Staged]) -> list[str]:
+        """Rename fsynced temp files to their final names; return the shards touched. On
+        error, the files not yet renamed are removed (the renamed ones stay, journalled as
+        pending by the caller)."""
+        with translating("write chunk"):
+            renamed = 0
+            shards: set[str] = set()
+            try:
                 for item in staged:
                     final = self.path(item.digest)
                     self._fs.rename(item.temp, final)
                     renamed += 1
                     shards.add(os.path.dirname(final))
-                for shard in sorted(shards):
-                    self._fsync_dir(shard)
             except BaseException:
-                for i, item in enumerate(staged[renamed:], start=renamed):
-                    self._drop_temp(item.temp, item.fd if i >= closed else None)
+                for item in staged[renamed:]:
+                    self._drop_temp(item.temp, item.fd)
                 raise
+            return sorted(shards)
+
+    def _fsync_dir_sync(self, path: str) -> None:
+        with translating("write chunk"):
+            self._fsync_dir(path)
+
+    async def _in_threads(self, fn: Callable[[T], None], items: Sequence[T]) -> None:
+        """Run ``fn(item)`` for every item in worker threads at once (as many as the I/O
+        limiter allows) and wait for all of them; then raise the first error, if any."""
+        errors: list[Exception] = []
+
+        async def one(item: T) -> None:
+            try:
+                await trio.to_thread.run_sync(fn, item, limiter=self._limiter)
+            except Exception as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for item in items:
+                nursery.start_soon(one, item)
+        if errors:
+            raise errors[0]
 
     def _open_chunk(self, key: bytes) -> tuple[int, Identity]:
         try:
@@ -519,13 +546,33 @@ class LocalChunkStore:
         on error, what was not renamed is removed (renamed files stay, journalled as pending
         by the caller).
 
-        Cancellation: runs to completion in its worker thread once started.
+        The fsyncs of one step run in parallel worker threads (within the I/O limiter): the
+        file system then makes them durable together (ext4 commits its journal once for
+        fsyncs that wait at the same time, and the device's cache is flushed once for
+        them), where one fsync after the other paid a journal commit and a cache flush
+        each. Measured on the development VM, 32 chunk files of 4 MiB written with O_DIRECT
+        and published 8 at a time: 0.26 GB/s with the fsyncs in parallel against 0.19 one
+        after the other (medians of 3, alternating). The order is the same as one by one:
+        no rename starts before every fsync of the batch has returned, and no shard is
+        fsynced before every rename is done.
+
+        Cancellation: shielded; runs to completion once started (the staged files are its
+        own until then).
 
         Raises:
             NoSpaceError, StoreIOError: An fsync or rename failed (an fsync failure is
                 reported through ``on_fsync_failure`` first).
         """
-        await trio.to_thread.run_sync(self._publish_many_sync, staged, limiter=self._limiter)
+        with trio.CancelScope(shield=True):
+            try:
+                await self._in_threads(self._fsync_staged_sync, staged)
+            except BaseException:
+                await self.discard_many(staged)
+                raise
+            shards = await trio.to_thread.run_sync(
+                self._rename_staged_sync, staged, limiter=self._limiter
+            )
+            await self._in_threads(self._fsync_dir_sync, shards)
 
     async def discard_many(self, staged: Sequence[Staged]) -> None:
         """Remove staged chunks (best effort, never raises)."""
