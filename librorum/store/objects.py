@@ -178,6 +178,21 @@ class ObjectStore(Protocol):
         ...
 
 
+#: ``ThreadStaging.stage_piece_sync``: (staged, buf, length, last).
+StageSync = Callable[[Staged, mmap.mmap, int, bool], None]
+
+
+@runtime_checkable
+class ThreadStaging(Protocol):
+    """Optional capability: pieces can be staged by a blocking call from a worker thread
+    (which the caller runs within the store's I/O limiter), so that an upload reads, hashes
+    and writes a piece in one thread call instead of one per step."""
+
+    def stage_piece_sync(self, staged: Staged, buf: mmap.mmap, length: int, last: bool) -> None:
+        """:meth:`ObjectStore.stage_piece`, blocking (from a worker thread)."""
+        ...
+
+
 @runtime_checkable
 class LocalObjects(Protocol):
     """Optional capability: objects are local files."""
@@ -210,7 +225,7 @@ class LocalChunkStore:
         self._limiter = limiter
         self._on_fsync_failure = on_fsync_failure
         # Chunk files are written with O_DIRECT until the file system refuses it (tmpfs
-        # before Linux 6.6): see _stage_piece_sync.
+        # before Linux 6.6): see stage_piece_sync.
         self._direct = True
 
     def path(self, key: bytes) -> str:
@@ -323,8 +338,9 @@ class LocalChunkStore:
             written = self._fs.write(fd, data)
             data = data[written:]
 
-    def _stage_piece_sync(self, staged: Staged, buf: mmap.mmap, length: int, last: bool) -> None:
-        """Append a piece to a staged chunk (see :meth:`stage_piece`).
+    def stage_piece_sync(self, staged: Staged, buf: mmap.mmap, length: int, last: bool) -> None:
+        """Append a piece to a staged chunk (see :meth:`stage_piece`), blocking: from a worker
+        thread within the store's I/O limiter (``ThreadStaging``).
 
         Why O_DIRECT: new data would otherwise need fresh page-cache pages, and where memory
         is expensive to come by (a VM that hands idle memory back to its host) filling them
@@ -535,7 +551,7 @@ class LocalChunkStore:
                 ``staged``: discard it).
         """
         await trio.to_thread.run_sync(
-            self._stage_piece_sync, staged, buf, length, last, limiter=self._limiter
+            self.stage_piece_sync, staged, buf, length, last, limiter=self._limiter
         )
 
     async def publish_many(self, staged: Sequence[Staged]) -> None:
