@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import mmap
 import os
 import time
@@ -36,7 +37,14 @@ from librorum.store.backend import BackendContext, MetadataFactory, ObjectFactor
 from librorum.store.fs import FS
 from librorum.store.locks import BufferPool, ChunkPins, LockTable
 from librorum.store.meta import MetaTxn, QuarantineRow
-from librorum.store.objects import CorruptChunkError, LocalObjects, Staged, new_buffer
+from librorum.store.objects import (
+    CorruptChunkError,
+    LocalObjects,
+    Staged,
+    StageSync,
+    ThreadStaging,
+    new_buffer,
+)
 from librorum.store.space import SpaceGuard
 
 log = logging.getLogger("librorum.store")
@@ -63,6 +71,9 @@ class ChunkEngine:
         pins: Chunks in use by uploads and readers (the collector skips them).
         chunk_locks: Per-chunk locks (publish, quarantine and collection hold them).
         io_limiter: Bounds the worker threads of chunk I/O and hashing.
+        held_limiter: No bound: for thread calls made while holding ``io_limiter``.
+        stage_sync: The object store's blocking ``stage_piece`` (``ThreadStaging``), or
+            ``None``.
         max_file_size, chunk_size, upload_pipeline, upload_batch, upload_buffer, read_ahead,
         gc_batch: The settings given to ``open_store``.
     """
@@ -98,6 +109,8 @@ class ChunkEngine:
         self.read_ahead = read_ahead
         self.gc_batch = gc_batch
         self.io_limiter = trio.CapacityLimiter(io_threads)
+        #: For ``trio.to_thread`` calls whose task holds ``io_limiter`` already.
+        self.held_limiter = trio.CapacityLimiter(math.inf)
         self.space = SpaceGuard(
             str(data_dir), fs, min_free=min_free_space, reserve=metadata_reserve
         )
@@ -115,6 +128,10 @@ class ChunkEngine:
         # Checked once here rather than per chunk sent (a Protocol isinstance is not free).
         self._local: LocalObjects | None = (
             self.objects if isinstance(self.objects, LocalObjects) else None
+        )
+        #: The object store's blocking ``stage_piece`` (``ThreadStaging``), if it has one.
+        self.stage_sync: StageSync | None = (
+            self.objects.stage_piece_sync if isinstance(self.objects, ThreadStaging) else None
         )
         self.pins = ChunkPins()
         self.chunk_locks: LockTable[bytes] = LockTable(timeout=lock_timeout)

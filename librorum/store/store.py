@@ -75,8 +75,10 @@ the one short serialization point, and no data I/O ever happens inside it.
 Threads. Chunk I/O and hashing run in worker threads bounded by ``io_threads``
 (``trio.to_thread`` with a CapacityLimiter): per 1 MiB piece, hashing takes ~0.4 ms per hash
 (two: the chunk's and the whole file's), its direct write 1-3 ms, and a chunk's fsync
-3-10 ms; inline, each would stall every other connection for that long, and the thread
-hand-off (~50-90 us) is small against any of them. Metadata reads
+3-10 ms; inline, each would stall every other connection for that long. A thread hand-off
+costs ~50-90 us on an idle machine and up to ~0.15 ms of CPU on a loaded one, so an upload
+makes one per piece (read, hash and write in the same call; see ``upload.py``), and a publish
+one per fsync (the fsyncs of a batch run in parallel). Metadata reads
 run inline (see ``sqlite.py`` for the measurements); metadata writes run in a dedicated writer
 thread.
 

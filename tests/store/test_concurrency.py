@@ -6,6 +6,7 @@ that a lost wake-up fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -194,3 +195,47 @@ async def test_lock_table() -> None:
             nursery.start_soon(contender)
         assert len(failures) == 1
     assert len(table) == 0  # entries are dropped when unused
+
+
+@pytest.mark.parametrize("io_threads", [1, 2])
+async def test_pieces_waiting_in_threads_never_starve_the_pieces_they_wait_for(
+    tmp_path: Path, io_threads: int
+) -> None:
+    """Each piece hashes and writes in one worker thread, where it waits for the piece
+    before it: with fewer threads than pieces in flight (many uploads, deep pipelines),
+    every upload still completes, streamed and ingested, with the right content."""
+    uploads = 6
+    contents = [data(5 * CS + 123 * i, seed=40 + i) for i in range(uploads)]
+    async with open_store(
+        tmp_path / "s",
+        chunk_size=CS,
+        io_threads=io_threads,
+        upload_buffer=4096,
+        upload_pipeline=4,
+        upload_extra_buffers=3 * uploads,
+        upload_batch=2,
+    ) as store:
+
+        async def streamed(i: int) -> None:
+            async with await store.begin_upload(f"/s{i}") as up:
+                for start in range(0, len(contents[i]), 3000):
+                    await up.write(contents[i][start : start + 3000])
+                await up.commit()
+
+        async def ingested(i: int) -> None:
+            source = tmp_path / f"src{i}"
+            source.write_bytes(contents[i])
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                await store.ingest_fd(f"/i{i}", fd, len(contents[i]))
+            finally:
+                os.close(fd)
+
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                for i in range(uploads):
+                    nursery.start_soon(streamed, i)
+                    nursery.start_soon(ingested, i)
+        for i in range(uploads):
+            assert await store.read_bytes(f"/s{i}") == contents[i]
+            assert await store.read_bytes(f"/i{i}") == contents[i]

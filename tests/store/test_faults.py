@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,8 +21,9 @@ import pytest
 
 from librorum.errors import NoSpaceError, ReadOnlyError, StoreError, StoreIOError
 from librorum.store import Store, open_store
+from librorum.store.objects import SHARDS, TEMP_SUFFIX
 from tests.store.conftest import FIGURES, TEST_CHUNK_SIZE, TEST_RESERVE, open_fd_count
-from tests.store.fsshim import MUTATING, FaultFS
+from tests.store.fsshim import MUTATING, FaultFS, RecordingFS
 from tests.store.test_api import data
 from tests.store.test_crash import DIR, Tree, make, tree
 
@@ -187,3 +189,47 @@ async def test_no_batch_is_published_after_a_failed_one(tmp_path: Path) -> None:
             await up.write(content[up.offset :])
             await up.commit()
         assert await store.read_bytes("/r") == content
+
+
+class _MeetingFS(RecordingFS):
+    """Holds each fsync of a temp chunk file until ``parties`` of them wait at once; counts
+    those that met (a bound on the wait makes a serial publish fail, not hang)."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties)
+        self.met = 0
+
+    def fsync(self, fd: int) -> None:
+        if self._fd_paths.get(fd, "").endswith(TEMP_SUFFIX):
+            try:
+                self.barrier.wait(timeout=10)
+            except threading.BrokenBarrierError:
+                pass
+            else:
+                with self._lock:
+                    self.met += 1
+        super().fsync(fd)
+
+
+async def test_a_batch_is_fsynced_in_parallel_and_in_the_durable_order(tmp_path: Path) -> None:
+    """The chunk files of one batch are fsynced at the same time (so the file system makes
+    them durable together), and still no chunk is renamed before every fsync of its batch
+    has returned, nor a shard fsynced before every rename."""
+    batch = 4
+    content = data(batch * CS, seed=21)
+    shim = _MeetingFS(batch)
+    async with open_store(tmp_path / "s", chunk_size=CS, upload_batch=batch, fs=shim) as store:
+        await store.write_bytes("/f", content)
+        assert await store.read_bytes("/f") == content
+    assert shim.met == batch
+    ops = [(op, detail) for op, detail in shim.trace if op in ("fsync", "rename")]
+    temp_fsyncs = [i for i, (op, d) in enumerate(ops) if op == "fsync" and d.endswith(TEMP_SUFFIX)]
+    renames = [i for i, (op, _) in enumerate(ops) if op == "rename"]
+    shard_fsyncs = [
+        i for i, (op, d) in enumerate(ops) if op == "fsync" and os.path.basename(d) in SHARDS
+    ]
+    assert len(temp_fsyncs) == len(renames) == batch
+    assert shard_fsyncs
+    assert max(temp_fsyncs) < min(renames)
+    assert max(renames) < min(shard_fsyncs)
