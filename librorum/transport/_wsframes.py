@@ -73,6 +73,9 @@ _MASK_BIT: Final = 0x80
 _MAX_HEADER: Final = 14
 #: The longest payload of a control frame (RFC 6455 5.5).
 _MAX_CONTROL_PAYLOAD: Final = 125
+#: Payload parts smaller than this are joined with what precedes them in a frame's buffers:
+#: copying a small part costs less than a separate buffer in a vectored write.
+_COALESCE_BELOW: Final = 16 << 10
 
 
 def _wsproto_version() -> tuple[int, int]:
@@ -125,11 +128,14 @@ def apply_mask(data: Buffer, key: bytes, offset: int = 0) -> bytes | bytearray:
     return native(data, key)
 
 
-def encode_frame(
+def frame_buffers(
     opcode: Opcode, payload: Buffer | Sequence[Buffer], *, fin: bool = True, masked: bool
-) -> bytes:
+) -> list[Buffer]:
     """One complete WebSocket frame (RFC 6455 5.2) carrying ``payload`` (one buffer, or the
-    parts that joined make it: they are joined into the frame, not before), no RSV bits.
+    parts that joined make it), no RSV bits, as the buffers to write in order: the frame
+    header joined with the small parts that follow it, each large part as it is (unmasked)
+    or masked into a buffer of its own. A vectored write (``sendmsg``) sends them without
+    joining them first; :func:`encode_frame` joins them.
 
     ``masked`` (client frames): XOR with a fresh key from the OS's CSPRNG, as 5.3 requires.
 
@@ -139,7 +145,8 @@ def encode_frame(
     parts: Sequence[Buffer] = (
         (payload,) if isinstance(payload, bytes | bytearray | memoryview) else payload
     )
-    size = sum(len(part) for part in parts) if len(parts) != 1 else len(parts[0])
+    sizes = [part.nbytes if isinstance(part, memoryview) else len(part) for part in parts]
+    size = sum(sizes)
     first = (_FIN if fin else 0) | int(opcode)
     mask_bit = _MASK_BIT if masked else 0
     if opcode.iscontrol() and (size > _MAX_CONTROL_PAYLOAD or not fin):
@@ -151,17 +158,40 @@ def encode_frame(
         header = _HEADER_16.pack(first, mask_bit | 126, size)
     else:
         header = _HEADER_64.pack(first, mask_bit | 127, size)
-    if not masked:
-        return b"".join((header, *parts))
-    key = os.urandom(4)
-    # Each part masked straight from where it is (at its offset in the payload), then one
-    # join: two passes over the payload, both at memory speed with the compiled masker.
-    pieces: list[Buffer] = [header, key]
+    run: list[Buffer] = [header]
+    key = b""
+    if masked:
+        key = os.urandom(4)
+        run.append(key)
+    buffers: list[Buffer] = []
     offset = 0
-    for part in parts:
-        pieces.append(apply_mask(part, key, offset))
-        offset += len(part)
-    return b"".join(pieces)
+    for part, part_size in zip(parts, sizes, strict=True):
+        if masked and part_size:
+            # Masked straight from where it is, at its offset in the payload: one pass.
+            part = apply_mask(part, key, offset)
+        offset += part_size
+        if part_size < _COALESCE_BELOW:
+            run.append(part)
+            continue
+        if run:
+            buffers.append(b"".join(run) if len(run) > 1 else run[0])
+            run = []
+        buffers.append(part)
+    if run:
+        buffers.append(b"".join(run) if len(run) > 1 else run[0])
+    return buffers
+
+
+def encode_frame(
+    opcode: Opcode, payload: Buffer | Sequence[Buffer], *, fin: bool = True, masked: bool
+) -> bytes:
+    """:func:`frame_buffers` joined into one buffer (the parts of ``payload`` are joined
+    into the frame, not before).
+
+    Raises:
+        ValueError: as :func:`frame_buffers`.
+    """
+    return b"".join(frame_buffers(opcode, payload, fin=fin, masked=masked))
 
 
 class FastFrameDecoder(FrameDecoder):

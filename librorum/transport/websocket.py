@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -72,9 +73,10 @@ from librorum.limits import (
     RECEIVE_SIZE,
 )
 from librorum.protocol.constants import HEADER_SIZE
-from librorum.transport._wsframes import accelerate, encode_frame
+from librorum.transport._wsframes import accelerate, frame_buffers
 from librorum.transport.base import (
     PEER_ERRORS,
+    Buffer,
     FrameParts,
     PeerInfo,
 )
@@ -86,6 +88,8 @@ _CLEAN_CLOSE: Final = frozenset({_NORMAL_CLOSURE, int(WsCloseCode.GOING_AWAY)})
 #: Offset and struct of the payload_size field in an LBRU header.
 _PAYLOAD_SIZE: Final = struct.Struct("!I")
 _PAYLOAD_SIZE_OFFSET: Final = 8
+#: EPIPE instead of SIGPIPE if the peer is gone (Python ignores SIGPIPE, an embedder may not).
+_SEND_FLAGS: Final = socket.MSG_NOSIGNAL
 
 
 class WsClosed(Exception):  # noqa: N818 - internal signal, never escapes the module
@@ -380,6 +384,9 @@ class WebSocketConnection:
         message_timeout: float | None = None,
     ) -> None:
         self._stream = stream
+        # A plain TCP stream's socket, written with sendmsg (a frame's header and its large
+        # payload parts in one call, none of them copied to join them); None under TLS.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._ws = ws
         # Whole messages in one buffer, each read stopping at the end of the frame it is in,
         # and the size limit checked at each frame header (see FastFrameDecoder). None on an
@@ -567,12 +574,12 @@ class WebSocketConnection:
         Raises:
             WsClosed: the connection is closed or closing, or an earlier write was interrupted.
         """
-        frame = encode_frame(Opcode.BINARY, message, masked=self._ws.client)
+        frame = frame_buffers(Opcode.BINARY, message, masked=self._ws.client)
         async with self._send_lock:
             if self._closed is not None or self._ws.state is not ConnectionState.OPEN:
                 closed = self._closed or WsClosed(_ABNORMAL_CLOSURE, "the connection is closing")
                 raise WsClosed(closed.code, closed.reason)
-            await self._send_bytes(frame)
+            await self._send_bytes(*frame)
 
     async def ping(self) -> None:
         """Send a ping and wait for its pong, which the task in :meth:`get_message` reads.
@@ -600,15 +607,19 @@ class WebSocketConnection:
                 raise WsClosed(_ABNORMAL_CLOSURE, "the connection is closing") from exc
             await self._send_bytes(data)
 
-    async def _send_bytes(self, data: bytes | bytearray) -> None:
-        """Write ``data``; the caller holds the send lock. A write cut short by a cancel may
-        leave part of a frame on the wire: nothing more is sent after that."""
+    async def _send_bytes(self, *buffers: Buffer) -> None:
+        """Write ``buffers``, in order; the caller holds the send lock. A write cut short by a
+        cancel may leave part of a frame on the wire: nothing more is sent after that."""
         if self._send_broken:
             raise WsClosed(_ABNORMAL_CLOSURE, "an earlier write was interrupted mid-frame")
         self._send_broken = True
         try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if len(buffers) == 1 or self._socket is None:
+                # (TLS: the record layer copies anyway, so one join costs little.)
+                await self._stream.send_all(buffers[0] if len(buffers) == 1 else b"".join(buffers))
+            else:
+                await _send_vectored(self._socket, list(buffers))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if self._closed is None:
                 self._closed = WsClosed(_ABNORMAL_CLOSURE, f"connection lost: {exc}")
             raise WsClosed(self._closed.code, self._closed.reason) from exc
@@ -660,6 +671,28 @@ class WebSocketConnection:
                 return
             if not self._unparsable:
                 self._ws.receive_data(as_bytes(data))
+
+
+async def _send_vectored(sock: trio.socket.SocketType, buffers: list[Buffer]) -> None:
+    """Write all of ``buffers`` with as few ``sendmsg`` calls as the socket takes, resuming
+    after partial writes (a frame has a handful of buffers, far below IOV_MAX).
+
+    Cancellation: as trio's ``send_all``: part of the buffers may have been written.
+
+    Raises:
+        OSError: the write failed (the peer is gone: EPIPE, ECONNRESET).
+        trio.ClosedResourceError: the socket was closed meanwhile.
+    """
+    views = [memoryview(buffer).cast("B") for buffer in buffers]
+    while views:
+        sent = await sock.sendmsg(views, (), _SEND_FLAGS)
+        while sent:
+            size = views[0].nbytes
+            if sent < size:
+                views[0] = views[0][sent:]
+                break
+            sent -= size
+            del views[0]
 
 
 def socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:

@@ -32,9 +32,11 @@ from librorum.transport._wsframes import (
     accelerate,
     apply_mask,
     encode_frame,
+    frame_buffers,
     mask_python,
     native_masker,
 )
+from librorum.transport.websocket import _send_vectored
 
 from .conftest import DEADLINE, TOKEN, echo, ws_server, ws_url
 
@@ -277,6 +279,52 @@ def test_masked_frames_parse_in_wsproto(size: int) -> None:
     assert all(isinstance(e, BytesMessage) for e in events)
     assert b"".join(e.data for e in events) == payload
     assert events[-1].message_finished
+
+
+@given(
+    sizes=st.lists(
+        st.sampled_from([0, 1, 20, 125, 126, (16 << 10) - 1, 16 << 10, 70_000]), max_size=5
+    ),
+    masked=st.booleans(),
+)
+def test_frame_buffers_are_the_frame_with_large_parts_apart(sizes: list[int], masked: bool) -> None:
+    parts = [os.urandom(size) for size in sizes]
+    buffers = frame_buffers(Opcode.BINARY, parts, masked=masked)
+    large = [p for p in parts if len(p) >= 16 << 10]
+    # Each large part is a buffer of its own; what lies between them is joined.
+    assert len(buffers) <= 2 * len(large) + 1
+    if not masked:
+        assert all(any(b is p for b in buffers) for p in large), "unmasked parts are not copied"
+    server = wsproto.connection.Connection(wsproto.connection.ConnectionType.SERVER)
+    client = wsproto.connection.Connection(wsproto.connection.ConnectionType.CLIENT)
+    receiver = server if masked else client
+    receiver.receive_data(b"".join(buffers))
+    events = list(receiver.events())
+    assert all(isinstance(e, BytesMessage) for e in events)
+    assert b"".join(e.data for e in events) == b"".join(parts)
+    assert events[-1].message_finished
+
+
+async def test_a_vectored_send_resumes_after_partial_writes() -> None:
+    # A small send buffer makes the kernel take each sendmsg in pieces, cut inside buffers.
+    left, right = trio.socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    buffers: list[Any] = [b"head", os.urandom(300_000), bytearray(b"mid"), os.urandom(70_001)]
+    buffers.append(memoryview(os.urandom(1000))[10:])
+    expected = b"".join(buffers)
+    received = bytearray()
+
+    async def read() -> None:
+        while len(received) < len(expected):
+            data = await right.recv(7001)
+            assert data
+            received.extend(data)
+
+    with trio.fail_after(DEADLINE), left, right:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await _send_vectored(left, buffers)
+    assert received == expected
 
 
 def test_masked_frames_use_fresh_keys() -> None:
