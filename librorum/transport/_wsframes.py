@@ -59,6 +59,8 @@ from wsproto.frame_protocol import (
     ParseFailed,
 )
 
+from librorum.protocol.framing import FileRegion
+
 #: wsproto major.minor versions whose FrameDecoder/FrameProtocol internals this module
 #: relies on (attribute names and the process_buffer contract).
 _SUPPORTED_WSPROTO: Final = frozenset({(1, 2), (1, 3)})
@@ -129,22 +131,31 @@ def apply_mask(data: Buffer, key: bytes, offset: int = 0) -> bytes | bytearray:
 
 
 def frame_buffers(
-    opcode: Opcode, payload: Buffer | Sequence[Buffer], *, fin: bool = True, masked: bool
-) -> list[Buffer]:
+    opcode: Opcode,
+    payload: Buffer | Sequence[Buffer | FileRegion],
+    *,
+    fin: bool = True,
+    masked: bool,
+) -> list[Buffer | FileRegion]:
     """One complete WebSocket frame (RFC 6455 5.2) carrying ``payload`` (one buffer, or the
     parts that joined make it), no RSV bits, as the buffers to write in order: the frame
     header joined with the small parts that follow it, each large part as it is (unmasked)
     or masked into a buffer of its own. A vectored write (``sendmsg``) sends them without
-    joining them first; :func:`encode_frame` joins them.
+    joining them first; :func:`encode_frame` joins them. A part that is a file region
+    (unmasked frames only) stays one, for ``os.sendfile``.
 
     ``masked`` (client frames): XOR with a fresh key from the OS's CSPRNG, as 5.3 requires.
 
     Raises:
-        ValueError: a control frame with a payload over 125 bytes, or a fragmented one.
+        ValueError: a control frame with a payload over 125 bytes, or a fragmented one; a
+            file region in a masked frame (its bytes must be read and masked first).
     """
-    parts: Sequence[Buffer] = (
+    parts: Sequence[Buffer | FileRegion] = (
         (payload,) if isinstance(payload, bytes | bytearray | memoryview) else payload
     )
+    if masked and any(isinstance(part, FileRegion) for part in parts):
+        msg = "a masked frame cannot carry a file region"
+        raise ValueError(msg)
     sizes = [part.nbytes if isinstance(part, memoryview) else len(part) for part in parts]
     size = sum(sizes)
     first = (_FIN if fin else 0) | int(opcode)
@@ -163,14 +174,16 @@ def frame_buffers(
     if masked:
         key = os.urandom(4)
         run.append(key)
-    buffers: list[Buffer] = []
+    buffers: list[Buffer | FileRegion] = []
     offset = 0
     for part, part_size in zip(parts, sizes, strict=True):
-        if masked and part_size:
+        if isinstance(part, FileRegion):
+            pass  # (never masked: refused above)
+        elif masked and part_size:
             # Masked straight from where it is, at its offset in the payload: one pass.
             part = apply_mask(part, key, offset)
         offset += part_size
-        if part_size < _COALESCE_BELOW:
+        if part_size < _COALESCE_BELOW and not isinstance(part, FileRegion):
             run.append(part)
             continue
         if run:
@@ -191,7 +204,9 @@ def encode_frame(
     Raises:
         ValueError: as :func:`frame_buffers`.
     """
-    return b"".join(frame_buffers(opcode, payload, fin=fin, masked=masked))
+    # (No file regions among the parts: the type says so.)
+    buffers = frame_buffers(opcode, payload, fin=fin, masked=masked)
+    return b"".join(cast("list[Buffer]", buffers))
 
 
 class FastFrameDecoder(FrameDecoder):

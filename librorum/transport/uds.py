@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import errno
 import fcntl
 import os
 import socket
@@ -42,6 +41,7 @@ from librorum.transport.base import (
     FrameParts,
     PeerInfo,
     acquire_lock,
+    sendfile_some,
 )
 
 #: struct ucred: pid, uid, gid.
@@ -70,6 +70,7 @@ class UdsTransport:
     kind: Final = "uds"
     message_framed: Final = False
     carries_files: Final = True
+    sends_file_regions: Final = True
 
     def __init__(
         self,
@@ -170,7 +171,7 @@ class UdsTransport:
                 while index < count:
                     first = buffers[index]
                     if isinstance(first, FileRegion):
-                        done = await self._sendfile(first, offset)
+                        done = await sendfile_some(sock, first, offset)
                     else:
                         # The buffers up to the next file region, in one sendmsg.
                         batch: list[Buffer] = []
@@ -196,30 +197,6 @@ class UdsTransport:
                 at = bisect_left(ends, sent)
                 if at == len(ends) or ends[at] != sent:
                     self._broken = f"an earlier send stopped mid-frame after {sent} bytes"
-
-    async def _sendfile(self, region: FileRegion, skip: int) -> int:
-        """One ``os.sendfile`` of ``region`` after its first ``skip`` bytes; returns the bytes
-        sent (at least 1). Waits while the socket is full. Trio's socket methods would do
-        the same for sendmsg: a checkpoint, then retry on EAGAIN once writable.
-
-        Raises:
-            OSError: the send failed (translated by the caller), or the file ended early.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        fd = self._sock.fileno()
-        while True:
-            try:
-                done = os.sendfile(fd, region.fd, region.offset + skip, region.length - skip)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._sock)
-                continue
-            if done == 0:
-                # The file is shorter than the region: the frame's header promised bytes
-                # that do not exist, so the stream cannot continue.
-                msg = f"file region ended {region.length - skip} bytes early"
-                raise OSError(errno.EIO, msg)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return done
 
     # --- Receiving ----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ routine, about 20 GB/s), falling back to pure Python (0.5-0.9 GB/s) where that i
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import socket
@@ -73,12 +74,15 @@ from librorum.limits import (
     RECEIVE_SIZE,
 )
 from librorum.protocol.constants import HEADER_SIZE
+from librorum.protocol.framing import FileRegion
 from librorum.transport._wsframes import accelerate, frame_buffers
 from librorum.transport.base import (
     PEER_ERRORS,
     Buffer,
+    FileFrameParts,
     FrameParts,
     PeerInfo,
+    sendfile_some,
 )
 
 _NORMAL_CLOSURE: Final = int(WsCloseCode.NORMAL_CLOSURE)
@@ -169,6 +173,7 @@ class WsTransport:
     kind: Final = "websocket"
     message_framed: Final = True
     carries_files: Final = False
+    sends_file_regions: Final = True
 
     def __init__(
         self,
@@ -193,15 +198,20 @@ class WsTransport:
             self._later_message_size = ws.max_message_size
             ws.limit_messages(first_message_size)
 
-    async def send_frames(self, frames: Sequence[FrameParts]) -> None:
-        """Send each frame as one binary message (its parts joined), in order.
+    async def send_frames(self, frames: Sequence[FileFrameParts]) -> None:
+        """Send each frame as one binary message (its parts joined), in order. A payload that
+        is a :class:`~librorum.protocol.framing.FileRegion` is sent from its file: with
+        ``os.sendfile`` over plain TCP on the server side (unmasked, the payload is the file's
+        bytes as they are), read into memory otherwise (TLS, or a client, which masks); its
+        descriptor must stay open until this returns.
 
         Cancellation: messages fully sent stay sent; a cancel during a message may leave half
         a WebSocket frame on the wire, so the transport is then broken (further sends raise
         ConnectionClosed) and must be closed.
 
         Raises:
-            ConnectionClosed: the connection is closed or broken.
+            ConnectionClosed: the connection is closed or broken, or a file region ended
+                before its length (the transport is then broken).
         """
         async with self._send_lock:
             if self._broken is not None:
@@ -564,17 +574,29 @@ class WebSocketConnection:
 
     # Sending --------------------------------------------------------------------------------
 
-    async def send_message(self, message: FrameParts) -> None:
+    async def send_message(self, message: FileFrameParts) -> None:
         """Send one binary message, the parts of ``message`` joined, as one frame (masked on
-        the client side). The parts are joined into the frame itself: a message costs one
-        copy (unmasked) or two (masked), whatever its parts.
+        the client side). Over plain TCP the frame goes out as its parts (one ``sendmsg``;
+        ``os.sendfile`` for a file region): an unmasked message is not copied, a masked one
+        once. Under TLS the parts are joined first, and a client reads a file region into
+        memory to mask it.
+
+        Raises:
+            WsClosed: as below; also when a file region ended before its length (EIO).
 
         Cancellation: an interrupted write ends sending (see ``_send_bytes``).
 
         Raises:
             WsClosed: the connection is closed or closing, or an earlier write was interrupted.
         """
-        frame = frame_buffers(Opcode.BINARY, message, masked=self._ws.client)
+        masked = self._ws.client
+        if (masked or self._socket is None) and any(isinstance(p, FileRegion) for p in message):
+            try:
+                message = [_read_region(p) if isinstance(p, FileRegion) else p for p in message]
+            except OSError as exc:
+                self._closed = WsClosed(_ABNORMAL_CLOSURE, f"cannot read a file region: {exc}")
+                raise WsClosed(self._closed.code, self._closed.reason) from exc
+        frame = frame_buffers(Opcode.BINARY, message, masked=masked)
         async with self._send_lock:
             if self._closed is not None or self._ws.state is not ConnectionState.OPEN:
                 closed = self._closed or WsClosed(_ABNORMAL_CLOSURE, "the connection is closing")
@@ -607,18 +629,22 @@ class WebSocketConnection:
                 raise WsClosed(_ABNORMAL_CLOSURE, "the connection is closing") from exc
             await self._send_bytes(data)
 
-    async def _send_bytes(self, *buffers: Buffer) -> None:
-        """Write ``buffers``, in order; the caller holds the send lock. A write cut short by a
-        cancel may leave part of a frame on the wire: nothing more is sent after that."""
+    async def _send_bytes(self, *buffers: Buffer | FileRegion) -> None:
+        """Write ``buffers``, in order (file regions only over plain TCP); the caller holds the
+        send lock. A write cut short by a cancel or a failure may leave part of a frame on the
+        wire: nothing more is sent after that."""
         if self._send_broken:
             raise WsClosed(_ABNORMAL_CLOSURE, "an earlier write was interrupted mid-frame")
         self._send_broken = True
         try:
-            if len(buffers) == 1 or self._socket is None:
-                # (TLS: the record layer copies anyway, so one join costs little.)
-                await self._stream.send_all(buffers[0] if len(buffers) == 1 else b"".join(buffers))
-            else:
+            if self._socket is not None and (
+                len(buffers) > 1 or isinstance(buffers[0], FileRegion)
+            ):
                 await _send_vectored(self._socket, list(buffers))
+            else:
+                # (TLS: the record layer copies anyway, so one join costs little.)
+                data = cast("list[Buffer]", buffers)
+                await self._stream.send_all(data[0] if len(data) == 1 else b"".join(data))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if self._closed is None:
                 self._closed = WsClosed(_ABNORMAL_CLOSURE, f"connection lost: {exc}")
@@ -673,26 +699,61 @@ class WebSocketConnection:
                 self._ws.receive_data(as_bytes(data))
 
 
-async def _send_vectored(sock: trio.socket.SocketType, buffers: list[Buffer]) -> None:
-    """Write all of ``buffers`` with as few ``sendmsg`` calls as the socket takes, resuming
-    after partial writes (a frame has a handful of buffers, far below IOV_MAX).
+async def _send_vectored(sock: trio.socket.SocketType, items: list[Buffer | FileRegion]) -> None:
+    """Write all of ``items`` with as few calls as the socket takes: the buffers between file
+    regions in one ``sendmsg``, each region with ``os.sendfile``; resumed after partial
+    writes (a frame has a handful of items, far below IOV_MAX).
 
-    Cancellation: as trio's ``send_all``: part of the buffers may have been written.
+    Cancellation: as trio's ``send_all``: part of the items may have been written.
 
     Raises:
-        OSError: the write failed (the peer is gone: EPIPE, ECONNRESET).
+        OSError: the write failed (the peer is gone: EPIPE, ECONNRESET), or a file region
+            ended before its length (EIO).
         trio.ClosedResourceError: the socket was closed meanwhile.
     """
-    views = [memoryview(buffer).cast("B") for buffer in buffers]
-    while views:
-        sent = await sock.sendmsg(views, (), _SEND_FLAGS)
-        while sent:
-            size = views[0].nbytes
-            if sent < size:
-                views[0] = views[0][sent:]
-                break
-            sent -= size
-            del views[0]
+    index = 0
+    while index < len(items):
+        item = items[index]
+        if isinstance(item, FileRegion):
+            skip = 0
+            while skip < item.length:
+                skip += await sendfile_some(sock, item, skip)
+            index += 1
+            continue
+        views: list[memoryview] = []
+        while index < len(items) and not isinstance(items[index], FileRegion):
+            views.append(memoryview(cast("Buffer", items[index])).cast("B"))
+            index += 1
+        while views:
+            sent = await sock.sendmsg(views, (), _SEND_FLAGS)
+            while sent:
+                size = views[0].nbytes
+                if sent < size:
+                    views[0] = views[0][sent:]
+                    break
+                sent -= size
+                del views[0]
+
+
+def _read_region(region: FileRegion) -> bytes:
+    """The bytes of ``region``, read from its file (for a frame that cannot be sent from it).
+
+    Raises:
+        OSError: the read failed, or the file ended before the region did (EIO).
+    """
+    data = os.pread(region.fd, region.length, region.offset)
+    if len(data) == region.length:
+        return data
+    parts = [data]
+    done = len(data)
+    while done < region.length:
+        more = os.pread(region.fd, region.length - done, region.offset + done)
+        if not more:
+            msg = f"file region ended {region.length - done} bytes early"
+            raise OSError(errno.EIO, msg)
+        parts.append(more)
+        done += len(more)
+    return b"".join(parts)
 
 
 def socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:
