@@ -25,12 +25,15 @@ Throughput (the receive buffer, copies and masking): both sides read
 :data:`~librorum.limits.WS_RECEIVE_BUFFER` (1 MiB) at a time; 4 KiB reads halve throughput.
 wsproto copies every payload four to five times on the way in and out, so once a connection
 is established its frame payloads go through :mod:`librorum.transport._wsframes` instead: taken
-out of the receive buffer without a copy, unmasked in one pass, and built into one buffer on
-send (from the LBRU frame's parts, not joined first). Each read stops at the end of the frame
-it is in, and a message's payload is read into one buffer of its final size, which is the
-message (no reassembly). RFC 6455 requires clients to mask every frame (and servers to refuse
-unmasked ones), so masking cannot be skipped: it runs in compiled code (``websockets``' C
-routine, about 20 GB/s), falling back to pure Python (0.5-0.9 GB/s) where that is missing.
+out of the receive buffer without a copy and unmasked in one pass. Each read stops at the end
+of the frame it is in, and a message's payload is read into one buffer of its final size,
+which is the message (no reassembly). On send over plain TCP, a frame goes to the kernel as
+its parts in one ``sendmsg`` (header and small parts joined, large payloads as they are), and a
+payload that is a file region by ``os.sendfile`` (the server's DATA frames of a READ, from the
+chunk files: unmasked, they are the file's bytes); under TLS the parts are joined. RFC 6455
+requires clients to mask every frame (and servers to refuse unmasked ones), so masking cannot
+be skipped: it runs in compiled code (``websockets``' C routine, about 20 GB/s), falling back
+to pure Python (0.5-0.9 GB/s) where that is missing.
 """
 
 from __future__ import annotations
