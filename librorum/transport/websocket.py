@@ -97,6 +97,11 @@ _PAYLOAD_SIZE: Final = struct.Struct("!I")
 _PAYLOAD_SIZE_OFFSET: Final = 8
 #: EPIPE instead of SIGPIPE if the peer is gone (Python ignores SIGPIPE, an embedder may not).
 _SEND_FLAGS: Final = socket.MSG_NOSIGNAL
+#: Linux rejects a sendmsg with more buffers than this (IOV_MAX).
+_IOV_MAX: Final = 1024
+#: Buffers smaller than this are joined with their neighbours in a batch of messages: copying a
+#: small buffer costs less than an entry of its own in a vectored write.
+_COALESCE_BELOW: Final = 16 << 10
 
 
 class WsClosed(Exception):  # noqa: N818 - internal signal, never escapes the module
@@ -220,19 +225,15 @@ class WsTransport:
             if self._broken is not None:
                 msg = f"cannot send: {self._broken}"
                 raise ConnectionClosed(msg)
-            in_flight = False
             try:
                 with self._errors("send"):
-                    for parts in frames:
-                        in_flight = True
-                        await self._ws.send_message(parts)
-                        in_flight = False
-                        if self._later_message_size is not None:
-                            # Our first frame is out: the handshake is over (see __init__).
-                            self._ws.limit_messages(self._later_message_size)
-                            self._later_message_size = None
+                    await self._ws.send_messages(frames)
+                    if self._later_message_size is not None:
+                        # Our first frame is out: the handshake is over (see __init__).
+                        self._ws.limit_messages(self._later_message_size)
+                        self._later_message_size = None
             finally:
-                if in_flight:
+                if self._ws.send_broken:
                     self._broken = "an earlier send was interrupted in the middle of a message"
 
     async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes | bytearray:
@@ -577,34 +578,48 @@ class WebSocketConnection:
 
     # Sending --------------------------------------------------------------------------------
 
-    async def send_message(self, message: FileFrameParts) -> None:
-        """Send one binary message, the parts of ``message`` joined, as one frame (masked on
-        the client side). Over plain TCP the frame goes out as its parts (one ``sendmsg``;
-        ``os.sendfile`` for a file region): an unmasked message is not copied, a masked one
-        once. Under TLS the parts are joined first, and a client reads a file region into
-        memory to mask it.
+    async def send_messages(self, messages: Sequence[FileFrameParts]) -> None:
+        """Send each of ``messages`` (the parts of one) as one binary message, in order, each
+        in one frame (masked on the client side). Over plain TCP all of them go to the kernel
+        in as few ``sendmsg`` calls as it takes, as their parts (small ones joined, large ones
+        as they are, ``os.sendfile`` for a file region): many small messages cost one write,
+        an unmasked payload is not copied, a masked one once. Under TLS each message is joined
+        and written on its own, and a client reads a file region into memory to mask it.
+
+        Cancellation: the messages fully written stay written; a cancel that cuts a message
+        ends sending (see ``_send_bytes``).
 
         Raises:
-            WsClosed: as below; also when a file region ended before its length (EIO).
-
-        Cancellation: an interrupted write ends sending (see ``_send_bytes``).
-
-        Raises:
-            WsClosed: the connection is closed or closing, or an earlier write was interrupted.
+            WsClosed: the connection is closed or closing, an earlier write was interrupted,
+                or a file region ended before its length (EIO).
         """
         masked = self._ws.client
-        if (masked or self._socket is None) and any(isinstance(p, FileRegion) for p in message):
-            try:
-                message = [_read_region(p) if isinstance(p, FileRegion) else p for p in message]
-            except OSError as exc:
-                self._closed = WsClosed(_ABNORMAL_CLOSURE, f"cannot read a file region: {exc}")
-                raise WsClosed(self._closed.code, self._closed.reason) from exc
-        frame = frame_buffers(Opcode.BINARY, message, masked=masked)
+        frames: list[list[Buffer | FileRegion]] = []
+        for message in messages:
+            parts = message
+            if (masked or self._socket is None) and any(isinstance(p, FileRegion) for p in parts):
+                try:
+                    parts = [_read_region(p) if isinstance(p, FileRegion) else p for p in parts]
+                except OSError as exc:
+                    reason = f"cannot read a file region: {exc}"
+                    self._closed = WsClosed(_ABNORMAL_CLOSURE, reason)
+                    raise WsClosed(self._closed.code, self._closed.reason) from exc
+            frames.append(frame_buffers(Opcode.BINARY, parts, masked=masked))
         async with self._send_lock:
             if self._closed is not None or self._ws.state is not ConnectionState.OPEN:
                 closed = self._closed or WsClosed(_ABNORMAL_CLOSURE, "the connection is closing")
                 raise WsClosed(closed.code, closed.reason)
-            await self._send_bytes(*frame)
+            if self._socket is None:
+                for frame in frames:
+                    await self._send_bytes(*frame)
+                return
+            items, ends = _batch(frames)
+            await self._send_bytes(*items, ends=ends)
+
+    @property
+    def send_broken(self) -> bool:
+        """Whether a write was cut short in the middle of a frame: nothing more can be sent."""
+        return self._send_broken
 
     async def ping(self) -> None:
         """Send a ping and wait for its pong, which the task in :meth:`get_message` reads.
@@ -632,19 +647,25 @@ class WebSocketConnection:
                 raise WsClosed(_ABNORMAL_CLOSURE, "the connection is closing") from exc
             await self._send_bytes(data)
 
-    async def _send_bytes(self, *buffers: Buffer | FileRegion) -> None:
+    async def _send_bytes(self, *buffers: Buffer | FileRegion, ends: Sequence[int] = ()) -> None:
         """Write ``buffers``, in order (file regions only over plain TCP); the caller holds the
         send lock. A write cut short by a cancel or a failure may leave part of a frame on the
-        wire: nothing more is sent after that."""
+        wire: nothing more is sent after that. ``ends``: the offsets in the bytes at which
+        frames end (one frame when empty), so that a cancel between two frames of a batch
+        leaves sending usable."""
         if self._send_broken:
             raise WsClosed(_ABNORMAL_CLOSURE, "an earlier write was interrupted mid-frame")
         self._send_broken = True
+        # Bytes written so far, counted by the vectored path (-1: not counted, as trio's
+        # send_all does not say how far it got when cancelled).
+        sent = [0]
         try:
             if self._socket is not None and (
                 len(buffers) > 1 or isinstance(buffers[0], FileRegion)
             ):
-                await _send_vectored(self._socket, list(buffers))
+                await _send_vectored(self._socket, list(buffers), sent)
             else:
+                sent[0] = -1
                 # (TLS: the record layer copies anyway, so one join costs little.)
                 data = cast("list[Buffer]", buffers)
                 await self._stream.send_all(data[0] if len(data) == 1 else b"".join(data))
@@ -652,6 +673,11 @@ class WebSocketConnection:
             if self._closed is None:
                 self._closed = WsClosed(_ABNORMAL_CLOSURE, f"connection lost: {exc}")
             raise WsClosed(self._closed.code, self._closed.reason) from exc
+        except trio.Cancelled:
+            # Cancelled between two frames of a batch (or before any byte): nothing is cut.
+            if sent[0] >= 0 and (sent[0] == 0 or sent[0] in ends):
+                self._send_broken = False
+            raise
         self._send_broken = False
 
     # Closing --------------------------------------------------------------------------------
@@ -702,10 +728,13 @@ class WebSocketConnection:
                 self._ws.receive_data(as_bytes(data))
 
 
-async def _send_vectored(sock: trio.socket.SocketType, items: list[Buffer | FileRegion]) -> None:
+async def _send_vectored(
+    sock: trio.socket.SocketType, items: list[Buffer | FileRegion], sent: list[int]
+) -> None:
     """Write all of ``items`` with as few calls as the socket takes: the buffers between file
-    regions in one ``sendmsg``, each region with ``os.sendfile``; resumed after partial
-    writes (a frame has a handful of items, far below IOV_MAX).
+    regions in ``sendmsg`` calls of at most IOV_MAX buffers, each region with
+    ``os.sendfile``; resumed after partial writes. ``sent[0]`` counts the bytes written, as
+    they are (what a cancel left behind).
 
     Cancellation: as trio's ``send_all``: part of the items may have been written.
 
@@ -720,7 +749,9 @@ async def _send_vectored(sock: trio.socket.SocketType, items: list[Buffer | File
         if isinstance(item, FileRegion):
             skip = 0
             while skip < item.length:
-                skip += await sendfile_some(sock, item, skip)
+                done = await sendfile_some(sock, item, skip)
+                skip += done
+                sent[0] += done
             index += 1
             continue
         views: list[memoryview] = []
@@ -728,14 +759,39 @@ async def _send_vectored(sock: trio.socket.SocketType, items: list[Buffer | File
             views.append(memoryview(cast("Buffer", items[index])).cast("B"))
             index += 1
         while views:
-            sent = await sock.sendmsg(views, (), _SEND_FLAGS)
-            while sent:
+            done = await sock.sendmsg(views[:_IOV_MAX], (), _SEND_FLAGS)
+            sent[0] += done
+            while done:
                 size = views[0].nbytes
-                if sent < size:
-                    views[0] = views[0][sent:]
+                if done < size:
+                    views[0] = views[0][done:]
                     break
-                sent -= size
+                done -= size
                 del views[0]
+
+
+def _batch(frames: list[list[Buffer | FileRegion]]) -> tuple[list[Buffer | FileRegion], list[int]]:
+    """The items of many frames for one vectored write, runs of small buffers joined (across
+    frames: many small messages become one buffer), and the offset at which each frame ends."""
+    items: list[Buffer | FileRegion] = []
+    ends: list[int] = []
+    run: list[Buffer] = []
+    total = 0
+    for frame in frames:
+        for item in frame:
+            size = item.nbytes if isinstance(item, memoryview) else len(item)
+            total += size
+            if not isinstance(item, FileRegion) and size < _COALESCE_BELOW:
+                run.append(item)
+                continue
+            if run:
+                items.append(b"".join(run) if len(run) > 1 else run[0])
+                run = []
+            items.append(item)
+        ends.append(total)
+    if run:
+        items.append(b"".join(run) if len(run) > 1 else run[0])
+    return items, ends
 
 
 def _read_region(region: FileRegion) -> bytes:

@@ -36,7 +36,7 @@ from librorum.transport._wsframes import (
     mask_python,
     native_masker,
 )
-from librorum.transport.websocket import _send_vectored
+from librorum.transport.websocket import _batch, _send_vectored
 
 from .conftest import DEADLINE, TOKEN, echo, ws_server, ws_url
 
@@ -323,8 +323,19 @@ async def test_a_vectored_send_resumes_after_partial_writes() -> None:
     with trio.fail_after(DEADLINE), left, right:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
-            await _send_vectored(left, buffers)
+            sent = [0]
+            await _send_vectored(left, buffers, sent)
     assert received == expected
+    assert sent == [len(expected)]
+
+
+def test_a_batch_joins_small_buffers_across_frames_and_knows_where_each_ends() -> None:
+    big = os.urandom(70_000)
+    frames: list[list[Any]] = [[b"a", b"bc"], [b"hdr", big, b"tail"], [b"x"], [b"y" * 20]]
+    items, ends = _batch(frames)
+    assert items == [b"abchdr", big, b"tailx" + b"y" * 20]
+    assert items[1] is big, "large buffers are not copied"
+    assert ends == list(itertools.accumulate(sum(len(b) for b in f) for f in frames))
 
 
 def test_masked_frames_use_fresh_keys() -> None:
@@ -396,6 +407,22 @@ async def test_large_frames_round_trip_through_the_server(size: int) -> None:
             for _ in range(3):
                 await client.send_frames([(frame,)])
                 assert await client.receive_some() == frame
+            await client.aclose()
+
+
+async def test_many_messages_in_one_send_arrive_one_by_one_in_order() -> None:
+    # One send_frames call: small frames (one write between them) around large ones.
+    frames = [
+        encode_lbru_frame(Command.DATA, os.urandom(size), session_id=i + 1)
+        for i, size in enumerate([0, 10, 3000, DEFAULT_MAX_PAYLOAD, 5, 70_000] + [1] * 300)
+    ]
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            client = await connect_websocket(ws_url(address), token=TOKEN)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_frames, [(f,) for f in frames])
+                for frame in frames:
+                    assert await client.receive_some() == frame
             await client.aclose()
 
 
