@@ -78,6 +78,9 @@ _MAX_CONTROL_PAYLOAD: Final = 125
 #: Payload parts smaller than this are joined with what precedes them in a frame's buffers:
 #: copying a small part costs less than a separate buffer in a vectored write.
 _COALESCE_BELOW: Final = 16 << 10
+#: Binary frames smaller than this, wholly buffered, are read without wsproto's per-frame
+#: machinery (FastFrameDecoder.take_small_message); larger ones are worth its cost.
+_SMALL_MESSAGE: Final = 64 << 10
 
 
 def _wsproto_version() -> tuple[int, int]:
@@ -270,6 +273,58 @@ class FastFrameDecoder(FrameDecoder):
             return 0
         buffered = len(self.buffer) - self.buffer.bytes_used
         return max(0, header.payload_len - self.payload_consumed - buffered)
+
+    def take_small_message(self) -> bytes | None:
+        """The next message, when it is one small binary frame wholly buffered (FIN, no RSV
+        bits, masked as the peer's role requires, its length in the shortest encoding,
+        within the message limit), between messages; None otherwise, leaving everything for
+        wsproto's parser (which refuses what breaks RFC 6455, with its close code).
+
+        A burst of small messages (pipelined requests, their replies) costs wsproto's
+        generators and event objects per message; this reads such a frame in place of them
+        with the same checks, and leaves wsproto's parser state as its own parse would (at a
+        frame boundary, no message in progress). The caller must only call it while the
+        connection is open and no fragmented message is being collected.
+        """
+        if self.header is not None or self._pending is not None or self._in_message:
+            return None
+        buffer = self.buffer
+        data = buffer.buffer
+        start = buffer.bytes_used
+        available = len(data) - start
+        if available < 2 or data[start] != _FIN | Opcode.BINARY:
+            return None
+        second = data[start + 1]
+        masked = bool(second & _MASK_BIT)
+        if masked == self.client:
+            return None  # wsproto refuses it (RFC 6455 5.1)
+        size = second & 0x7F
+        head = 2
+        if size == 126:
+            if available < 4:
+                return None
+            size = int.from_bytes(data[start + 2 : start + 4], "big")
+            head = 4
+            if size <= _MAX_CONTROL_PAYLOAD:
+                return None  # not the shortest encoding: wsproto refuses it
+        elif size == 127:
+            return None  # 64-bit lengths are for large frames
+        if size >= _SMALL_MESSAGE:
+            return None
+        limit = self.max_message_size
+        if limit is not None and size > limit:
+            return None  # refused (1009) by the regular path
+        key_at = start + head
+        payload_at = key_at + (4 if masked else 0)
+        end = payload_at + size
+        if len(data) < end:
+            return None
+        payload = bytes(data[payload_at:end])
+        if masked and size:
+            payload = bytes(apply_mask(payload, bytes(data[key_at:payload_at])))
+        buffer.bytes_used = end
+        buffer.commit()
+        return payload
 
     def receive_bytes(self, data: bytes) -> None:
         pending = self._pending

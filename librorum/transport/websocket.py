@@ -466,6 +466,15 @@ class WebSocketConnection:
                     raise self.failure
                 if self._closed is not None:
                     raise WsClosed(self._closed.code, self._closed.reason)
+                if (
+                    self._decoder is not None
+                    and self._partial is None
+                    and self._ws.state is ConnectionState.OPEN
+                ):
+                    small = self._decoder.take_small_message()
+                    if small is not None:
+                        self._message_started = None
+                        return small
                 for event in self._ws.events():
                     message = await self._handle(event)
                     if message is not None:

@@ -11,6 +11,7 @@ import pytest
 import trio
 import wsproto
 from hypothesis import given, strategies as st
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -143,6 +144,92 @@ def test_received_events_match_wsproto_both_directions(
     downstream = wire_of(fast_server, script, close)
     assert downstream == wire_of(plain_server, script, close), "server frames differ"
     assert feed(fast_client, downstream, cuts) == feed(plain_client, downstream, cuts)
+
+
+def feed_taking_small(
+    conn: wsproto.WSConnection, wire: bytes, cuts: list[int]
+) -> list[tuple[Any, ...]]:
+    """As :func:`feed`, reading as the connection does: a small whole binary message by
+    take_small_message while one is there, wsproto's events otherwise, one event at a time."""
+    decoder = accelerate(conn, whole_frames_up_to=1 << 20)
+    assert decoder is not None
+    out: list[tuple[Any, ...]] = []
+    parts: list[bytes] = []
+    text: list[str] = []
+    bounds = [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
+    for start, end in itertools.pairwise(bounds):
+        conn.receive_data(wire[start:end])
+        while True:
+            if not parts and conn.state is ConnectionState.OPEN:
+                small = decoder.take_small_message()
+                if small is not None:
+                    out.append(("bytes", small))
+                    continue
+            event = next(iter(conn.events()), None)
+            if event is None:
+                break
+            if isinstance(event, BytesMessage):
+                parts.append(bytes(event.data))
+                if event.message_finished:
+                    out.append(("bytes", b"".join(parts)))
+                    parts = []
+            elif isinstance(event, TextMessage):
+                text.append(event.data)
+                if event.message_finished:
+                    out.append(("text", "".join(text)))
+                    text = []
+            elif isinstance(event, Ping | Pong):
+                out.append((type(event).__name__, bytes(event.payload)))
+            elif isinstance(event, CloseConnection):
+                out.append(("close", event.code, event.reason))
+                if conn.state is not ConnectionState.CLOSED:
+                    break  # refused bytes: wsproto parses nothing more
+            else:
+                out.append((type(event).__name__,))
+    return out
+
+
+@given(script=steps, cuts=st.lists(st.integers(min_value=0), max_size=8), close=st.booleans())
+def test_small_messages_taken_directly_match_wsproto_both_directions(
+    script: list[tuple[str, Any]], cuts: list[int], close: bool
+) -> None:
+    plain_client, plain_server = open_pair(fast=False)
+    _, server = open_pair(fast=False)
+    upstream = wire_of(plain_client, script, close)
+    assert feed_taking_small(server, upstream, cuts) == feed(plain_server, upstream, cuts)
+    plain_client, plain_server = open_pair(fast=False)
+    client, _ = open_pair(fast=False)
+    downstream = wire_of(plain_server, script, close)
+    assert feed_taking_small(client, downstream, cuts) == feed(plain_client, downstream, cuts)
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        (b"\x82\x7e\x00\x05abcde", "length not in its shortest encoding"),
+        (b"\xc2\x05abcde", "reserved bit"),
+        (b"\x82\x05abcde", "unmasked frame to a server"),
+        (b"\x8f\x85\x00\x00\x00\x00abcde", "unknown opcode"),
+    ],
+)
+def test_small_frames_that_break_the_rfc_are_left_to_wsproto(frame: bytes, why: str) -> None:
+    _, server = open_pair(fast=False)
+    decoder = accelerate(server, whole_frames_up_to=1 << 20)
+    assert decoder is not None
+    server.receive_data(frame)
+    assert decoder.take_small_message() is None, why
+    [event] = list(server.events())
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1002
+
+
+def test_a_small_message_over_the_limit_is_refused_by_the_regular_path() -> None:
+    client, server, decoder = fast_server(max_message_size=10, whole_frames_up_to=10)
+    server.receive_data(client.send(BytesMessage(bytes(11))))
+    assert decoder.take_small_message() is None
+    [event] = list(server.events())
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1009
 
 
 @given(script=steps)
