@@ -18,7 +18,9 @@ input is split.
 Copies: a small frame's payload is copied out of the shared buffer once. A large payload
 (>= :data:`LARGE_PAYLOAD`) is collected in a buffer of its own as it arrives, and that buffer
 *is* the frame's payload (a ``bytearray`` the caller now owns), so each payload byte is copied
-exactly once, from the caller's read buffer into the decoder.
+exactly once, from the caller's read buffer into the decoder. A large frame that arrives whole
+in one feed (a WebSocket message) and ends what is buffered takes the shared buffer itself as
+its payload, so it too is copied once.
 """
 
 from __future__ import annotations
@@ -259,6 +261,15 @@ class FrameDecoder:
                 del buf[start:]
             return self._end_of_input(have)
         self._pending = None
+        if size >= self._large_payload and end == len(buf):
+            # A large frame that arrived whole (a WebSocket message) and ends the buffer: the
+            # buffer itself becomes its payload, and the decoder starts a new one. Deleting
+            # a bytearray's head only moves its start: nothing is copied (slicing would copy
+            # the payload a second time).
+            del buf[: start + HEADER_SIZE]
+            self._buf = bytearray()
+            self._start = 0
+            return Frame(command, flags, session_id, buf, version)
         self._start = end
         return Frame(
             command, flags, session_id, buf[start + HEADER_SIZE : end] if size else b"", version

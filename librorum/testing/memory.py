@@ -182,6 +182,10 @@ class MemoryTransport:
     def carries_files(self) -> bool:
         return self._carries_files
 
+    @property
+    def sends_file_regions(self) -> bool:
+        return self._carries_files
+
     def statistics(self) -> MemoryTransportStatistics:
         """What has crossed each way so far, and what waits to be received."""
         return MemoryTransportStatistics(

@@ -43,6 +43,7 @@ class StreamTransport:
 
     message_framed = False
     carries_files = False
+    sends_file_regions = False
 
     def __init__(
         self, stream: trio.abc.Stream, *, kind: str = "memory", peer: PeerInfo | None = None

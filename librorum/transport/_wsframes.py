@@ -9,10 +9,10 @@ bound the WebSocket transport. This module keeps wsproto for everything it does 
 check) and replaces only the two payload paths:
 
 * receiving: :class:`FastFrameDecoder` takes the payload out of wsproto's receive buffer
-  without copying when the buffer holds nothing else, unmasks it in place, and hands the
-  ``bytearray`` on (wsproto would copy it into ``bytes``);
-* sending: :func:`encode_frame` builds header, key and payload into one buffer, masked in
-  place.
+  without copying when the buffer holds nothing else, unmasks it in one pass (a masked one),
+  and hands it on as it is (wsproto would copy it into ``bytes``);
+* sending: :func:`encode_frame` builds header, key and payload parts into one buffer, each
+  part masked on its way in.
 
 The decoder is also where a connection's message limits live, since it is the first to see
 each frame's header: a data message larger than :attr:`FastFrameDecoder.max_message_size` is
@@ -20,10 +20,15 @@ refused at the header that takes it over the limit, before any of that payload i
 :attr:`FastFrameDecoder.at_message_boundary` tells a reader whether part of a message (or of a
 control frame) has arrived, which is when a message deadline runs.
 
-Masking (RFC 6455 5.3) is XOR with a 4-byte key. Pure Python has no vectorised XOR; the
-fastest stdlib path measured is four ``bytearray.translate`` passes over the strided lanes
-(about 0.9 GB/s on the development machine). ``int.from_bytes``/``to_bytes`` around one big
-integer XOR measured 0.2-0.25 GB/s (the conversions are bytewise), so it is not used.
+Masking (RFC 6455 5.3) is XOR with a 4-byte key, every byte of every client frame on both
+ends. Pure Python has no vectorised XOR, so :func:`apply_mask` uses the C routine of the
+``websockets`` package (``websockets.speedups.apply_mask``, about 20 GB/s on the development
+machine, where the stdlib paths reach 0.5-0.9 GB/s and masking took a fifth of the daemon's
+time on WebSocket uploads). It is imported when the first connection is accelerated, not with
+this module: a local client never needs it. Where the package or its compiled part is missing
+(it installs without it where it cannot build), the same bytes come from the fastest stdlib
+path measured, four ``translate`` passes over the strided lanes (``int.from_bytes`` around one
+big integer XOR measured 0.2-0.25 GB/s: the conversions are bytewise).
 
 :func:`accelerate` installs the decoder by switching the classes of wsproto's frame objects
 of one connection (state-preserving subclasses, no global patching). It reaches into private
@@ -36,9 +41,11 @@ rather than at its header).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
-from typing import Final, cast
+from collections.abc import Callable, Sequence
+from typing import Final, TypeAlias, cast
 
 import wsproto
 from wsproto.connection import Connection
@@ -51,6 +58,8 @@ from wsproto.frame_protocol import (
     Opcode,
     ParseFailed,
 )
+
+from librorum.protocol.framing import FileRegion
 
 #: wsproto major.minor versions whose FrameDecoder/FrameProtocol internals this module
 #: relies on (attribute names and the process_buffer contract).
@@ -66,6 +75,12 @@ _MASK_BIT: Final = 0x80
 _MAX_HEADER: Final = 14
 #: The longest payload of a control frame (RFC 6455 5.5).
 _MAX_CONTROL_PAYLOAD: Final = 125
+#: Payload parts smaller than this are joined with what precedes them in a frame's buffers:
+#: copying a small part costs less than a separate buffer in a vectored write.
+_COALESCE_BELOW: Final = 16 << 10
+#: Binary frames smaller than this, wholly buffered, are read without wsproto's per-frame
+#: machinery (FastFrameDecoder.take_small_message); larger ones are worth its cost.
+_SMALL_MESSAGE: Final = 64 << 10
 
 
 def _wsproto_version() -> tuple[int, int]:
@@ -77,25 +92,75 @@ def _wsproto_version() -> tuple[int, int]:
 SUPPORTED: Final = _wsproto_version() in _SUPPORTED_WSPROTO
 
 
-def mask_in_place(data: bytearray, key: bytes | bytearray, offset: int = 0) -> None:
-    """XOR ``data`` with the 4-byte ``key`` repeated, as if ``data`` started ``offset`` bytes
-    into a frame's payload (RFC 6455 5.3). Masking and unmasking are the same operation."""
+#: What a frame payload may be handed in as (one part of it).
+Buffer: TypeAlias = bytes | bytearray | memoryview
+#: A masking routine: ``data`` XOR the 4-byte ``key`` repeated, as a new buffer.
+Masker: TypeAlias = Callable[[Buffer, bytes], bytes | bytearray]
+
+
+def mask_python(data: Buffer, key: bytes) -> bytearray:
+    """``data`` XOR ``key`` repeated (RFC 6455 5.3), in pure Python: the fallback of
+    :func:`apply_mask`, and its reference in the tests."""
+    if isinstance(data, memoryview):
+        data = data.tobytes()  # a strided slice of a memoryview has no translate()
+    out = bytearray(len(data))
     for lane in range(4):
-        table = _XOR_TABLES[key[(offset + lane) & 3]]
-        data[lane::4] = data[lane::4].translate(table)
+        out[lane::4] = data[lane::4].translate(_XOR_TABLES[key[lane]])
+    return out
 
 
-def encode_frame(
-    opcode: Opcode, payload: bytes | bytearray | memoryview, *, fin: bool = True, masked: bool
-) -> bytes | bytearray:
-    """One complete WebSocket frame (RFC 6455 5.2) carrying ``payload``, no RSV bits.
+@functools.cache
+def native_masker() -> Masker | None:
+    """The compiled masking routine, or None where it is not installed. Imported on the first
+    call (the import costs about 40 ms) and remembered."""
+    try:
+        from websockets.speedups import apply_mask
+    except ImportError:
+        return None
+    return apply_mask
+
+
+def apply_mask(data: Buffer, key: bytes, offset: int = 0) -> bytes | bytearray:
+    """``data`` XOR the 4-byte ``key`` repeated, as if ``data`` started ``offset`` bytes into
+    a frame's payload (RFC 6455 5.3), as a new buffer. Masking and unmasking are the same
+    operation. Raises nothing for a 4-byte key."""
+    shift = offset & 3
+    if shift:
+        key = key[shift:] + key[:shift]
+    native = native_masker()
+    if native is None:
+        return mask_python(data, key)
+    return native(data, key)
+
+
+def frame_buffers(
+    opcode: Opcode,
+    payload: Buffer | Sequence[Buffer | FileRegion],
+    *,
+    fin: bool = True,
+    masked: bool,
+) -> list[Buffer | FileRegion]:
+    """One complete WebSocket frame (RFC 6455 5.2) carrying ``payload`` (one buffer, or the
+    parts that joined make it), no RSV bits, as the buffers to write in order: the frame
+    header joined with the small parts that follow it, each large part as it is (unmasked)
+    or masked into a buffer of its own. A vectored write (``sendmsg``) sends them without
+    joining them first; :func:`encode_frame` joins them. A part that is a file region
+    (unmasked frames only) stays one, for ``os.sendfile``.
 
     ``masked`` (client frames): XOR with a fresh key from the OS's CSPRNG, as 5.3 requires.
 
     Raises:
-        ValueError: a control frame with a payload over 125 bytes, or a fragmented one.
+        ValueError: a control frame with a payload over 125 bytes, or a fragmented one; a
+            file region in a masked frame (its bytes must be read and masked first).
     """
-    size = len(payload)
+    parts: Sequence[Buffer | FileRegion] = (
+        (payload,) if isinstance(payload, bytes | bytearray | memoryview) else payload
+    )
+    if masked and any(isinstance(part, FileRegion) for part in parts):
+        msg = "a masked frame cannot carry a file region"
+        raise ValueError(msg)
+    sizes = [part.nbytes if isinstance(part, memoryview) else len(part) for part in parts]
+    size = sum(sizes)
     first = (_FIN if fin else 0) | int(opcode)
     mask_bit = _MASK_BIT if masked else 0
     if opcode.iscontrol() and (size > _MAX_CONTROL_PAYLOAD or not fin):
@@ -107,18 +172,44 @@ def encode_frame(
         header = _HEADER_16.pack(first, mask_bit | 126, size)
     else:
         header = _HEADER_64.pack(first, mask_bit | 127, size)
-    if not masked:
-        return b"".join((header, payload))
-    key = os.urandom(4)
-    start = len(header) + 4
-    frame = bytearray(start + size)
-    frame[: len(header)] = header
-    frame[len(header) : start] = key
-    # Masked straight from the payload into the frame: one pass per lane, no extra copy.
-    data = payload if isinstance(payload, bytes | bytearray) else bytes(payload)
-    for lane in range(4):
-        frame[start + lane :: 4] = data[lane::4].translate(_XOR_TABLES[key[lane]])
-    return frame
+    run: list[Buffer] = [header]
+    key = b""
+    if masked:
+        key = os.urandom(4)
+        run.append(key)
+    buffers: list[Buffer | FileRegion] = []
+    offset = 0
+    for part, part_size in zip(parts, sizes, strict=True):
+        if isinstance(part, FileRegion):
+            pass  # (never masked: refused above)
+        elif masked and part_size:
+            # Masked straight from where it is, at its offset in the payload: one pass.
+            part = apply_mask(part, key, offset)
+        offset += part_size
+        if part_size < _COALESCE_BELOW and not isinstance(part, FileRegion):
+            run.append(part)
+            continue
+        if run:
+            buffers.append(b"".join(run) if len(run) > 1 else run[0])
+            run = []
+        buffers.append(part)
+    if run:
+        buffers.append(b"".join(run) if len(run) > 1 else run[0])
+    return buffers
+
+
+def encode_frame(
+    opcode: Opcode, payload: Buffer | Sequence[Buffer], *, fin: bool = True, masked: bool
+) -> bytes:
+    """:func:`frame_buffers` joined into one buffer (the parts of ``payload`` are joined
+    into the frame, not before).
+
+    Raises:
+        ValueError: as :func:`frame_buffers`.
+    """
+    # (No file regions among the parts: the type says so.)
+    buffers = frame_buffers(opcode, payload, fin=fin, masked=masked)
+    return b"".join(cast("list[Buffer]", buffers))
 
 
 class FastFrameDecoder(FrameDecoder):
@@ -182,6 +273,58 @@ class FastFrameDecoder(FrameDecoder):
             return 0
         buffered = len(self.buffer) - self.buffer.bytes_used
         return max(0, header.payload_len - self.payload_consumed - buffered)
+
+    def take_small_message(self) -> bytes | None:
+        """The next message, when it is one small binary frame wholly buffered (FIN, no RSV
+        bits, masked as the peer's role requires, its length in the shortest encoding,
+        within the message limit), between messages; None otherwise, leaving everything for
+        wsproto's parser (which refuses what breaks RFC 6455, with its close code).
+
+        A burst of small messages (pipelined requests, their replies) costs wsproto's
+        generators and event objects per message; this reads such a frame in place of them
+        with the same checks, and leaves wsproto's parser state as its own parse would (at a
+        frame boundary, no message in progress). The caller must only call it while the
+        connection is open and no fragmented message is being collected.
+        """
+        if self.header is not None or self._pending is not None or self._in_message:
+            return None
+        buffer = self.buffer
+        data = buffer.buffer
+        start = buffer.bytes_used
+        available = len(data) - start
+        if available < 2 or data[start] != _FIN | Opcode.BINARY:
+            return None
+        second = data[start + 1]
+        masked = bool(second & _MASK_BIT)
+        if masked == self.client:
+            return None  # wsproto refuses it (RFC 6455 5.1)
+        size = second & 0x7F
+        head = 2
+        if size == 126:
+            if available < 4:
+                return None
+            size = int.from_bytes(data[start + 2 : start + 4], "big")
+            head = 4
+            if size <= _MAX_CONTROL_PAYLOAD:
+                return None  # not the shortest encoding: wsproto refuses it
+        elif size == 127:
+            return None  # 64-bit lengths are for large frames
+        if size >= _SMALL_MESSAGE:
+            return None
+        limit = self.max_message_size
+        if limit is not None and size > limit:
+            return None  # refused (1009) by the regular path
+        key_at = start + head
+        payload_at = key_at + (4 if masked else 0)
+        end = payload_at + size
+        if len(data) < end:
+            return None
+        payload = bytes(data[payload_at:end])
+        if masked and size:
+            payload = bytes(apply_mask(payload, bytes(data[key_at:payload_at])))
+        buffer.bytes_used = end
+        buffer.commit()
+        return payload
 
     def receive_bytes(self, data: bytes) -> None:
         pending = self._pending
@@ -272,18 +415,21 @@ class FastFrameDecoder(FrameDecoder):
         self._in_message = not header.fin
         self._message_bytes = declared if self._in_message else 0
 
-    def _emit(self, header: Header, payload: bytearray) -> Frame:
+    def _emit(self, header: Header, received: bytearray) -> Frame:
         assert self.effective_opcode is not None
         offset = self.payload_consumed
-        self.payload_consumed += len(payload)
+        self.payload_consumed += len(received)
         finished = self.payload_consumed == header.payload_len
         key = self._masking_key
-        if key is not None and payload:
-            mask_in_place(payload, key, offset)
+        payload: bytes | bytearray = received
+        if key is not None and received:
+            # One pass into a new buffer (the compiled masker has no in-place form); the
+            # received one is dropped.
+            payload = apply_mask(received, key, offset)
         frame = Frame(
             self.effective_opcode,
             # Control payloads are small and wsproto's close parsing expects bytes; data
-            # payloads stay bytearrays (wsproto's stub says bytes, but only reads them).
+            # payloads may stay bytearrays (wsproto's stub says bytes, but only reads them).
             bytes(payload) if header.opcode.iscontrol() else cast("bytes", payload),
             finished,
             header.fin,

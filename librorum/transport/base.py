@@ -5,7 +5,9 @@ descriptor reserve)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import resource
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -113,6 +115,15 @@ class FrameTransport(Protocol):
         server asks what a transport can do rather than which class it is."""
         ...
 
+    @property
+    def sends_file_regions(self) -> bool:
+        """True when this transport is a :class:`FileTransport`: its :meth:`send_frames`
+        takes :class:`~librorum.protocol.framing.FileRegion` payloads and moves their bytes
+        from the file itself (``os.sendfile`` where it can). True wherever ``carries_files``
+        is, and also on a transport that sends file content but passes no descriptors
+        (WebSocket)."""
+        ...
+
     async def send_frames(self, frames: Sequence[FrameParts]) -> None:
         """Send whole frames, in order. Each item is the parts of one encoded frame.
 
@@ -185,7 +196,7 @@ class FrameTransport(Protocol):
 
 
 class FileTransport(FrameTransport, Protocol):
-    """A :class:`FrameTransport` whose ``carries_files`` is True: frames may carry file
+    """A :class:`FrameTransport` whose ``sends_file_regions`` is True: frames may carry file
     regions, sent straight from the file (``os.sendfile``)."""
 
     async def send_frames(self, frames: Sequence[FileFrameParts]) -> None:
@@ -197,8 +208,8 @@ class FileTransport(FrameTransport, Protocol):
 
 
 def file_transport(transport: FrameTransport) -> FileTransport | None:
-    """``transport`` as a :class:`FileTransport` when it carries files, else None."""
-    return cast("FileTransport", transport) if transport.carries_files else None
+    """``transport`` as a :class:`FileTransport` when it sends file regions, else None."""
+    return cast("FileTransport", transport) if transport.sends_file_regions else None
 
 
 #: What a listener calls for each accepted, authenticated connection.
@@ -288,6 +299,43 @@ async def acquire_lock(lock: trio.Lock | trio.StrictFIFOLock) -> None:
         lock.acquire_nowait()
     except trio.WouldBlock:
         await lock.acquire()
+
+
+def sendfile_once(sock_fd: int, region: FileRegion, skip: int) -> int:
+    """One ``os.sendfile`` of ``region`` after its first ``skip`` bytes into the stream socket
+    ``sock_fd`` (non-blocking); returns the bytes sent (at least 1).
+
+    Raises:
+        BlockingIOError: the socket is full.
+        OSError: the send failed, or the file ended before the region did (EIO: the frame's
+            header promised bytes that do not exist, so the stream cannot continue).
+    """
+    done = os.sendfile(sock_fd, region.fd, region.offset + skip, region.length - skip)
+    if done == 0:
+        msg = f"file region ended {region.length - skip} bytes early"
+        raise OSError(errno.EIO, msg)
+    return done
+
+
+async def sendfile_some(sock: trio.socket.SocketType, region: FileRegion, skip: int) -> int:
+    """:func:`sendfile_once`, waiting while the socket is full as trio's socket methods do
+    for send: a checkpoint, then retry on EAGAIN once writable.
+
+    Cancellation: only before anything is sent.
+
+    Raises:
+        OSError: as :func:`sendfile_once`.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    fd = sock.fileno()
+    while True:
+        try:
+            done = sendfile_once(fd, region, skip)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return done
 
 
 def fd_headroom(fd: int, reserve: int) -> bool:

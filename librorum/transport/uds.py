@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import errno
 import fcntl
 import os
 import socket
@@ -42,6 +41,7 @@ from librorum.transport.base import (
     FrameParts,
     PeerInfo,
     acquire_lock,
+    sendfile_once,
 )
 
 #: struct ucred: pid, uid, gid.
@@ -75,6 +75,7 @@ class UdsTransport:
     kind: Final = "uds"
     message_framed: Final = False
     carries_files: Final = True
+    sends_file_regions: Final = True
 
     def __init__(
         self,
@@ -187,7 +188,7 @@ class UdsTransport:
                     first = buffers[index]
                     try:
                         if isinstance(first, FileRegion):
-                            done = _sendfile(raw.fileno(), first, offset)
+                            done = sendfile_once(raw.fileno(), first, offset)
                         else:
                             # The buffers up to the next file region, in one sendmsg.
                             batch: list[Buffer] = []
@@ -328,22 +329,6 @@ class _BorrowedSocket(socket.socket):
 
     def __del__(self) -> None:
         self.detach()
-
-
-def _sendfile(sock_fd: int, region: FileRegion, skip: int) -> int:
-    """One ``os.sendfile`` of ``region`` after its first ``skip`` bytes; returns the bytes
-    sent (at least 1).
-
-    Raises:
-        BlockingIOError: the socket is full.
-        OSError: the send failed, or the file ended before the region did (the frame's
-            header promised bytes that do not exist, so the stream cannot continue).
-    """
-    done = os.sendfile(sock_fd, region.fd, region.offset + skip, region.length - skip)
-    if done == 0:
-        msg = f"file region ended {region.length - skip} bytes early"
-        raise OSError(errno.EIO, msg)
-    return done
 
 
 def _gather(

@@ -25,19 +25,24 @@ Throughput (the receive buffer, copies and masking): both sides read
 :data:`~librorum.limits.WS_RECEIVE_BUFFER` (1 MiB) at a time; 4 KiB reads halve throughput.
 wsproto copies every payload four to five times on the way in and out, so once a connection
 is established its frame payloads go through :mod:`librorum.transport._wsframes` instead: taken
-out of the receive buffer without a copy, unmasked in place, and built into one buffer on send.
-Each read stops at the end of the frame it is in, and a message's payload is read into one
-buffer of its final size, which is the message (no reassembly). RFC 6455 requires clients to
-mask every frame (and servers to refuse unmasked ones), so masking cannot be skipped; it stays
-the largest per-byte cost of uploads on both ends (four strided ``translate`` passes, 0.6-0.9
-GB/s: a pure-Python ceiling).
+out of the receive buffer without a copy and unmasked in one pass. Each read stops at the end
+of the frame it is in, and a message's payload is read into one buffer of its final size,
+which is the message (no reassembly). On send over plain TCP, a frame goes to the kernel as
+its parts in one ``sendmsg`` (header and small parts joined, large payloads as they are), and a
+payload that is a file region by ``os.sendfile`` (the server's DATA frames of a READ, from the
+chunk files: unmasked, they are the file's bytes); under TLS the parts are joined. RFC 6455
+requires clients to mask every frame (and servers to refuse unmasked ones), so masking cannot
+be skipped: it runs in compiled code (``websockets``' C routine, about 20 GB/s), falling back
+to pure Python (0.5-0.9 GB/s) where that is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import socket
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -72,11 +77,15 @@ from librorum.limits import (
     RECEIVE_SIZE,
 )
 from librorum.protocol.constants import HEADER_SIZE
-from librorum.transport._wsframes import accelerate, encode_frame
+from librorum.protocol.framing import FileRegion
+from librorum.transport._wsframes import accelerate, frame_buffers
 from librorum.transport.base import (
     PEER_ERRORS,
+    Buffer,
+    FileFrameParts,
     FrameParts,
     PeerInfo,
+    sendfile_some,
 )
 
 _NORMAL_CLOSURE: Final = int(WsCloseCode.NORMAL_CLOSURE)
@@ -86,6 +95,13 @@ _CLEAN_CLOSE: Final = frozenset({_NORMAL_CLOSURE, int(WsCloseCode.GOING_AWAY)})
 #: Offset and struct of the payload_size field in an LBRU header.
 _PAYLOAD_SIZE: Final = struct.Struct("!I")
 _PAYLOAD_SIZE_OFFSET: Final = 8
+#: EPIPE instead of SIGPIPE if the peer is gone (Python ignores SIGPIPE, an embedder may not).
+_SEND_FLAGS: Final = socket.MSG_NOSIGNAL
+#: Linux rejects a sendmsg with more buffers than this (IOV_MAX).
+_IOV_MAX: Final = 1024
+#: Buffers smaller than this are joined with their neighbours in a batch of messages: copying a
+#: small buffer costs less than an entry of its own in a vectored write.
+_COALESCE_BELOW: Final = 16 << 10
 
 
 class WsClosed(Exception):  # noqa: N818 - internal signal, never escapes the module
@@ -165,6 +181,7 @@ class WsTransport:
     kind: Final = "websocket"
     message_framed: Final = True
     carries_files: Final = False
+    sends_file_regions: Final = True
 
     def __init__(
         self,
@@ -189,35 +206,34 @@ class WsTransport:
             self._later_message_size = ws.max_message_size
             ws.limit_messages(first_message_size)
 
-    async def send_frames(self, frames: Sequence[FrameParts]) -> None:
-        """Send each frame as one binary message (its parts joined), in order.
+    async def send_frames(self, frames: Sequence[FileFrameParts]) -> None:
+        """Send each frame as one binary message (its parts joined), in order. A payload that
+        is a :class:`~librorum.protocol.framing.FileRegion` is sent from its file: with
+        ``os.sendfile`` over plain TCP on the server side (unmasked, the payload is the file's
+        bytes as they are), read into memory otherwise (TLS, or a client, which masks); its
+        descriptor must stay open until this returns.
 
         Cancellation: messages fully sent stay sent; a cancel during a message may leave half
         a WebSocket frame on the wire, so the transport is then broken (further sends raise
         ConnectionClosed) and must be closed.
 
         Raises:
-            ConnectionClosed: the connection is closed or broken.
+            ConnectionClosed: the connection is closed or broken, or a file region ended
+                before its length (the transport is then broken).
         """
         async with self._send_lock:
             if self._broken is not None:
                 msg = f"cannot send: {self._broken}"
                 raise ConnectionClosed(msg)
-            in_flight = False
             try:
                 with self._errors("send"):
-                    for parts in frames:
-                        # Joined one at a time: a batch never holds more than one extra copy.
-                        message = _join(parts)
-                        in_flight = True
-                        await self._ws.send_message(message)
-                        in_flight = False
-                        if self._later_message_size is not None:
-                            # Our first frame is out: the handshake is over (see __init__).
-                            self._ws.limit_messages(self._later_message_size)
-                            self._later_message_size = None
+                    await self._ws.send_messages(frames)
+                    if self._later_message_size is not None:
+                        # Our first frame is out: the handshake is over (see __init__).
+                        self._ws.limit_messages(self._later_message_size)
+                        self._later_message_size = None
             finally:
-                if in_flight:
+                if self._ws.send_broken:
                     self._broken = "an earlier send was interrupted in the middle of a message"
 
     async def receive_some(self, max_bytes: int = RECEIVE_SIZE) -> bytes | bytearray:
@@ -323,12 +339,6 @@ def as_bytes(data: bytes | bytearray) -> bytes:
     return cast("bytes", data)
 
 
-def _join(parts: FrameParts) -> bytes | bytearray:
-    if len(parts) == 1 and isinstance(parts[0], bytes | bytearray):
-        return parts[0]
-    return b"".join(parts)
-
-
 def _check_one_frame(message: bytes | bytearray) -> None:
     size = len(message)
     if size >= HEADER_SIZE:
@@ -388,6 +398,9 @@ class WebSocketConnection:
         message_timeout: float | None = None,
     ) -> None:
         self._stream = stream
+        # A plain TCP stream's socket, written with sendmsg (a frame's header and its large
+        # payload parts in one call, none of them copied to join them); None under TLS.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._ws = ws
         # Whole messages in one buffer, each read stopping at the end of the frame it is in,
         # and the size limit checked at each frame header (see FastFrameDecoder). None on an
@@ -453,6 +466,15 @@ class WebSocketConnection:
                     raise self.failure
                 if self._closed is not None:
                     raise WsClosed(self._closed.code, self._closed.reason)
+                if (
+                    self._decoder is not None
+                    and self._partial is None
+                    and self._ws.state is ConnectionState.OPEN
+                ):
+                    small = self._decoder.take_small_message()
+                    if small is not None:
+                        self._message_started = None
+                        return small
                 for event in self._ws.events():
                     message = await self._handle(event)
                     if message is not None:
@@ -565,20 +587,48 @@ class WebSocketConnection:
 
     # Sending --------------------------------------------------------------------------------
 
-    async def send_message(self, message: bytes | bytearray) -> None:
-        """Send one binary message as one frame (masked on the client side).
+    async def send_messages(self, messages: Sequence[FileFrameParts]) -> None:
+        """Send each of ``messages`` (the parts of one) as one binary message, in order, each
+        in one frame (masked on the client side). Over plain TCP all of them go to the kernel
+        in as few ``sendmsg`` calls as it takes, as their parts (small ones joined, large ones
+        as they are, ``os.sendfile`` for a file region): many small messages cost one write,
+        an unmasked payload is not copied, a masked one once. Under TLS each message is joined
+        and written on its own, and a client reads a file region into memory to mask it.
 
-        Cancellation: an interrupted write ends sending (see ``_send_bytes``).
+        Cancellation: the messages fully written stay written; a cancel that cuts a message
+        ends sending (see ``_send_bytes``).
 
         Raises:
-            WsClosed: the connection is closed or closing, or an earlier write was interrupted.
+            WsClosed: the connection is closed or closing, an earlier write was interrupted,
+                or a file region ended before its length (EIO).
         """
-        frame = encode_frame(Opcode.BINARY, message, masked=self._ws.client)
+        masked = self._ws.client
+        frames: list[list[Buffer | FileRegion]] = []
+        for message in messages:
+            parts = message
+            if (masked or self._socket is None) and any(isinstance(p, FileRegion) for p in parts):
+                try:
+                    parts = [_read_region(p) if isinstance(p, FileRegion) else p for p in parts]
+                except OSError as exc:
+                    reason = f"cannot read a file region: {exc}"
+                    self._closed = WsClosed(_ABNORMAL_CLOSURE, reason)
+                    raise WsClosed(self._closed.code, self._closed.reason) from exc
+            frames.append(frame_buffers(Opcode.BINARY, parts, masked=masked))
         async with self._send_lock:
             if self._closed is not None or self._ws.state is not ConnectionState.OPEN:
                 closed = self._closed or WsClosed(_ABNORMAL_CLOSURE, "the connection is closing")
                 raise WsClosed(closed.code, closed.reason)
-            await self._send_bytes(frame)
+            if self._socket is None:
+                for frame in frames:
+                    await self._send_bytes(*frame)
+                return
+            items, ends = _batch(frames)
+            await self._send_bytes(*items, ends=ends)
+
+    @property
+    def send_broken(self) -> bool:
+        """Whether a write was cut short in the middle of a frame: nothing more can be sent."""
+        return self._send_broken
 
     async def ping(self) -> None:
         """Send a ping and wait for its pong, which the task in :meth:`get_message` reads.
@@ -606,18 +656,37 @@ class WebSocketConnection:
                 raise WsClosed(_ABNORMAL_CLOSURE, "the connection is closing") from exc
             await self._send_bytes(data)
 
-    async def _send_bytes(self, data: bytes | bytearray) -> None:
-        """Write ``data``; the caller holds the send lock. A write cut short by a cancel may
-        leave part of a frame on the wire: nothing more is sent after that."""
+    async def _send_bytes(self, *buffers: Buffer | FileRegion, ends: Sequence[int] = ()) -> None:
+        """Write ``buffers``, in order (file regions only over plain TCP); the caller holds the
+        send lock. A write cut short by a cancel or a failure may leave part of a frame on the
+        wire: nothing more is sent after that. ``ends``: the offsets in the bytes at which
+        frames end (one frame when empty), so that a cancel between two frames of a batch
+        leaves sending usable."""
         if self._send_broken:
             raise WsClosed(_ABNORMAL_CLOSURE, "an earlier write was interrupted mid-frame")
         self._send_broken = True
+        # Bytes written so far, counted by the vectored path (-1: not counted, as trio's
+        # send_all does not say how far it got when cancelled).
+        sent = [0]
         try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if self._socket is not None and (
+                len(buffers) > 1 or isinstance(buffers[0], FileRegion)
+            ):
+                await _send_vectored(self._socket, list(buffers), sent)
+            else:
+                sent[0] = -1
+                # (TLS: the record layer copies anyway, so one join costs little.)
+                data = cast("list[Buffer]", buffers)
+                await self._stream.send_all(data[0] if len(data) == 1 else b"".join(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if self._closed is None:
                 self._closed = WsClosed(_ABNORMAL_CLOSURE, f"connection lost: {exc}")
             raise WsClosed(self._closed.code, self._closed.reason) from exc
+        except trio.Cancelled:
+            # Cancelled between two frames of a batch (or before any byte): nothing is cut.
+            if sent[0] >= 0 and (sent[0] == 0 or sent[0] in ends):
+                self._send_broken = False
+            raise
         self._send_broken = False
 
     # Closing --------------------------------------------------------------------------------
@@ -666,6 +735,93 @@ class WebSocketConnection:
                 return
             if not self._unparsable:
                 self._ws.receive_data(as_bytes(data))
+
+
+async def _send_vectored(
+    sock: trio.socket.SocketType, items: list[Buffer | FileRegion], sent: list[int]
+) -> None:
+    """Write all of ``items`` with as few calls as the socket takes: the buffers between file
+    regions in ``sendmsg`` calls of at most IOV_MAX buffers, each region with
+    ``os.sendfile``; resumed after partial writes. ``sent[0]`` counts the bytes written, as
+    they are (what a cancel left behind).
+
+    Cancellation: as trio's ``send_all``: part of the items may have been written.
+
+    Raises:
+        OSError: the write failed (the peer is gone: EPIPE, ECONNRESET), or a file region
+            ended before its length (EIO).
+        trio.ClosedResourceError: the socket was closed meanwhile.
+    """
+    index = 0
+    while index < len(items):
+        item = items[index]
+        if isinstance(item, FileRegion):
+            skip = 0
+            while skip < item.length:
+                done = await sendfile_some(sock, item, skip)
+                skip += done
+                sent[0] += done
+            index += 1
+            continue
+        views: list[memoryview] = []
+        while index < len(items) and not isinstance(items[index], FileRegion):
+            views.append(memoryview(cast("Buffer", items[index])).cast("B"))
+            index += 1
+        while views:
+            done = await sock.sendmsg(views[:_IOV_MAX], (), _SEND_FLAGS)
+            sent[0] += done
+            while done:
+                size = views[0].nbytes
+                if done < size:
+                    views[0] = views[0][done:]
+                    break
+                done -= size
+                del views[0]
+
+
+def _batch(frames: list[list[Buffer | FileRegion]]) -> tuple[list[Buffer | FileRegion], list[int]]:
+    """The items of many frames for one vectored write, runs of small buffers joined (across
+    frames: many small messages become one buffer), and the offset at which each frame ends."""
+    items: list[Buffer | FileRegion] = []
+    ends: list[int] = []
+    run: list[Buffer] = []
+    total = 0
+    for frame in frames:
+        for item in frame:
+            size = item.nbytes if isinstance(item, memoryview) else len(item)
+            total += size
+            if not isinstance(item, FileRegion) and size < _COALESCE_BELOW:
+                run.append(item)
+                continue
+            if run:
+                items.append(b"".join(run) if len(run) > 1 else run[0])
+                run = []
+            items.append(item)
+        ends.append(total)
+    if run:
+        items.append(b"".join(run) if len(run) > 1 else run[0])
+    return items, ends
+
+
+def _read_region(region: FileRegion) -> bytes:
+    """The bytes of ``region``, read from its file (for a frame that cannot be sent from it).
+
+    Raises:
+        OSError: the read failed, or the file ended before the region did (EIO).
+    """
+    data = os.pread(region.fd, region.length, region.offset)
+    if len(data) == region.length:
+        return data
+    parts = [data]
+    done = len(data)
+    while done < region.length:
+        more = os.pread(region.fd, region.length - done, region.offset + done)
+        if not more:
+            msg = f"file region ended {region.length - done} bytes early"
+            raise OSError(errno.EIO, msg)
+        parts.append(more)
+        done += len(more)
+    return b"".join(parts)
 
 
 def socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType:

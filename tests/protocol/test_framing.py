@@ -5,6 +5,7 @@ input at all must give frames or a RemoteProtocolError, nothing else."""
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from collections.abc import Iterable
 
@@ -108,6 +109,52 @@ def test_large_payloads_whole_split_and_bytewise() -> None:
     assert isinstance(first, Frame)
     assert type(first.payload) is bytearray
     assert first.payload == big
+
+
+@given(
+    st.lists(frames(), min_size=1, max_size=8),
+    st.sampled_from([0, 1, 7, 64, LARGE_PAYLOAD]),
+    st.booleans(),
+)
+def test_whole_frames_one_per_feed_are_handed_over_uncopied(
+    batch: list[Frame], large: int, mutable: bool
+) -> None:
+    # As a WebSocket transport feeds it: one whole frame per receive_data. A large frame that
+    # ends the buffer takes the buffer itself as its payload; the decoder must own nothing of
+    # it afterwards (changing the payload changes nothing that follows).
+    dec = decoder(large)
+    out: list[Frame] = []
+    for frame in batch:
+        encoded = encode_frame(
+            frame.command, frame.payload, session_id=frame.session_id, flags=frame.flags
+        )
+        dec.receive_data(bytearray(encoded) if mutable else encoded)
+        [got] = list(dec)
+        assert dec.buffered == 0
+        assert dec.next_frame() is NEED_DATA
+        out.append(Frame(got.command, got.flags, got.session_id, bytes(got.payload), got.version))
+        if len(got.payload) >= large and isinstance(got.payload, bytearray):
+            got.payload[:] = b"\xff" * len(got.payload)
+    assert out == batch
+
+
+def test_a_large_frame_fed_whole_is_not_copied_out_of_the_buffer() -> None:
+    big = os.urandom(LARGE_PAYLOAD * 2)
+    dec = decoder()
+    dec.receive_data(encode_frame(Command.DATA, big, session_id=1))
+    frame = dec.next_frame()
+    assert isinstance(frame, Frame)
+    assert type(frame.payload) is bytearray
+    assert frame.payload == big
+    # The next frame, whole or in pieces, starts from a fresh buffer.
+    tail = encode_frame(Command.DATA, big[:100], session_id=2)
+    dec.receive_data(tail[:30])
+    assert dec.next_frame() is NEED_DATA
+    dec.receive_data(tail[30:])
+    second = dec.next_frame()
+    assert isinstance(second, Frame)
+    assert second.payload == big[:100]
+    assert frame.payload == big
 
 
 @st.composite

@@ -12,7 +12,7 @@ import ssl
 import struct
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -35,7 +35,7 @@ from librorum.errors import (
 from librorum.limits import WS_MAX_REQUEST_HEAD, WS_RECEIVE_BUFFER
 from librorum.protocol import Command
 from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD, HEADER_SIZE, WS_MAX_MESSAGE_SIZE
-from librorum.protocol.framing import encode_frame
+from librorum.protocol.framing import FileRegion, encode_frame, encode_frame_parts
 from librorum.transport import (
     FrameTransport,
     connect_websocket,
@@ -745,6 +745,106 @@ async def test_tls_round_trip(certificate: tuple[Path, Path]) -> None:
                 await connect_websocket(url, token=TOKEN)
             with pytest.raises(UnauthorizedError):
                 await connect_websocket(url, token="wrong", ssl_context=client_context)
+
+
+# --- File regions ------------------------------------------------------------------------------
+
+
+def region_file(tmp_path: Path, size: int) -> tuple[bytes, int]:
+    """A file of ``size`` random bytes, open for reading: its content and descriptor."""
+    content = os.urandom(size)
+    path = tmp_path / "region.bin"
+    path.write_bytes(content)
+    return content, os.open(path, os.O_RDONLY)
+
+
+def region_frame(fd: int, offset: int, length: int, session_id: int = 1) -> tuple[bytes, Any]:
+    header, _ = encode_frame_parts(Command.DATA, bytes(length), session_id=session_id)
+    return header, FileRegion(fd, offset, length)
+
+
+@pytest.mark.parametrize("length", [0, 1, 5000, DEFAULT_MAX_PAYLOAD])
+async def test_file_regions_are_sent_from_the_file_both_ways(tmp_path: Path, length: int) -> None:
+    # The server's frames (unmasked, plain TCP) go by sendfile; the client's are read and
+    # masked. Either way the peer gets the file's bytes in an ordinary message.
+    content, fd = region_file(tmp_path, DEFAULT_MAX_PAYLOAD + 7)
+    wanted = content[7 : 7 + length]
+
+    async def serve_region(transport: FrameTransport) -> None:
+        assert transport.sends_file_regions
+        await cast("ws_module.WsTransport", transport).send_frames([region_frame(fd, 7, length)])
+        await echo(transport)
+
+    try:
+        with trio.fail_after(DEADLINE):
+            async with ws_server(serve_region) as address:
+                client = await connect(address)
+                (frame,) = await receive_frames(client, 1)
+                assert frame.payload == wanted
+                await client.send_frames([region_frame(fd, 7, length, session_id=3)])
+                (echoed,) = await receive_frames(client, 1)
+                assert echoed.session_id == 3
+                assert echoed.payload == wanted
+                await client.aclose()
+    finally:
+        os.close(fd)
+
+
+async def test_file_regions_over_tls_are_read_and_sent(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    content, fd = region_file(tmp_path, 300_000)
+
+    async def serve_region(transport: FrameTransport) -> None:
+        await cast("ws_module.WsTransport", transport).send_frames([region_frame(fd, 0, 300_000)])
+        await echo(transport)
+
+    try:
+        with trio.fail_after(DEADLINE):
+            async with ws_server(serve_region, ssl_context=server_context) as (host, port):
+                url = f"wss://{host}:{port}/"
+                client = await connect_websocket(url, token=TOKEN, ssl_context=client_context)
+                (frame,) = await receive_frames(client, 1)
+                assert frame.payload == content
+                await client.aclose()
+    finally:
+        os.close(fd)
+
+
+async def test_a_file_shorter_than_its_region_breaks_the_connection(tmp_path: Path) -> None:
+    # The header promised bytes the file does not have: the message cannot be completed,
+    # so the sender's transport is broken and the peer sees the connection end.
+    _, fd = region_file(tmp_path, 1000)
+    outcome: list[BaseException] = []
+
+    async def serve_region(transport: FrameTransport) -> None:
+        ws = cast("ws_module.WsTransport", transport)
+        try:
+            await ws.send_frames([region_frame(fd, 0, 5000)])
+        except ConnectionClosed as exc:
+            outcome.append(exc)
+        with pytest.raises(ConnectionClosed):
+            await ws.send_frames([data_frame(b"after")])
+
+    try:
+        with trio.fail_after(DEADLINE):
+            async with ws_server(serve_region) as address:
+                client = await connect(address)
+                messages = []
+                try:
+                    while data := await client.receive_some():
+                        messages.append(data)
+                except ConnectionClosed:
+                    pass
+                await client.aclose()
+                assert messages == [], "no message: the one begun was never completed"
+    finally:
+        os.close(fd)
+    assert outcome, "the short file was reported"
 
 
 # --- The message deadline (virtual time, over memory streams) ------------------------------

@@ -11,6 +11,7 @@ import pytest
 import trio
 import wsproto
 from hypothesis import given, strategies as st
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -28,7 +29,15 @@ from librorum.protocol import Command
 from librorum.protocol.constants import DEFAULT_MAX_PAYLOAD
 from librorum.protocol.framing import encode_frame as encode_lbru_frame
 from librorum.transport import connect_websocket
-from librorum.transport._wsframes import accelerate, encode_frame, mask_in_place
+from librorum.transport._wsframes import (
+    accelerate,
+    apply_mask,
+    encode_frame,
+    frame_buffers,
+    mask_python,
+    native_masker,
+)
+from librorum.transport.websocket import _batch, _send_vectored
 
 from .conftest import DEADLINE, TOKEN, echo, ws_server, ws_url
 
@@ -137,6 +146,92 @@ def test_received_events_match_wsproto_both_directions(
     assert feed(fast_client, downstream, cuts) == feed(plain_client, downstream, cuts)
 
 
+def feed_taking_small(
+    conn: wsproto.WSConnection, wire: bytes, cuts: list[int]
+) -> list[tuple[Any, ...]]:
+    """As :func:`feed`, reading as the connection does: a small whole binary message by
+    take_small_message while one is there, wsproto's events otherwise, one event at a time."""
+    decoder = accelerate(conn, whole_frames_up_to=1 << 20)
+    assert decoder is not None
+    out: list[tuple[Any, ...]] = []
+    parts: list[bytes] = []
+    text: list[str] = []
+    bounds = [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
+    for start, end in itertools.pairwise(bounds):
+        conn.receive_data(wire[start:end])
+        while True:
+            if not parts and conn.state is ConnectionState.OPEN:
+                small = decoder.take_small_message()
+                if small is not None:
+                    out.append(("bytes", small))
+                    continue
+            event = next(iter(conn.events()), None)
+            if event is None:
+                break
+            if isinstance(event, BytesMessage):
+                parts.append(bytes(event.data))
+                if event.message_finished:
+                    out.append(("bytes", b"".join(parts)))
+                    parts = []
+            elif isinstance(event, TextMessage):
+                text.append(event.data)
+                if event.message_finished:
+                    out.append(("text", "".join(text)))
+                    text = []
+            elif isinstance(event, Ping | Pong):
+                out.append((type(event).__name__, bytes(event.payload)))
+            elif isinstance(event, CloseConnection):
+                out.append(("close", event.code, event.reason))
+                if conn.state is not ConnectionState.CLOSED:
+                    break  # refused bytes: wsproto parses nothing more
+            else:
+                out.append((type(event).__name__,))
+    return out
+
+
+@given(script=steps, cuts=st.lists(st.integers(min_value=0), max_size=8), close=st.booleans())
+def test_small_messages_taken_directly_match_wsproto_both_directions(
+    script: list[tuple[str, Any]], cuts: list[int], close: bool
+) -> None:
+    plain_client, plain_server = open_pair(fast=False)
+    _, server = open_pair(fast=False)
+    upstream = wire_of(plain_client, script, close)
+    assert feed_taking_small(server, upstream, cuts) == feed(plain_server, upstream, cuts)
+    plain_client, plain_server = open_pair(fast=False)
+    client, _ = open_pair(fast=False)
+    downstream = wire_of(plain_server, script, close)
+    assert feed_taking_small(client, downstream, cuts) == feed(plain_client, downstream, cuts)
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        (b"\x82\x7e\x00\x05abcde", "length not in its shortest encoding"),
+        (b"\xc2\x05abcde", "reserved bit"),
+        (b"\x82\x05abcde", "unmasked frame to a server"),
+        (b"\x8f\x85\x00\x00\x00\x00abcde", "unknown opcode"),
+    ],
+)
+def test_small_frames_that_break_the_rfc_are_left_to_wsproto(frame: bytes, why: str) -> None:
+    _, server = open_pair(fast=False)
+    decoder = accelerate(server, whole_frames_up_to=1 << 20)
+    assert decoder is not None
+    server.receive_data(frame)
+    assert decoder.take_small_message() is None, why
+    [event] = list(server.events())
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1002
+
+
+def test_a_small_message_over_the_limit_is_refused_by_the_regular_path() -> None:
+    client, server, decoder = fast_server(max_message_size=10, whole_frames_up_to=10)
+    server.receive_data(client.send(BytesMessage(bytes(11))))
+    assert decoder.take_small_message() is None
+    [event] = list(server.events())
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1009
+
+
 @given(script=steps)
 def test_accelerated_client_frames_parse_in_plain_wsproto(script: list[tuple[str, Any]]) -> None:
     fast_client, _ = open_pair(fast=True)
@@ -205,11 +300,59 @@ def test_reading_what_is_missing_gives_whole_messages(
     offset=st.integers(min_value=0, max_value=7),
 )
 def test_mask_is_xor_with_the_rotated_key(data: bytes, key: bytes, offset: int) -> None:
-    buffer = bytearray(data)
-    mask_in_place(buffer, key, offset)
-    assert buffer == bytes(b ^ key[(offset + i) % 4] for i, b in enumerate(data))
-    mask_in_place(buffer, key, offset)
-    assert buffer == data
+    masked = apply_mask(data, key, offset)
+    assert masked == bytes(b ^ key[(offset + i) % 4] for i, b in enumerate(data))
+    assert apply_mask(masked, key, offset) == data
+
+
+def test_the_compiled_masker_is_installed() -> None:
+    # The package is a dependency: without its masker, uploads over WebSocket silently drop
+    # to a twentieth of the speed. (The fallback is what the tests below compare it with.)
+    assert native_masker() is not None
+
+
+@given(
+    data=st.binary(max_size=5000),
+    key=st.binary(min_size=4, max_size=4),
+    offset=st.integers(min_value=0, max_value=1 << 40),
+    start=st.integers(min_value=0, max_value=7),
+    kind=st.sampled_from([bytes, bytearray, memoryview]),
+)
+def test_compiled_and_fallback_masks_give_identical_bytes(
+    data: bytes, key: bytes, offset: int, start: int, kind: type[Any]
+) -> None:
+    native = native_masker()
+    assert native is not None
+    # Any buffer, also a view that does not start at the beginning of its object.
+    view = memoryview(kind(data) if kind is not memoryview else data)[start % (len(data) + 1) :]
+    shift = offset & 3
+    rotated = key[shift:] + key[:shift]
+    expected = bytes(mask_python(view, rotated))
+    assert bytes(native(view, rotated)) == expected
+    assert bytes(apply_mask(view, key, offset)) == expected
+
+
+@given(
+    parts=st.lists(st.binary(max_size=300), max_size=5),
+    masked=st.booleans(),
+    opcode=st.sampled_from([Opcode.BINARY, Opcode.CONTINUATION]),
+    fin=st.booleans(),
+)
+def test_a_frame_from_parts_is_the_frame_of_their_join(
+    parts: list[bytes], masked: bool, opcode: Opcode, fin: bool
+) -> None:
+    payload = b"".join(parts)
+    frame = encode_frame(opcode, [memoryview(p) for p in parts], fin=fin, masked=masked)
+    whole = encode_frame(opcode, payload, fin=fin, masked=masked)
+    header = len(whole) - len(payload)
+    assert len(frame) == len(whole)
+    if not masked:
+        assert frame == whole
+        return
+    # Masked: the same header, a fresh key each, and each payload unmasks to the join.
+    assert frame[: header - 4] == whole[: header - 4]
+    key = frame[header - 4 : header]
+    assert apply_mask(frame[header:], key) == payload
 
 
 @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 127, 65535, 65536, 1 << 20])
@@ -223,6 +366,63 @@ def test_masked_frames_parse_in_wsproto(size: int) -> None:
     assert all(isinstance(e, BytesMessage) for e in events)
     assert b"".join(e.data for e in events) == payload
     assert events[-1].message_finished
+
+
+@given(
+    sizes=st.lists(
+        st.sampled_from([0, 1, 20, 125, 126, (16 << 10) - 1, 16 << 10, 70_000]), max_size=5
+    ),
+    masked=st.booleans(),
+)
+def test_frame_buffers_are_the_frame_with_large_parts_apart(sizes: list[int], masked: bool) -> None:
+    parts = [os.urandom(size) for size in sizes]
+    buffers = frame_buffers(Opcode.BINARY, parts, masked=masked)
+    large = [p for p in parts if len(p) >= 16 << 10]
+    # Each large part is a buffer of its own; what lies between them is joined.
+    assert len(buffers) <= 2 * len(large) + 1
+    if not masked:
+        assert all(any(b is p for b in buffers) for p in large), "unmasked parts are not copied"
+    server = wsproto.connection.Connection(wsproto.connection.ConnectionType.SERVER)
+    client = wsproto.connection.Connection(wsproto.connection.ConnectionType.CLIENT)
+    receiver = server if masked else client
+    receiver.receive_data(b"".join(buffers))
+    events = list(receiver.events())
+    assert all(isinstance(e, BytesMessage) for e in events)
+    assert b"".join(e.data for e in events) == b"".join(parts)
+    assert events[-1].message_finished
+
+
+async def test_a_vectored_send_resumes_after_partial_writes() -> None:
+    # A small send buffer makes the kernel take each sendmsg in pieces, cut inside buffers.
+    left, right = trio.socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    buffers: list[Any] = [b"head", os.urandom(300_000), bytearray(b"mid"), os.urandom(70_001)]
+    buffers.append(memoryview(os.urandom(1000))[10:])
+    expected = b"".join(buffers)
+    received = bytearray()
+
+    async def read() -> None:
+        while len(received) < len(expected):
+            data = await right.recv(7001)
+            assert data
+            received.extend(data)
+
+    with trio.fail_after(DEADLINE), left, right:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            sent = [0]
+            await _send_vectored(left, buffers, sent)
+    assert received == expected
+    assert sent == [len(expected)]
+
+
+def test_a_batch_joins_small_buffers_across_frames_and_knows_where_each_ends() -> None:
+    big = os.urandom(70_000)
+    frames: list[list[Any]] = [[b"a", b"bc"], [b"hdr", big, b"tail"], [b"x"], [b"y" * 20]]
+    items, ends = _batch(frames)
+    assert items == [b"abchdr", big, b"tailx" + b"y" * 20]
+    assert items[1] is big, "large buffers are not copied"
+    assert ends == list(itertools.accumulate(sum(len(b) for b in f) for f in frames))
 
 
 def test_masked_frames_use_fresh_keys() -> None:
@@ -294,6 +494,22 @@ async def test_large_frames_round_trip_through_the_server(size: int) -> None:
             for _ in range(3):
                 await client.send_frames([(frame,)])
                 assert await client.receive_some() == frame
+            await client.aclose()
+
+
+async def test_many_messages_in_one_send_arrive_one_by_one_in_order() -> None:
+    # One send_frames call: small frames (one write between them) around large ones.
+    frames = [
+        encode_lbru_frame(Command.DATA, os.urandom(size), session_id=i + 1)
+        for i, size in enumerate([0, 10, 3000, DEFAULT_MAX_PAYLOAD, 5, 70_000] + [1] * 300)
+    ]
+    with trio.fail_after(DEADLINE):
+        async with ws_server(echo) as address:
+            client = await connect_websocket(ws_url(address), token=TOKEN)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_frames, [(f,) for f in frames])
+                for frame in frames:
+                    assert await client.receive_some() == frame
             await client.aclose()
 
 
