@@ -164,7 +164,7 @@ def _uids(instance: object, attribute: attrs.Attribute[tuple[int, ...]], value: 
         or not value
         or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in value)
     ):
-        msg = f"allowed_uids must be a non-empty list of uids (integers >= 0), got {value!r}"
+        msg = f"{attribute.name} must be a non-empty list of uids (integers >= 0), got {value!r}"
         raise ConfigError(msg)
 
 
@@ -216,6 +216,10 @@ class Config:
     allowed_uids: Uids = attrs.field(
         factory=lambda: (os.getuid(),), converter=tuple, validator=_uids
     )
+    #: Uids whose clients may run administrators' commands over the Unix socket (logs, fsck,
+    #: the live view of requests, stop; spec 2.5). Default: our own. Over WebSocket, the
+    #: token is what makes a client an administrator.
+    admin_uids: Uids = attrs.field(factory=lambda: (os.getuid(),), converter=tuple, validator=_uids)
     #: Logging threshold: DEBUG, INFO, WARNING, ERROR or CRITICAL.
     log_level: LogLevel = attrs.field(default="INFO", validator=_log_level)
     #: Clients only: the remote daemon (``ws://`` or ``wss://``); ``None``: the local socket.

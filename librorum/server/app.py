@@ -31,7 +31,7 @@ from librorum.protocol.session import ServerLimits
 from librorum.server.budget import InflightBudget, give_memory_back
 from librorum.server.connection import Connection
 from librorum.server.context import ServerContext, Timeouts
-from librorum.service import Service, Stats
+from librorum.service import Admins, Service, Stats
 from librorum.store import open_store
 from librorum.transport import (
     load_or_create_token,
@@ -66,7 +66,9 @@ class Server:
         self.stats = Stats()
         #: Upload bytes in flight, across every connection (spec 9.2).
         self.budget = InflightBudget(config.max_inflight_bytes)
-        self.service = Service(store, stats=self.stats, inflight=self.budget)
+        self.service = Service(
+            store, stats=self.stats, inflight=self.budget, admins=Admins(config.admin_uids)
+        )
         offer = ServerLimits(
             max_file_size=self.service.max_file_size if max_file_size is None else max_file_size,
             initial_window=limits.INITIAL_UPLOAD_WINDOW,

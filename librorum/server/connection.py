@@ -68,7 +68,8 @@ from librorum.protocol.session import (
 from librorum.server.commands import COMMANDS, Row, Unary
 from librorum.server.context import ServerContext
 from librorum.server.requests import RequestState
-from librorum.transport.base import file_transport
+from librorum.service.caller import Caller
+from librorum.transport.base import PeerInfo, file_transport
 
 if TYPE_CHECKING:
     from librorum.service import Service
@@ -100,6 +101,8 @@ class Connection:
         self.context = context
         self.service: Service = context.service
         self.transport = transport
+        #: Who sends this connection's requests, as the service core judges callers.
+        self.caller = caller_of(transport.peer)
         self.session = ServerSession(context.limits, features=context.features_for(transport))
         self.requests: dict[int, RequestState] = {}
         self._doorbell_send, self._doorbell = trio.open_memory_channel[None](1)
@@ -636,3 +639,11 @@ class Connection:
 def _close_fds(fds: deque[int]) -> None:
     while fds:
         os.close(fds.popleft())
+
+
+def caller_of(peer: PeerInfo) -> Caller:
+    """The service core's view of ``peer``: its uid (from SO_PEERCRED) on a Unix socket;
+    whether it presented the token on WebSocket (spec 2.5)."""
+    if peer.kind == "websocket":
+        return Caller(token=peer.authenticated)
+    return Caller(uid=peer.uid)

@@ -18,7 +18,7 @@ from librorum.protocol.framing import Payload
 from librorum.protocol.messages import Message
 from librorum.protocol.session import ServerSession
 from librorum.server.context import ServerContext
-from librorum.service import Service
+from librorum.service import Caller, Service
 from librorum.transport.base import FileTransport
 
 
@@ -68,6 +68,10 @@ class Driver(Protocol):
 
     @property
     def session(self) -> ServerSession: ...
+
+    @property
+    def caller(self) -> Caller:
+        """Who sends this connection's requests (for the service core's admin check)."""
 
     @property
     def context(self) -> ServerContext: ...

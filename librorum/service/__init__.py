@@ -6,6 +6,11 @@ return are re-exported here, so a front door needs no import of the store.
 
 from __future__ import annotations
 
+from librorum.service.caller import (
+    INTERNAL as INTERNAL,
+    Admins as Admins,
+    Caller as Caller,
+)
 from librorum.service.core import (
     INLINE_LIST_LIMIT as INLINE_LIST_LIMIT,
     UPLOAD_ID as UPLOAD_ID,

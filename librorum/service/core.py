@@ -32,6 +32,7 @@ from typing import Final, TypeVar
 import trio
 
 from librorum.errors import BadRequestError, ConflictError, NotFoundError
+from librorum.service.caller import Admins
 from librorum.service.descriptors import DescriptorKind, descriptor_kind
 from librorum.service.figures import InflightGauge, NodeReport, Stats
 from librorum.store import FileInfo, ListPage, Reader, Store, Upload, UploadStatus, WriteMode
@@ -73,6 +74,7 @@ class Service:
         store: The open store; the service calls its public API only.
         stats: The figures the front doors keep (a new, empty one if omitted).
         inflight: The budget of upload bytes in flight, for :meth:`node_status`.
+        admins: Who may run administrators' commands (default: the daemon's own uid).
 
     Every method runs on the Trio thread. The read-only ones (:meth:`stat`, :meth:`list`
     with a small page, :meth:`upload_status`) complete without a checkpoint: a front door may
@@ -80,9 +82,15 @@ class Service:
     """
 
     def __init__(
-        self, store: Store, *, stats: Stats | None = None, inflight: InflightGauge | None = None
+        self,
+        store: Store,
+        *,
+        stats: Stats | None = None,
+        inflight: InflightGauge | None = None,
+        admins: Admins | None = None,
     ) -> None:
         self._store = store
+        self.admins = admins if admins is not None else Admins()
         self.stats = stats if stats is not None else Stats()
         self._inflight: InflightGauge = inflight if inflight is not None else _NoBudget()
         #: Random, chosen at start: tells restarts apart in :meth:`node_status`.
