@@ -24,6 +24,7 @@ from typing import Final, ParamSpec, TypeVar
 
 import trio
 
+from librorum.activity import Wait, waiting
 from librorum.errors import (
     BusyError,
     CorruptDataError,
@@ -218,7 +219,8 @@ class ChunkEngine:
             Whatever ``fn`` raises.
         """
         assert not kwargs
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.io_limiter)
+        with waiting(Wait.DISK):
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.io_limiter)
 
     def start_job(self, fn: Callable[[T], Awaitable[None]], job: T) -> None:
         """Start ``fn(job)`` in the background (it must not raise: it records its outcome in

@@ -35,6 +35,7 @@ from typing import Final, TypeVar
 import attrs
 import trio
 
+from librorum.activity import Wait, waiting
 from librorum.errors import NoSpaceError, StoreIOError, TimeoutError_
 from librorum.store._translate import store_error_for, translating
 from librorum.store.fs import FS
@@ -723,7 +724,8 @@ class SqliteMetadataStore:
                 finally:
                     conn.close()
 
-        return await trio.to_thread.run_sync(run)
+        with waiting(Wait.DISK):
+            return await trio.to_thread.run_sync(run)
 
     async def write(self, fn: Callable[[MetaTxn], T], *, use_reserve: bool = False) -> T:
         """Run ``fn`` in a write transaction in the writer thread and commit it. With
@@ -740,17 +742,19 @@ class SqliteMetadataStore:
                 reserve could not help).
             TimeoutError_: The writer was busy for longer than the lock timeout.
         """
-        with trio.move_on_after(self._lock_timeout) as scope:
+        # Waiting for another transaction to commit is waiting for the disk too.
+        with waiting(Wait.DISK), trio.move_on_after(self._lock_timeout) as scope:
             await self._write_lock.acquire()
         if scope.cancelled_caught:
             msg = f"metadata writer busy for more than {self._lock_timeout} s"
             raise TimeoutError_(msg)
         try:
-            return await trio.to_thread.run_sync(
-                self._write_sync_reserved if use_reserve else self._write_sync,
-                fn,
-                limiter=self._limiter,
-            )
+            with waiting(Wait.DISK):
+                return await trio.to_thread.run_sync(
+                    self._write_sync_reserved if use_reserve else self._write_sync,
+                    fn,
+                    limiter=self._limiter,
+                )
         finally:
             self._write_lock.release()
 

@@ -99,6 +99,7 @@ from typing import Final
 
 import trio
 
+from librorum.activity import Wait
 from librorum.domain import DEFAULT_LIST_LIMIT, DEFAULT_MAX_FILE_SIZE, WriteMode
 from librorum.errors import IsADirectoryError_
 from librorum.limits import MIN_FREE_SPACE
@@ -615,7 +616,7 @@ async def open_store(
         metadata_reserve=metadata_reserve,
     )
     # The namespace's operations and the uploads' commits share the per-path locks.
-    path_locks: LockTable[str] = LockTable(timeout=lock_timeout)
+    path_locks: LockTable[str] = LockTable(timeout=lock_timeout, wait=Wait.PATH_LOCK)
     uploads = UploadRegistry(engine, path_locks)
     store = Store(engine, uploads, path_locks, inline_list_limit=inline_list_limit)
     try:
