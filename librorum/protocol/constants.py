@@ -74,6 +74,8 @@ class Command(enum.IntEnum):
     CANCEL = 0x14
     GOAWAY = 0x15
     ERROR = 0x16
+    #: The requests in flight across the daemon, for the live view (spec 5.21; admin only).
+    REQUESTS = 0x0E
 
 
 #: Commands indexed by their byte; ``None`` where the byte is not a command. The decoder looks
@@ -97,6 +99,7 @@ REQUEST_COMMANDS: Final = frozenset(
         Command.UPLOAD_STATUS,
         Command.PING,
         Command.CANCEL,
+        Command.REQUESTS,
     }
 )
 
@@ -181,3 +184,7 @@ WS_HANDSHAKE_MESSAGE_SIZE: Final = HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD
 assert HEADER_SIZE == 4 + 1 + 1 + 2 + 4 + 8
 assert MIN_MAX_PAYLOAD <= MAX_CONTROL_PAYLOAD <= DEFAULT_MAX_PAYLOAD
 assert MAX_HANDSHAKE_PAYLOAD < MAX_CONTROL_PAYLOAD
+
+#: Most requests one REQUESTS reply lists (spec 5.21); the reply also stays within one control
+#: frame, and says how many there are in all.
+MAX_REQUESTS_LISTED: Final = 1000

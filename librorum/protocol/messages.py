@@ -23,6 +23,7 @@ from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
     MAX_PAYLOAD_SIZE_FIELD,
     MAX_PING_BYTES,
+    MAX_REQUESTS_LISTED,
     MAX_SESSION_ID,
     MAX_WINDOW,
     CancelOutcome,
@@ -407,6 +408,56 @@ class UploadStatusReply:
     size: int | None = attrs.field(default=None, validator=_opt_u64)
 
 
+def _requests_limit(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= MAX_REQUESTS_LISTED:
+        msg = f"limit must be in 1..{MAX_REQUESTS_LISTED}, got {value}"
+        raise ValueError(msg)
+
+
+@attrs.frozen
+class Requests:
+    """REQUESTS: the requests in flight across every connection of the daemon, for the live
+    view (spec 5.21). Administrators only (spec 2.5)."""
+
+    #: The most entries to list, the oldest first.
+    limit: int = attrs.field(default=MAX_REQUESTS_LISTED, validator=_requests_limit)
+
+
+@attrs.frozen
+class RequestEntry:
+    """One request in flight, in a :class:`RequestsReply` (spec 5.21)."""
+
+    #: The daemon's number for the connection (unique while the daemon runs).
+    connection: int = attrs.field(validator=_u64)
+    #: "uds" or "websocket".
+    transport: str
+    session: int = attrs.field(validator=_u32)
+    #: The command's name, e.g. "WRITE".
+    command: str
+    #: Milliseconds since the request arrived.
+    age_ms: int = attrs.field(validator=_u64)
+    #: Content bytes moved so far: DATA received and stored (WRITE), or sent (READ).
+    moved: int = attrs.field(validator=_u64)
+    #: What it waits on now: "disk", "path lock", "peer credit", "peer", "budget", or
+    #: "running".
+    waiting: str
+    path: str | None = None
+    #: The peer's credentials (Unix socket) or address (WebSocket).
+    uid: int | None = attrs.field(default=None, validator=_opt_u64)
+    pid: int | None = attrs.field(default=None, validator=_opt_u64)
+    address: str | None = None
+
+
+@attrs.frozen
+class RequestsReply:
+    #: How many requests are in flight in all (the entries may be fewer).
+    total: int = attrs.field(validator=_u64)
+    #: The oldest ``limit`` of them at most, oldest first, as many as fit one control frame.
+    requests: tuple[RequestEntry, ...] = ()
+    #: Open connections.
+    connections: int = attrs.field(default=0, validator=_u64)
+
+
 #: Every control message class.
 Message: TypeAlias = (
     Hello
@@ -436,6 +487,8 @@ Message: TypeAlias = (
     | FileReadReply
     | UploadStatus
     | UploadStatusReply
+    | Requests
+    | RequestsReply
 )
 
 #: The class of a request payload (no REPLY flag), by command. DATA has none: raw bytes.
@@ -454,6 +507,7 @@ REQUEST_TYPES: Final[dict[Command, type[Message]]] = {
     Command.WRITE: FileWrite,
     Command.READ: FileRead,
     Command.UPLOAD_STATUS: UploadStatus,
+    Command.REQUESTS: Requests,
 }
 
 #: The class of a reply payload (REPLY flag set), by command. DATA has none: raw bytes.
@@ -473,6 +527,7 @@ REPLY_TYPES: Final[dict[Command, type[Message]]] = {
     Command.WRITE: FileWriteReply,
     Command.READ: FileReadReply,
     Command.UPLOAD_STATUS: UploadStatusReply,
+    Command.REQUESTS: RequestsReply,
 }
 
 #: The command of each message class, and whether it travels with the REPLY flag. WINDOW and
@@ -494,5 +549,6 @@ UNARY_REQUESTS: Final = frozenset(
         Command.NODE_STATUS,
         Command.UPLOAD_STATUS,
         Command.CANCEL,
+        Command.REQUESTS,
     }
 )

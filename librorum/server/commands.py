@@ -49,6 +49,9 @@ from librorum.protocol.messages import (
     PingReply,
     Rename,
     RenameReply,
+    RequestEntry,
+    Requests,
+    RequestsReply,
     StoreFigures,
     UploadStatus,
     UploadStatusReply,
@@ -301,6 +304,50 @@ def _descriptor_kinds(features: int) -> DescriptorKind:
     return kinds
 
 
+#: Budget for the entries of one REQUESTS reply: the control-frame limit less room for the
+#: map header and the counts (spec 5.21: the reply is one control frame).
+_REQUESTS_BUDGET: Final = MAX_CONTROL_PAYLOAD - 1024
+#: Bytes an entry costs beyond its strings, at most: eleven keys (68 bytes and their
+#: headers), four 9-byte and two 5-byte integers, the strings' headers.
+_REQUEST_OVERHEAD: Final = 160
+
+
+async def requests(driver: Driver, message: Requests) -> RequestsReply:
+    """REQUESTS (spec 5.21): the oldest requests in flight across the daemon, as many as
+    ``limit`` and one control frame allow, and how many there are in all."""
+    snapshot = await driver.service.requests_in_flight(driver.caller, limit=message.limit)
+    entries: list[RequestEntry] = []
+    budget = _REQUESTS_BUDGET
+    for live in snapshot.requests:
+        peer = live.peer
+        cost = _REQUEST_OVERHEAD + sum(
+            len(text.encode())
+            for text in (live.command, live.waiting, peer.transport, live.path, peer.address)
+            if text is not None
+        )
+        if cost > budget:
+            break  # the oldest that fit; ``total`` says how many there are
+        budget -= cost
+        entries.append(
+            RequestEntry(
+                connection=live.connection,
+                transport=peer.transport,
+                session=live.session,
+                command=live.command,
+                age_ms=int(live.age * 1000),
+                moved=live.moved,
+                waiting=live.waiting,
+                path=live.path,
+                uid=peer.uid,
+                pid=peer.pid,
+                address=peer.address,
+            )
+        )
+    return RequestsReply(
+        total=snapshot.total, requests=tuple(entries), connections=snapshot.connections
+    )
+
+
 # --- The table -----------------------------------------------------------------------------------
 
 #: Every request command LBRU serves: one row each.
@@ -316,6 +363,8 @@ ROWS: Final[tuple[Row, ...]] = (
     Unary(Cancel, cancel, Cancellation.NOTHING, inline=_target_idle),
     Streamed(FileRead, read),
     Streamed(FileWrite, write, receives_data=True),
+    # A snapshot of plain dictionaries, no checkpoint: answered by the reader.
+    Unary(Requests, requests, inline=True),
 )
 
 #: The rows by request message class: how the connection finds a request's row.

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import trio
 
+from librorum.activity import bind
 from librorum.errors import (
     BadRequestError,
     CancelledError,
@@ -54,7 +55,7 @@ from librorum.errors import (
 )
 from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
 from librorum.protocol.framing import FileRegion, Payload
-from librorum.protocol.messages import Message
+from librorum.protocol.messages import Message, Rename
 from librorum.protocol.session import (
     ConnectionEnded,
     DataReceived,
@@ -69,6 +70,7 @@ from librorum.server.commands import COMMANDS, Row, Unary
 from librorum.server.context import ServerContext
 from librorum.server.requests import RequestState
 from librorum.service.caller import Caller
+from librorum.service.live import LiveConnection, Peer
 from librorum.transport.base import PeerInfo, file_transport
 
 if TYPE_CHECKING:
@@ -141,6 +143,9 @@ class Connection:
         # Bytes this connection received (for its closing DEBUG line).
         self.bytes_in = 0
         self._loop_scope: trio.CancelScope | None = None
+        # This connection in the daemon's registry of requests in flight (the live view, spec
+        # 5.21), from run() on; its requests that run in a task are listed there.
+        self._live = LiveConnection(0, live_peer(transport.peer))
 
     # --- Top level -------------------------------------------------------------------------
 
@@ -150,6 +155,7 @@ class Connection:
         peer = self.transport.peer
         log.info("connection from %s", peer)
         self.context.stats.connection_opened(self.transport.kind)
+        self._live = self.service.live.open_connection(self._live.peer)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -171,6 +177,7 @@ class Connection:
             log.exception("connection from %s failed", peer)
         finally:
             self.context.stats.connection_closed(self.transport.kind)
+            self.service.live.close_connection(self._live)
             _close_fds(self._fds)
             with trio.CancelScope(shield=True):
                 # The transport says why too, where it can (WebSocket: the close code).
@@ -419,7 +426,9 @@ class Connection:
         if event.fd and fd is None:
             return  # no descriptor came with it: the connection is failing
         state = RequestState(event.session_id, event.command, fd=fd)
+        state.activity.path = path_of(event.message)
         self.requests[event.session_id] = state
+        self._live.requests[event.session_id] = state.activity
         if row.receives_data and fd is None:
             send, receive = trio.open_memory_channel[Payload](UPLOAD_QUEUE_FRAMES)
             state.data_in, state.data_out = send, receive
@@ -438,6 +447,9 @@ class Connection:
         session = self.session
         sid = state.session_id
         error: LibrorumError | None = None
+        # The waits of this task (and of the tasks it starts) record in the request's
+        # activity. The task ends with the request, so nothing needs undoing.
+        bind(state.activity)
         try:
             with state.cancel_scope:
                 reply = await row.run(self, state, message)
@@ -447,6 +459,7 @@ class Connection:
             error = self._error_for(exc, state.command.name, sid)
         finally:
             del self.requests[sid]
+            self._live.requests.pop(sid, None)
             if state.data_out is not None:
                 # Late DATA for an upload that ended is discarded (the reader's send fails).
                 state.data_out.close()
@@ -647,3 +660,16 @@ def caller_of(peer: PeerInfo) -> Caller:
     if peer.kind == "websocket":
         return Caller(token=peer.authenticated)
     return Caller(uid=peer.uid)
+
+
+def live_peer(peer: PeerInfo) -> Peer:
+    """What the live view shows of ``peer``: uid and pid, or address."""
+    return Peer(transport=peer.kind, uid=peer.uid, pid=peer.pid, address=peer.address)
+
+
+def path_of(message: Message) -> str | None:
+    """The path a request works on, for the live view (RENAME: ``src -> dst``)."""
+    if isinstance(message, Rename):
+        return f"{message.src} -> {message.dst}"
+    path = getattr(message, "path", None)
+    return path if isinstance(path, str) else None

@@ -25,6 +25,14 @@ from librorum.service.figures import (
     NodeReport as NodeReport,
     Stats as Stats,
 )
+from librorum.service.live import (
+    MAX_LISTED as MAX_LISTED,
+    LiveConnection as LiveConnection,
+    LiveRequest as LiveRequest,
+    LiveRequests as LiveRequests,
+    LiveSnapshot as LiveSnapshot,
+    Peer as Peer,
+)
 from librorum.store import (
     EntryKind as EntryKind,
     FileInfo as FileInfo,

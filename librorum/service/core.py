@@ -32,9 +32,10 @@ from typing import Final, TypeVar
 import trio
 
 from librorum.errors import BadRequestError, ConflictError, NotFoundError
-from librorum.service.caller import Admins
+from librorum.service.caller import Admins, Caller
 from librorum.service.descriptors import DescriptorKind, descriptor_kind
 from librorum.service.figures import InflightGauge, NodeReport, Stats
+from librorum.service.live import MAX_LISTED, LiveRequests, LiveSnapshot
 from librorum.store import FileInfo, ListPage, Reader, Store, Upload, UploadStatus, WriteMode
 from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
 from librorum.version import __version__
@@ -96,6 +97,8 @@ class Service:
         #: Random, chosen at start: tells restarts apart in :meth:`node_status`.
         self.node_id = secrets.token_hex(8)
         self._started_at = time.monotonic()
+        #: The requests in flight across the front doors, for :meth:`requests_in_flight`.
+        self.live = LiveRequests()
 
     @property
     def max_file_size(self) -> int:
@@ -350,3 +353,19 @@ class Service:
             inflight_bytes=self._inflight.used,
             inflight_peak_bytes=self._inflight.peak,
         )
+
+    # --- the live view -----------------------------------------------------------------------
+
+    async def requests_in_flight(self, caller: Caller, *, limit: int = MAX_LISTED) -> LiveSnapshot:
+        """The requests in flight across every connection: the ``limit`` oldest (at most
+        :data:`~librorum.service.live.MAX_LISTED`), what each waits on, and the total count
+        (spec 5.21). For administrators only (spec 2.5).
+
+        Cancellation: not interruptible (no checkpoint: a front door may answer it inline).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            ValueError: ``limit`` < 1 (a caller bug).
+        """
+        self.admins.check(caller, "the live view of requests in flight")
+        return self.live.snapshot(limit)

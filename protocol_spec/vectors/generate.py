@@ -72,6 +72,9 @@ from librorum.protocol.messages import (
     PingReply,
     Rename,
     RenameReply,
+    RequestEntry,
+    Requests,
+    RequestsReply,
     StoreFigures,
     UploadStatus,
     UploadStatusReply,
@@ -688,6 +691,53 @@ def _valid() -> list[dict[str, Any]]:
         reply,
         0,
         GoAway(),
+    )
+
+    # REQUESTS: the live view (spec 5.21).
+    add(
+        "requests",
+        "REQUESTS with every field at its default (at most 1000 entries): the empty map.",
+        Command.REQUESTS,
+        end,
+        40,
+        Requests(),
+    )
+    add(
+        "requests-reply",
+        "Two requests in flight: a local upload waiting for its client's DATA, and a remote "
+        "READ waiting for credit.",
+        Command.REQUESTS,
+        rend,
+        40,
+        RequestsReply(
+            total=2,
+            requests=(
+                RequestEntry(
+                    connection=7,
+                    transport="uds",
+                    session=3,
+                    command="WRITE",
+                    age_ms=12_500,
+                    moved=3 << 20,
+                    waiting="peer",
+                    path="/backups/db.dump",
+                    uid=1000,
+                    pid=4242,
+                ),
+                RequestEntry(
+                    connection=9,
+                    transport="websocket",
+                    session=5,
+                    command="READ",
+                    age_ms=800,
+                    moved=0,
+                    waiting="peer credit",
+                    path="/docs/report.pdf",
+                    address="192.0.2.10:50412",
+                ),
+            ),
+            connections=2,
+        ),
     )
     return out
 

@@ -39,6 +39,7 @@ _BY_VALIDATOR: dict[str, st.SearchStrategy[object]] = {
     "_error_code": st.integers(0, 0xFFFF),
     "_version": st.integers(1, 255),
     "_u64_values": st.dictionaries(st.text(max_size=10), U64, max_size=4),
+    "_requests_limit": st.integers(1, 1000),
 }
 
 ALL_MESSAGE_TYPES: tuple[type[Message], ...] = tuple(
