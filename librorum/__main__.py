@@ -259,6 +259,18 @@ def cmd_ping(client: SyncClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_top(client: SyncClient, args: argparse.Namespace) -> int:
+    from librorum import _top
+
+    formats = _top.Formats(human_size, lambda rows, right: table(rows, right=right))
+    return _top.run(
+        lambda: client.requests(limit=args.limit),
+        formats,
+        once=args.once,
+        as_json_lines=args.json,
+    )
+
+
 # --- Parsing ---------------------------------------------------------------------------------
 
 
@@ -357,7 +369,27 @@ def build_parser() -> argparse.ArgumentParser:
     ping = sub.add_parser("ping", help="round trip to the daemon")
     ping.add_argument("-c", "--count", type=_count, default=1, help="how many pings")
     ping.set_defaults(func=cmd_ping)
+
+    top = sub.add_parser(
+        "top", help="the requests in flight and what they wait on, refreshed every second"
+    )
+    top.add_argument("--once", action="store_true", help="one snapshot, then exit")
+    top.add_argument(
+        "--json", action="store_true", help="JSON: one document per refresh, one per line"
+    )
+    top.add_argument(
+        "-n", "--limit", type=_listed, default=1000, help="list at most N requests (1-1000)"
+    )
+    top.set_defaults(func=cmd_top)
     return parser
+
+
+def _listed(text: str) -> int:
+    value = _count(text)
+    if value > 1000:
+        msg = f"must be at most 1000, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def run_serve(args: argparse.Namespace) -> int:

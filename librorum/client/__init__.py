@@ -31,5 +31,7 @@ from librorum.protocol.messages import (
     DirEntry as DirEntry,
     FileInfo as FileInfo,
     NodeStatusReply as NodeStatusReply,
+    RequestEntry as RequestEntry,
+    RequestsReply as RequestsReply,
     UploadStatusReply as UploadStatusReply,
 )

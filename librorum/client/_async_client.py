@@ -70,7 +70,12 @@ from librorum.errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from librorum.protocol.constants import DEFAULT_LIST_LIMIT, Feature, WriteMode
+from librorum.protocol.constants import (
+    DEFAULT_LIST_LIMIT,
+    MAX_REQUESTS_LISTED,
+    Feature,
+    WriteMode,
+)
 from librorum.protocol.messages import (
     Delete,
     DeleteReply,
@@ -92,6 +97,8 @@ from librorum.protocol.messages import (
     PingReply,
     Rename,
     RenameReply,
+    Requests,
+    RequestsReply,
     UploadStatus,
     UploadStatusReply,
 )
@@ -676,3 +683,18 @@ class Client:
             raise
         assert info is not None  # set on entering the stream
         return info
+
+    # Operating ---------------------------------------------------------------------------------
+
+    async def requests(self, *, limit: int = MAX_REQUESTS_LISTED) -> RequestsReply:
+        """The requests in flight across every connection of the daemon, for the live view
+        (spec 5.21): the oldest ``limit`` (1 to 1000) at most, as many as fit one reply,
+        each with its peer, path, age, bytes moved and what it waits on; and how many there
+        are in all (``total``). For administrators (spec 2.5).
+
+        Raises:
+            ForbiddenError: the caller is not an administrator (another uid than the
+                daemon's or its admin list; over WebSocket, no token).
+            ValueError: ``limit`` is outside 1..1000.
+        """
+        return await self._unary(Requests(limit), RequestsReply)
