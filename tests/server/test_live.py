@@ -62,8 +62,11 @@ class Live:
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[Live]:
-    config = test_config(tmp_path)
+async def live(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Live]:
+    """The server over its store; parametrized indirectly, the in-flight budget in bytes."""
+    budget = getattr(request, "param", None)
+    overrides = {} if budget is None else {"max_inflight_bytes": budget}
+    config = test_config(tmp_path, **overrides)
     config.data_dir.mkdir(parents=True, mode=0o700)
     async with (
         open_store(config.data_dir / "store", min_free_space=0) as store,
@@ -148,6 +151,24 @@ async def test_a_read_whose_client_grants_no_window_waits_on_peer_credit(live: L
         assert any(
             isinstance(e, ReplyReceived) and isinstance(e.message, FileReadReply) for e in events
         )
+
+
+@pytest.mark.parametrize("live", [256 << 10], indirect=True, ids=["budget-256KiB"])
+async def test_an_upload_held_back_by_the_budget_waits_on_the_budget(live: Live) -> None:
+    """One upload that sends nothing holds its initial window, the whole budget; a second
+    one sends its own window, which the store takes, and then gets no credit."""
+    with trio.fail_after(DEADLINE):
+        idle = await live.peer()
+        busy = await live.peer()
+        admin = await live.peer()
+        await idle.request(FileWrite("/idle.bin", size=1 << 20), end=False)
+        sid = await busy.request(FileWrite("/busy.bin", size=1 << 20), end=False)
+        sent = busy.session.send_window(sid)
+        busy.session.send_data(sid, b"b" * sent)
+        await busy.flush()
+        entry = await wait_for_entry(admin, lambda e: e.waiting == "budget")
+        assert entry.path == "/busy.bin"
+        assert entry.moved == sent
 
 
 @pytest.mark.parametrize(
