@@ -59,19 +59,22 @@ async def test_the_store_records_its_worker_thread_calls_as_disk(tmp_path: Path)
     """A store call that waits in a worker thread shows "disk" on the request it runs for,
     and only for as long as it waits."""
     release = threading.Event()
-    entered = threading.Event()
+    entered = trio.Event()
     work = Activity("STAT", "/")
     async with open_store(tmp_path / "store", min_free_space=0) as store:
 
         async def call() -> None:
             activity.bind(work)  # the task's own context: as a front door binds a request
-            await store._engine.in_thread(lambda: (entered.set(), release.wait(10)))
+            await store._engine.in_thread(in_thread)
+
+        def in_thread() -> None:
+            trio.from_thread.run_sync(entered.set)
+            release.wait(10)
 
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(call)
-                while not entered.is_set():
-                    await trio.sleep(0.005)
+                await entered.wait()
                 assert work.waiting_on == "disk"
                 release.set()
         assert work.waiting_on == RUNNING
