@@ -147,10 +147,13 @@ def run(
             if as_json_lines:
                 out.write(as_json(reply) + "\n")
             elif full_screen:
-                height = shutil.get_terminal_size().lines
-                text = render(reply, formats, height=height - 1)
-                head, _, rest = text.partition("\n")
-                out.write(f"{_HOME_CLEAR}{_BOLD}{head}{_RESET}\n{rest}")
+                width, height = shutil.get_terminal_size()
+                # Lines cut to the screen's width: a wrapped line would scroll the view.
+                head, *rest = (
+                    line[:width] for line in render(reply, formats, height=height - 1).split("\n")
+                )
+                body = "\n".join(rest)
+                out.write(f"{_HOME_CLEAR}{_BOLD}{head}{_RESET}\n{body}")
             else:
                 out.write(render(reply, formats, height=None) + "\n")
                 if not once:

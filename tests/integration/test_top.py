@@ -4,8 +4,10 @@ Ctrl-C, and FORBIDDEN for a caller who is not an administrator."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -144,3 +146,32 @@ async def test_top_refuses_a_bad_limit(tmp_path: Path) -> None:
     result = await cli("--socket", tmp_path / "none.sock", "top", "-n", "5000")
     assert result.returncode == 2
     assert b"at most 1000" in result.stderr
+
+
+async def test_top_on_a_terminal_draws_full_screen_and_restores_it(tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path / "d") as daemon:
+            process = await trio.lowlevel.open_process(
+                command("--socket", daemon.socket_path, "top"),
+                stdout=slave,
+                stderr=subprocess.DEVNULL,
+                env=environment(),
+            )
+            os.close(slave)
+            screen = trio.lowlevel.FdStream(master)
+            received = b""
+            while b"requests in flight" not in received:
+                data = await screen.receive_some()
+                assert data, "top ended early"
+                received += data
+            assert received.startswith(b"\x1b[?1049h")  # the alternate screen
+            assert b"\x1b[H\x1b[2J" in received  # drawn in place
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 0
+            # EIO (BrokenResourceError) once the last writer of the terminal is gone.
+            with contextlib.suppress(trio.BrokenResourceError):
+                while data := await screen.receive_some():
+                    received += data
+            assert received.endswith(b"\x1b[?25h\x1b[?1049l")  # the shell's screen is back
+            await screen.aclose()
