@@ -175,3 +175,37 @@ async def test_top_on_a_terminal_draws_full_screen_and_restores_it(tmp_path: Pat
                     received += data
             assert received.endswith(b"\x1b[?25h\x1b[?1049l")  # the shell's screen is back
             await screen.aclose()
+
+
+async def test_top_over_websocket_lists_a_remote_upload_by_address(tmp_path: Path) -> None:
+    """Over WebSocket the token holder is an administrator (spec 2.5); a remote upload is
+    listed with the address it comes from."""
+    stop = trio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield b"r" * SENT
+        await stop.wait()
+
+    with trio.fail_after(60):
+        async with (
+            open_test_daemon(tmp_path / "d") as daemon,
+            daemon.client("websocket") as remote,
+            trio.open_nursery() as nursery,
+        ):
+
+            async def upload() -> None:
+                await remote.write("/remote.bin", stalls())
+
+            nursery.start_soon(upload)
+            entry = await wait_for(remote, lambda e: e.moved == SENT)
+            assert entry.transport == "websocket"
+            assert entry.address is not None
+            assert entry.address.startswith("127.0.0.1:")
+            assert entry.uid is None
+            assert entry.waiting == "peer"
+            url = ["--url", daemon.url, "--token-file", daemon.token_file]
+            result = await cli(*url, "--transport", "remote", "top", "--once")
+            assert result.returncode == 0, result
+            assert entry.address in result.stdout.decode()
+            stop.set()
+            nursery.cancel_scope.cancel()
