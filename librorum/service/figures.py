@@ -12,7 +12,19 @@ from typing import Protocol
 
 import attrs
 
+from librorum.errors import ErrorClass, ErrorCode, error_class
+from librorum.histogram import Histogram
 from librorum.store import StoreStatus
+
+
+@attrs.define
+class CommandFigures:
+    """What one command's requests came to: outcomes and latency."""
+
+    #: Requests by outcome: "ok", or the name of the error code they ended with.
+    outcomes: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    #: Seconds from the request's start to its answer.
+    latency: Histogram = attrs.field(factory=Histogram)
 
 
 @attrs.define
@@ -21,15 +33,52 @@ class Stats:
 
     #: Open connections per transport kind ("uds", "websocket", ...).
     connections: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    #: Connections accepted since the start, per transport kind.
+    connections_total: collections.Counter[str] = attrs.field(factory=collections.Counter)
     requests: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Bytes received and sent per transport kind (their sums are ``bytes_in``, ``bytes_out``).
+    transport_bytes_in: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    transport_bytes_out: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    #: Per command name ("STAT", "WRITE", ...), once a request of it has completed.
+    commands: dict[str, CommandFigures] = attrs.field(factory=dict)
+    #: Requests that ended with an error of the request's making (0x02xx: not found, bad
+    #: path, ...) and of the server's (0x03xx: I/O, read-only, internal, ...), spec 7.1.
+    client_errors: int = 0
+    server_errors: int = 0
 
     def connection_opened(self, kind: str) -> None:
         self.connections[kind] += 1
+        self.connections_total[kind] += 1
 
     def connection_closed(self, kind: str) -> None:
         self.connections[kind] -= 1
+
+    def received(self, kind: str, count: int) -> None:
+        self.bytes_in += count
+        self.transport_bytes_in[kind] += count
+
+    def sent(self, kind: str, count: int) -> None:
+        self.bytes_out += count
+        self.transport_bytes_out[kind] += count
+
+    def request_done(self, command: str, seconds: float, error: ErrorCode | None = None) -> None:
+        """Count one completed request of ``command``: its latency and its outcome (``error``
+        ``None`` for a success). Plain arithmetic: no lock, no checkpoint."""
+        figures = self.commands.get(command)
+        if figures is None:
+            figures = self.commands[command] = CommandFigures()
+        figures.latency.observe(seconds)
+        if error is None:
+            figures.outcomes["ok"] += 1
+            return
+        figures.outcomes[error.name] += 1
+        kind = error_class(error)
+        if kind is ErrorClass.REQUEST:
+            self.client_errors += 1
+        elif kind is ErrorClass.SERVER:
+            self.server_errors += 1
 
 
 class InflightGauge(Protocol):

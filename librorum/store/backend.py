@@ -20,6 +20,7 @@ from typing import Final
 import attrs
 import trio
 
+from librorum.histogram import LockedHistogram
 from librorum.store.fs import FS
 from librorum.store.meta import MetadataStore
 from librorum.store.objects import LocalChunkStore, ObjectStore
@@ -45,6 +46,8 @@ class BackendContext:
             reserve failed for lack of space; returns whether space was given back.
         check_space: Call (from a worker thread) before storing new data; raises
             NoSpaceError below the free-space floor.
+        fsync_latency: Where a backend records how long each of its fsyncs took (seconds,
+            from any thread): the store's public figures (``Store.fsync_latency``).
     """
 
     data_dir: Path
@@ -54,6 +57,7 @@ class BackendContext:
     on_fatal_io: Callable[[BaseException], None]
     release_reserve: Callable[[], bool]
     check_space: Callable[[str], None]
+    fsync_latency: LockedHistogram = attrs.field(factory=LockedHistogram)
 
 
 #: Opens the metadata store for one open of the store.
@@ -81,4 +85,5 @@ def local_chunk_files(ctx: BackendContext) -> LocalChunkStore:
         limiter=ctx.io_limiter,
         on_fsync_failure=ctx.on_fatal_io,
         check_space=ctx.check_space,
+        fsync_latency=ctx.fsync_latency,
     )
