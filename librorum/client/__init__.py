@@ -31,5 +31,6 @@ from librorum.protocol.messages import (
     DirEntry as DirEntry,
     FileInfo as FileInfo,
     NodeStatusReply as NodeStatusReply,
+    ShutdownReply as ShutdownReply,
     UploadStatusReply as UploadStatusReply,
 )

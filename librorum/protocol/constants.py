@@ -74,6 +74,7 @@ class Command(enum.IntEnum):
     CANCEL = 0x14
     GOAWAY = 0x15
     ERROR = 0x16
+    SHUTDOWN = 0x0F
 
 
 #: Commands indexed by their byte; ``None`` where the byte is not a command. The decoder looks
@@ -97,6 +98,7 @@ REQUEST_COMMANDS: Final = frozenset(
         Command.UPLOAD_STATUS,
         Command.PING,
         Command.CANCEL,
+        Command.SHUTDOWN,
     }
 )
 

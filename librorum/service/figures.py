@@ -92,6 +92,10 @@ class InflightGauge(Protocol):
     def peak(self) -> int:
         """The most bytes ever held at once."""
 
+    @property
+    def limit(self) -> int:
+        """The budget: bytes that may be held at once (0: no budget)."""
+
 
 @attrs.frozen
 class NodeReport:
@@ -99,7 +103,7 @@ class NodeReport:
 
     Attributes:
         version: The daemon's version.
-        node_id: Random, chosen at start: tells restarts apart.
+        node_id: The node's identity (kept in the data directory by the daemon).
         uptime_ms: Milliseconds since the service started.
         connections: Open connections per transport kind.
         requests: Requests received since the start.
@@ -108,6 +112,13 @@ class NodeReport:
         store: The store's figures.
         inflight_bytes: Upload bytes held against the in-flight budget now.
         inflight_peak_bytes: The most ever held at once.
+        inflight_limit_bytes: The in-flight budget (0: none).
+        read_only_reason: Why the store refuses writes, or ``None`` when it does not.
+        read_only_since: When it began to (seconds since the epoch), or ``None``.
+        client_errors: Requests ended by an error of the request's (0x02xx) since the start.
+        server_errors: Requests ended by an error of the server's (0x03xx) since the start.
+        python_version, sqlite_version: What the daemon runs on.
+        started_at: When the service started (seconds since the epoch).
     """
 
     version: str
@@ -120,3 +131,25 @@ class NodeReport:
     store: StoreStatus
     inflight_bytes: int
     inflight_peak_bytes: int
+    inflight_limit_bytes: int = 0
+    read_only_reason: str | None = None
+    read_only_since: float | None = None
+    client_errors: int = 0
+    server_errors: int = 0
+    python_version: str = ""
+    sqlite_version: str = ""
+    started_at: float = 0.0
+
+    @property
+    def degraded(self) -> tuple[str, ...]:
+        """Why the node cannot do all it should (empty when it can): its store refuses
+        writes, or files cannot be read because chunks of theirs are quarantined."""
+        reasons: list[str] = []
+        if self.store.read_only:
+            reasons.append(f"read-only: {self.read_only_reason or 'writes are refused'}")
+        if self.store.quarantined:
+            reasons.append(
+                f"{self.store.quarantined} chunks quarantined: the files using them cannot be "
+                "read until their content is uploaded again"
+            )
+        return tuple(reasons)
