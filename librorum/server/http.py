@@ -30,6 +30,9 @@ MAX_REQUEST_BYTES: Final = 16 * 1024
 REQUEST_TIMEOUT: Final = 10.0
 #: Connections open at once.
 MAX_CONNECTIONS: Final = 16
+#: What a refused request may still send, and for how long, before the connection is closed.
+LINGER_BYTES: Final = 1 << 20
+LINGER_SECONDS: Final = 1.0
 
 
 @attrs.frozen
@@ -120,6 +123,7 @@ class HttpEndpoint:
             request = await _next_request(connection, stream)
         except h11.RemoteProtocolError as exc:
             await _send(connection, stream, exc.error_status_hint, f"bad request: {exc}\n")
+            await _linger(stream)
             return
         if request is None:
             return
@@ -130,6 +134,7 @@ class HttpEndpoint:
             )
         elif request.method != b"GET":
             await _send(connection, stream, 405, "only GET is allowed\n", [(b"allow", b"GET")])
+            await _linger(stream)
         elif not self._authorized(request):
             await _send(
                 connection,
@@ -161,6 +166,21 @@ class HttpEndpoint:
                 # Constant time: the comparison must not tell how much of a guess was right.
                 return hmac.compare_digest(value, self._expected)
         return False
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """After an answer given before the request was read whole: say we are done sending and
+    read what the client still sends (bounded in bytes and time), so that closing with unread
+    data does not reset the connection and destroy the answer before the client reads it."""
+    with trio.move_on_after(LINGER_SECONDS):
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
+        drained = 0
+        while drained < LINGER_BYTES:
+            chunk = await stream.receive_some(MAX_REQUEST_BYTES)
+            if not chunk:
+                return
+            drained += len(chunk)
 
 
 async def _next_request(connection: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
