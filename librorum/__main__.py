@@ -1,11 +1,12 @@
 """The ``librorum`` command line (also ``python -m librorum``).
 
     librorum serve [--data-dir DIR] [--socket PATH] [--listen HOST:PORT] [--token-file FILE]
-                   [--no-remote] [--config FILE] [--log-level LEVEL]
+                   [--no-remote] [--config FILE] [--log-level LEVEL] [--metrics HOST:PORT]
     librorum [--socket PATH | --url ws://HOST:PORT] [--token-file FILE]
              [--transport auto|local|remote] COMMAND ...
 
-Exit status: 0 on success, 1 for an operation error (one line on stderr), 2 for a usage error.
+Exit status: 0 on success, 1 for an operation error (one line on stderr), 2 for a usage error
+(and for ``status`` when the node is degraded).
 Client commands use the synchronous client: a one-shot command needs no event loop.
 """
 
