@@ -14,8 +14,8 @@ synchronously, on the Trio thread, so every figure comes from the same instant.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -35,17 +35,35 @@ from librorum.service import NodeReport
 from librorum.version import __version__
 
 if TYPE_CHECKING:
-    from librorum.server.app import Server
+    from librorum.server.budget import InflightBudget
+    from librorum.server.connection import Connection
+    from librorum.service import Service, Stats
 
 #: The prefix of every metric of the daemon's own.
 PREFIX = "librorum"
+
+
+class Daemon(Protocol):
+    """What the metrics read of the daemon (``librorum.server.app.Server``)."""
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def budget(self) -> InflightBudget: ...
+
+    @property
+    def service(self) -> Service: ...
+
+    @property
+    def connections(self) -> Collection[Connection]: ...
 
 
 class DaemonCollector(Collector):
     """The daemon's figures as metric families. :meth:`render` sets the report to read; a
     collect outside it yields nothing of the store's."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Daemon) -> None:
         self._server = server
         self.report: NodeReport | None = None
 
@@ -208,7 +226,7 @@ def _histogram(name: str, documentation: str, snapshot: HistogramSnapshot) -> Me
 class Metrics:
     """The daemon's registry and what renders it: the ``render`` of its HTTP endpoint."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Daemon) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = DaemonCollector(server)
         self.registry.register(self.collector)

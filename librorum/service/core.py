@@ -71,7 +71,6 @@ class _NoBudget:
 
     used = 0
     peak = 0
-    limit = 0
 
 
 class Service:
@@ -364,7 +363,6 @@ class Service:
             store=figures,
             inflight_bytes=self._inflight.used,
             inflight_peak_bytes=self._inflight.peak,
-            inflight_limit_bytes=self._inflight.limit,
             read_only_reason=self._store.read_only_reason,
             read_only_since=self._store.read_only_since,
             client_errors=stats.client_errors,

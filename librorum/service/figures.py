@@ -103,10 +103,6 @@ class InflightGauge(Protocol):
     def peak(self) -> int:
         """The most bytes ever held at once."""
 
-    @property
-    def limit(self) -> int:
-        """The budget: bytes that may be held at once (0: no budget)."""
-
 
 @attrs.frozen
 class NodeReport:
@@ -123,7 +119,6 @@ class NodeReport:
         store: The store's figures.
         inflight_bytes: Upload bytes held against the in-flight budget now.
         inflight_peak_bytes: The most ever held at once.
-        inflight_limit_bytes: The in-flight budget (0: none).
         read_only_reason: Why the store refuses writes, or ``None`` when it does not.
         read_only_since: When it began to (seconds since the epoch), or ``None``.
         client_errors: Requests ended by an error of the request's (0x02xx) since the start.
@@ -142,7 +137,6 @@ class NodeReport:
     store: StoreStatus
     inflight_bytes: int
     inflight_peak_bytes: int
-    inflight_limit_bytes: int = 0
     read_only_reason: str | None = None
     read_only_since: float | None = None
     client_errors: int = 0
