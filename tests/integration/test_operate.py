@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -156,3 +157,32 @@ async def test_init_writes_a_file_that_loads_as_the_defaults(tmp_path: Path) -> 
     assert path.read_text() == "listen_port = 9999\n"
     assert (await cli("init", "--force", path)).returncode == 0
     assert path.read_text() == text
+
+
+async def test_stop_over_websocket_with_the_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    socket_path = tmp_path / "run" / "s.sock"
+    args = [
+        "serve", "--data-dir", tmp_path / "data", "--socket", socket_path,
+        "--listen", "127.0.0.1:0", "--token-file", token_file,
+    ]  # fmt: skip
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(
+            command(*args), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment()
+        )
+        try:
+            assert process.stderr is not None
+            log = bytearray()
+            while not (found := re.search(rb"serving .* and (ws://\S+)", log)):
+                chunk = await process.stderr.receive_some(4096)
+                assert chunk, log
+                log += chunk
+            remote = ["--url", found.group(1).decode(), "--transport", "remote"]
+            result = await cli(*remote, "--token-file", token_file, "stop")
+            assert result.returncode == 0, result
+            assert b"no longer accepts connections" in result.stdout
+            assert await process.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
 import trio
 import trio.testing
 
@@ -42,4 +48,54 @@ async def test_connections_beyond_the_cap_are_closed_and_a_silent_one_times_out(
             await stream.aclose()
             assert answer.startswith(b"HTTP/1.1 200 ")
             assert answer.endswith(b"\r\n\r\nfigures\n")
+            nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_over_tls_with_a_token(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    endpoint = HttpEndpoint(_page, path="/metrics", token="s3cret", ssl_context=server_context)
+
+    async def get(address: tuple[str, int], headers: str) -> bytes:
+        tcp = await trio.open_tcp_stream(*address)
+        stream = trio.SSLStream(tcp, client_context, server_hostname="127.0.0.1")
+        await stream.send_all(f"GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+        answer = b""
+        try:
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+        except trio.BrokenResourceError:
+            pass  # the server closed without a TLS close_notify: the answer is whole
+        await trio.aclose_forcefully(stream)
+        return answer
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+            assert (await get(address, "")).startswith(b"HTTP/1.1 401 ")
+            answer = await get(address, "Authorization: Bearer s3cret\r\n")
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert answer.endswith(b"figures\n")
             nursery.cancel_scope.cancel()
