@@ -453,11 +453,15 @@ class Connection:
         sid = state.session_id
         error: LibrorumError | None = None
         started = time.perf_counter()
+        # Whether the handler returned (a READ's last DATA frame is its answer) rather than
+        # being cancelled: for the outcome the metrics count.
+        completed = False
         try:
             with state.cancel_scope:
                 reply = await row.run(self, state, message)
                 if reply is not None:
                     state.reply = reply
+                completed = True
         except Exception as exc:
             error = self._error_for(exc, state.command.name, sid)
         finally:
@@ -479,12 +483,13 @@ class Connection:
                 log.info("%s: %s failed: %s", self.transport.peer, state.command.name, error)
                 session.send_error(sid, error)
                 outcome = error.code
-            else:
+            elif session.is_in_flight(sid):
                 # Cancelled (CANCEL, shutdown deadline or disconnect) before any effect.
+                what = "aborted: no effect" if state.started else "cancelled before it started"
+                session.send_error(sid, CancelledError(what))
                 outcome = ErrorCode.CANCELLED
-                if session.is_in_flight(sid):
-                    what = "aborted: no effect" if state.started else "cancelled before it started"
-                    session.send_error(sid, CancelledError(what))
+            elif not completed:
+                outcome = ErrorCode.CANCELLED  # by a disconnect: no one to tell
             self.context.stats.request_done(
                 COMMAND_NAMES[state.command], time.perf_counter() - started, outcome
             )

@@ -80,6 +80,7 @@ async def test_scraping_a_real_daemon_shows_figures_that_move(tmp_path: Path) ->
                 with pytest.raises(NotFoundError):
                     await client.stat("/missing")
                 await client.stat("/a.bin")
+                assert await client.read("/b.bin") == content
             after = await scrape(daemon)
     in_before = value(before, "librorum_transport_received_bytes_total", transport="uds")
     in_after = value(after, "librorum_transport_received_bytes_total", transport="uds")
@@ -87,6 +88,13 @@ async def test_scraping_a_real_daemon_shows_figures_that_move(tmp_path: Path) ->
     assert value(after, "librorum_requests_total", command="WRITE", outcome="ok") == 2
     assert value(after, "librorum_requests_total", command="STAT", outcome="NOT_FOUND") == 1
     assert value(after, "librorum_requests_total", command="STAT", outcome="ok") == 1
+    # A READ ends with its last DATA frame: that is a success, not a cancellation.
+    assert value(after, "librorum_requests_total", command="READ", outcome="ok") == 1
+    assert value(after, "librorum_requests_total", command="READ", outcome="CANCELLED") == 0
+    sent = value(after, "librorum_transport_sent_bytes_total", transport="uds")
+    assert sent - value(before, "librorum_transport_sent_bytes_total", transport="uds") > len(
+        content
+    )
     assert value(after, "librorum_request_errors_total", **{"class": "client"}) == 1
     assert value(after, "librorum_request_errors_total", **{"class": "server"}) == 0
     assert value(after, "librorum_request_duration_seconds_count", command="WRITE") == 2
