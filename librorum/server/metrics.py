@@ -126,6 +126,11 @@ class DaemonCollector(Collector):
             "How long the store's fsyncs of chunk files and directories take.",
             self._server.service.fsync_latency(),
         )
+        yield _histogram(
+            "metadata_commit_duration_seconds",
+            "How long the store's metadata commits take (each fsyncs the metadata's log).",
+            self._server.service.commit_latency(),
+        )
         if self.report is not None:
             yield from _node(self.report)
 

@@ -398,3 +398,11 @@ class Service:
         No checkpoint; never raises.
         """
         return self._store.fsync_latency()
+
+    def commit_latency(self) -> HistogramSnapshot:
+        """How long the store's metadata commits have taken since it opened (a histogram,
+        seconds).
+
+        No checkpoint; never raises.
+        """
+        return self._store.commit_latency()

@@ -48,6 +48,8 @@ class BackendContext:
             NoSpaceError below the free-space floor.
         fsync_latency: Where a backend records how long each of its fsyncs took (seconds,
             from any thread): the store's public figures (``Store.fsync_latency``).
+        commit_latency: The same for each metadata commit (which makes its log durable:
+            SQLite's COMMIT fsyncs the WAL); ``Store.commit_latency``.
     """
 
     data_dir: Path
@@ -58,6 +60,7 @@ class BackendContext:
     release_reserve: Callable[[], bool]
     check_space: Callable[[str], None]
     fsync_latency: LockedHistogram = attrs.field(factory=LockedHistogram)
+    commit_latency: LockedHistogram = attrs.field(factory=LockedHistogram)
 
 
 #: Opens the metadata store for one open of the store.
@@ -74,6 +77,7 @@ def sqlite_metadata(ctx: BackendContext) -> SqliteMetadataStore:
         on_commit_failure=ctx.on_fatal_io,
         release_reserve=ctx.release_reserve,
         lock_timeout=ctx.lock_timeout,
+        commit_latency=ctx.commit_latency,
     )
 
 

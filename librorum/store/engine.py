@@ -123,8 +123,10 @@ class ChunkEngine:
             release_reserve=self.space.release_sync,
             check_space=self.space.check_data_sync,
         )
-        #: How long the backend's fsyncs take (recorded from worker threads).
+        #: How long the backend's fsyncs and metadata commits take (recorded from worker
+        #: threads).
         self.fsync_latency = ctx.fsync_latency
+        self.commit_latency = ctx.commit_latency
         self.meta = metadata(ctx)
         self.objects = objects(ctx)
         # Checked once here rather than per chunk sent (a Protocol isinstance is not free).

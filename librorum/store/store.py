@@ -233,6 +233,11 @@ class Store:
         (seconds; a histogram of fixed buckets). Never raises; no checkpoint."""
         return self._engine.fsync_latency.snapshot()
 
+    def commit_latency(self) -> HistogramSnapshot:
+        """How long the metadata commits have taken since the open (seconds; each makes the
+        metadata's log durable, with an fsync). Never raises; no checkpoint."""
+        return self._engine.commit_latency.snapshot()
+
     # --- namespace --------------------------------------------------------------------------------
 
     async def stat(self, path: str) -> FileInfo:

@@ -109,6 +109,11 @@ async def test_scraping_a_real_daemon_shows_figures_that_move(tmp_path: Path) ->
     assert value(after, "librorum_fsync_duration_seconds_count") > value(
         before, "librorum_fsync_duration_seconds_count"
     )
+    # Each file's commit, and the metadata's, were timed.
+    assert (
+        value(after, "librorum_metadata_commit_duration_seconds_count")
+        >= value(before, "librorum_metadata_commit_duration_seconds_count") + 2
+    )
     assert value(after, "librorum_uploads_in_flight") == 0
 
 
