@@ -100,6 +100,13 @@ async def test_scraping_a_real_daemon_shows_figures_that_move(tmp_path: Path) ->
     assert value(after, "librorum_request_duration_seconds_count", command="WRITE") == 2
     assert value(after, "librorum_request_duration_seconds_bucket", command="WRITE", le="+Inf") == 2
     assert value(after, "librorum_request_duration_seconds_sum", command="WRITE") > 0
+    buckets = sorted(
+        (float(dict(labels)["le"]), count)
+        for (name, labels), count in after.items()
+        if name == "librorum_request_duration_seconds_bucket" and ("command", "WRITE") in labels
+    )
+    assert len(buckets) > 10
+    assert [count for _, count in buckets] == sorted(count for _, count in buckets)  # cumulative
     assert value(after, "librorum_connections_accepted_total", transport="uds") >= 1
     assert value(after, "librorum_store_files") == 2
     assert value(after, "librorum_store_logical_bytes") == 2 * len(content)
