@@ -1,11 +1,12 @@
 """The ``librorum`` command line (also ``python -m librorum``).
 
     librorum serve [--data-dir DIR] [--socket PATH] [--listen HOST:PORT] [--token-file FILE]
-                   [--no-remote] [--config FILE] [--log-level LEVEL]
+                   [--no-remote] [--config FILE] [--log-level LEVEL] [--metrics HOST:PORT]
     librorum [--socket PATH | --url ws://HOST:PORT] [--token-file FILE]
              [--transport auto|local|remote] COMMAND ...
 
-Exit status: 0 on success, 1 for an operation error (one line on stderr), 2 for a usage error.
+Exit status: 0 on success, 1 for an operation error (one line on stderr), 2 for a usage error
+(and for ``status`` when the node is degraded).
 Client commands use the synchronous client: a one-shot command needs no event loop.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -21,9 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, NoReturn, TextIO
 
+import attrs
+
 from librorum.errors import LibrorumError, NotADirectoryError_
 from librorum.protocol.constants import EntryKind, WriteMode
-from librorum.protocol.messages import DirEntry
+from librorum.protocol.messages import DirEntry, NodeStatusReply
 
 if TYPE_CHECKING:
     from librorum.client.sync import SyncClient
@@ -31,6 +35,9 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+#: ``librorum status``: the daemon answered, but its store is degraded (read-only, or chunks
+#: quarantined).
+EXIT_DEGRADED = 2
 
 
 class UsageError(Exception):
@@ -211,8 +218,10 @@ def cmd_mkdir(client: SyncClient, args: argparse.Namespace) -> int:
 
 
 def cmd_status(client: SyncClient, args: argparse.Namespace) -> int:
-    del args
     status = client.status()
+    if args.json:
+        print(json.dumps(_status_json(status), indent=2, sort_keys=True))
+        return EXIT_DEGRADED if status.degraded else EXIT_OK
     store = status.store
     saved = store.logical_bytes - store.stored_bytes
     data = (
@@ -240,7 +249,103 @@ def cmd_status(client: SyncClient, args: argparse.Namespace) -> int:
         rows.append(["quarantined", f"{store.quarantined:,} corrupt chunks (re-upload to heal)"])
     if store.read_only:
         rows.append(["store", "READ-ONLY: a write to disk failed; restart the daemon"])
+    if status.read_only_reason:
+        since = ""
+        if status.read_only_since_ms is not None:
+            since = f" (since {human_time(status.read_only_since_ms * 1_000_000)})"
+        rows.append(["read-only because", f"{status.read_only_reason}{since}"])
+    rows.append(["errors", f"{status.client_errors:,} client, {status.server_errors:,} server"])
+    if status.python_version:
+        rows.append(["runs on", f"Python {status.python_version}, SQLite {status.sqlite_version}"])
+    rows.append(["health", "DEGRADED" if status.degraded else "ok"])
+    rows.extend(["degraded", reason] for reason in status.degraded)
     print(table(rows))
+    return EXIT_DEGRADED if status.degraded else EXIT_OK
+
+
+def _status_json(status: NodeStatusReply) -> dict[str, object]:
+    """The status as plain JSON values: every field of the reply, plus ``healthy``."""
+    value = attrs.asdict(status)
+    value["healthy"] = not status.degraded
+    return value
+
+
+#: How much longer than its grace ``librorum stop`` waits for the daemon to exit: closing the
+#: connections and the store after the drain.
+STOP_MARGIN = 10.0
+
+
+def cmd_stop(client: SyncClient, args: argparse.Namespace) -> int:
+    from librorum.client import LocalEndpoint
+
+    endpoint = client.endpoint
+    reply = client.shutdown()
+    timeout = args.timeout if args.timeout is not None else reply.grace_ms / 1000 + STOP_MARGIN
+    deadline = time.monotonic() + timeout
+    if isinstance(endpoint, LocalEndpoint) and reply.pid:
+        # Same machine: the daemon is gone when its process is.
+        while _process_alive(reply.pid):
+            if time.monotonic() > deadline:
+                print(
+                    f"librorum: the daemon (pid {reply.pid}) has not exited within {timeout:g} s",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            time.sleep(STOP_POLL)
+        print(f"librorum: the daemon (pid {reply.pid}) has stopped")
+        return EXIT_OK
+    # Remote: it is going when it no longer answers (new connections are refused).
+    while True:
+        try:
+            client.ping()
+        except LibrorumError:
+            break
+        if time.monotonic() > deadline:
+            print(f"librorum: the daemon still answers after {timeout:g} s", file=sys.stderr)
+            return EXIT_ERROR
+        time.sleep(STOP_POLL)
+    print("librorum: the daemon is stopping: it no longer accepts connections")
+    return EXIT_OK
+
+
+#: Seconds between two looks at whether the daemon is gone (bounded by the deadline).
+STOP_POLL = 0.05
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not reaped yet, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, alive
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    # The state follows the command name in parentheses, which may itself hold any bytes.
+    return stat[stat.rfind(")") + 2 :][:1] != "Z"
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from librorum.config import ConfigError, default_config_file
+    from librorum.config_template import render
+
+    path: Path = args.path or default_config_file()
+    try:
+        text = render()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    if path.exists() and not args.force:
+        print(f"librorum: {path} exists; use --force to replace it", file=sys.stderr)
+        return EXIT_ERROR
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole under a temporary name, then renamed: never a half-written file.
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+    print(f"librorum: wrote {path}")
     return EXIT_OK
 
 
@@ -322,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL",
     )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
+    )
 
     put = sub.add_parser("put", help="upload LOCAL (- for stdin) to REMOTE")
     put.add_argument("local")
@@ -363,7 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     mkdir.add_argument("remote")
     mkdir.set_defaults(func=cmd_mkdir)
 
-    status = sub.add_parser("status", help="the daemon's health and figures")
+    status = sub.add_parser(
+        "status", help="the daemon's health and figures (exit status 2 when degraded)"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     status.set_defaults(func=cmd_status)
 
     ping = sub.add_parser("ping", help="round trip to the daemon")
@@ -381,6 +494,20 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--limit", type=_listed, default=1000, help="list at most N requests (1-1000)"
     )
     top.set_defaults(func=cmd_top)
+    stop = sub.add_parser("stop", help="stop the daemon gracefully (administrators only)")
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for it to exit (default: its grace plus 10)",
+    )
+    stop.set_defaults(func=cmd_stop)
+
+    init = sub.add_parser("init", help="write a configuration file with every default")
+    init.add_argument(
+        "path", nargs="?", type=Path, help="where (default: the configuration file's usual place)"
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing file")
     return parser
 
 
@@ -419,6 +546,8 @@ def run_serve(args: argparse.Namespace) -> int:
         overrides["listen_port"] = int(port)
     if args.log_level is not None:
         overrides["log_level"] = args.log_level
+    if args.metrics is not None:
+        overrides["metrics_listen"] = args.metrics
     config = load_config(config_file=args.config, overrides=overrides)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -469,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "init":
+            return run_init(args)
         assert func is not None
         with _client(args) as client:
             return func(client, args)

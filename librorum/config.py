@@ -177,6 +177,30 @@ def _log_level(instance: object, attribute: attrs.Attribute[str], value: str) ->
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def split_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as the host (without brackets) and the port.
+
+    Raises:
+        ConfigError: ``value`` is not of that form, or the port is not 0-65535.
+    """
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        msg = f"expected HOST:PORT (port 0-65535; [ADDRESS]:PORT for IPv6), got {value!r}"
+        raise ConfigError(msg)
+    return host, int(port)
+
+
+def _host_port(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None:
+        try:
+            split_host_port(value)
+        except ConfigError as exc:
+            msg = f"{attribute.name}: {exc}"
+            raise ConfigError(msg) from None
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Everything the daemon and its clients are configured with. Build it with
@@ -252,12 +276,25 @@ class Config:
     #: room for the metadata to grow and for uploads already under way (see
     #: :data:`librorum.limits.MIN_FREE_SPACE`). 0 refuses new data only when the disk is full.
     min_free_space: int = attrs.field(default=MIN_FREE_SPACE, validator=_not_negative)
+    #: Where to serve Prometheus metrics over HTTP at ``/metrics``, as ``HOST:PORT`` (port 0:
+    #: any free port); ``None`` (an empty string in the file): no metrics listener. A
+    #: non-loopback host needs TLS and a token, as for the WebSocket listener; with a token
+    #: configured, a scrape must send ``Authorization: Bearer <token>``.
+    metrics_listen: str | None = attrs.field(default=None, validator=_host_port)
 
     def __attrs_post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             msg = "tls_cert and tls_key go together: set both (wss://) or neither"
             raise ConfigError(msg)
-        if self.remote_enabled and not is_loopback(self.listen_host):
+        if self.remote_enabled:
+            self._check_exposure(self.listen_host, "listen", "use the store")
+        if self.metrics_listen is not None:
+            host, _ = split_host_port(self.metrics_listen)
+            self._check_exposure(host, "serve metrics", "read the daemon's figures")
+
+    def _check_exposure(self, host: str, doing: str, could: str) -> None:
+        """Refuse a listener on a non-loopback ``host`` without both a token and TLS."""
+        if not is_loopback(host):
             missing = [
                 what
                 for what, value in (("a token_file", self.token_file), ("TLS", self.tls_cert))
@@ -265,8 +302,8 @@ class Config:
             ]
             if missing:
                 msg = (
-                    f"refusing to listen on non-loopback host {self.listen_host!r} without "
-                    f"{' and '.join(missing)}: anyone on the network could use the store. "
+                    f"refusing to {doing} on non-loopback host {host!r} without "
+                    f"{' and '.join(missing)}: anyone on the network could {could}. "
                     "Set tls_cert, tls_key and token_file, or listen on 127.0.0.1."
                 )
                 raise ConfigError(msg)

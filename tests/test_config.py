@@ -137,3 +137,21 @@ def test_every_setting_can_be_given_as_text(tmp_path: Path) -> None:
         field.name: _as_text(getattr(reference, field.name)) for field in attrs.fields(Config)
     }
     assert load_config(env={"HOME": str(tmp_path)}, overrides=overrides) == reference
+
+
+def test_the_metrics_listener_follows_the_websocket_rules(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path)}
+    assert load_config(env=env).metrics_listen is None  # off by default
+    assert load_config(env=env, overrides={"metrics_listen": "[::1]:9100"}).metrics_listen
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        load_config(env=env, overrides={"metrics_listen": "9100"})
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        load_config(env=env, overrides={"metrics_listen": "localhost:99999"})
+    # Off loopback: TLS and a token, or no listener, whatever the WebSocket listener does.
+    public = {"metrics_listen": "0.0.0.0:9100", "remote_enabled": False}
+    with pytest.raises(ConfigError, match="refusing to serve metrics on non-loopback host"):
+        load_config(env=env, overrides=public)
+    with pytest.raises(ConfigError, match="without a token_file and TLS"):
+        load_config(env=env, overrides={**public, "token_file": ""})
+    tls = {"tls_cert": tmp_path / "c.pem", "tls_key": tmp_path / "k.pem"}
+    assert load_config(env=env, overrides={**public, **tls}).metrics_listen == "0.0.0.0:9100"

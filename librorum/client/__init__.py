@@ -33,5 +33,6 @@ from librorum.protocol.messages import (
     NodeStatusReply as NodeStatusReply,
     RequestEntry as RequestEntry,
     RequestsReply as RequestsReply,
+    ShutdownReply as ShutdownReply,
     UploadStatusReply as UploadStatusReply,
 )

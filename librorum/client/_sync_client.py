@@ -99,6 +99,8 @@ from librorum.protocol.messages import (
     RenameReply,
     Requests,
     RequestsReply,
+    Shutdown,
+    ShutdownReply,
     UploadStatus,
     UploadStatusReply,
 )
@@ -422,6 +424,18 @@ class SyncClient:
             NotFoundError: no such upload (it never started, completed, or expired).
         """
         return self._unary(UploadStatus(upload_id), UploadStatusReply)
+
+    def shutdown(self) -> ShutdownReply:
+        """Ask the daemon to stop gracefully, as on SIGTERM (spec 5.22; administrators only).
+        The reply comes first; then the daemon drains (GOAWAY) and exits.
+
+        Returns:
+            The grace the requests in flight get, and the daemon's pid.
+
+        Raises:
+            ForbiddenError: this client is not an administrator (spec 2.5).
+        """
+        return self._unary(Shutdown(), ShutdownReply)
 
     # Writing -----------------------------------------------------------------------------------
 

@@ -76,6 +76,7 @@ class Command(enum.IntEnum):
     ERROR = 0x16
     #: The requests in flight across the daemon, for the live view (spec 5.21; admin only).
     REQUESTS = 0x0E
+    SHUTDOWN = 0x0F
 
 
 #: Commands indexed by their byte; ``None`` where the byte is not a command. The decoder looks
@@ -100,6 +101,7 @@ REQUEST_COMMANDS: Final = frozenset(
         Command.PING,
         Command.CANCEL,
         Command.REQUESTS,
+        Command.SHUTDOWN,
     }
 )
 

@@ -345,6 +345,19 @@ class NodeStatusReply:
     #: Upload bytes held against the global in-flight budget now, and at most (spec 9.2).
     inflight_bytes: int = attrs.field(default=0, validator=_u64)
     inflight_peak_bytes: int = attrs.field(default=0, validator=_u64)
+    #: Why the store refuses writes (null when it does not), and since when (milliseconds
+    #: since the Unix epoch).
+    read_only_reason: str | None = None
+    read_only_since_ms: int | None = attrs.field(default=None, validator=_opt_u64)
+    #: Why the node is degraded, one line each; empty when it is healthy (spec 5.5).
+    degraded: tuple[str, ...] = ()
+    #: Requests ended by a request error (0x02xx) and by a server error (0x03xx) since the
+    #: start (spec 7.1).
+    client_errors: int = attrs.field(default=0, validator=_u64)
+    server_errors: int = attrs.field(default=0, validator=_u64)
+    #: What the daemon runs on.
+    python_version: str = ""
+    sqlite_version: str = ""
 
 
 # --- Data streams ------------------------------------------------------------------------------
@@ -458,6 +471,22 @@ class RequestsReply:
     connections: int = attrs.field(default=0, validator=_u64)
 
 
+# --- Administration ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Shutdown:
+    """SHUTDOWN: stop the daemon gracefully, as on SIGTERM (spec 5.22; administrators only)."""
+
+
+@attrs.frozen
+class ShutdownReply:
+    #: Milliseconds the requests in flight are given to finish before they are cancelled.
+    grace_ms: int = attrs.field(validator=_u64)
+    #: The daemon's process id (a local client waits for it to exit).
+    pid: int = attrs.field(default=0, validator=_u32)
+
+
 #: Every control message class.
 Message: TypeAlias = (
     Hello
@@ -489,6 +518,8 @@ Message: TypeAlias = (
     | UploadStatusReply
     | Requests
     | RequestsReply
+    | Shutdown
+    | ShutdownReply
 )
 
 #: The class of a request payload (no REPLY flag), by command. DATA has none: raw bytes.
@@ -508,6 +539,7 @@ REQUEST_TYPES: Final[dict[Command, type[Message]]] = {
     Command.READ: FileRead,
     Command.UPLOAD_STATUS: UploadStatus,
     Command.REQUESTS: Requests,
+    Command.SHUTDOWN: Shutdown,
 }
 
 #: The class of a reply payload (REPLY flag set), by command. DATA has none: raw bytes.
@@ -528,6 +560,7 @@ REPLY_TYPES: Final[dict[Command, type[Message]]] = {
     Command.READ: FileReadReply,
     Command.UPLOAD_STATUS: UploadStatusReply,
     Command.REQUESTS: RequestsReply,
+    Command.SHUTDOWN: ShutdownReply,
 }
 
 #: The command of each message class, and whether it travels with the REPLY flag. WINDOW and
@@ -550,5 +583,6 @@ UNARY_REQUESTS: Final = frozenset(
         Command.UPLOAD_STATUS,
         Command.CANCEL,
         Command.REQUESTS,
+        Command.SHUTDOWN,
     }
 )

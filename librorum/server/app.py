@@ -13,6 +13,7 @@ and the store closes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import resource
@@ -25,12 +26,16 @@ import attrs
 import trio
 
 from librorum import limits
-from librorum.config import Config, ConfigError, load_config
+from librorum.config import Config, ConfigError, load_config, split_host_port
 from librorum.protocol.constants import DEFAULT_MAX_FILE_SIZE, Feature
 from librorum.protocol.session import ServerLimits
 from librorum.server.budget import InflightBudget, give_memory_back
 from librorum.server.connection import Connection
 from librorum.server.context import ServerContext, Timeouts
+from librorum.server.http import HttpEndpoint
+from librorum.server.metrics import Metrics
+from librorum.server.node_id import load_or_create_node_id
+from librorum.server.sd_notify import Notifier
 from librorum.service import Admins, Service, Stats
 from librorum.store import open_store
 from librorum.transport import (
@@ -58,16 +63,31 @@ class Server:
         store: The open store the service runs over.
         max_file_size: What HELLO announces; ``None`` (the default) for what the service
             enforces, which is the store's limit.
+        node_id: The node's identity (default: a random one; the daemon keeps one in its
+            data directory).
     """
 
-    def __init__(self, config: Config, store: Store, *, max_file_size: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        max_file_size: int | None = None,
+        node_id: str | None = None,
+    ) -> None:
         self.config = config
+        self.shutdown_requested = trio.Event()
         #: The daemon's figures (the connections count into them; NODE_STATUS reports them).
         self.stats = Stats()
         #: Upload bytes in flight, across every connection (spec 9.2).
         self.budget = InflightBudget(config.max_inflight_bytes)
         self.service = Service(
-            store, stats=self.stats, inflight=self.budget, admins=Admins(config.admin_uids)
+            store,
+            stats=self.stats,
+            inflight=self.budget,
+            admins=Admins(config.admin_uids),
+            node_id=node_id,
+            on_shutdown=self.shutdown_requested.set,
         )
         offer = ServerLimits(
             max_file_size=self.service.max_file_size if max_file_size is None else max_file_size,
@@ -96,7 +116,6 @@ class Server:
         self.connections: set[Connection] = set()
         self._idle = trio.Event()
         self._idle.set()
-        self.shutdown_requested = trio.Event()
 
     @property
     def shutting_down(self) -> bool:
@@ -178,6 +197,8 @@ class RunningServer:
     #: (host, port) of the WebSocket listener, or ``None`` when remote access is off.
     websocket: tuple[str, int] | None
     server: Server = attrs.field(repr=False)
+    #: (host, port) of the metrics endpoint, or ``None`` when it is off.
+    metrics: tuple[str, int] | None = None
 
     @property
     def url(self) -> str | None:
@@ -205,7 +226,12 @@ async def serve(
             config file (:func:`librorum.config.load_config`).
         handle_signals: shut down gracefully on SIGINT/SIGTERM (only possible in the main
             thread; an embedding program that handles signals itself passes ``False``).
-        task_status: receives a :class:`RunningServer` once both listeners accept.
+        task_status: receives a :class:`RunningServer` once both listeners accept (and the
+            metrics endpoint, when configured).
+
+    Under a service manager (``NOTIFY_SOCKET`` set), the daemon says READY=1 at that point,
+    STOPPING=1 when it begins to shut down, and WATCHDOG=1 every half ``WATCHDOG_USEC``
+    (see :mod:`librorum.server.sd_notify`).
 
     Raises:
         AlreadyRunningError: another daemon holds the data directory or the socket.
@@ -222,7 +248,9 @@ async def serve(
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # One value for what the store enforces and what HELLO announces.
     max_file_size = DEFAULT_MAX_FILE_SIZE
-    with single_instance_lock(config.data_dir):
+    notifier = Notifier()
+    with single_instance_lock(config.data_dir), contextlib.closing(notifier):
+        node_id = load_or_create_node_id(config.data_dir)
         async with (
             open_store(
                 config.data_dir / "store",
@@ -231,7 +259,7 @@ async def serve(
             ) as store,
             trio.open_nursery() as handlers,
         ):
-            server = Server(config, store, max_file_size=max_file_size)
+            server = Server(config, store, max_file_size=max_file_size, node_id=node_id)
             async with trio.open_nursery() as listeners:
                 # Connections run in the outer nursery, so stopping the listeners does not
                 # cut the requests in flight: shutdown drains them first.
@@ -248,10 +276,12 @@ async def serve(
                     )
                 )
                 websocket = None
+                token = None
+                if config.token_file is not None and (
+                    config.remote_enabled or config.metrics_listen is not None
+                ):
+                    token = load_or_create_token(config.token_file)
                 if config.remote_enabled:
-                    token = None
-                    if config.token_file is not None:
-                        token = load_or_create_token(config.token_file)
                     websocket = await listeners.start(
                         functools.partial(
                             serve_websocket,
@@ -275,14 +305,24 @@ async def serve(
                             handler_nursery=handlers,
                         )
                     )
-                running = RunningServer(socket_path, websocket, server)
-                log.info(
-                    "librorum %s serving %s on %s%s",
-                    __version__,
-                    config.data_dir,
-                    socket_path,
-                    f" and {running.url}" if running.url else "",
-                )
+                metrics = None
+                if config.metrics_listen is not None:
+                    host, port = split_host_port(config.metrics_listen)
+                    endpoint = HttpEndpoint(
+                        Metrics(server).render,
+                        path="/metrics",
+                        token=token,
+                        ssl_context=_server_ssl_context(config),
+                    )
+                    metrics = await listeners.start(endpoint.serve, host, port)
+                running = RunningServer(socket_path, websocket, server, metrics)
+                where = f"{socket_path}{f' and {running.url}' if running.url else ''}"
+                if metrics is not None:
+                    where += f", metrics at {_http_url(config, metrics)}/metrics"
+                log.info("librorum %s serving %s on %s", __version__, config.data_dir, where)
+                notifier.notify(READY="1", STATUS=f"serving on {where}")
+                # In the outer nursery: the watchdog goes on through the drain.
+                handlers.start_soon(notifier.watchdog)
                 if handle_signals:
                     listeners.start_soon(_watch_signals, server)
                 listeners.start_soon(give_memory_back, server.budget)
@@ -290,6 +330,10 @@ async def serve(
                 await server.shutdown_requested.wait()
                 listeners.cancel_scope.cancel()  # stop accepting
             log.info("shutting down: draining %d connections", len(server.connections))
+            notifier.notify(
+                STOPPING="1",
+                STATUS=f"shutting down: draining {len(server.connections)} connections",
+            )
             await server.drain()
             handlers.cancel_scope.cancel()
     log.info("stopped")
@@ -341,6 +385,12 @@ def fit_descriptors(config: Config) -> int:
         wanted,
     )
     return fits
+
+
+def _http_url(config: Config, address: tuple[str, int]) -> str:
+    host, port = address
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if config.tls_enabled else 'http'}://{host}:{port}"
 
 
 def _server_ssl_context(config: Config) -> ssl.SSLContext | None:

@@ -18,6 +18,7 @@ A new command is one message class (``protocol/messages.py``), one service metho
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Generic, TypeVar
 
@@ -52,6 +53,8 @@ from librorum.protocol.messages import (
     RequestEntry,
     Requests,
     RequestsReply,
+    Shutdown,
+    ShutdownReply,
     StoreFigures,
     UploadStatus,
     UploadStatusReply,
@@ -194,6 +197,15 @@ async def node_status(driver: Driver, message: NodeStatus) -> NodeStatusReply:
         ),
         inflight_bytes=report.inflight_bytes,
         inflight_peak_bytes=report.inflight_peak_bytes,
+        read_only_reason=report.read_only_reason,
+        read_only_since_ms=(
+            None if report.read_only_since is None else int(report.read_only_since * 1000)
+        ),
+        degraded=report.degraded,
+        client_errors=report.client_errors,
+        server_errors=report.server_errors,
+        python_version=report.python_version,
+        sqlite_version=report.sqlite_version,
     )
 
 
@@ -348,6 +360,13 @@ async def requests(driver: Driver, message: Requests) -> RequestsReply:
     )
 
 
+async def shutdown(driver: Driver, message: Shutdown) -> ShutdownReply:
+    # The reply is queued before the drain starts (no checkpoint in between): the client
+    # learns the daemon is stopping, then gets GOAWAY like every other connection.
+    driver.service.shutdown(driver.caller)
+    return ShutdownReply(grace_ms=driver.context.grace_ms, pid=os.getpid())
+
+
 # --- The table -----------------------------------------------------------------------------------
 
 #: Every request command LBRU serves: one row each.
@@ -365,6 +384,7 @@ ROWS: Final[tuple[Row, ...]] = (
     Streamed(FileWrite, write, receives_data=True),
     # A snapshot of plain dictionaries, no checkpoint: answered by the reader.
     Unary(Requests, requests, inline=True),
+    Unary(Shutdown, shutdown, inline=True),
 )
 
 #: The rows by request message class: how the connection finds a request's row.

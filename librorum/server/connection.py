@@ -36,7 +36,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, cast
 
 import trio
@@ -48,12 +50,14 @@ from librorum.errors import (
     ConnectionClosed,
     ConnectionLimitError,
     ConnectionTimeoutError,
+    ErrorCode,
     InternalError,
     LibrorumError,
     RemoteProtocolError,
     UnavailableError,
 )
 from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
+from librorum.protocol.constants import Command
 from librorum.protocol.framing import FileRegion, Payload
 from librorum.protocol.messages import Message, Rename
 from librorum.protocol.session import (
@@ -93,6 +97,8 @@ MAX_READER_QUEUED_FRAMES: Final = 1024
 #: cheap requests in one write must not hold the event loop (and every other connection) for
 #: the whole burst. 32 STATs are ~1-2 ms here.
 READER_BATCH_FRAMES: Final = 32
+#: Each command's name, looked up once rather than through the enum on every request.
+COMMAND_NAMES: Final[Mapping[Command, str]] = {command: command.name for command in Command}
 
 
 class Connection:
@@ -304,7 +310,7 @@ class Connection:
             self._waiting = None
         self._last_activity = self._last_progress = trio.current_time()
         self._receive_size = next_receive_size(len(data))
-        self.context.stats.bytes_in += len(data)
+        self.context.stats.received(self.transport.kind, len(data))
         self.bytes_in += len(data)
         return data
 
@@ -368,7 +374,7 @@ class Connection:
                 and isinstance(row, Unary)
                 and (inline is True or inline(self, message))
             ):
-                await self._serve_inline(event.session_id, row, message)
+                await self._serve_inline(event.session_id, row, message, event.command)
             else:
                 self._start_request(event, row)
         elif isinstance(event, DataReceived):
@@ -397,20 +403,28 @@ class Connection:
         elif isinstance(event, ConnectionEnded) and event.error is not None:
             log.info("%s: connection error: %s", self.transport.peer, event.error)
 
-    async def _serve_inline(self, sid: int, row: Unary[Message], message: Message) -> None:
+    async def _serve_inline(
+        self, sid: int, row: Unary[Message], message: Message, command: Command
+    ) -> None:
         """Answer a request the table marks inline from the reader: its reply (or ERROR) is
         queued before the next frame is read. The service answers these without waiting; a
         cancellation (the connection ending) leaves it unanswered, like a request task
         cancelled with its connection."""
         session = self.session
+        # Latency for the metrics: two clock reads, the cheapest figure there is.
+        started = time.perf_counter()
         try:
             reply = await row.handler(self, message)
         except Exception as exc:
             error = self._error_for(exc, type(message).__name__, sid)
             log.info("%s: %s failed: %s", self.transport.peer, type(message).__name__, error)
             session.send_error(sid, error)
+            self.context.stats.request_done(
+                COMMAND_NAMES[command], time.perf_counter() - started, error.code
+            )
         else:
             session.reply(sid, reply)
+            self.context.stats.request_done(COMMAND_NAMES[command], time.perf_counter() - started)
 
     def _error_for(self, exc: Exception, what: str, sid: int) -> LibrorumError:
         """What a request's failure tells the client: a LibrorumError as it is; anything
@@ -450,11 +464,16 @@ class Connection:
         # The waits of this task (and of the tasks it starts) record in the request's
         # activity. The task ends with the request, so nothing needs undoing.
         bind(state.activity)
+        started = time.perf_counter()
+        # Whether the handler returned (a READ's last DATA frame is its answer) rather than
+        # being cancelled: for the outcome the metrics count.
+        completed = False
         try:
             with state.cancel_scope:
                 reply = await row.run(self, state, message)
                 if reply is not None:
                     state.reply = reply
+                completed = True
         except Exception as exc:
             error = self._error_for(exc, state.command.name, sid)
         finally:
@@ -470,15 +489,23 @@ class Connection:
             if state.fd is not None:
                 os.close(state.fd)
                 state.fd = None
+            outcome: ErrorCode | None = None
             if state.reply is not None:
                 session.reply(sid, state.reply)
             elif error is not None:
                 log.info("%s: %s failed: %s", self.transport.peer, state.command.name, error)
                 session.send_error(sid, error)
+                outcome = error.code
             elif session.is_in_flight(sid):
                 # Cancelled (CANCEL, shutdown deadline or disconnect) before any effect.
                 what = "aborted: no effect" if state.started else "cancelled before it started"
                 session.send_error(sid, CancelledError(what))
+                outcome = ErrorCode.CANCELLED
+            elif not completed:
+                outcome = ErrorCode.CANCELLED  # by a disconnect: no one to tell
+            self.context.stats.request_done(
+                COMMAND_NAMES[state.command], time.perf_counter() - started, outcome
+            )
             state.done.set()
             self.wake_writer()
             if session.closed:
@@ -585,9 +612,12 @@ class Connection:
                     await self.transport.send_frames(cast("list[FrameParts]", frames))
             finally:
                 self._sending -= 1
-            self.context.stats.bytes_out += sum(
-                len(header) + (payload.length if type(payload) is FileRegion else len(payload))
-                for header, payload in frames
+            self.context.stats.sent(
+                self.transport.kind,
+                sum(
+                    len(header) + (payload.length if type(payload) is FileRegion else len(payload))
+                    for header, payload in frames
+                ),
             )
             self._last_progress = trio.current_time()
         self._drained.unpark_all()

@@ -22,16 +22,20 @@ that offers it (for LBRU: ``librorum/server/commands.py``).
 
 from __future__ import annotations
 
+import logging
+import platform
 import re
 import secrets
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 
 import trio
 
-from librorum.errors import BadRequestError, ConflictError, NotFoundError
+from librorum.errors import BadRequestError, ConflictError, NotFoundError, UnavailableError
+from librorum.histogram import HistogramSnapshot
 from librorum.service.caller import Admins, Caller
 from librorum.service.descriptors import DescriptorKind, descriptor_kind
 from librorum.service.figures import InflightGauge, NodeReport, Stats
@@ -39,6 +43,8 @@ from librorum.service.live import MAX_LISTED, LiveRequests, LiveSnapshot
 from librorum.store import FileInfo, ListPage, Reader, Store, Upload, UploadStatus, WriteMode
 from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
 from librorum.version import __version__
+
+log = logging.getLogger("librorum.service")
 
 #: Spec 5.10: what a client-chosen upload id may look like.
 UPLOAD_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -76,6 +82,9 @@ class Service:
         stats: The figures the front doors keep (a new, empty one if omitted).
         inflight: The budget of upload bytes in flight, for :meth:`node_status`.
         admins: Who may run administrators' commands (default: the daemon's own uid).
+        node_id: The node's stable identity (default: a random one).
+        on_shutdown: Starts the daemon's graceful shutdown (for :meth:`shutdown`); ``None``
+            when nothing runs the service that could stop.
 
     Every method runs on the Trio thread. The read-only ones (:meth:`stat`, :meth:`list`
     with a small page, :meth:`upload_status`) complete without a checkpoint: a front door may
@@ -89,16 +98,21 @@ class Service:
         stats: Stats | None = None,
         inflight: InflightGauge | None = None,
         admins: Admins | None = None,
+        node_id: str | None = None,
+        on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self.admins = admins if admins is not None else Admins()
         self.stats = stats if stats is not None else Stats()
         self._inflight: InflightGauge = inflight if inflight is not None else _NoBudget()
-        #: Random, chosen at start: tells restarts apart in :meth:`node_status`.
-        self.node_id = secrets.token_hex(8)
+        #: The node's identity in :meth:`node_status`: the one kept in the data directory
+        #: (the daemon passes it), else random, chosen at start.
+        self.node_id = node_id if node_id is not None else secrets.token_hex(8)
         self._started_at = time.monotonic()
         #: The requests in flight across the front doors, for :meth:`requests_in_flight`.
         self.live = LiveRequests()
+        self._started_wall = time.time()
+        self._on_shutdown = on_shutdown
 
     @property
     def max_file_size(self) -> int:
@@ -352,6 +366,13 @@ class Service:
             store=figures,
             inflight_bytes=self._inflight.used,
             inflight_peak_bytes=self._inflight.peak,
+            read_only_reason=self._store.read_only_reason,
+            read_only_since=self._store.read_only_since,
+            client_errors=stats.client_errors,
+            server_errors=stats.server_errors,
+            python_version=platform.python_version(),
+            sqlite_version=sqlite3.sqlite_version,
+            started_at=self._started_wall,
         )
 
     # --- the live view -----------------------------------------------------------------------
@@ -369,3 +390,38 @@ class Service:
         """
         self.admins.check(caller, "the live view of requests in flight")
         return self.live.snapshot(limit)
+
+    def shutdown(self, caller: Caller) -> None:
+        """Ask the daemon to shut down gracefully, as on SIGTERM: it stops accepting, tells
+        every connection GOAWAY, lets the requests in flight finish within the grace, and
+        exits. Returns at once (the drain begins at the caller's next checkpoint, so the
+        caller's answer goes out first).
+
+        Cancellation: not interruptible (no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator (spec 2.5).
+            UnavailableError: Nothing that runs this service can stop.
+        """
+        self.admins.check(caller, "stop the daemon")
+        if self._on_shutdown is None:
+            msg = "this service cannot be stopped from a request"
+            raise UnavailableError(msg)
+        who = f"uid {caller.uid}" if caller.uid is not None else "a token holder"
+        log.info("shutdown requested by %s", who)
+        self._on_shutdown()
+
+    def fsync_latency(self) -> HistogramSnapshot:
+        """How long the store's fsyncs have taken since it opened (a histogram, seconds).
+
+        No checkpoint; never raises.
+        """
+        return self._store.fsync_latency()
+
+    def commit_latency(self) -> HistogramSnapshot:
+        """How long the store's metadata commits have taken since it opened (a histogram,
+        seconds).
+
+        No checkpoint; never raises.
+        """
+        return self._store.commit_latency()

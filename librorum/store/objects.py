@@ -45,6 +45,7 @@ import mmap
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol, TypeVar, runtime_checkable
 
@@ -54,6 +55,7 @@ import trio
 
 from librorum.activity import Wait, waiting
 from librorum.errors import CorruptDataError
+from librorum.histogram import LockedHistogram
 from librorum.store._translate import translating
 from librorum.store.fs import FS
 
@@ -236,8 +238,11 @@ class LocalChunkStore:
         limiter: trio.CapacityLimiter,
         on_fsync_failure: Callable[[BaseException], None],
         check_space: Callable[[str], None] | None = None,
+        fsync_latency: LockedHistogram | None = None,
     ) -> None:
         self.root = root
+        # Each fsync's duration, for the store's figures (metrics): how slow the disk is.
+        self._fsync_latency = fsync_latency
         # Called before each new chunk file: raises NoSpaceError below the free-space floor.
         self._check_space = check_space
         self.chunk_dir = os.path.join(root, "chunks")
@@ -311,11 +316,15 @@ class LocalChunkStore:
     # --- helpers (worker threads) -------------------------------------------------------------
 
     def _fsync(self, fd: int) -> None:
+        started = time.perf_counter()
         try:
             self._fs.fsync(fd)
         except OSError as exc:
             self._on_fsync_failure(exc)
             raise
+        finally:
+            if self._fsync_latency is not None:
+                self._fsync_latency.observe(time.perf_counter() - started)
 
     def _fsync_dir(self, path: str) -> None:
         fd = self._fs.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -37,6 +37,7 @@ import trio
 
 from librorum.activity import Wait, waiting
 from librorum.errors import NoSpaceError, StoreIOError, TimeoutError_
+from librorum.histogram import LockedHistogram
 from librorum.store._translate import store_error_for, translating
 from librorum.store.fs import FS
 from librorum.store.meta import (
@@ -572,6 +573,7 @@ class SqliteMetadataStore:
             store's space reserve, or opening, failed for lack of space: gives the reserve's
             space back and returns whether there was any to give.
         lock_timeout: Longest wait for the writer (seconds) before TimeoutError_.
+        commit_latency: Where each commit's duration is recorded (seconds), if anywhere.
     """
 
     def __init__(
@@ -582,8 +584,10 @@ class SqliteMetadataStore:
         on_commit_failure: Callable[[BaseException], None],
         release_reserve: Callable[[], bool],
         lock_timeout: float,
+        commit_latency: LockedHistogram | None = None,
     ) -> None:
         self._path = path
+        self._commit_latency = commit_latency
         self._release_reserve = release_reserve
         self._lock_timeout = lock_timeout
         self._fs = fs
@@ -791,6 +795,7 @@ class SqliteMetadataStore:
         def commit() -> None:
             conn.execute("COMMIT")
 
+        started = time.perf_counter()
         try:
             self._fs.commit_metadata(commit)
         except BaseException as exc:
@@ -802,6 +807,9 @@ class SqliteMetadataStore:
             if not isinstance(exc, Exception) or not _is_no_space(exc):
                 self._on_commit_failure(exc)
             raise
+        finally:
+            if self._commit_latency is not None:
+                self._commit_latency.observe(time.perf_counter() - started)
         return result
 
 

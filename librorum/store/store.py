@@ -102,6 +102,7 @@ import trio
 from librorum.activity import Wait
 from librorum.domain import DEFAULT_LIST_LIMIT, DEFAULT_MAX_FILE_SIZE, WriteMode
 from librorum.errors import IsADirectoryError_
+from librorum.histogram import HistogramSnapshot
 from librorum.limits import MIN_FREE_SPACE
 from librorum.store import namespace as ns, recovery
 from librorum.store.backend import (
@@ -216,6 +217,27 @@ class Store:
     def read_only(self) -> bool:
         """Whether writes are refused (after an fsync failure; reopen to clear)."""
         return self._engine.read_only
+
+    @property
+    def read_only_reason(self) -> str | None:
+        """Why writes are refused (the fsync or commit failure), or ``None`` when they are
+        not."""
+        return self._engine.read_only_reason
+
+    @property
+    def read_only_since(self) -> float | None:
+        """When the store turned read-only (seconds since the epoch), if it has."""
+        return self._engine.read_only_since
+
+    def fsync_latency(self) -> HistogramSnapshot:
+        """How long the chunk files' and directories' fsyncs have taken since the open
+        (seconds; a histogram of fixed buckets). Never raises; no checkpoint."""
+        return self._engine.fsync_latency.snapshot()
+
+    def commit_latency(self) -> HistogramSnapshot:
+        """How long the metadata commits have taken since the open (seconds; each makes the
+        metadata's log durable, with an fsync). Never raises; no checkpoint."""
+        return self._engine.commit_latency.snapshot()
 
     # --- namespace --------------------------------------------------------------------------------
 

@@ -75,6 +75,8 @@ from librorum.protocol.messages import (
     RequestEntry,
     Requests,
     RequestsReply,
+    Shutdown,
+    ShutdownReply,
     StoreFigures,
     UploadStatus,
     UploadStatusReply,
@@ -739,6 +741,22 @@ def _valid() -> list[dict[str, Any]]:
             connections=2,
         ),
     )
+    add(
+        "shutdown",
+        "SHUTDOWN (administrators only): a message without fields, the empty map.",
+        Command.SHUTDOWN,
+        end,
+        30,
+        Shutdown(),
+    )
+    add(
+        "shutdown-reply",
+        "SHUTDOWN reply: the daemon drains for 10 s (GOAWAY follows), then exits.",
+        Command.SHUTDOWN,
+        rend,
+        30,
+        ShutdownReply(grace_ms=10_000, pid=4242),
+    )
     return out
 
 
@@ -861,7 +879,7 @@ def _malformed() -> list[dict[str, Any]]:
         "header",
         limits={**DEFAULT_LIMITS, "expected_version": 2},
     )
-    for byte in (0x00, 0x0A, 0x0F, 0x17, 0x7F, 0xFF):
+    for byte in (0x00, 0x0A, 0x17, 0x1F, 0x7F, 0xFF):
         add(
             f"unknown-command-{byte:02x}",
             "unknown-command",
