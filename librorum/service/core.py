@@ -29,13 +29,26 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 
+import attrs
 import trio
 
 from librorum.errors import BadRequestError, ConflictError, NotFoundError
-from librorum.service.caller import Admins
+from librorum.service.caller import Admins, Caller
+from librorum.service.checks import Checks
 from librorum.service.descriptors import DescriptorKind, descriptor_kind
 from librorum.service.figures import InflightGauge, NodeReport, Stats
-from librorum.store import FileInfo, ListPage, Reader, Store, Upload, UploadStatus, WriteMode
+from librorum.store import (
+    FileInfo,
+    FsckProgress,
+    FsckReport,
+    ListPage,
+    Reader,
+    RepairReport,
+    Store,
+    Upload,
+    UploadStatus,
+    WriteMode,
+)
 from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
 from librorum.version import __version__
 
@@ -96,6 +109,8 @@ class Service:
         #: Random, chosen at start: tells restarts apart in :meth:`node_status`.
         self.node_id = secrets.token_hex(8)
         self._started_at = time.monotonic()
+        #: fsck, repair and the background scrub, and what they found last.
+        self.checks = Checks(store, self.admins.check)
 
     @property
     def max_file_size(self) -> int:
@@ -349,4 +364,34 @@ class Service:
             store=figures,
             inflight_bytes=self._inflight.used,
             inflight_peak_bytes=self._inflight.peak,
+            checks=attrs.evolve(self.checks.figures),
         )
+
+    # --- checks (administrators) ---------------------------------------------------------------
+
+    async def fsck(self, caller: Caller, progress: FsckProgress | None = None) -> FsckReport:
+        """Check the whole store (see :meth:`Checks.fsck`); ``progress`` is updated as it
+        goes.
+
+        Cancellation: stops the check at once.
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            BusyError: A check or repair is running.
+            StoreIOError: The metadata could not be read.
+        """
+        return await self.checks.fsck(caller, progress)
+
+    async def repair(self, caller: Caller, progress: FsckProgress | None = None) -> RepairReport:
+        """Check the whole store and repair what can be (see :meth:`Checks.repair`).
+
+        Cancellation: during the check, at once; during the repair, between its steps (a
+        step that began completes).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            BusyError: A check or repair is running.
+            ReadOnlyError: The store refuses writes.
+            StoreIOError, NoSpaceError, TimeoutError_: A repair step failed.
+        """
+        return await self.checks.repair(caller, progress)

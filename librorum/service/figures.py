@@ -12,7 +12,7 @@ from typing import Protocol
 
 import attrs
 
-from librorum.store import StoreStatus
+from librorum.store import FsckProgress, StoreStatus
 
 
 @attrs.define
@@ -59,6 +59,7 @@ class NodeReport:
         store: The store's figures.
         inflight_bytes: Upload bytes held against the in-flight budget now.
         inflight_peak_bytes: The most ever held at once.
+        checks: What fsck and the scrub found last.
     """
 
     version: str
@@ -71,3 +72,45 @@ class NodeReport:
     store: StoreStatus
     inflight_bytes: int
     inflight_peak_bytes: int
+    checks: CheckFigures = attrs.field(factory=lambda: CheckFigures())
+
+
+@attrs.define
+class CheckFigures:
+    """What the checks of the store found last: fsck (run by an administrator) and the
+    background scrub. Kept by the service (``checks.py``); NODE_STATUS shows them, and the
+    metrics are read from them.
+
+    Attributes:
+        fsck_running: The progress of the check or repair running now, if any.
+        last_fsck_ns: When the last check or repair finished (ns since the epoch; 0: none
+            since the start).
+        last_fsck_repair: Whether that was a repair.
+        last_fsck_ok: Whether it left nothing to do (a clean store; after a repair: no file
+            to upload again).
+        last_fsck_problems: Defects it found (corrupt, missing, orphan, quarantined chunks,
+            wrong counts, namespace errors).
+        last_fsck_affected: Files it found using damaged data (after a repair: still).
+        fsck_chunks_verified: Chunks rehashed by checks since the start.
+        last_scrub_ns: When the scrub last finished a full pass (ns since the epoch; 0:
+            none yet).
+        scrub_chunks_verified: Chunks the scrub verified since the start.
+        scrub_bytes_verified: Their bytes.
+        scrub_corrupt_found: Chunks the scrub found corrupt or missing since the start.
+        scrub_pass_chunks: Chunks verified in the pass under way.
+        scrub_paused: The scrub is waiting for client traffic to stop.
+    """
+
+    fsck_running: FsckProgress | None = None
+    last_fsck_ns: int = 0
+    last_fsck_repair: bool = False
+    last_fsck_ok: bool = True
+    last_fsck_problems: int = 0
+    last_fsck_affected: int = 0
+    fsck_chunks_verified: int = 0
+    last_scrub_ns: int = 0
+    scrub_chunks_verified: int = 0
+    scrub_bytes_verified: int = 0
+    scrub_corrupt_found: int = 0
+    scrub_pass_chunks: int = 0
+    scrub_paused: bool = False

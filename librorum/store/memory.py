@@ -391,6 +391,28 @@ class _MemoryTxn:
         )
         return [r.id for r in rows[:limit]]
 
+    def set_refs(self, digest: bytes, refs: int) -> bool:
+        known = self._db.chunks.get(digest)
+        if known is None:
+            return False
+        if refs > 0:
+            self._put(self._db.chunks, digest, (known[0], refs))
+            return False
+        self._pop(self._db.chunks, digest)
+        self._add("chunk_count", -1)
+        self._add("stored_bytes", -known[0])
+        self.add_pending([digest])
+        return True
+
+    def chunks_after(self, after: bytes | None, limit: int) -> list[tuple[bytes, int]]:
+        start = after if after is not None else b""
+        found = sorted(
+            (d, size)
+            for d, (size, _refs) in self._db.chunks.items()
+            if d > start and not self.is_quarantined(d)
+        )
+        return found[:limit]
+
 
 class MemoryMetadataStore:
     """A :class:`~librorum.store.meta.MetadataStore` over :class:`MemoryMetadata`.

@@ -10,10 +10,12 @@ they rely on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
 
+import attrs
 import trio
 
 from librorum.errors import CorruptDataError, StoreIOError
@@ -21,7 +23,13 @@ from librorum.store import namespace as ns
 from librorum.store.engine import ChunkEngine
 from librorum.store.meta import KIND_DIR, MetaTxn
 from librorum.store.objects import CorruptChunkError
-from librorum.store.types import FSCK_REPORT_ITEMS, FsckReport, RecoveryReport
+from librorum.store.types import (
+    FSCK_REPORT_ITEMS,
+    FsckProgress,
+    FsckReport,
+    RecoveryReport,
+    ScrubStep,
+)
 
 log = logging.getLogger("librorum.store")
 
@@ -74,9 +82,37 @@ async def clear_quarantine_leftovers(engine: ChunkEngine) -> int:
     return len(stale)
 
 
-async def fsck(engine: ChunkEngine) -> FsckReport:
-    """Check the whole store of ``engine``: rehash every chunk file, recount every reference, check the
-    namespace and the figures, and look for missing and orphan chunk files.
+async def fsck(engine: ChunkEngine, progress: FsckProgress | None = None) -> FsckReport:
+    """Check the whole store of ``engine`` (see :func:`check`, which also returns what a
+    repair needs)."""
+    report, _findings = await check(engine, progress)
+    return report
+
+
+@attrs.frozen
+class Findings:
+    """What a check found, in full (not capped as the report's lists are), for a repair.
+
+    Attributes:
+        orphans: Chunk files nothing references and no journal entry explains.
+        refcount_deltas: For each chunk with a record whose count is wrong: (counted -
+            recorded, its size). Counted in one consistent snapshot, so the difference stays
+            true while later commits add and drop references.
+        unrecorded: Chunks referenced that have no record (a count the repair cannot set:
+            it does not know their size).
+    """
+
+    orphans: list[bytes]
+    refcount_deltas: dict[bytes, tuple[int, int]]
+    unrecorded: list[bytes]
+
+
+async def check(
+    engine: ChunkEngine, progress: FsckProgress | None = None
+) -> tuple[FsckReport, Findings]:
+    """Check the whole store of ``engine``: rehash every chunk file, recount every reference,
+    check the namespace and the figures, look for missing and orphan chunk files, and find the
+    files that use a chunk found corrupt, missing or quarantined.
 
     Safe on a live store: findings that concurrent activity could explain (a chunk
     written or collected during the scan) are rechecked against the current state
@@ -84,19 +120,34 @@ async def fsck(engine: ChunkEngine) -> FsckReport:
     quarantined, as a read finding it would (logged at ERROR, moved aside, recorded:
     see ``ChunkEngine.on_corrupt``), and listed both as corrupt and as quarantined.
 
-    Cancellation: safe at any point (reads only; chunk reads in flight are waited for).
+    Memory: chunk contents are hashed from a mapping, a chunk at a time per worker; the
+    digests and counts of the metadata (some 150 bytes per chunk) are held for the check.
+
+    Args:
+        engine: The engine, open.
+        progress: Updated in place as the check goes (phase, chunks and bytes done).
+
+    Cancellation: safe at any point (reads only; chunk reads in flight, at most one chunk
+    per I/O thread, are waited for).
 
     Raises:
         StoreIOError: The metadata could not be read.
     """
+    if progress is None:
+        progress = FsckProgress()
+    progress.phase = "metadata"
     scan = await engine.meta.read_slow(_scan_metadata)
     expected: Counter[bytes] = scan.refs
     stored = scan.chunks
+    wrong = [
+        d for d in set(expected) | set(stored) if stored.get(d, (0, 0))[1] != expected.get(d, 0)
+    ]
     refcount_errors = [
         f"{d.hex()}: recorded {stored.get(d, (0, 0))[1]}, counted {expected.get(d, 0)}"
-        for d in set(expected) | set(stored)
-        if stored.get(d, (0, 0))[1] != expected.get(d, 0)
+        for d in wrong
     ]
+    deltas = {d: (expected.get(d, 0) - stored[d][1], stored[d][0]) for d in wrong if d in stored}
+    unrecorded = [d for d in wrong if d not in stored]
     on_disk: set[bytes] = set()
     foreign: list[str] = []
     for shard, names in (await engine.objects.list_all()).items():
@@ -110,19 +161,22 @@ async def fsck(engine: ChunkEngine) -> FsckReport:
             else:
                 on_disk.add(digest)
     missing = [d for d in stored if d not in on_disk]
-    orphans = [d for d in on_disk if d not in stored and d not in scan.pending]
+    # A referenced chunk without a record is not an orphan: its file is data in use.
+    orphans = [
+        d for d in on_disk if d not in stored and d not in scan.pending and d not in expected
+    ]
     corrupt: list[bytes] = []
-    checked_bytes = 0
     todo = [d for d in stored if d in on_disk]
+    progress.phase = "chunks"
+    progress.chunks_total = len(todo)
+    progress.bytes_total = sum(stored[d][0] for d in todo)
 
     async def worker() -> None:
-        nonlocal checked_bytes
         while todo:
             digest = todo.pop()
             size = stored[digest][0]
             try:
                 await engine.objects.check(digest, size)
-                checked_bytes += size
             except CorruptChunkError as exc:
                 if exc.identity is None:
                     missing.append(digest)  # gone since the listing: rechecked below
@@ -131,11 +185,14 @@ async def fsck(engine: ChunkEngine) -> FsckReport:
                     await engine.on_corrupt(exc, size, "fsck")
             except (CorruptDataError, StoreIOError):
                 corrupt.append(digest)
+            progress.chunks_done += 1
+            progress.bytes_done += size
 
     to_check = len(todo)
     async with trio.open_nursery() as nursery:
         for _ in range(max(1, int(engine.io_limiter.total_tokens))):
             nursery.start_soon(worker)
+    checked_bytes = progress.bytes_done
 
     # Recheck findings a concurrent write or collection could explain. A chunk moved to
     # quarantine is reported as quarantined, not as missing.
@@ -147,13 +204,15 @@ async def fsck(engine: ChunkEngine) -> FsckReport:
         )
         orphans = [d for d in orphans if now[d][:2] == (0, False) and not engine.pins.pinned(d)]
         missing = [d for d in missing if now[d][0] > 0 and not now[d][2]]
-    quarantined = sorted(
-        row.digest.hex() for row in await engine.meta.read(lambda t: t.quarantined())
-    )
+    quarantined_rows = await engine.meta.read(lambda t: t.quarantined())
+    quarantined = sorted(row.digest.hex() for row in quarantined_rows)
+    progress.phase = "files"
+    bad = set(corrupt) | set(missing) | {row.digest for row in quarantined_rows}
+    affected = await affected_files(engine, bad) if bad else []
     temp_files = await engine.in_thread(engine.objects.count_temp_sync)
     namespace_errors = scan.namespace_errors + [f"foreign file in chunks/: {f}" for f in foreign]
     cap = FSCK_REPORT_ITEMS
-    return FsckReport(
+    report = FsckReport(
         files=scan.files,
         directories=scan.dirs,
         chunks_checked=to_check,
@@ -171,7 +230,69 @@ async def fsck(engine: ChunkEngine) -> FsckReport:
         temp_files=temp_files,
         quarantined=quarantined[:cap],
         quarantined_count=len(quarantined),
+        affected=affected[:cap],
+        affected_count=len(affected),
     )
+    return report, Findings(orphans=orphans, refcount_deltas=deltas, unrecorded=unrecorded)
+
+
+async def affected_files(engine: ChunkEngine, digests: set[bytes]) -> list[str]:
+    """The sorted paths of the files that use any of ``digests`` (one pass over the records,
+    in a worker thread)."""
+    return await engine.meta.read_slow(lambda t: _files_using(t, digests))
+
+
+def _files_using(t: MetaTxn, digests: set[bytes]) -> list[str]:
+    # The matching rows first, then their paths: no lookup while the scan is open.
+    rows = [
+        row
+        for row in t.all_entries()
+        if row.kind != KIND_DIR and not digests.isdisjoint(ns.digests(row))
+    ]
+    paths: list[str] = []
+    for row in rows:
+        names = [row.name]
+        parent = t.entry(row.parent)
+        # Bounded by the depth of the tree (and by a visited set, should a record be broken).
+        seen = {row.id}
+        while parent is not None and parent.id != 1 and parent.id not in seen:
+            seen.add(parent.id)
+            names.append(parent.name)
+            parent = t.entry(parent.parent)
+        paths.append("/" + "/".join(reversed(names)))
+    return sorted(paths)
+
+
+async def scrub_step(engine: ChunkEngine, after: bytes | None, limit: int) -> ScrubStep:
+    """Verify up to ``limit`` stored chunks after digest ``after``, in digest order; a chunk
+    found corrupt is quarantined (``ChunkEngine.on_corrupt``, logged at ERROR), one missing
+    is logged at ERROR. Quarantined chunks are skipped: they are known bad.
+
+    Cancellation: safe at any point (the chunk being verified is waited for).
+
+    Raises:
+        StoreIOError: The metadata could not be read.
+    """
+    rows = await engine.meta.read(lambda t: t.chunks_after(after, limit))
+    damaged: list[str] = []
+    done = 0
+    for digest, size in rows:
+        try:
+            await engine.objects.check(digest, size)
+        except CorruptDataError as exc:
+            # Missing or corrupt; a chunk collected since the listing is no finding.
+            if await engine.meta.read(functools.partial(_refs, digest)):
+                damaged.append(digest.hex())
+                await engine.on_corrupt(exc, size, "scrub")
+        except StoreIOError as exc:
+            log.warning("scrub: chunk %s could not be read: %s", digest.hex(), exc)
+        done += size
+    last = rows[-1][0] if len(rows) == limit else None
+    return ScrubStep(verified=len(rows), size=done, damaged=damaged, next=last)
+
+
+def _refs(digest: bytes, t: MetaTxn) -> int:
+    return t.refs(digest)
 
 
 def _is_hex_digest(name: str) -> bool:
