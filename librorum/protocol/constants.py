@@ -75,6 +75,8 @@ class Command(enum.IntEnum):
     GOAWAY = 0x15
     ERROR = 0x16
 
+    FSCK = 0x0D
+
 
 #: Commands indexed by their byte; ``None`` where the byte is not a command. The decoder looks
 #: the byte up here at header time, which is cheaper than ``Command(b)`` in a try block.
@@ -97,6 +99,7 @@ REQUEST_COMMANDS: Final = frozenset(
         Command.UPLOAD_STATUS,
         Command.PING,
         Command.CANCEL,
+        Command.FSCK,
     }
 )
 

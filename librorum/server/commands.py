@@ -40,6 +40,7 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     FileWriteReply,
+    Fsck,
     MakeDirectory,
     MakeDirectoryReply,
     Message,
@@ -53,6 +54,7 @@ from librorum.protocol.messages import (
     UploadStatus,
     UploadStatusReply,
 )
+from librorum.server import fsck
 from librorum.server.requests import Driver, RequestState
 from librorum.server.streams import receive_content, send_content
 from librorum.service import INLINE_LIST_LIMIT, DescriptorKind, FileInfo as StoredInfo
@@ -191,6 +193,7 @@ async def node_status(driver: Driver, message: NodeStatus) -> NodeStatusReply:
         ),
         inflight_bytes=report.inflight_bytes,
         inflight_peak_bytes=report.inflight_peak_bytes,
+        **fsck.status_fields(report.checks),
     )
 
 
@@ -316,6 +319,7 @@ ROWS: Final[tuple[Row, ...]] = (
     Unary(Cancel, cancel, Cancellation.NOTHING, inline=_target_idle),
     Streamed(FileRead, read),
     Streamed(FileWrite, write, receives_data=True),
+    Streamed(Fsck, fsck.fsck),
 )
 
 #: The rows by request message class: how the connection finds a request's row.
