@@ -148,11 +148,12 @@ class Checks:
         figures.last_fsck_ns = time.time_ns()
         figures.last_fsck_repair = repair
         figures.last_fsck_ok = ok
+        # A corrupt chunk is quarantined as it is found: counted once, as quarantined
+        # (unless its quarantine failed).
         figures.last_fsck_problems = (
-            report.corrupt_count
+            max(report.corrupt_count, report.quarantined_count)
             + report.missing_count
             + report.orphan_count
-            + report.quarantined_count
             + report.refcount_error_count
             + len(report.namespace_errors)
         )
