@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO, NoReturn, TextIO
 
 from librorum.errors import LibrorumError, NotADirectoryError_
 from librorum.protocol.constants import EntryKind, WriteMode
-from librorum.protocol.messages import DirEntry
+from librorum.protocol.messages import DirEntry, NodeStatusReply
 
 if TYPE_CHECKING:
     from librorum.client.sync import SyncClient
@@ -240,8 +240,40 @@ def cmd_status(client: SyncClient, args: argparse.Namespace) -> int:
         rows.append(["quarantined", f"{store.quarantined:,} corrupt chunks (re-upload to heal)"])
     if store.read_only:
         rows.append(["store", "READ-ONLY: a write to disk failed; restart the daemon"])
+    rows += check_rows(status)
     print(table(rows))
     return EXIT_OK
+
+
+def check_rows(status: NodeStatusReply) -> list[list[str]]:
+    """The rows of ``status`` about fsck and the scrub: one running, the last results."""
+    rows: list[list[str]] = []
+    if status.fsck_phase:
+        rows.append(
+            [
+                "fsck",
+                (
+                    f"running: {status.fsck_phase}, "
+                    f"{status.fsck_chunks_done:,}/{status.fsck_chunks_total:,} chunks"
+                ),
+            ]
+        )
+    if status.last_fsck_ms:
+        result = (
+            "clean"
+            if status.last_fsck_ok
+            else f"{status.last_fsck_problems:,} problems, "
+            f"{status.last_fsck_affected:,} files affected"
+        )
+        rows.append(["last fsck", f"{human_time(status.last_fsck_ms * 1_000_000)}: {result}"])
+    scrub = f"{status.scrub_chunks_verified:,} chunks verified since start"
+    if status.scrub_corrupt_found:
+        scrub += f", {status.scrub_corrupt_found:,} DAMAGED found (quarantined)"
+    if status.last_scrub_ms:
+        scrub += f"; last full pass {human_time(status.last_scrub_ms * 1_000_000)}"
+    if status.scrub_chunks_verified or status.last_scrub_ms or status.scrub_corrupt_found:
+        rows.append(["scrub", scrub])
+    return rows
 
 
 def _duration(seconds: float) -> str:
@@ -357,6 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
     ping = sub.add_parser("ping", help="round trip to the daemon")
     ping.add_argument("-c", "--count", type=_count, default=1, help="how many pings")
     ping.set_defaults(func=cmd_ping)
+
+    fsck = sub.add_parser(
+        "fsck",
+        help="check the store (administrators): exit 0 when clean, 1 when problems remain",
+    )
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="quarantine corrupt chunks, drop orphans, fix counts; list files to upload again",
+    )
+    fsck.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
+    fsck.set_defaults(func=cmd_fsck)
     return parser
 
 
@@ -459,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"librorum: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
 
+
+from librorum._cli_fsck import cmd_fsck  # noqa: E402 - it imports helpers defined above
 
 if __name__ == "__main__":
     sys.exit(main())
