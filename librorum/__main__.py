@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO, NoReturn, TextIO
 
 from librorum.errors import LibrorumError, NotADirectoryError_
 from librorum.protocol.constants import EntryKind, WriteMode
-from librorum.protocol.messages import DirEntry, NodeStatusReply
+from librorum.protocol.messages import DirEntry, FsckReply, NodeStatusReply
 
 if TYPE_CHECKING:
     from librorum.client.sync import SyncClient
@@ -291,6 +291,25 @@ def cmd_ping(client: SyncClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fsck(client: SyncClient, args: argparse.Namespace) -> int:
+    from librorum import _cli_fsck
+
+    progress = None if args.json else Progress("fsck --repair" if args.repair else "fsck")
+
+    def show(reply: FsckReply) -> None:
+        if progress is not None and reply.bytes_total:
+            progress(reply.bytes_done, reply.bytes_total)
+
+    report = client.fsck(repair=args.repair, on_progress=show)
+    if progress is not None:
+        progress.finish()
+    if args.json:
+        print(_cli_fsck.as_json(report))
+    else:
+        print(_cli_fsck.describe(report, human_size))
+    return _cli_fsck.exit_status(report)
+
+
 # --- Parsing ---------------------------------------------------------------------------------
 
 
@@ -503,8 +522,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"librorum: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
 
-
-from librorum._cli_fsck import cmd_fsck  # noqa: E402 - it imports helpers defined above
 
 if __name__ == "__main__":
     sys.exit(main())

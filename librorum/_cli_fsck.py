@@ -1,4 +1,4 @@
-"""``librorum fsck [--repair] [--json]``: the store's check, run by the daemon (spec 5.20).
+"""What ``librorum fsck [--repair] [--json]`` prints of the store's check (spec 5.20).
 
 Exit status: 0 when the store is clean (after a repair: nothing left to do), 1 when problems
 remain (after a repair: files to upload again, which it names), as for any failed command.
@@ -6,50 +6,33 @@ remain (after a repair: files to upload again, which it names), as for any faile
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import Final
 
 import attrs
 
 from librorum.protocol.messages import FsckReply
 
-if TYPE_CHECKING:
-    from librorum.client.sync import SyncClient
-
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
 
 
-def cmd_fsck(client: SyncClient, args: argparse.Namespace) -> int:
-    # Imported here: __main__ imports this module, and the helpers live there.
-    from librorum.__main__ import Progress
-
-    progress = None if args.json else Progress("fsck --repair" if args.repair else "fsck")
-
-    def show(reply: FsckReply) -> None:
-        if progress is not None and reply.bytes_total:
-            progress(reply.bytes_done, reply.bytes_total)
-
-    report = client.fsck(repair=args.repair, on_progress=show)
-    if progress is not None:
-        progress.finish()
-    if args.json:
-        document = attrs.asdict(report)
-        document["ok"] = report.ok
-        json.dump(document, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(describe(report))
+def exit_status(report: FsckReply) -> int:
+    """0 when nothing is left to do, 1 when problems remain."""
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
-def describe(report: FsckReply) -> str:
+def as_json(report: FsckReply) -> str:
+    """The report for scripts: every field, and ``ok``."""
+    document = attrs.asdict(report)
+    document["ok"] = report.ok
+    return json.dumps(document, indent=2)
+
+
+def describe(report: FsckReply, human_size: Callable[[int], str]) -> str:
     """The report for a person: the figures, each kind of defect found with its items, the
     files affected, what a repair did, and what to do next."""
-    from librorum.__main__ import human_size
-
     lines = [
         (
             f"checked {report.files:,} files in {report.directories:,} directories: "
