@@ -406,6 +406,7 @@ class _MemoryTxn:
 
     def chunks_after(self, after: bytes | None, limit: int) -> list[tuple[bytes, int]]:
         start = after if after is not None else b""
+        # A sort per step: fine for the test-sized stores this backend holds.
         found = sorted(
             (d, size)
             for d, (size, _refs) in self._db.chunks.items()

@@ -100,11 +100,13 @@ class Findings:
             true while later commits add and drop references.
         unrecorded: Chunks referenced that have no record (a count the repair cannot set:
             it does not know their size).
+        missing: Referenced chunks with no data (and not quarantined).
     """
 
     orphans: list[bytes]
     refcount_deltas: dict[bytes, tuple[int, int]]
     unrecorded: list[bytes]
+    missing: list[bytes]
 
 
 async def check(
@@ -233,7 +235,10 @@ async def check(
         affected=affected[:cap],
         affected_count=len(affected),
     )
-    return report, Findings(orphans=orphans, refcount_deltas=deltas, unrecorded=unrecorded)
+    findings = Findings(
+        orphans=orphans, refcount_deltas=deltas, unrecorded=unrecorded, missing=missing
+    )
+    return report, findings
 
 
 async def affected_files(engine: ChunkEngine, digests: set[bytes]) -> list[str]:

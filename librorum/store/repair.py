@@ -78,8 +78,8 @@ async def repair(engine: ChunkEngine, progress: FsckProgress | None = None) -> R
 
     # What remains: every file that uses a chunk quarantined or missing now.
     def bad_now(t: MetaTxn) -> set[bytes]:
-        missing = {bytes.fromhex(d) for d in report.missing}
-        return {row.digest for row in t.quarantined()} | {d for d in missing if t.refs(d)}
+        still_missing = {d for d in findings.missing if t.refs(d)}
+        return {row.digest for row in t.quarantined()} | still_missing
 
     bad = await engine.meta.read(bad_now)
     reupload = await affected_files(engine, bad) if bad else []
