@@ -627,13 +627,14 @@ class MemoryObjectStore:
         for key in keys:
             self._state.objects.pop(key, None)
 
-    async def list_all(self) -> dict[str, list[str]]:
+    async def list_all(self, shards: Sequence[str] = SHARDS) -> dict[str, list[str]]:
         """The keys (hex) by shard, as the local store lists its files."""
         await trio.lowlevel.checkpoint()
-        out: dict[str, list[str]] = {shard: [] for shard in SHARDS}
+        out: dict[str, list[str]] = {shard: [] for shard in shards}
         for key in self._state.objects:
             name = key.hex()
-            out[name[:2]].append(name)
+            if name[:2] in out:
+                out[name[:2]].append(name)
         return out
 
     async def is_current(self, key: bytes, identity: Identity) -> bool:

@@ -4,9 +4,13 @@ backend's own interfaces, is found, named by the files it affects, and repaired.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
-from librorum.store import FsckProgress, Store, WriteMode, namespace as ns
+import pytest
+
+from librorum.store import FsckProgress, Store, WriteMode, namespace as ns, recovery
 from librorum.store.meta import MetaTxn
+from librorum.store.objects import SHARDS
 from tests.store.conformance.conftest import NewBackend
 from tests.store.conformance.test_store import CS, store_on
 
@@ -32,10 +36,23 @@ async def test_a_clean_store_checks_clean_with_progress(new_backend: NewBackend)
         assert (repaired.orphans_removed, repaired.refcounts_fixed) == (0, 0)
 
 
-async def test_each_defect_is_found_and_repaired(new_backend: NewBackend) -> None:
+@pytest.mark.parametrize("pass_chunks", [recovery.CHECK_PASS_CHUNKS, 1])
+async def test_each_defect_is_found_and_repaired(
+    new_backend: NewBackend, monkeypatch: pytest.MonkeyPatch, pass_chunks: int
+) -> None:
+    # With passes of 1 chunk, the check splits the digests into as many ranges as it may.
+    monkeypatch.setattr(recovery, "CHECK_PASS_CHUNKS", pass_chunks)
     backend = new_backend()
     async with store_on(backend) as store:
         engine = store._engine
+        listed: list[int] = []
+        list_all = engine.objects.list_all
+
+        async def listing(shards: Sequence[str] = SHARDS) -> dict[str, list[str]]:
+            listed.append(len(shards))
+            return await list_all(shards)
+
+        monkeypatch.setattr(engine.objects, "list_all", listing)
         corrupt_content = os.urandom(2 * CS)
         await store.mkdir("/dir")
         await store.write_bytes("/dir/corrupt", corrupt_content)
@@ -61,6 +78,8 @@ async def test_each_defect_is_found_and_repaired(new_backend: NewBackend) -> Non
         await engine.meta.write(break_records)
 
         report = await store.fsck()
+        assert sum(listed) == len(SHARDS)
+        assert len(listed) == (1 if pass_chunks > 100 else 8)  # 6 chunks: 8 ranges
         assert not report.ok
         assert report.corrupt == [bad.hex()]
         assert report.quarantined == [bad.hex()]
