@@ -11,6 +11,7 @@ from pathlib import Path
 import blake3
 import trio
 
+from librorum.protocol.messages import FsckReply
 from librorum.service.checks import QUIET
 from librorum.testing import open_test_daemon
 from tests.integration.test_cli import assert_one_line_error, cli, local
@@ -108,3 +109,21 @@ async def test_the_scrub_finds_a_corrupt_chunk_and_status_shows_it(tmp_path: Pat
             assert "1 DAMAGED found" in shown
         # Where the scrub stood is kept for the next start.
         assert (data_dir / "scrub.json").exists()
+
+
+async def test_fsck_over_websocket_with_the_token_and_progress(tmp_path: Path) -> None:
+    # Over WebSocket the token makes the caller an administrator.
+    with trio.fail_after(120):
+        async with open_test_daemon(tmp_path / "d") as daemon, daemon.client("websocket") as client:
+            for i in range(12):
+                await client.write(f"/f{i}", os.urandom(4 << 20))
+            seen: list[FsckReply] = []
+            report = await client.fsck(repair=True, on_progress=seen.append)
+            assert report.ok
+            assert report.repaired
+            assert report.chunks_done == 12
+            # Progress replies (about one a second, so maybe none here) are never the report.
+            assert all(p.phase != "done" for p in seen)
+            status = await client.status()
+            assert status.last_fsck_ms > 0
+            assert status.last_fsck_ok
