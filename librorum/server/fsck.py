@@ -15,9 +15,11 @@ from typing import Any, Final
 import attrs
 import trio
 
+from librorum.errors import TimeoutError_
 from librorum.protocol.constants import MAX_CONTROL_PAYLOAD
 from librorum.protocol.messages import Fsck, FsckReply
 from librorum.server.requests import Driver, RequestState
+from librorum.server.streams import wait_on_client
 from librorum.service import CheckFigures, FsckProgress, FsckReport, RepairReport
 
 #: Seconds between two progress replies.
@@ -40,8 +42,9 @@ async def fsck(driver: Driver, state: RequestState, message: Fsck) -> FsckReply:
     service = driver.service
     failure: Exception | None = None
     result: FsckReport | RepairReport | None = None
+    stalled: list[TimeoutError_] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_send_progress, driver, state, progress)
+        nursery.start_soon(_send_progress, driver, state, progress, stalled, nursery.cancel_scope)
         try:
             if message.repair:
                 result = await service.repair(driver.caller, progress)
@@ -53,6 +56,8 @@ async def fsck(driver: Driver, state: RequestState, message: Fsck) -> FsckReply:
             nursery.cancel_scope.cancel()
     if failure is not None:
         raise failure
+    if stalled:
+        raise stalled[0]
     assert result is not None
     return final_reply(result, progress)
 
@@ -143,8 +148,16 @@ class _Fitter:
         return tuple(kept)
 
 
-async def _send_progress(driver: Driver, state: RequestState, progress: FsckProgress) -> None:
+async def _send_progress(
+    driver: Driver,
+    state: RequestState,
+    progress: FsckProgress,
+    stalled: list[TimeoutError_],
+    check: trio.CancelScope,
+) -> None:
     """Every PROGRESS_INTERVAL, once what was queued before is written, a progress reply.
+    A client that reads nothing for the stream deadline stops the check (``check``), with
+    the TimeoutError_ put in ``stalled``.
 
     Cancellation: stops at once (the check's end cancels it).
     """
@@ -152,11 +165,14 @@ async def _send_progress(driver: Driver, state: RequestState, progress: FsckProg
     while True:
         await trio.sleep(PROGRESS_INTERVAL)
         # The client's reading paces the progress replies, never the check.
-        state.waiting_on_peer = True
         try:
-            await driver.wait_until_sent()
-        finally:
-            state.waiting_on_peer = False
+            await wait_on_client(
+                driver, state, "read none of the progress replies", driver.wait_until_sent
+            )
+        except TimeoutError_ as exc:
+            stalled.append(exc)
+            check.cancel()
+            return
         if not session.is_in_flight(state.session_id):
             return
         session.reply(state.session_id, progress_reply(progress), end=False)

@@ -13,15 +13,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from trio.testing import MockClock
 
-from librorum.errors import BusyError, CancelledError, ForbiddenError
+from librorum.errors import BusyError, CancelledError, ForbiddenError, TimeoutError_
 from librorum.protocol.constants import CancelOutcome
 from librorum.protocol.messages import Fsck, FsckReply, NodeStatus, NodeStatusReply
 from librorum.protocol.session import ErrorReceived, ReplyReceived
 from librorum.store.objects import LocalChunkStore
 from librorum.transport.base import PeerInfo
 
-from .conftest import Peer, ServerUnderTest
+from .conftest import DEADLINES, TEST_DEADLINE, Peer, ServerUnderTest
 from .test_cancel import cancel
 
 KIB = 1 << 10
@@ -52,7 +53,7 @@ async def stored(server: ServerUnderTest) -> Peer:
 
 
 async def test_progress_replies_then_the_report(
-    server: ServerUnderTest, gate: tuple[trio.Event, trio.Event]
+    server: ServerUnderTest, gate: tuple[trio.Event, trio.Event], clock: MockClock
 ) -> None:
     reached, opened = gate
     peer = await stored(server)
@@ -91,7 +92,7 @@ async def test_progress_replies_then_the_report(
 
 
 async def test_cancel_stops_a_check_and_frees_it(
-    server: ServerUnderTest, gate: tuple[trio.Event, trio.Event]
+    server: ServerUnderTest, gate: tuple[trio.Event, trio.Event], clock: MockClock
 ) -> None:
     reached, opened = gate
     peer = await stored(server)
@@ -109,7 +110,7 @@ async def test_cancel_stops_a_check_and_frees_it(
 
 
 async def test_a_client_leaving_stops_its_check(
-    server: ServerUnderTest, gate: tuple[trio.Event, trio.Event]
+    server: ServerUnderTest, gate: tuple[trio.Event, trio.Event], clock: MockClock
 ) -> None:
     reached, opened = gate
     peer = await stored(server)
@@ -124,7 +125,7 @@ async def test_a_client_leaving_stops_its_check(
 
 
 async def test_a_second_check_is_busy(
-    server: ServerUnderTest, gate: tuple[trio.Event, trio.Event]
+    server: ServerUnderTest, gate: tuple[trio.Event, trio.Event], clock: MockClock
 ) -> None:
     reached, opened = gate
     peer = await stored(server)
@@ -147,3 +148,26 @@ async def test_only_administrators(server: ServerUnderTest) -> None:
         assert isinstance(refused, ErrorReceived)
         assert isinstance(refused.exception, ForbiddenError)
         assert "administrators" in str(refused.exception)
+
+
+async def test_a_client_reading_nothing_times_the_check_out(
+    server: ServerUnderTest, gate: tuple[trio.Event, trio.Event], clock: MockClock
+) -> None:
+    reached, opened = gate
+    writer = await stored(server)
+    # Room for a few progress replies only: then the server's writes wait for the client.
+    peer = await Peer.connect(server, capacity_to_client=512)
+    sid = await peer.request(Fsck())
+    await reached.wait()
+    # The check is held at its gate: only the client's silence can end it. The client
+    # reads nothing for longer than the stream deadline, then reads.
+    await trio.sleep(DEADLINES["stream_timeout"] + 10)
+    with trio.fail_after(TEST_DEADLINE):
+        final = await peer.until_final(sid)
+    assert isinstance(final, ErrorReceived), final
+    assert isinstance(final.exception, TimeoutError_)
+    assert "progress replies" in str(final.exception)
+    # The check was stopped: another one runs at once.
+    opened.set()
+    again = await writer.exchange(Fsck())
+    assert isinstance(again, ReplyReceived), again
