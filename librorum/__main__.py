@@ -27,7 +27,7 @@ import attrs
 
 from librorum.errors import LibrorumError, NotADirectoryError_
 from librorum.protocol.constants import EntryKind, WriteMode
-from librorum.protocol.messages import DirEntry, NodeStatusReply
+from librorum.protocol.messages import DirEntry, FsckReply, NodeStatusReply
 
 if TYPE_CHECKING:
     from librorum.client.sync import SyncClient
@@ -259,6 +259,7 @@ def cmd_status(client: SyncClient, args: argparse.Namespace) -> int:
         rows.append(["runs on", f"Python {status.python_version}, SQLite {status.sqlite_version}"])
     rows.append(["health", "DEGRADED" if status.degraded else "ok"])
     rows.extend(["degraded", reason] for reason in status.degraded)
+    rows += check_rows(status)
     print(table(rows))
     return EXIT_DEGRADED if status.degraded else EXIT_OK
 
@@ -349,6 +350,37 @@ def run_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def check_rows(status: NodeStatusReply) -> list[list[str]]:
+    """The rows of ``status`` about fsck and the scrub: one running, the last results."""
+    rows: list[list[str]] = []
+    if status.fsck_phase:
+        rows.append(
+            [
+                "fsck",
+                (
+                    f"running: {status.fsck_phase}, "
+                    f"{status.fsck_chunks_done:,}/{status.fsck_chunks_total:,} chunks"
+                ),
+            ]
+        )
+    if status.last_fsck_ms:
+        result = (
+            "clean"
+            if status.last_fsck_ok
+            else f"{status.last_fsck_problems:,} problems, "
+            f"{status.last_fsck_affected:,} files affected"
+        )
+        rows.append(["last fsck", f"{human_time(status.last_fsck_ms * 1_000_000)}: {result}"])
+    scrub = f"{status.scrub_chunks_verified:,} chunks verified since start"
+    if status.scrub_corrupt_found:
+        scrub += f", {status.scrub_corrupt_found:,} DAMAGED found (quarantined)"
+    if status.last_scrub_ms:
+        scrub += f"; last full pass {human_time(status.last_scrub_ms * 1_000_000)}"
+    if status.scrub_chunks_verified or status.last_scrub_ms or status.scrub_corrupt_found:
+        rows.append(["scrub", scrub])
+    return rows
+
+
 def _duration(seconds: float) -> str:
     minutes, sec = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -374,6 +406,25 @@ def cmd_top(client: SyncClient, args: argparse.Namespace) -> int:
         once=args.once,
         as_json_lines=args.json,
     )
+
+
+def cmd_fsck(client: SyncClient, args: argparse.Namespace) -> int:
+    from librorum import _cli_fsck
+
+    progress = None if args.json else Progress("fsck --repair" if args.repair else "fsck")
+
+    def show(reply: FsckReply) -> None:
+        if progress is not None and reply.bytes_total:
+            progress(reply.bytes_done, reply.bytes_total)
+
+    report = client.fsck(repair=args.repair, on_progress=show)
+    if progress is not None:
+        progress.finish()
+    if args.json:
+        print(_cli_fsck.as_json(report))
+    else:
+        print(_cli_fsck.describe(report, human_size))
+    return _cli_fsck.exit_status(report)
 
 
 # --- Parsing ---------------------------------------------------------------------------------
@@ -508,6 +559,18 @@ def build_parser() -> argparse.ArgumentParser:
         "path", nargs="?", type=Path, help="where (default: the configuration file's usual place)"
     )
     init.add_argument("--force", action="store_true", help="replace an existing file")
+
+    fsck = sub.add_parser(
+        "fsck",
+        help="check the store (administrators): exit 0 when clean, 1 when problems remain",
+    )
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="quarantine corrupt chunks, drop orphans, fix counts; list files to upload again",
+    )
+    fsck.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
+    fsck.set_defaults(func=cmd_fsck)
     return parser
 
 

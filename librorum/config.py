@@ -152,6 +152,19 @@ def _not_negative(instance: object, attribute: attrs.Attribute[int], value: int)
         raise ConfigError(msg)
 
 
+def _not_negative_seconds(
+    instance: object, attribute: attrs.Attribute[float], value: float
+) -> None:
+    if not value >= 0:  # also refuses nan
+        msg = f"{attribute.name} must be 0 or more seconds, got {value!r}"
+        raise ConfigError(msg)
+
+
+#: The background scrub's defaults: 50 MB/s, one full pass a week.
+SCRUB_RATE: Final = 50_000_000
+SCRUB_INTERVAL: Final = 7 * 24 * 3600.0
+
+
 def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not 0 <= value <= 65535:
         msg = f"{attribute.name} must be 0-65535 (0: any free port), got {value!r}"
@@ -281,6 +294,11 @@ class Config:
     #: non-loopback host needs TLS and a token, as for the WebSocket listener; with a token
     #: configured, a scrape must send ``Authorization: Bearer <token>``.
     metrics_listen: str | None = attrs.field(default=None, validator=_host_port)
+    #: The background scrub (see ``librorum/service/checks.py``): bytes it re-verifies per
+    #: second at most (50 MB/s), using only idle time; and seconds between the starts of two
+    #: full passes (one a week). 0 for either turns the scrub off.
+    scrub_rate: int = attrs.field(default=SCRUB_RATE, validator=_not_negative)
+    scrub_interval: float = attrs.field(default=SCRUB_INTERVAL, validator=_not_negative_seconds)
 
     def __attrs_post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

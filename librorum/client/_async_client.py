@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -87,6 +87,8 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     FileWriteReply,
+    Fsck,
+    FsckReply,
     HelloReply,
     MakeDirectory,
     MakeDirectoryReply,
@@ -712,3 +714,33 @@ class Client:
             ValueError: ``limit`` is outside 1..1000.
         """
         return await self._unary(Requests(limit), RequestsReply)
+
+    async def fsck(
+        self,
+        *,
+        repair: bool = False,
+        on_progress: Callable[[FsckReply], None] | None = None,
+    ) -> FsckReply:
+        """Check the whole store (spec 5.20), or with ``repair`` check and repair it.
+        Administrators only. A check reads everything and may take long: the server sends
+        progress about once a second, handed to ``on_progress`` (the latest only: a caller
+        slower than that misses some), and each one restarts the client's ``timeout``.
+
+        Returns:
+            The report (``ok`` says whether anything is left to do).
+
+        Raises:
+            ForbiddenError: the caller is not an administrator.
+            BusyError: a check or repair is running already.
+            ReadOnlyError: ``repair`` on a store that refuses writes.
+        """
+        async with self._request(Fsck(repair)) as request:
+            while True:
+                await request.wait_reply("FSCK progress or report")
+                if request.finished:
+                    return request.result(FsckReply)
+                # Taken, so that the next wait is for the next reply (only the latest is
+                # kept: progress never piles up here).
+                progress, request.reply = request.reply, None
+                if on_progress is not None and isinstance(progress, FsckReply):
+                    on_progress(progress)

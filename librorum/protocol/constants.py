@@ -78,6 +78,8 @@ class Command(enum.IntEnum):
     REQUESTS = 0x0E
     SHUTDOWN = 0x0F
 
+    FSCK = 0x0D
+
 
 #: Commands indexed by their byte; ``None`` where the byte is not a command. The decoder looks
 #: the byte up here at header time, which is cheaper than ``Command(b)`` in a try block.
@@ -102,6 +104,7 @@ REQUEST_COMMANDS: Final = frozenset(
         Command.CANCEL,
         Command.REQUESTS,
         Command.SHUTDOWN,
+        Command.FSCK,
     }
 )
 

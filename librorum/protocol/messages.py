@@ -358,6 +358,21 @@ class NodeStatusReply:
     #: What the daemon runs on.
     python_version: str = ""
     sqlite_version: str = ""
+    #: The check running now (spec 5.20): its phase ("" when none runs) and chunks.
+    fsck_phase: str = ""
+    fsck_chunks_done: int = attrs.field(default=0, validator=_u64)
+    fsck_chunks_total: int = attrs.field(default=0, validator=_u64)
+    #: The last check or repair: when it finished (ms since the epoch, 0: none), whether it
+    #: left nothing to do, the defects found and the files affected.
+    last_fsck_ms: int = attrs.field(default=0, validator=_u64)
+    last_fsck_ok: bool = True
+    last_fsck_problems: int = attrs.field(default=0, validator=_u64)
+    last_fsck_affected: int = attrs.field(default=0, validator=_u64)
+    #: The background scrub: when it last finished a pass (ms since the epoch, 0: never),
+    #: chunks verified and damaged chunks found since the start.
+    last_scrub_ms: int = attrs.field(default=0, validator=_u64)
+    scrub_chunks_verified: int = attrs.field(default=0, validator=_u64)
+    scrub_corrupt_found: int = attrs.field(default=0, validator=_u64)
 
 
 # --- Data streams ------------------------------------------------------------------------------
@@ -487,6 +502,68 @@ class ShutdownReply:
     pid: int = attrs.field(default=0, validator=_u32)
 
 
+@attrs.frozen
+class Fsck:
+    """FSCK: check the whole store, or with ``repair`` check and repair it (spec 5.20).
+    Administrators only."""
+
+    repair: bool = False
+
+
+@attrs.frozen
+class FsckReply:
+    """An FSCK reply: progress (replies without END, at most about one a second), then the
+    report (the reply with END, ``phase`` "done"). Lists are capped (to 100 items, and to fit
+    one control frame); the ``*_count`` figures are exact."""
+
+    #: "metadata", "chunks", "files", "repair", or "done" in the final reply.
+    phase: str
+    chunks_done: int = attrs.field(default=0, validator=_u64)
+    chunks_total: int = attrs.field(default=0, validator=_u64)
+    bytes_done: int = attrs.field(default=0, validator=_u64)
+    bytes_total: int = attrs.field(default=0, validator=_u64)
+    # The report (final reply only).
+    files: int = attrs.field(default=0, validator=_u64)
+    directories: int = attrs.field(default=0, validator=_u64)
+    corrupt: tuple[str, ...] = ()
+    corrupt_count: int = attrs.field(default=0, validator=_u64)
+    missing: tuple[str, ...] = ()
+    missing_count: int = attrs.field(default=0, validator=_u64)
+    orphans: tuple[str, ...] = ()
+    orphan_count: int = attrs.field(default=0, validator=_u64)
+    refcount_errors: tuple[str, ...] = ()
+    refcount_error_count: int = attrs.field(default=0, validator=_u64)
+    namespace_errors: tuple[str, ...] = ()
+    quarantined: tuple[str, ...] = ()
+    quarantined_count: int = attrs.field(default=0, validator=_u64)
+    #: Files using a corrupt, missing or quarantined chunk, as the check found them.
+    affected: tuple[str, ...] = ()
+    affected_count: int = attrs.field(default=0, validator=_u64)
+    #: A repair ran (the fields below are its outcome).
+    repaired: bool = False
+    orphans_removed: int = attrs.field(default=0, validator=_u64)
+    refcounts_fixed: int = attrs.field(default=0, validator=_u64)
+    #: Files that still use damaged data: upload their content again.
+    reupload: tuple[str, ...] = ()
+    reupload_count: int = attrs.field(default=0, validator=_u64)
+    unrepaired: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Nothing left to do: a clean store, or after a repair, nothing to upload again
+        and nothing unrepaired."""
+        if self.repaired:
+            return not (self.reupload_count or self.unrepaired)
+        return not (
+            self.corrupt_count
+            or self.missing_count
+            or self.orphan_count
+            or self.quarantined_count
+            or self.refcount_error_count
+            or self.namespace_errors
+        )
+
+
 #: Every control message class.
 Message: TypeAlias = (
     Hello
@@ -520,6 +597,8 @@ Message: TypeAlias = (
     | RequestsReply
     | Shutdown
     | ShutdownReply
+    | Fsck
+    | FsckReply
 )
 
 #: The class of a request payload (no REPLY flag), by command. DATA has none: raw bytes.
@@ -540,6 +619,7 @@ REQUEST_TYPES: Final[dict[Command, type[Message]]] = {
     Command.UPLOAD_STATUS: UploadStatus,
     Command.REQUESTS: Requests,
     Command.SHUTDOWN: Shutdown,
+    Command.FSCK: Fsck,
 }
 
 #: The class of a reply payload (REPLY flag set), by command. DATA has none: raw bytes.
@@ -561,6 +641,7 @@ REPLY_TYPES: Final[dict[Command, type[Message]]] = {
     Command.UPLOAD_STATUS: UploadStatusReply,
     Command.REQUESTS: RequestsReply,
     Command.SHUTDOWN: ShutdownReply,
+    Command.FSCK: FsckReply,
 }
 
 #: The command of each message class, and whether it travels with the REPLY flag. WINDOW and
@@ -586,3 +667,7 @@ UNARY_REQUESTS: Final = frozenset(
         Command.SHUTDOWN,
     }
 )
+
+#: Requests answered by any number of progress replies (without END), then one final reply
+#: or ERROR (spec 5.20).
+PROGRESS_REQUESTS: Final = frozenset({Command.FSCK})

@@ -84,6 +84,7 @@ from librorum.protocol.events import (
 from librorum.protocol.framing import FileRegion, Payload
 from librorum.protocol.messages import (
     COMMAND_OF,
+    PROGRESS_REQUESTS,
     ErrorMessage,
     GoAway,
     Hello,
@@ -273,11 +274,9 @@ class ServerSession(BaseSession[Payload | FileRegion]):
                 request other than READ.
         """
         stream = self._stream(session_id)
-        state = next_state(
-            stream.state, StreamInput.FINAL_REPLY if end else StreamInput.FIRST_REPLY
-        )
+        state = next_state(stream.state, _reply_input(stream.command, end))
         if state is None:
-            msg = "only a READ's first reply may leave the session open"
+            msg = "only a READ's first reply or a progress reply may leave the session open"
             raise LocalProtocolError(msg)
         stream.state = state
         self._queue_message(message, _REPLY_END if end else FLAG_REPLY, session_id)
@@ -487,9 +486,7 @@ class ClientSession(BaseSession[Payload]):
             msg = f"{command.name} reply on session {session_id}, a {stream.command.name}"
             raise RemoteProtocolError(msg)
         message = self._decode(command, flags, payload)
-        state = next_state(
-            stream.state, StreamInput.FINAL_REPLY if end else StreamInput.FIRST_REPLY
-        )
+        state = next_state(stream.state, _reply_input(stream.command, end))
         if state is None:
             msg = f"non-final {command.name} reply on session {session_id}"
             raise RemoteProtocolError(msg)
@@ -527,3 +524,13 @@ class ClientSession(BaseSession[Payload]):
             return GoAwayReceived(goaway)
         msg = f"unexpected {command.name} on session 0 in state {self.state.value}"
         raise RemoteProtocolError(msg)
+
+
+def _reply_input(command: Command, end: bool) -> StreamInput:
+    """What a reply frame is to the stream: final (END), a progress reply of a request that
+    takes them (spec 5.20), or a READ's first reply."""
+    if end:
+        return StreamInput.FINAL_REPLY
+    if command in PROGRESS_REQUESTS:
+        return StreamInput.PROGRESS_REPLY
+    return StreamInput.FIRST_REPLY

@@ -72,6 +72,8 @@ class StreamInput(enum.Enum):
     REPLY_DATA_END = "reply-data-end"
     #: A reply with END, or an ERROR: the server's final frame for the request.
     FINAL_REPLY = "final-reply"
+    #: A progress reply, without END, of a request that takes them (FSCK, spec 5.20).
+    PROGRESS_REPLY = "progress-reply"
 
 
 _S = StreamState
@@ -99,6 +101,8 @@ TRANSITIONS: Final[types.MappingProxyType[tuple[StreamState, StreamInput], Strea
             (_S.HALF_CLOSED, _I.FINAL_REPLY): _S.CLOSED,
             (_S.READ_PENDING, _I.FINAL_REPLY): _S.CLOSED,
             (_S.STREAMING, _I.FINAL_REPLY): _S.CLOSED,
+            # Progress replies leave the request awaiting its final reply.
+            (_S.HALF_CLOSED, _I.PROGRESS_REPLY): _S.HALF_CLOSED,
         }
     )
 )

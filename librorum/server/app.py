@@ -36,7 +36,7 @@ from librorum.server.http import HttpEndpoint
 from librorum.server.metrics import Metrics
 from librorum.server.node_id import load_or_create_node_id
 from librorum.server.sd_notify import Notifier
-from librorum.service import Admins, Service, Stats
+from librorum.service import Admins, ScrubSettings, Service, Stats
 from librorum.store import open_store
 from librorum.transport import (
     load_or_create_token,
@@ -51,6 +51,10 @@ if TYPE_CHECKING:
     from librorum.transport import FrameTransport
 
 log = logging.getLogger("librorum.server")
+
+#: Where the background scrub keeps its position in the data directory (see
+#: ``service/checks.py``): a restart resumes the pass there.
+SCRUB_STATE_FILE = "scrub.json"
 
 
 class Server:
@@ -186,6 +190,11 @@ class Server:
             connection.cancel_requests()
         with trio.move_on_after(self.context.timeouts.close):
             await self._idle.wait()
+
+    def traffic(self) -> tuple[int, int]:
+        """(requests running in a task now, requests received since the start): what the
+        background scrub yields to (requests answered inline take no time to yield to)."""
+        return sum(len(c.requests) for c in self.connections), self.stats.requests
 
 
 @attrs.frozen
@@ -326,6 +335,16 @@ async def serve(
                 if handle_signals:
                     listeners.start_soon(_watch_signals, server)
                 listeners.start_soon(give_memory_back, server.budget)
+                # The scrub stops with the listeners: at shutdown, before the drain.
+                listeners.start_soon(
+                    server.service.checks.run_scrub,
+                    ScrubSettings(
+                        rate=config.scrub_rate,
+                        interval=config.scrub_interval,
+                        state_file=config.data_dir / SCRUB_STATE_FILE,
+                    ),
+                    server.traffic,
+                )
                 task_status.started(running)
                 await server.shutdown_requested.wait()
                 listeners.cancel_scope.cancel()  # stop accepting

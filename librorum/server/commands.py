@@ -41,6 +41,7 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     FileWriteReply,
+    Fsck,
     MakeDirectory,
     MakeDirectoryReply,
     Message,
@@ -59,6 +60,7 @@ from librorum.protocol.messages import (
     UploadStatus,
     UploadStatusReply,
 )
+from librorum.server import fsck
 from librorum.server.requests import Driver, RequestState
 from librorum.server.streams import receive_content, send_content
 from librorum.service import INLINE_LIST_LIMIT, DescriptorKind, FileInfo as StoredInfo
@@ -206,6 +208,7 @@ async def node_status(driver: Driver, message: NodeStatus) -> NodeStatusReply:
         server_errors=report.server_errors,
         python_version=report.python_version,
         sqlite_version=report.sqlite_version,
+        **fsck.status_fields(report.checks),
     )
 
 
@@ -385,6 +388,7 @@ ROWS: Final[tuple[Row, ...]] = (
     # A snapshot of plain dictionaries, no checkpoint: answered by the reader.
     Unary(Requests, requests, inline=True),
     Unary(Shutdown, shutdown, inline=True),
+    Streamed(Fsck, fsck.fsck),
 )
 
 #: The rows by request message class: how the connection finds a request's row.

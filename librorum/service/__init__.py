@@ -11,6 +11,10 @@ from librorum.service.caller import (
     Admins as Admins,
     Caller as Caller,
 )
+from librorum.service.checks import (
+    Checks as Checks,
+    ScrubSettings as ScrubSettings,
+)
 from librorum.service.core import (
     INLINE_LIST_LIMIT as INLINE_LIST_LIMIT,
     UPLOAD_ID as UPLOAD_ID,
@@ -21,6 +25,7 @@ from librorum.service.descriptors import (
     descriptor_kind as descriptor_kind,
 )
 from librorum.service.figures import (
+    CheckFigures as CheckFigures,
     InflightGauge as InflightGauge,
     NodeReport as NodeReport,
     Stats as Stats,
@@ -36,8 +41,11 @@ from librorum.service.live import (
 from librorum.store import (
     EntryKind as EntryKind,
     FileInfo as FileInfo,
+    FsckProgress as FsckProgress,
+    FsckReport as FsckReport,
     ListPage as ListPage,
     Reader as Reader,
+    RepairReport as RepairReport,
     StoreStatus as StoreStatus,
     Upload as Upload,
     UploadStatus as UploadStatus,

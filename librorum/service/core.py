@@ -32,15 +32,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 
+import attrs
 import trio
 
 from librorum.errors import BadRequestError, ConflictError, NotFoundError, UnavailableError
 from librorum.histogram import HistogramSnapshot
 from librorum.service.caller import Admins, Caller
+from librorum.service.checks import Checks
 from librorum.service.descriptors import DescriptorKind, descriptor_kind
 from librorum.service.figures import InflightGauge, NodeReport, Stats
 from librorum.service.live import MAX_LISTED, LiveRequests, LiveSnapshot
-from librorum.store import FileInfo, ListPage, Reader, Store, Upload, UploadStatus, WriteMode
+from librorum.store import (
+    FileInfo,
+    FsckProgress,
+    FsckReport,
+    ListPage,
+    Reader,
+    RepairReport,
+    Store,
+    Upload,
+    UploadStatus,
+    WriteMode,
+)
 from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
 from librorum.version import __version__
 
@@ -113,6 +126,8 @@ class Service:
         self.live = LiveRequests()
         self._started_wall = time.time()
         self._on_shutdown = on_shutdown
+        #: fsck, repair and the background scrub, and what they found last.
+        self.checks = Checks(store, self.admins.check)
 
     @property
     def max_file_size(self) -> int:
@@ -373,6 +388,7 @@ class Service:
             python_version=platform.python_version(),
             sqlite_version=sqlite3.sqlite_version,
             started_at=self._started_wall,
+            checks=attrs.evolve(self.checks.figures),
         )
 
     # --- the live view -----------------------------------------------------------------------
@@ -425,3 +441,32 @@ class Service:
         No checkpoint; never raises.
         """
         return self._store.commit_latency()
+
+    # --- checks (administrators) ---------------------------------------------------------------
+
+    async def fsck(self, caller: Caller, progress: FsckProgress | None = None) -> FsckReport:
+        """Check the whole store (see :meth:`Checks.fsck`); ``progress`` is updated as it
+        goes.
+
+        Cancellation: stops the check at once.
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            BusyError: A check or repair is running.
+            StoreIOError: The metadata could not be read.
+        """
+        return await self.checks.fsck(caller, progress)
+
+    async def repair(self, caller: Caller, progress: FsckProgress | None = None) -> RepairReport:
+        """Check the whole store and repair what can be (see :meth:`Checks.repair`).
+
+        Cancellation: during the check, at once; during the repair, between its steps (a
+        step that began completes).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            BusyError: A check or repair is running.
+            ReadOnlyError: The store refuses writes.
+            StoreIOError, NoSpaceError, TimeoutError_: A repair step failed.
+        """
+        return await self.checks.repair(caller, progress)

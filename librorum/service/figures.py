@@ -15,7 +15,7 @@ import attrs
 
 from librorum.errors import ErrorClass, ErrorCode, error_class
 from librorum.histogram import Histogram
-from librorum.store import StoreStatus
+from librorum.store import FsckProgress, StoreStatus
 
 
 @attrs.define
@@ -125,6 +125,7 @@ class NodeReport:
         server_errors: Requests ended by an error of the server's (0x03xx) since the start.
         python_version, sqlite_version: What the daemon runs on.
         started_at: When the service started (seconds since the epoch).
+        checks: What fsck and the scrub found last.
     """
 
     version: str
@@ -158,3 +159,46 @@ class NodeReport:
                 "read until their content is uploaded again"
             )
         return tuple(reasons)
+
+    checks: CheckFigures = attrs.field(factory=lambda: CheckFigures())
+
+
+@attrs.define
+class CheckFigures:
+    """What the checks of the store found last: fsck (run by an administrator) and the
+    background scrub. Kept by the service (``checks.py``); NODE_STATUS shows them, and the
+    metrics are read from them.
+
+    Attributes:
+        fsck_running: The progress of the check or repair running now, if any.
+        last_fsck_ns: When the last check or repair finished (ns since the epoch; 0: none
+            since the start).
+        last_fsck_repair: Whether that was a repair.
+        last_fsck_ok: Whether it left nothing to do (a clean store; after a repair: no file
+            to upload again).
+        last_fsck_problems: Defects it found (corrupt, missing, orphan, quarantined chunks,
+            wrong counts, namespace errors).
+        last_fsck_affected: Files it found using damaged data (after a repair: still).
+        fsck_chunks_verified: Chunks rehashed by checks since the start.
+        last_scrub_ns: When the scrub last finished a full pass (ns since the epoch; 0:
+            none yet).
+        scrub_chunks_verified: Chunks the scrub verified since the start.
+        scrub_bytes_verified: Their bytes.
+        scrub_corrupt_found: Chunks the scrub found corrupt or missing since the start.
+        scrub_pass_chunks: Chunks verified in the pass under way.
+        scrub_paused: The scrub is waiting for client traffic to stop.
+    """
+
+    fsck_running: FsckProgress | None = None
+    last_fsck_ns: int = 0
+    last_fsck_repair: bool = False
+    last_fsck_ok: bool = True
+    last_fsck_problems: int = 0
+    last_fsck_affected: int = 0
+    fsck_chunks_verified: int = 0
+    last_scrub_ns: int = 0
+    scrub_chunks_verified: int = 0
+    scrub_bytes_verified: int = 0
+    scrub_corrupt_found: int = 0
+    scrub_pass_chunks: int = 0
+    scrub_paused: bool = False

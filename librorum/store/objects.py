@@ -184,8 +184,9 @@ class ObjectStore(Protocol):
         """Delete objects (missing ones are ignored), durably by the time this returns."""
         ...
 
-    async def list_all(self) -> dict[str, list[str]]:
-        """The names found in each shard (``SHARDS``): digests in hex, and anything else."""
+    async def list_all(self, shards: Sequence[str] = SHARDS) -> dict[str, list[str]]:
+        """The names found in each of ``shards`` (default: every shard, ``SHARDS``): digests
+        in hex, and anything else."""
         ...
 
     async def is_current(self, key: bytes, identity: Identity) -> bool:
@@ -693,12 +694,12 @@ class LocalChunkStore:
         with waiting(Wait.DISK):
             await trio.to_thread.run_sync(self._delete_sync, keys, limiter=self._limiter)
 
-    async def list_all(self) -> dict[str, list[str]]:
-        """The names in each shard directory (one worker thread call)."""
+    async def list_all(self, shards: Sequence[str] = SHARDS) -> dict[str, list[str]]:
+        """The names in each of ``shards``' directories (one worker thread call)."""
 
         def run() -> dict[str, list[str]]:
             with translating("list chunks"):
-                return {s: self._fs.listdir(f"{self.chunk_dir}/{s}") for s in SHARDS}
+                return {s: self._fs.listdir(f"{self.chunk_dir}/{s}") for s in shards}
 
         with waiting(Wait.DISK):
             return await trio.to_thread.run_sync(run, limiter=self._limiter)

@@ -445,6 +445,27 @@ class _SqliteTxn:
         )
         return [str(r[0]) for r in cur]
 
+    def set_refs(self, digest: bytes, refs: int) -> bool:
+        row = self._execute("SELECT size FROM chunks WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            return False
+        if refs > 0:
+            self._execute("UPDATE chunks SET refs = ? WHERE digest = ?", (refs, digest))
+            return False
+        self._execute("DELETE FROM chunks WHERE digest = ?", (digest,))
+        self._d_chunks -= 1
+        self._d_stored -= int(row[0])
+        self.add_pending([digest])
+        return True
+
+    def chunks_after(self, after: bytes | None, limit: int) -> list[tuple[bytes, int]]:
+        cur = self._execute(
+            "SELECT digest, size FROM chunks WHERE digest > ?"
+            " AND digest NOT IN (SELECT digest FROM quarantine) ORDER BY digest LIMIT ?",
+            (after if after is not None else b"", limit),
+        )
+        return [(bytes(d), int(s)) for d, s in cur]
+
 
 def _connect(path: str, *, same_thread: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(

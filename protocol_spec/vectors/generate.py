@@ -60,6 +60,8 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     FileWriteReply,
+    Fsck,
+    FsckReply,
     GoAway,
     Hello,
     HelloReply,
@@ -756,6 +758,54 @@ def _valid() -> list[dict[str, Any]]:
         rend,
         30,
         ShutdownReply(grace_ms=10_000, pid=4242),
+    )
+    # FSCK (spec 5.20): progress replies, then the report.
+    add(
+        "fsck",
+        "FSCK: check the store and repair what can be repaired.",
+        Command.FSCK,
+        end,
+        40,
+        Fsck(repair=True),
+    )
+    add(
+        "fsck-progress",
+        "A progress reply (no END): half of the chunks rehashed.",
+        Command.FSCK,
+        reply,
+        40,
+        FsckReply(
+            phase="chunks",
+            chunks_done=512,
+            chunks_total=1024,
+            bytes_done=2 << 30,
+            bytes_total=4 << 30,
+        ),
+    )
+    add(
+        "fsck-report",
+        "The final reply: one corrupt chunk, quarantined; its file must be uploaded again.",
+        Command.FSCK,
+        rend,
+        40,
+        FsckReply(
+            phase="done",
+            chunks_done=1024,
+            chunks_total=1024,
+            bytes_done=4 << 30,
+            bytes_total=4 << 30,
+            files=300,
+            directories=12,
+            corrupt=("9f" * 32,),
+            corrupt_count=1,
+            quarantined=("9f" * 32,),
+            quarantined_count=1,
+            affected=("/photos/2024/beach.jpg",),
+            affected_count=1,
+            repaired=True,
+            reupload=("/photos/2024/beach.jpg",),
+            reupload_count=1,
+        ),
     )
     return out
 
