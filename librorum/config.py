@@ -177,6 +177,20 @@ def _log_level(instance: object, attribute: attrs.Attribute[str], value: str) ->
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+#: The log formats the daemon writes (``log_format``).
+LOG_FORMATS: Final = ("text", "json")
+
+
+def _log_format(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in LOG_FORMATS:
+        msg = f"log_format must be one of {', '.join(LOG_FORMATS)}, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else Path(value)  # type: ignore[arg-type]
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Everything the daemon and its clients are configured with. Build it with
@@ -252,6 +266,17 @@ class Config:
     #: room for the metadata to grow and for uploads already under way (see
     #: :data:`librorum.limits.MIN_FREE_SPACE`). 0 refuses new data only when the disk is full.
     min_free_space: int = attrs.field(default=MIN_FREE_SPACE, validator=_not_negative)
+    #: How the daemon writes its log: "text" (one line per record) or "json" (one JSON
+    #: object per line: time, level, logger, message, and exc when there is a traceback).
+    log_format: str = attrs.field(default="text", validator=_log_format)
+    #: Where the daemon writes its log; ``None``: standard error. Rotated by size.
+    log_file: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: The size at which the log file is rotated, and how many old files are kept
+    #: (``log_file.1`` ... ``log_file.N``).
+    log_file_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_positive)
+    log_file_backups: int = attrs.field(default=5, validator=_not_negative)
+    #: Records the daemon keeps in memory for the log commands (spec 5.19).
+    log_ring_size: int = attrs.field(default=10_000, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -303,6 +328,8 @@ ENV_VARS: Final = types.MappingProxyType(
         "LIBRORUM_SOCKET": "socket_path",
         "LIBRORUM_TOKEN_FILE": "token_file",
         "LIBRORUM_URL": "url",
+        "LIBRORUM_LOG_FORMAT": "log_format",
+        "LIBRORUM_LOG_FILE": "log_file",
     }
 )
 

@@ -31,7 +31,9 @@ from librorum.protocol.session import ServerLimits
 from librorum.server.budget import InflightBudget, give_memory_back
 from librorum.server.connection import Connection
 from librorum.server.context import ServerContext, Timeouts
+from librorum.server.logsetup import log_ring
 from librorum.service import Admins, Service, Stats
+from librorum.service.logring import LogRing
 from librorum.store import open_store
 from librorum.transport import (
     load_or_create_token,
@@ -58,16 +60,29 @@ class Server:
         store: The open store the service runs over.
         max_file_size: What HELLO announces; ``None`` (the default) for what the service
             enforces, which is the store's limit.
+        logs: The ring of the daemon's log records the log commands read (``serve``
+            installs one; default: an empty one).
     """
 
-    def __init__(self, config: Config, store: Store, *, max_file_size: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        max_file_size: int | None = None,
+        logs: LogRing | None = None,
+    ) -> None:
         self.config = config
         #: The daemon's figures (the connections count into them; NODE_STATUS reports them).
         self.stats = Stats()
         #: Upload bytes in flight, across every connection (spec 9.2).
         self.budget = InflightBudget(config.max_inflight_bytes)
         self.service = Service(
-            store, stats=self.stats, inflight=self.budget, admins=Admins(config.admin_uids)
+            store,
+            stats=self.stats,
+            inflight=self.budget,
+            admins=Admins(config.admin_uids),
+            logs=logs,
         )
         offer = ServerLimits(
             max_file_size=self.service.max_file_size if max_file_size is None else max_file_size,
@@ -159,6 +174,7 @@ class Server:
         """Shut down gracefully: GOAWAY everywhere, wait up to ``grace`` for requests in flight,
         cancel the rest, and wait (briefly) for the connections to say goodbye."""
         self.context.shutting_down = True
+        self.context.stopping.set()
         for connection in list(self.connections):
             connection.goaway()
         with trio.move_on_after(self.context.grace):
@@ -222,7 +238,7 @@ async def serve(
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # One value for what the store enforces and what HELLO announces.
     max_file_size = DEFAULT_MAX_FILE_SIZE
-    with single_instance_lock(config.data_dir):
+    with single_instance_lock(config.data_dir), log_ring(config.log_ring_size) as ring:
         async with (
             open_store(
                 config.data_dir / "store",
@@ -231,7 +247,7 @@ async def serve(
             ) as store,
             trio.open_nursery() as handlers,
         ):
-            server = Server(config, store, max_file_size=max_file_size)
+            server = Server(config, store, max_file_size=max_file_size, logs=ring)
             async with trio.open_nursery() as listeners:
                 # Connections run in the outer nursery, so stopping the listeners does not
                 # cut the requests in flight: shutdown drains them first.

@@ -40,6 +40,9 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     FileWriteReply,
+    LogGet,
+    LogStats,
+    LogStream,
     MakeDirectory,
     MakeDirectoryReply,
     Message,
@@ -53,6 +56,7 @@ from librorum.protocol.messages import (
     UploadStatus,
     UploadStatusReply,
 )
+from librorum.server.logcommands import log_get, log_stats, log_stream
 from librorum.server.requests import Driver, RequestState
 from librorum.server.streams import receive_content, send_content
 from librorum.service import INLINE_LIST_LIMIT, DescriptorKind, FileInfo as StoredInfo
@@ -316,6 +320,9 @@ ROWS: Final[tuple[Row, ...]] = (
     Unary(Cancel, cancel, Cancellation.NOTHING, inline=_target_idle),
     Streamed(FileRead, read),
     Streamed(FileWrite, write, receives_data=True),
+    Unary(LogGet, log_get),
+    Streamed(LogStream, log_stream),
+    Unary(LogStats, log_stats),
 )
 
 #: The rows by request message class: how the connection finds a request's row.

@@ -25,16 +25,17 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 
 import trio
 
 from librorum.errors import BadRequestError, ConflictError, NotFoundError
-from librorum.service.caller import Admins
+from librorum.service.caller import Admins, Caller
 from librorum.service.descriptors import DescriptorKind, descriptor_kind
 from librorum.service.figures import InflightGauge, NodeReport, Stats
+from librorum.service.logring import LogCounts, LogEntry, LogFilter, LogPage, LogRing
 from librorum.store import FileInfo, ListPage, Reader, Store, Upload, UploadStatus, WriteMode
 from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
 from librorum.version import __version__
@@ -75,6 +76,8 @@ class Service:
         stats: The figures the front doors keep (a new, empty one if omitted).
         inflight: The budget of upload bytes in flight, for :meth:`node_status`.
         admins: Who may run administrators' commands (default: the daemon's own uid).
+        logs: The daemon's recent log records (default: an empty ring of its own, which
+            nothing logs into).
 
     Every method runs on the Trio thread. The read-only ones (:meth:`stat`, :meth:`list`
     with a small page, :meth:`upload_status`) complete without a checkpoint: a front door may
@@ -88,6 +91,7 @@ class Service:
         stats: Stats | None = None,
         inflight: InflightGauge | None = None,
         admins: Admins | None = None,
+        logs: LogRing | None = None,
     ) -> None:
         self._store = store
         self.admins = admins if admins is not None else Admins()
@@ -96,6 +100,7 @@ class Service:
         #: Random, chosen at start: tells restarts apart in :meth:`node_status`.
         self.node_id = secrets.token_hex(8)
         self._started_at = time.monotonic()
+        self.logs = logs if logs is not None else LogRing(1)
 
     @property
     def max_file_size(self) -> int:
@@ -350,3 +355,90 @@ class Service:
             inflight_bytes=self._inflight.used,
             inflight_peak_bytes=self._inflight.peak,
         )
+
+    # --- the log (spec 5.19) -----------------------------------------------------------------
+
+    async def read_log(
+        self,
+        caller: Caller,
+        log_filter: LogFilter,
+        *,
+        cursor: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+        budget: Callable[[LogEntry], bool] | None = None,
+    ) -> LogPage:
+        """A page of the daemon's recent log records (see :meth:`LogRing.read`).
+
+        Cancellation: not interruptible (a scan of the ring in memory, no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            BadRequestError: ``limit`` < 1.
+        """
+        self.admins.check(caller, "reading the log")
+        if limit < 1:
+            msg = f"a page of the log holds at least one record, not {limit}"
+            raise BadRequestError(msg)
+        return self.logs.read(
+            log_filter, cursor=cursor, limit=limit, newest_first=newest_first, budget=budget
+        )
+
+    async def log_counts(self, caller: Caller) -> LogCounts:
+        """The log's figures: records by level and logger, the per-minute trend.
+
+        Cancellation: not interruptible (reads memory, no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+        """
+        self.admins.check(caller, "reading the log")
+        return self.logs.counts()
+
+    async def follow_log(self, caller: Caller, log_filter: LogFilter, last: int) -> int:
+        """Where a follower of the log starts: the cursor of the oldest of the ``last``
+        newest records that pass ``log_filter`` (the next record's when ``last`` is 0 or none
+        does). Read from it with :meth:`read_log`, and wait for more with
+        :meth:`wait_for_log`.
+
+        Cancellation: not interruptible (no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+        """
+        self.admins.check(caller, "following the log")
+        start = self.logs.next_seq
+        if last > 0:
+            page = self.logs.read(log_filter, limit=last, newest_first=True)
+            if page.entries:
+                start = page.entries[-1].seq
+        return start
+
+    async def wait_for_log(self, cursor: int) -> None:
+        """Return once the log holds a record at or after ``cursor`` (at once if it does).
+
+        The wait holds nothing but a listener on the ring: a record logged in any thread
+        wakes it through the Trio token.
+
+        Cancellation: safe at any point.
+        """
+        ring = self.logs
+        if ring.next_seq > cursor:
+            return
+        arrived = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def wake() -> None:
+            # Called in the thread that logged; the run may be over by then.
+            try:
+                token.run_sync_soon(arrived.set)
+            except trio.RunFinishedError:
+                pass
+
+        ring.add_listener(wake)
+        try:
+            if ring.next_seq > cursor:  # logged between the check and the listener
+                return
+            await arrived.wait()
+        finally:
+            ring.remove_listener(wake)
