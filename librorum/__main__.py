@@ -2,6 +2,7 @@
 
     librorum serve [--data-dir DIR] [--socket PATH] [--listen HOST:PORT] [--token-file FILE]
                    [--no-remote] [--config FILE] [--log-level LEVEL]
+                   [--log-format text|json] [--log-file FILE]
     librorum [--socket PATH | --url ws://HOST:PORT] [--token-file FILE]
              [--transport auto|local|remote] COMMAND ...
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import sys
 import time
@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, NoReturn, TextIO
 
+from librorum import logs_cli
 from librorum.errors import LibrorumError, NotADirectoryError_
 from librorum.protocol.constants import EntryKind, WriteMode
 from librorum.protocol.messages import DirEntry
@@ -310,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL",
     )
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), help="text (default) or JSON lines"
+    )
+    serve.add_argument(
+        "--log-file", type=Path, help="write the log here, rotated by size (default: stderr)"
+    )
 
     put = sub.add_parser("put", help="upload LOCAL (- for stdin) to REMOTE")
     put.add_argument("local")
@@ -357,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     ping = sub.add_parser("ping", help="round trip to the daemon")
     ping.add_argument("-c", "--count", type=_count, default=1, help="how many pings")
     ping.set_defaults(func=cmd_ping)
+
+    logs_cli.add_parser(sub)
     return parser
 
 
@@ -365,6 +374,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from librorum.config import load_config
     from librorum.server.app import serve
+    from librorum.server.logsetup import configure_logging
 
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
@@ -387,10 +397,16 @@ def run_serve(args: argparse.Namespace) -> int:
         overrides["listen_port"] = int(port)
     if args.log_level is not None:
         overrides["log_level"] = args.log_level
+    if args.log_format is not None:
+        overrides["log_format"] = args.log_format
+    if args.log_file is not None:
+        overrides["log_file"] = args.log_file
     config = load_config(config_file=args.config, overrides=overrides)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(config)
+    except OSError as exc:
+        print(f"librorum: cannot open the log file: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         trio.run(serve, config)
     except BaseExceptionGroup as group:

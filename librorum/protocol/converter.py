@@ -249,6 +249,41 @@ def decode_log_batch(payload: bytes | bytearray | memoryview) -> LogBatch:
     return typing.cast("LogBatch", decode_payload(payload, typing.cast("type[Message]", LogBatch)))
 
 
+def decode_log_batches(data: bytes | bytearray | memoryview) -> list[LogBatch]:
+    """Decode the LogBatch maps of one or more whole LOG_STREAM DATA payloads laid end to
+    end (a client may merge consecutive payloads; MessagePack maps delimit themselves).
+
+    Raises:
+        MalformedPayloadError: ``data`` is not a sequence of whole LogBatch maps.
+    """
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        strict_map_key=True,
+        object_pairs_hook=_unique_map,
+        max_buffer_size=max(len(data), 1),
+    )
+    try:
+        unpacker.feed(data)
+        batches = []
+        end = 0
+        for raw in unpacker:
+            if type(raw) is not dict:
+                msg = f"payload must be a map, got {type(raw).__name__}"
+                raise TypeError(msg)
+            batches.append(converter.structure(raw, LogBatch))
+            end = unpacker.tell()  # after a failed attempt, tell() is past the partial map
+        if end != len(data):
+            msg = "a LogBatch is cut short"
+            raise ValueError(msg)
+    except _DECODE_ERRORS as exc:
+        msg = f"malformed LogBatch payload: {_describe(exc)}"
+        raise MalformedPayloadError(msg) from exc
+    except RecursionError as exc:
+        msg = "malformed LogBatch payload: nested too deeply"
+        raise MalformedPayloadError(msg) from exc
+    return batches
+
+
 def message_type(command: Command, flags: int) -> type[Message]:
     """The message class a frame's payload decodes to.
 
