@@ -23,7 +23,7 @@ from typing import Final
 from librorum.config import Config
 from librorum.errors import ErrorClass, ErrorCode, LibrorumError, error_class
 from librorum.service.logring import LogRing
-from librorum.transport._throttle import LogLimiter
+from librorum.transport import LogLimiter
 
 #: The logger every module of the daemon logs under; the ring hangs here.
 ROOT_LOGGER: Final = "librorum"
