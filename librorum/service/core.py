@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -427,13 +428,19 @@ class Service:
             return
         arrived = trio.Event()
         token = trio.lowlevel.current_trio_token()
+        trio_thread = threading.get_ident()
 
         def wake() -> None:
-            # Called in the thread that logged; the run may be over by then.
+            # Called in the thread that logged. In the Trio thread (a task logged) the event
+            # is set at once: through run_sync_soon it would be set only after the run loop
+            # noticed its wakeup, later than a task that waits on it could expect.
+            if threading.get_ident() == trio_thread:
+                arrived.set()
+                return
             try:
                 token.run_sync_soon(arrived.set)
             except trio.RunFinishedError:
-                pass
+                pass  # the run is over: nobody waits any more
 
         ring.add_listener(wake)
         try:
