@@ -238,7 +238,10 @@ async def serve(
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # One value for what the store enforces and what HELLO announces.
     max_file_size = DEFAULT_MAX_FILE_SIZE
-    with single_instance_lock(config.data_dir), log_ring(config.log_ring_size) as ring:
+    with (
+        single_instance_lock(config.data_dir),
+        log_ring(config.log_ring_size, config.log_level) as ring,
+    ):
         async with (
             open_store(
                 config.data_dir / "store",

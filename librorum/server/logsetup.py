@@ -100,21 +100,28 @@ def configure_logging(config: Config) -> logging.Handler:
 
 
 @contextlib.contextmanager
-def log_ring(capacity: int) -> Iterator[LogRing]:
+def log_ring(capacity: int, level: str | int | None = None) -> Iterator[LogRing]:
     """Keep every record of the daemon's loggers in a :class:`LogRing` of ``capacity``
-    records for the duration of the block (the daemon's life).
+    records for the duration of the block (the daemon's life), with the ``librorum``
+    loggers at ``level`` meanwhile (None: as they are).
 
     The ring sees what the ``librorum`` loggers let through (the daemon's ``log_level``):
     a DEBUG record is kept only when the daemon logs at DEBUG, which keeps the cost of the
-    levels nobody asked for at nothing.
+    levels nobody asked for at nothing. Setting the level here, not only on the root
+    logger, makes an embedded daemon (``librorum.serve``) keep its INFO records whatever
+    the embedding program's root level.
     """
     ring = LogRing(capacity)
     logger = logging.getLogger(ROOT_LOGGER)
+    previous = logger.level
+    if level is not None:
+        logger.setLevel(level)
     logger.addHandler(ring)
     try:
         yield ring
     finally:
         logger.removeHandler(ring)
+        logger.setLevel(previous)
 
 
 def failure_level(error: LibrorumError) -> int:
