@@ -124,8 +124,9 @@ async def test_serve_writes_json_lines_to_a_rotated_log_file(tmp_path: Path) -> 
             command(*args), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment()
         )
         try:
-            # Serving once a ping answers (the log goes to the file, not to stderr).
-            while (await cli("--socket", socket_path, "ping")).returncode != 0:
+            # Serving once a ping answers: the log goes to the file, so stderr says nothing
+            # to wait on, and another process offers no event; bounded by the fail_after.
+            while (await cli("--socket", socket_path, "ping")).returncode != 0:  # noqa: ASYNC110
                 await trio.sleep(0.05)
             for _ in range(30):
                 assert (await cli("--socket", socket_path, "ping")).returncode == 0
