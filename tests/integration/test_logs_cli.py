@@ -5,6 +5,7 @@ following them until Ctrl-C, JSON lines, and `serve --log-file` (rotated) with
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -149,3 +150,26 @@ async def test_serve_writes_json_lines_to_a_rotated_log_file(tmp_path: Path) -> 
     assert last["message"] == "stopped"
     assert tail.returncode == 0
     assert len(tail.stdout.decode().splitlines()) == 2
+
+
+async def test_the_async_client_reads_and_follows_the_log(tmp_path: Path) -> None:
+    """Over the Unix socket and over WebSocket with the token: a page, the figures, and a
+    follower whose leaving cancels the stream (the connection serves on)."""
+    marker = logging.getLogger("librorum.logtest")
+    with trio.fail_after(60):
+        async with open_test_daemon(tmp_path / "d") as daemon:
+            for transport in ("uds", "websocket"):
+                async with daemon.client(transport) as client:  # type: ignore[arg-type]
+                    page = await client.log_get(newest_first=True, limit=5)
+                    assert page.records
+                    assert page.records[0].seq > page.records[-1].seq
+                    stats = await client.log_stats()
+                    assert stats.levels["INFO"] >= 1
+                    assert stats.capacity == 10_000
+                    async with client.follow_log(logger="librorum.logtest") as follower:
+                        marker.warning("followed over %s", transport)
+                        batch = await follower.__anext__()
+                        assert [r.message for r in batch.records] == [f"followed over {transport}"]
+                        assert follower.cursor == batch.cursor
+                    # Leaving cancelled the stream; the connection serves on.
+                    assert await client.ping() >= 0
