@@ -159,7 +159,7 @@ async def test_the_async_client_reads_and_follows_the_log(tmp_path: Path) -> Non
     with trio.fail_after(60):
         async with open_test_daemon(tmp_path / "d") as daemon:
             for transport in ("uds", "websocket"):
-                async with daemon.client(transport) as client:  # type: ignore[arg-type]
+                async with daemon.client(transport) as client:
                     page = await client.log_get(newest_first=True, limit=5)
                     assert page.records
                     assert page.records[0].seq > page.records[-1].seq
