@@ -399,7 +399,8 @@ class Connection:
             if self.context.shutting_down:
                 session.goaway("server is shutting down", self.context.grace_ms)
         elif isinstance(event, ConnectionEnded) and event.error is not None:
-            log.info("%s: connection error: %s", self.transport.peer, event.error)
+            # DEBUG: the connection's closing line (INFO) says the same as its reason.
+            log.debug("%s: connection error: %s", self.transport.peer, event.error)
 
     async def _serve_inline(self, sid: int, row: Unary[Message], message: Message) -> None:
         """Answer a request the table marks inline from the reader: its reply (or ERROR) is
@@ -574,7 +575,7 @@ class Connection:
             scope.shield = True
             await self.wait_until_sent()
         if scope.cancelled_caught:
-            log.info("%s: output not drained in time; closing", self.transport.peer)
+            log.debug("%s: output not drained in time; closing", self.transport.peer)
             with trio.CancelScope(shield=True):
                 await self.transport.aclose()
 
@@ -639,7 +640,7 @@ class Connection:
         if self.evicted:
             return
         self.evicted = True
-        log.info("%s: %s", self.transport.peer, reason)
+        log.debug("%s: %s", self.transport.peer, reason)  # the closing line gives the reason
         self.session.fail(ConnectionLimitError(reason))
         if self._loop_scope is not None:
             self._loop_scope.cancel()
