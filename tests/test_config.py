@@ -137,3 +137,23 @@ def test_every_setting_can_be_given_as_text(tmp_path: Path) -> None:
         field.name: _as_text(getattr(reference, field.name)) for field in attrs.fields(Config)
     }
     assert load_config(env={"HOME": str(tmp_path)}, overrides=overrides) == reference
+
+
+def test_the_log_settings_from_the_environment_and_their_checks(tmp_path: Path) -> None:
+    env = {
+        "HOME": str(tmp_path),
+        "LIBRORUM_LOG_FORMAT": "json",
+        "LIBRORUM_LOG_FILE": str(tmp_path / "d.log"),
+    }
+    config = load_config(env=env)
+    assert (config.log_format, config.log_file) == ("json", tmp_path / "d.log")
+    assert (config.log_file_max_bytes, config.log_file_backups, config.log_ring_size) == (
+        10 * 1024 * 1024,
+        5,
+        10_000,
+    )
+    assert load_config(env={"HOME": str(tmp_path)}).log_file is None
+    with pytest.raises(ConfigError, match="log_format must be one of text, json"):
+        load_config(env={"HOME": str(tmp_path)}, overrides={"log_format": "xml"})
+    with pytest.raises(ConfigError):
+        load_config(env={"HOME": str(tmp_path)}, overrides={"log_ring_size": "0"})
