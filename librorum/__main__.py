@@ -1,7 +1,8 @@
 """The ``librorum`` command line (also ``python -m librorum``).
 
     librorum serve [--data-dir DIR] [--socket PATH] [--listen HOST:PORT] [--token-file FILE]
-                   [--no-remote] [--config FILE] [--log-level LEVEL] [--metrics HOST:PORT]
+                   [--no-remote] [--config FILE] [--log-level LEVEL]
+                   [--log-format text|json] [--log-file FILE] [--metrics HOST:PORT]
     librorum [--socket PATH | --url ws://HOST:PORT] [--token-file FILE]
              [--transport auto|local|remote] COMMAND ...
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 import time
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO, NoReturn, TextIO
 
 import attrs
 
+from librorum import logs_cli
 from librorum.errors import LibrorumError, NotADirectoryError_
 from librorum.protocol.constants import EntryKind, WriteMode
 from librorum.protocol.messages import DirEntry, FsckReply, NodeStatusReply
@@ -483,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
     )
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), help="text (default) or JSON lines"
+    )
+    serve.add_argument(
+        "--log-file", type=Path, help="write the log here, rotated by size (default: stderr)"
+    )
 
     put = sub.add_parser("put", help="upload LOCAL (- for stdin) to REMOTE")
     put.add_argument("local")
@@ -571,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fsck.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
     fsck.set_defaults(func=cmd_fsck)
+
+    logs_cli.add_parser(sub)
     return parser
 
 
@@ -587,6 +596,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from librorum.config import load_config
     from librorum.server.app import serve
+    from librorum.server.logsetup import configure_logging
 
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
@@ -611,10 +621,16 @@ def run_serve(args: argparse.Namespace) -> int:
         overrides["log_level"] = args.log_level
     if args.metrics is not None:
         overrides["metrics_listen"] = args.metrics
+    if args.log_format is not None:
+        overrides["log_format"] = args.log_format
+    if args.log_file is not None:
+        overrides["log_file"] = args.log_file
     config = load_config(config_file=args.config, overrides=overrides)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(config)
+    except OSError as exc:
+        print(f"librorum: cannot open the log file: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         trio.run(serve, config)
     except BaseExceptionGroup as group:

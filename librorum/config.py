@@ -214,6 +214,20 @@ def _host_port(instance: object, attribute: attrs.Attribute[str | None], value: 
             raise ConfigError(msg) from None
 
 
+#: The log formats the daemon writes (``log_format``).
+LOG_FORMATS: Final = ("text", "json")
+
+
+def _log_format(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in LOG_FORMATS:
+        msg = f"log_format must be one of {', '.join(LOG_FORMATS)}, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else Path(value)  # type: ignore[arg-type]
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Everything the daemon and its clients are configured with. Build it with
@@ -299,6 +313,17 @@ class Config:
     #: full passes (one a week). 0 for either turns the scrub off.
     scrub_rate: int = attrs.field(default=SCRUB_RATE, validator=_not_negative)
     scrub_interval: float = attrs.field(default=SCRUB_INTERVAL, validator=_not_negative_seconds)
+    #: How the daemon writes its log: "text" (one line per record) or "json" (one JSON
+    #: object per line: time, level, logger, message, and exc when there is a traceback).
+    log_format: str = attrs.field(default="text", validator=_log_format)
+    #: Where the daemon writes its log; ``None``: standard error. Rotated by size.
+    log_file: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: The size at which the log file is rotated, and how many old files are kept
+    #: (``log_file.1`` ... ``log_file.N``).
+    log_file_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_positive)
+    log_file_backups: int = attrs.field(default=5, validator=_not_negative)
+    #: Records the daemon keeps in memory for the log commands (spec 5.19).
+    log_ring_size: int = attrs.field(default=10_000, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -358,6 +383,8 @@ ENV_VARS: Final = types.MappingProxyType(
         "LIBRORUM_SOCKET": "socket_path",
         "LIBRORUM_TOKEN_FILE": "token_file",
         "LIBRORUM_URL": "url",
+        "LIBRORUM_LOG_FORMAT": "log_format",
+        "LIBRORUM_LOG_FILE": "log_file",
     }
 )
 

@@ -155,3 +155,23 @@ def test_the_metrics_listener_follows_the_websocket_rules(tmp_path: Path) -> Non
         load_config(env=env, overrides={**public, "token_file": ""})
     tls = {"tls_cert": tmp_path / "c.pem", "tls_key": tmp_path / "k.pem"}
     assert load_config(env=env, overrides={**public, **tls}).metrics_listen == "0.0.0.0:9100"
+
+
+def test_the_log_settings_from_the_environment_and_their_checks(tmp_path: Path) -> None:
+    env = {
+        "HOME": str(tmp_path),
+        "LIBRORUM_LOG_FORMAT": "json",
+        "LIBRORUM_LOG_FILE": str(tmp_path / "d.log"),
+    }
+    config = load_config(env=env)
+    assert (config.log_format, config.log_file) == ("json", tmp_path / "d.log")
+    assert (config.log_file_max_bytes, config.log_file_backups, config.log_ring_size) == (
+        10 * 1024 * 1024,
+        5,
+        10_000,
+    )
+    assert load_config(env={"HOME": str(tmp_path)}).log_file is None
+    with pytest.raises(ConfigError, match="log_format must be one of text, json"):
+        load_config(env={"HOME": str(tmp_path)}, overrides={"log_format": "xml"})
+    with pytest.raises(ConfigError):
+        load_config(env={"HOME": str(tmp_path)}, overrides={"log_ring_size": "0"})

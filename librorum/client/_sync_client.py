@@ -58,7 +58,7 @@ from librorum.client._sync_primitives import (
     write_file,
 )
 from librorum.client._sync_sources import SyncSource, SyncWriteData, open_sync_source
-from librorum.client._sync_streams import SyncListIterator, SyncReadStream
+from librorum.client._sync_streams import SyncListIterator, SyncLogFollower, SyncReadStream
 from librorum.errors import (
     ConflictError,
     ConnectionClosed,
@@ -90,6 +90,11 @@ from librorum.protocol.messages import (
     Fsck,
     FsckReply,
     HelloReply,
+    LogGet,
+    LogGetReply,
+    LogStats,
+    LogStatsReply,
+    LogStream,
     MakeDirectory,
     MakeDirectoryReply,
     Message,
@@ -740,3 +745,79 @@ class SyncClient:
                 progress, request.reply = request.reply, None
                 if on_progress is not None and isinstance(progress, FsckReply):
                     on_progress(progress)
+
+    # The daemon's log (spec 5.19; administrators only) ----------------------------------------
+
+    def log_get(
+        self,
+        *,
+        min_level: int = 0,
+        logger: str | None = None,
+        grep: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+        cursor: int | None = None,
+    ) -> LogGetReply:
+        """A page of the daemon's recent log records that pass every filter given.
+
+        Args:
+            min_level: The least level (``logging.WARNING``: warnings and worse).
+            logger: A logger name prefix ("librorum.store").
+            grep: A substring of the message.
+            since, until: The time range, seconds since the epoch (until exclusive).
+            limit: Records at most, 1 to 1000 (a reply may hold fewer, to fit a frame).
+            newest_first: Newest first, going back in time.
+            cursor: A previous reply's ``cursor``, to continue from it.
+
+        Raises:
+            ForbiddenError: the caller is not one of the daemon's administrators.
+            BadRequestError: ``limit`` is 0.
+            ValueError: ``limit`` over 1000, a filter over 256 bytes.
+        """
+        message = LogGet(
+            min_level=min_level,
+            logger=logger,
+            grep=grep,
+            since_ms=None if since is None else int(since * 1000),
+            until_ms=None if until is None else int(until * 1000),
+            limit=limit,
+            newest_first=newest_first,
+            cursor=cursor,
+        )
+        return self._unary(message, LogGetReply)
+
+    def log_stats(self) -> LogStatsReply:
+        """The figures of the daemon's log: records by level and by logger since it started,
+        and per minute over the last hour.
+
+        Raises:
+            ForbiddenError: the caller is not one of the daemon's administrators.
+        """
+        return self._unary(LogStats(), LogStatsReply)
+
+    def follow_log(
+        self,
+        *,
+        last: int = 0,
+        min_level: int = 0,
+        logger: str | None = None,
+        grep: str | None = None,
+    ) -> SyncLogFollower:
+        """The daemon's log as it is written: the ``last`` newest records that pass the
+        filters (0 to 1000), then each new one::
+
+            with client.follow_log(last=10) as follower:
+                for batch in follower:
+                    for record in batch.records:
+                        ...
+
+        Leaving the block cancels the stream.
+
+        Raises (on entering):
+            ForbiddenError: the caller is not one of the daemon's administrators.
+            ValueError: ``last`` over 1000, a filter over 256 bytes.
+        """
+        message = LogStream(last=last, min_level=min_level, logger=logger, grep=grep)
+        return SyncLogFollower(self._request, message)

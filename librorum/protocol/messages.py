@@ -21,6 +21,8 @@ import attrs
 
 from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
+    MAX_LOG_FILTER_BYTES,
+    MAX_LOG_RECORDS,
     MAX_PAYLOAD_SIZE_FIELD,
     MAX_PING_BYTES,
     MAX_REQUESTS_LISTED,
@@ -564,6 +566,134 @@ class FsckReply:
         )
 
 
+# --- The daemon's log (spec 5.19) -----------------------------------------------------------
+
+
+def _log_limit(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= MAX_LOG_RECORDS:
+        msg = f"{attribute.name} must be in 0..{MAX_LOG_RECORDS}, got {value}"
+        raise ValueError(msg)
+
+
+def _filter_text(_inst: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and len(value.encode()) > MAX_LOG_FILTER_BYTES:
+        msg = f"{attribute.name} must be at most {MAX_LOG_FILTER_BYTES} bytes"
+        raise ValueError(msg)
+
+
+def _opt_i64(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and not -(2**63) <= value < 2**63:
+        msg = f"{attribute.name} must be absent or fit in a signed 64-bit integer, got {value}"
+        raise ValueError(msg)
+
+
+@attrs.frozen
+class LogRecord:
+    """One record of the daemon's log."""
+
+    #: Its sequence number: the cursor that designates it (grows by one per record).
+    seq: int = attrs.field(validator=_u64)
+    #: When it was logged, milliseconds since the epoch (UTC).
+    time_ms: int = attrs.field(validator=_i64)
+    #: The numeric level: 10 DEBUG, 20 INFO, 30 WARNING, 40 ERROR, 50 CRITICAL.
+    level: int = attrs.field(validator=_u32)
+    logger: str
+    message: str
+    #: The traceback, when the record carries one.
+    exc: str | None = None
+
+
+@attrs.frozen
+class LogGet:
+    """LOG_GET: a page of the daemon's log records that pass every filter given."""
+
+    #: The least level.
+    min_level: int = attrs.field(default=0, validator=_u32)
+    #: A logger name prefix ("librorum.store" keeps it and the loggers below it).
+    logger: str | None = attrs.field(default=None, validator=_filter_text)
+    #: A substring of the message (case-sensitive).
+    grep: str | None = attrs.field(default=None, validator=_filter_text)
+    #: The time range, milliseconds since the epoch: since inclusive, until exclusive.
+    since_ms: int | None = attrs.field(default=None, validator=_opt_i64)
+    until_ms: int | None = attrs.field(default=None, validator=_opt_i64)
+    #: Records in the reply at most (1..1000; the reply may hold fewer, to fit a frame).
+    limit: int = attrs.field(default=100, validator=_log_limit)
+    #: Newest first, going back in time; else oldest first.
+    newest_first: bool = False
+    #: Where to continue: the ``cursor`` of a previous reply.
+    cursor: int | None = attrs.field(default=None, validator=_opt_u64)
+
+
+@attrs.frozen
+class LogGetReply:
+    records: tuple[LogRecord, ...]
+    #: Where the next page starts (oldest first: after the records looked at, also when
+    #: there are none yet; newest first: before them), None when the oldest record held
+    #: was reached going back.
+    cursor: int | None = attrs.field(default=None, validator=_opt_u64)
+    #: Records from the cursor asked for on that the daemon no longer holds.
+    missed: int = attrs.field(default=0, validator=_u64)
+
+
+@attrs.frozen
+class LogStream:
+    """LOG_STREAM: the last ``last`` records that pass the filters, then every new one as it
+    is logged, as DATA frames under the client's credit, until the client cancels."""
+
+    last: int = attrs.field(default=0, validator=_log_limit)
+    min_level: int = attrs.field(default=0, validator=_u32)
+    logger: str | None = attrs.field(default=None, validator=_filter_text)
+    grep: str | None = attrs.field(default=None, validator=_filter_text)
+
+
+@attrs.frozen
+class LogStreamReply:
+    """First reply of a LOG_STREAM: where the stream starts. DATA frames follow, each one
+    :class:`LogBatch`."""
+
+    cursor: int = attrs.field(validator=_u64)
+
+
+@attrs.frozen
+class LogBatch:
+    """The payload of one DATA frame of a LOG_STREAM (MessagePack, like a control message;
+    not a message of its own command)."""
+
+    records: tuple[LogRecord, ...]
+    #: The cursor after this batch.
+    cursor: int = attrs.field(validator=_u64)
+    #: Records the daemon overwrote before this stream could send them (its reader was
+    #: slower than the log), just before the records of this batch.
+    missed: int = attrs.field(default=0, validator=_u64)
+
+
+@attrs.frozen
+class LogStats:
+    """LOG_STATS: the figures of the daemon's log."""
+
+
+@attrs.frozen
+class LogMinute:
+    #: The minute's start, milliseconds since the epoch.
+    start_ms: int = attrs.field(validator=_i64)
+    #: Records of that minute, by level name.
+    counts: dict[str, int] = attrs.field(validator=_u64_values)
+
+
+@attrs.frozen
+class LogStatsReply:
+    #: Records since the daemon started, by level name and by logger name.
+    levels: dict[str, int] = attrs.field(validator=_u64_values)
+    loggers: dict[str, int] = attrs.field(validator=_u64_values)
+    #: Records per minute, the last 60 minutes, oldest first, minutes without any left out.
+    trend: tuple[LogMinute, ...]
+    #: Records the daemon keeps at most, and keeps now; the oldest one's cursor, the next.
+    capacity: int = attrs.field(validator=_u64)
+    held: int = attrs.field(validator=_u64)
+    first_cursor: int = attrs.field(validator=_u64)
+    next_cursor: int = attrs.field(validator=_u64)
+
+
 #: Every control message class.
 Message: TypeAlias = (
     Hello
@@ -599,6 +729,12 @@ Message: TypeAlias = (
     | ShutdownReply
     | Fsck
     | FsckReply
+    | LogGet
+    | LogGetReply
+    | LogStream
+    | LogStreamReply
+    | LogStats
+    | LogStatsReply
 )
 
 #: The class of a request payload (no REPLY flag), by command. DATA has none: raw bytes.
@@ -620,6 +756,9 @@ REQUEST_TYPES: Final[dict[Command, type[Message]]] = {
     Command.REQUESTS: Requests,
     Command.SHUTDOWN: Shutdown,
     Command.FSCK: Fsck,
+    Command.LOG_GET: LogGet,
+    Command.LOG_STREAM: LogStream,
+    Command.LOG_STATS: LogStats,
 }
 
 #: The class of a reply payload (REPLY flag set), by command. DATA has none: raw bytes.
@@ -642,6 +781,9 @@ REPLY_TYPES: Final[dict[Command, type[Message]]] = {
     Command.REQUESTS: RequestsReply,
     Command.SHUTDOWN: ShutdownReply,
     Command.FSCK: FsckReply,
+    Command.LOG_GET: LogGetReply,
+    Command.LOG_STREAM: LogStreamReply,
+    Command.LOG_STATS: LogStatsReply,
 }
 
 #: The command of each message class, and whether it travels with the REPLY flag. WINDOW and
@@ -665,6 +807,8 @@ UNARY_REQUESTS: Final = frozenset(
         Command.CANCEL,
         Command.REQUESTS,
         Command.SHUTDOWN,
+        Command.LOG_GET,
+        Command.LOG_STATS,
     }
 )
 

@@ -64,6 +64,7 @@ from librorum.protocol.constants import (
     MAX_SESSION_ID,
     MIN_MAX_PAYLOAD,
     REQUEST_COMMANDS,
+    STREAMED_REPLY_COMMANDS,
     SUPPORTED_VERSIONS,
     Command,
     Feature,
@@ -123,7 +124,7 @@ class ServerSession(BaseSession[Payload | FileRegion]):
 
     _inbound_data = (StreamInput.DATA, StreamInput.DATA_END)
     _peer_data_states = frozenset({StreamState.OPEN})
-    _outbound_data_command = Command.READ
+    _outbound_data_commands = STREAMED_REPLY_COMMANDS
     _direction = FLAG_REPLY
 
     def __init__(self, limits: ServerLimits = ServerLimits(), *, features: int = 0) -> None:
@@ -247,7 +248,7 @@ class ServerSession(BaseSession[Payload | FileRegion]):
                 return None
             self._uploads += 1
             stream.receive_window = 0 if end else self.limits.initial_window
-        elif command is Command.READ:
+        elif command in STREAMED_REPLY_COMMANDS:
             stream.send_window = self.client_window
         self._streams[session_id] = stream
         return RequestReceived(session_id, command, message, end, fd)
@@ -339,7 +340,7 @@ class ClientSession(BaseSession[Payload]):
 
     _inbound_data = (StreamInput.REPLY_DATA, StreamInput.REPLY_DATA_END)
     _peer_data_states = frozenset({StreamState.READ_PENDING, StreamState.STREAMING})
-    _outbound_data_command = Command.WRITE
+    _outbound_data_commands = frozenset({Command.WRITE})
     _direction = 0
 
     def __init__(self) -> None:
@@ -410,7 +411,7 @@ class ClientSession(BaseSession[Payload]):
                 msg = f"{self.server.max_uploads} uploads already in flight"
                 raise LocalProtocolError(msg)
             stream.send_window = 0 if end else self.server.initial_window
-        elif command is Command.READ:
+        elif command in STREAMED_REPLY_COMMANDS:
             stream.receive_window = self.read_window
         session_id = self._allocate_id()
         self._streams[session_id] = stream

@@ -26,7 +26,7 @@ from typing import Final
 
 import attrs
 
-from librorum.protocol.constants import Command
+from librorum.protocol.constants import STREAMED_REPLY_COMMANDS, Command
 
 
 class StreamState(enum.Enum):
@@ -130,7 +130,7 @@ class Stream:
     def open(cls, command: Command, *, end: bool) -> Stream:
         """The stream a request frame opens: a READ, a WRITE without END (its content
         follows), or any other request, which then awaits its final reply."""
-        if command is Command.READ:
+        if command in STREAMED_REPLY_COMMANDS:
             opening = StreamInput.READ_REQUEST
         elif command is Command.WRITE and not end:
             opening = StreamInput.WRITE_OPEN

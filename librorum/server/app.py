@@ -33,10 +33,12 @@ from librorum.server.budget import InflightBudget, give_memory_back
 from librorum.server.connection import Connection
 from librorum.server.context import ServerContext, Timeouts
 from librorum.server.http import HttpEndpoint
+from librorum.server.logsetup import log_ring
 from librorum.server.metrics import Metrics
 from librorum.server.node_id import load_or_create_node_id
 from librorum.server.sd_notify import Notifier
 from librorum.service import Admins, ScrubSettings, Service, Stats
+from librorum.service.logring import LogRing
 from librorum.store import open_store
 from librorum.transport import (
     load_or_create_token,
@@ -69,6 +71,8 @@ class Server:
             enforces, which is the store's limit.
         node_id: The node's identity (default: a random one; the daemon keeps one in its
             data directory).
+        logs: The ring of the daemon's log records the log commands read (``serve``
+            installs one; default: an empty one).
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class Server:
         *,
         max_file_size: int | None = None,
         node_id: str | None = None,
+        logs: LogRing | None = None,
     ) -> None:
         self.config = config
         self.shutdown_requested = trio.Event()
@@ -92,6 +97,7 @@ class Server:
             admins=Admins(config.admin_uids),
             node_id=node_id,
             on_shutdown=self.shutdown_requested.set,
+            logs=logs,
         )
         offer = ServerLimits(
             max_file_size=self.service.max_file_size if max_file_size is None else max_file_size,
@@ -182,6 +188,7 @@ class Server:
         """Shut down gracefully: GOAWAY everywhere, wait up to ``grace`` for requests in flight,
         cancel the rest, and wait (briefly) for the connections to say goodbye."""
         self.context.shutting_down = True
+        self.context.stopping.set()
         for connection in list(self.connections):
             connection.goaway()
         with trio.move_on_after(self.context.grace):
@@ -258,7 +265,11 @@ async def serve(
     # One value for what the store enforces and what HELLO announces.
     max_file_size = DEFAULT_MAX_FILE_SIZE
     notifier = Notifier()
-    with single_instance_lock(config.data_dir), contextlib.closing(notifier):
+    with (
+        single_instance_lock(config.data_dir),
+        contextlib.closing(notifier),
+        log_ring(config.log_ring_size, config.log_level) as ring,
+    ):
         node_id = load_or_create_node_id(config.data_dir)
         async with (
             open_store(
@@ -268,7 +279,7 @@ async def serve(
             ) as store,
             trio.open_nursery() as handlers,
         ):
-            server = Server(config, store, max_file_size=max_file_size, node_id=node_id)
+            server = Server(config, store, max_file_size=max_file_size, node_id=node_id, logs=ring)
             async with trio.open_nursery() as listeners:
                 # Connections run in the outer nursery, so stopping the listeners does not
                 # cut the requests in flight: shutdown drains them first.

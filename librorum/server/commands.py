@@ -42,6 +42,9 @@ from librorum.protocol.messages import (
     FileWrite,
     FileWriteReply,
     Fsck,
+    LogGet,
+    LogStats,
+    LogStream,
     MakeDirectory,
     MakeDirectoryReply,
     Message,
@@ -61,6 +64,7 @@ from librorum.protocol.messages import (
     UploadStatusReply,
 )
 from librorum.server import fsck
+from librorum.server.logcommands import log_get, log_stats, log_stream
 from librorum.server.requests import Driver, RequestState
 from librorum.server.streams import receive_content, send_content
 from librorum.service import INLINE_LIST_LIMIT, DescriptorKind, FileInfo as StoredInfo
@@ -389,6 +393,9 @@ ROWS: Final[tuple[Row, ...]] = (
     Unary(Requests, requests, inline=True),
     Unary(Shutdown, shutdown, inline=True),
     Streamed(Fsck, fsck.fsck),
+    Unary(LogGet, log_get),
+    Streamed(LogStream, log_stream),
+    Unary(LogStats, log_stats),
 )
 
 #: The rows by request message class: how the connection finds a request's row.

@@ -51,6 +51,7 @@ from librorum.errors import (
     ConnectionLimitError,
     ConnectionTimeoutError,
     ErrorCode,
+    ForbiddenError,
     InternalError,
     LibrorumError,
     RemoteProtocolError,
@@ -72,6 +73,7 @@ from librorum.protocol.session import (
 )
 from librorum.server.commands import COMMANDS, Row, Unary
 from librorum.server.context import ServerContext
+from librorum.server.logsetup import RefusalLog, failure_level
 from librorum.server.requests import RequestState
 from librorum.service.caller import Caller
 from librorum.service.live import LiveConnection, Peer
@@ -82,6 +84,8 @@ if TYPE_CHECKING:
     from librorum.transport import FrameParts, FrameTransport
 
 log = logging.getLogger("librorum.server")
+#: Refused administrators' commands: a WARNING per peer and minute at most.
+REFUSALS: Final = RefusalLog(log)
 
 #: Frames the session may hold unsent before a READ producer waits for the writer: bounds a
 #: connection's output buffer (with 1 MiB frames, a few MiB) when the client reads slowly.
@@ -146,8 +150,10 @@ class Connection:
         self._fds_matched = 0
         # Closed by the server to make room under a connection cap (Server.reclaim).
         self.evicted = False
-        # Bytes this connection received (for its closing DEBUG line).
+        # What this connection received, sent and was asked (for its closing line).
         self.bytes_in = 0
+        self.bytes_out = 0
+        self.request_count = 0
         self._loop_scope: trio.CancelScope | None = None
         # This connection in the daemon's registry of requests in flight (the live view, spec
         # 5.21), from run() on; its requests that run in a task are listed there.
@@ -159,7 +165,8 @@ class Connection:
         """Serve until the connection ends. Never raises for anything the peer does; a bug in
         the server is logged with its traceback and ends only this connection."""
         peer = self.transport.peer
-        log.info("connection from %s", peer)
+        opened = trio.current_time()
+        log.debug("connection from %s", peer)
         self.context.stats.connection_opened(self.transport.kind)
         self._live = self.service.live.open_connection(self._live.peer)
         try:
@@ -189,12 +196,15 @@ class Connection:
                 # The transport says why too, where it can (WebSocket: the close code).
                 await self.transport.aclose(error=self.session.error)
             reason = self.session.error
-            log.info("connection from %s closed%s", peer, f": {reason}" if reason else "")
-            log.debug(
-                "connection from %s: %d frames received, %d bytes in",
+            # The one INFO line of a connection: who, how long, how much.
+            log.info(
+                "connection from %s closed after %.1f s: %d requests, %d bytes in, %d bytes out%s",
                 peer,
-                self.session.frames_received,
+                trio.current_time() - opened,
+                self.request_count,
                 self.bytes_in,
+                self.bytes_out,
+                f": {reason}" if reason else "",
             )
 
     async def _read_loop(self) -> None:
@@ -361,6 +371,7 @@ class Connection:
         session = self.session
         if isinstance(event, RequestReceived):
             self.context.stats.requests += 1
+            self.request_count += 1
             message = event.message
             row = COMMANDS.get(type(message))
             if row is None:
@@ -401,7 +412,8 @@ class Connection:
             if self.context.shutting_down:
                 session.goaway("server is shutting down", self.context.grace_ms)
         elif isinstance(event, ConnectionEnded) and event.error is not None:
-            log.info("%s: connection error: %s", self.transport.peer, event.error)
+            # DEBUG: the connection's closing line (INFO) says the same as its reason.
+            log.debug("%s: connection error: %s", self.transport.peer, event.error)
 
     async def _serve_inline(
         self, sid: int, row: Unary[Message], message: Message, command: Command
@@ -417,7 +429,7 @@ class Connection:
             reply = await row.handler(self, message)
         except Exception as exc:
             error = self._error_for(exc, type(message).__name__, sid)
-            log.info("%s: %s failed: %s", self.transport.peer, type(message).__name__, error)
+            self._log_failure(type(message).__name__, error)
             session.send_error(sid, error)
             self.context.stats.request_done(
                 COMMAND_NAMES[command], time.perf_counter() - started, error.code
@@ -425,6 +437,22 @@ class Connection:
         else:
             session.reply(sid, reply)
             self.context.stats.request_done(COMMAND_NAMES[command], time.perf_counter() - started)
+
+    def _log_failure(self, what: str, error: LibrorumError) -> None:
+        """Log a request's failure at the level its kind deserves (see logsetup.py): a
+        refused caller is a WARNING, at most once per peer and interval."""
+        peer = self.transport.peer
+        if isinstance(error, ForbiddenError):
+            REFUSALS.refused(
+                f"forbidden {peer.key}",
+                trio.current_time(),
+                "%s: %s refused: %s",
+                peer,
+                what,
+                error,
+            )
+            return
+        log.log(failure_level(error), "%s: %s failed: %s", peer, what, error)
 
     def _error_for(self, exc: Exception, what: str, sid: int) -> LibrorumError:
         """What a request's failure tells the client: a LibrorumError as it is; anything
@@ -493,7 +521,7 @@ class Connection:
             if state.reply is not None:
                 session.reply(sid, state.reply)
             elif error is not None:
-                log.info("%s: %s failed: %s", self.transport.peer, state.command.name, error)
+                self._log_failure(state.command.name, error)
                 session.send_error(sid, error)
                 outcome = error.code
             elif session.is_in_flight(sid):
@@ -587,7 +615,7 @@ class Connection:
             scope.shield = True
             await self.wait_until_sent()
         if scope.cancelled_caught:
-            log.info("%s: output not drained in time; closing", self.transport.peer)
+            log.debug("%s: output not drained in time; closing", self.transport.peer)
             with trio.CancelScope(shield=True):
                 await self.transport.aclose()
 
@@ -612,13 +640,12 @@ class Connection:
                     await self.transport.send_frames(cast("list[FrameParts]", frames))
             finally:
                 self._sending -= 1
-            self.context.stats.sent(
-                self.transport.kind,
-                sum(
-                    len(header) + (payload.length if type(payload) is FileRegion else len(payload))
-                    for header, payload in frames
-                ),
+            sent = sum(
+                len(header) + (payload.length if type(payload) is FileRegion else len(payload))
+                for header, payload in frames
             )
+            self.context.stats.sent(self.transport.kind, sent)
+            self.bytes_out += sent
             self._last_progress = trio.current_time()
         self._drained.unpark_all()
 
@@ -653,7 +680,7 @@ class Connection:
         if self.evicted:
             return
         self.evicted = True
-        log.info("%s: %s", self.transport.peer, reason)
+        log.debug("%s: %s", self.transport.peer, reason)  # the closing line gives the reason
         self.session.fail(ConnectionLimitError(reason))
         if self._loop_scope is not None:
             self._loop_scope.cancel()

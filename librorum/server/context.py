@@ -6,6 +6,7 @@ announces, its deadlines, its figures and the upload budget, and whether it is s
 from __future__ import annotations
 
 import attrs
+import trio
 
 from librorum import limits
 from librorum.protocol.session import ServerLimits
@@ -48,6 +49,9 @@ class ServerContext:
     grace: float
     #: Set once the daemon drains: a connection that opens meanwhile gets GOAWAY at once.
     shutting_down: bool = False
+    #: Set when the daemon starts to drain: requests that would run on forever (a
+    #: LOG_STREAM following the log) end on it.
+    stopping: trio.Event = attrs.field(factory=trio.Event)
 
     @property
     def grace_ms(self) -> int:

@@ -27,6 +27,7 @@ import platform
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -42,6 +43,7 @@ from librorum.service.checks import Checks
 from librorum.service.descriptors import DescriptorKind, descriptor_kind
 from librorum.service.figures import InflightGauge, NodeReport, Stats
 from librorum.service.live import MAX_LISTED, LiveRequests, LiveSnapshot
+from librorum.service.logring import LogCounts, LogEntry, LogFilter, LogPage, LogRing
 from librorum.store import (
     FileInfo,
     FsckProgress,
@@ -98,6 +100,8 @@ class Service:
         node_id: The node's stable identity (default: a random one).
         on_shutdown: Starts the daemon's graceful shutdown (for :meth:`shutdown`); ``None``
             when nothing runs the service that could stop.
+        logs: The daemon's recent log records (default: an empty ring of its own, which
+            nothing logs into).
 
     Every method runs on the Trio thread. The read-only ones (:meth:`stat`, :meth:`list`
     with a small page, :meth:`upload_status`) complete without a checkpoint: a front door may
@@ -113,6 +117,7 @@ class Service:
         admins: Admins | None = None,
         node_id: str | None = None,
         on_shutdown: Callable[[], None] | None = None,
+        logs: LogRing | None = None,
     ) -> None:
         self._store = store
         self.admins = admins if admins is not None else Admins()
@@ -128,6 +133,7 @@ class Service:
         self._on_shutdown = on_shutdown
         #: fsck, repair and the background scrub, and what they found last.
         self.checks = Checks(store, self.admins.check)
+        self.logs = logs if logs is not None else LogRing(1)
 
     @property
     def max_file_size(self) -> int:
@@ -470,3 +476,96 @@ class Service:
             StoreIOError, NoSpaceError, TimeoutError_: A repair step failed.
         """
         return await self.checks.repair(caller, progress)
+
+    # --- the log (spec 5.19) -----------------------------------------------------------------
+
+    async def read_log(
+        self,
+        caller: Caller,
+        log_filter: LogFilter,
+        *,
+        cursor: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+        budget: Callable[[LogEntry], bool] | None = None,
+    ) -> LogPage:
+        """A page of the daemon's recent log records (see :meth:`LogRing.read`).
+
+        Cancellation: not interruptible (a scan of the ring in memory, no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            BadRequestError: ``limit`` < 1.
+        """
+        self.admins.check(caller, "reading the log")
+        if limit < 1:
+            msg = f"a page of the log holds at least one record, not {limit}"
+            raise BadRequestError(msg)
+        return self.logs.read(
+            log_filter, cursor=cursor, limit=limit, newest_first=newest_first, budget=budget
+        )
+
+    async def log_counts(self, caller: Caller) -> LogCounts:
+        """The log's figures: records by level and logger, the per-minute trend.
+
+        Cancellation: not interruptible (reads memory, no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+        """
+        self.admins.check(caller, "reading the log")
+        return self.logs.counts()
+
+    async def follow_log(self, caller: Caller, log_filter: LogFilter, last: int) -> int:
+        """Where a follower of the log starts: the cursor of the oldest of the ``last``
+        newest records that pass ``log_filter`` (the next record's when ``last`` is 0 or none
+        does). Read from it with :meth:`read_log`, and wait for more with
+        :meth:`wait_for_log`.
+
+        Cancellation: not interruptible (no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+        """
+        self.admins.check(caller, "following the log")
+        start = self.logs.next_seq
+        if last > 0:
+            page = self.logs.read(log_filter, limit=last, newest_first=True)
+            if page.entries:
+                start = page.entries[-1].seq
+        return start
+
+    async def wait_for_log(self, cursor: int) -> None:
+        """Return once the log holds a record at or after ``cursor`` (at once if it does).
+
+        The wait holds nothing but a listener on the ring: a record logged in any thread
+        wakes it through the Trio token.
+
+        Cancellation: safe at any point.
+        """
+        ring = self.logs
+        if ring.next_seq > cursor:
+            return
+        arrived = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        trio_thread = threading.get_ident()
+
+        def wake() -> None:
+            # Called in the thread that logged. In the Trio thread (a task logged) the event
+            # is set at once: through run_sync_soon it would be set only after the run loop
+            # noticed its wakeup, later than a task that waits on it could expect.
+            if threading.get_ident() == trio_thread:
+                arrived.set()
+                return
+            try:
+                token.run_sync_soon(arrived.set)
+            except trio.RunFinishedError:
+                pass  # the run is over: nobody waits any more
+
+        ring.add_listener(wake)
+        try:
+            if ring.next_seq > cursor:  # logged between the check and the listener
+                return
+            await arrived.wait()
+        finally:
+            ring.remove_listener(wake)
