@@ -260,6 +260,13 @@ class Config:
     token_file: Path | None = attrs.field(
         default=attrs.Factory(lambda self: self.data_dir / "token", takes_self=True)
     )
+    #: The bearer token a metrics scrape must present (created 0600 on first start with
+    #: ``metrics_listen``). A token of its own, not ``token_file``'s: what a scraper holds
+    #: must not open the store or the administrators' commands to it. ``None`` (an empty
+    #: string in the file): scrapes need no token, refused on a non-loopback host.
+    metrics_token_file: Path | None = attrs.field(
+        default=attrs.Factory(lambda self: self.data_dir / "metrics-token", takes_self=True)
+    )
     #: TLS certificate chain and private key (PEM) for ``wss://``; both or neither.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -330,24 +337,27 @@ class Config:
             msg = "tls_cert and tls_key go together: set both (wss://) or neither"
             raise ConfigError(msg)
         if self.remote_enabled:
-            self._check_exposure(self.listen_host, "listen", "use the store")
+            self._check_exposure(self.listen_host, "listen", "use the store", "token_file")
         if self.metrics_listen is not None:
             host, _ = split_host_port(self.metrics_listen)
-            self._check_exposure(host, "serve metrics", "read the daemon's figures")
+            self._check_exposure(
+                host, "serve metrics", "read the daemon's figures", "metrics_token_file"
+            )
 
-    def _check_exposure(self, host: str, doing: str, could: str) -> None:
-        """Refuse a listener on a non-loopback ``host`` without both a token and TLS."""
+    def _check_exposure(self, host: str, doing: str, could: str, token: str) -> None:
+        """Refuse a listener on a non-loopback ``host`` without both its token (the setting
+        named ``token``) and TLS."""
         if not is_loopback(host):
             missing = [
                 what
-                for what, value in (("a token_file", self.token_file), ("TLS", self.tls_cert))
+                for what, value in ((f"a {token}", getattr(self, token)), ("TLS", self.tls_cert))
                 if value is None
             ]
             if missing:
                 msg = (
                     f"refusing to {doing} on non-loopback host {host!r} without "
                     f"{' and '.join(missing)}: anyone on the network could {could}. "
-                    "Set tls_cert, tls_key and token_file, or listen on 127.0.0.1."
+                    f"Set tls_cert, tls_key and {token}, or listen on 127.0.0.1."
                 )
                 raise ConfigError(msg)
         if self.url is not None:

@@ -22,7 +22,7 @@ from librorum.config import Config
 #: Settings computed from the environment (or another setting) when not given: commented out,
 #: so the file keeps following them.
 _COMPUTED: Final = frozenset(
-    {"data_dir", "socket_path", "token_file", "allowed_uids", "admin_uids"}
+    {"data_dir", "socket_path", "token_file", "metrics_token_file", "allowed_uids", "admin_uids"}
 )
 _FIELD: Final = re.compile(r"^    (\w+): ")
 _DOC: Final = re.compile(r"^    #:(?: (.*))?$")

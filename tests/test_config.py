@@ -151,8 +151,8 @@ def test_the_metrics_listener_follows_the_websocket_rules(tmp_path: Path) -> Non
     public = {"metrics_listen": "0.0.0.0:9100", "remote_enabled": False}
     with pytest.raises(ConfigError, match="refusing to serve metrics on non-loopback host"):
         load_config(env=env, overrides=public)
-    with pytest.raises(ConfigError, match="without a token_file and TLS"):
-        load_config(env=env, overrides={**public, "token_file": ""})
+    with pytest.raises(ConfigError, match="without a metrics_token_file and TLS"):
+        load_config(env=env, overrides={**public, "metrics_token_file": ""})
     tls = {"tls_cert": tmp_path / "c.pem", "tls_key": tmp_path / "k.pem"}
     assert load_config(env=env, overrides={**public, **tls}).metrics_listen == "0.0.0.0:9100"
 

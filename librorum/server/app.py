@@ -297,9 +297,7 @@ async def serve(
                 )
                 websocket = None
                 token = None
-                if config.token_file is not None and (
-                    config.remote_enabled or config.metrics_listen is not None
-                ):
+                if config.token_file is not None and config.remote_enabled:
                     token = load_or_create_token(config.token_file)
                 if config.remote_enabled:
                     websocket = await listeners.start(
@@ -328,10 +326,15 @@ async def serve(
                 metrics = None
                 if config.metrics_listen is not None:
                     host, port = split_host_port(config.metrics_listen)
+                    # A token of its own: the WebSocket token makes its holder an
+                    # administrator (spec 2.5), which a scraper must not be.
+                    scrape_token = None
+                    if config.metrics_token_file is not None:
+                        scrape_token = load_or_create_token(config.metrics_token_file)
                     endpoint = HttpEndpoint(
                         Metrics(server).render,
                         path="/metrics",
-                        token=token,
+                        token=scrape_token,
                         ssl_context=_server_ssl_context(config),
                     )
                     metrics = await listeners.start(endpoint.serve, host, port)

@@ -37,6 +37,12 @@ async def http(
     return int(status_line.split()[1]), headers, body
 
 
+def scrape_token(daemon: TestDaemon) -> str:
+    """The token a scrape presents: the metrics' own, not the WebSocket token."""
+    assert daemon.config.metrics_token_file is not None
+    return daemon.config.metrics_token_file.read_text().strip()
+
+
 def get(path: str, token: str | None) -> bytes:
     auth = f"Authorization: Bearer {token}\r\n" if token is not None else ""
     return f"GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode()
@@ -47,7 +53,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 async def scrape(daemon: TestDaemon) -> Samples:
     assert daemon.running.metrics is not None
-    token = daemon.token_file.read_text().strip()
+    token = scrape_token(daemon)
     status, headers, body = await http(daemon.running.metrics, get("/metrics", token))
     assert status == 200, body
     assert headers["content-type"].startswith("text/plain; version=")
@@ -129,11 +135,16 @@ async def test_the_endpoint_answers_only_what_it_serves(tmp_path: Path) -> None:
         async with open_test_daemon(tmp_path, metrics_listen="127.0.0.1:0") as daemon:
             address = daemon.running.metrics
             assert address is not None
-            token = daemon.token_file.read_text().strip()
+            token = scrape_token(daemon)
             status, headers, _ = await http(address, get("/metrics", None))
             assert status == 401
             assert headers["www-authenticate"].startswith("Bearer")
             assert (await http(address, get("/metrics", "wrong")))[0] == 401
+            # The WebSocket token (an administrator's, spec 2.5) does not open the metrics,
+            # and the metrics token is a token of its own.
+            admin_token = daemon.token_file.read_text().strip()
+            assert admin_token != token
+            assert (await http(address, get("/metrics", admin_token)))[0] == 401
             assert (await http(address, get("/", token)))[0] == 404
             assert (await http(address, get("/metrics/x", token)))[0] == 404
             post = f"POST /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
@@ -154,7 +165,10 @@ async def test_without_a_token_the_endpoint_is_open_and_off_by_default(tmp_path:
         async with open_test_daemon(tmp_path / "a") as daemon:
             assert daemon.running.metrics is None
         async with open_test_daemon(
-            tmp_path / "b", metrics_listen="127.0.0.1:0", token_file="", remote_enabled=False
+            tmp_path / "b",
+            metrics_listen="127.0.0.1:0",
+            metrics_token_file="",
+            remote_enabled=False,
         ) as daemon:
             assert daemon.running.metrics is not None
             assert (await http(daemon.running.metrics, get("/metrics", None)))[0] == 200
