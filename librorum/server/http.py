@@ -4,10 +4,13 @@ Sans-I/O like the rest of the daemon: h11 parses and frames, this module moves b
 deliberately small: one request per connection (every answer says ``Connection: close``),
 no request body read, GET only (405 otherwise), one path (404 elsewhere), and with a token
 ``Authorization: Bearer <token>`` (401 otherwise). Everything is bounded: the request head
-(``MAX_REQUEST_BYTES``, beyond it 431), the time a connection may take from accept to its
-answer sent (``request_timeout``), and the connections open at once (``max_connections``;
-beyond it a new one is closed at once), so a scraper, or anyone who can reach the port,
-cannot grow the daemon.
+(``MAX_REQUEST_BYTES``, beyond it 431), the time its head may take to arrive after the
+accept, TLS handshake included (``HEAD_TIMEOUT``), the time a connection may take from accept
+to its answer sent (``request_timeout``), and the connections open at once, in all
+(``max_connections``) and from one address (``MAX_PER_ADDRESS``; beyond either a new one is
+closed at once), so a scraper, or anyone who can reach the port, cannot grow the daemon, and
+a few idle connections cannot keep the scrapes out for long: they are gone after
+``HEAD_TIMEOUT``, and one address holds at most a quarter of the places.
 """
 
 from __future__ import annotations
@@ -28,8 +31,13 @@ log = logging.getLogger("librorum.server.http")
 MAX_REQUEST_BYTES: Final = 16 * 1024
 #: Seconds from accept to the answer sent.
 REQUEST_TIMEOUT: Final = 10.0
-#: Connections open at once.
+#: Seconds from accept to the request head received (the TLS handshake included): a
+#: scraper sends its request at once, so a connection that says nothing gives its place back
+#: soon.
+HEAD_TIMEOUT: Final = 2.0
+#: Connections open at once, in all and from one address.
 MAX_CONNECTIONS: Final = 16
+MAX_PER_ADDRESS: Final = 4
 #: What a refused request may still send, and for how long, before the connection is closed.
 LINGER_BYTES: Final = 1 << 20
 LINGER_SECONDS: Final = 1.0
@@ -75,6 +83,9 @@ class HttpEndpoint:
         self._max_connections = max_connections
         self._timeout = request_timeout
         self.open_connections = 0
+        # Open connections by peer address (only addresses with some open: bounded by the
+        # connection cap).
+        self._per_address: dict[str, int] = {}
 
     async def serve(
         self,
@@ -97,11 +108,17 @@ class HttpEndpoint:
             task_status.started((str(sockname[0]), int(sockname[1])))
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        if self.open_connections >= self._max_connections:
-            # At the cap: closed at once, before anything is read or allocated for it.
+        try:
+            address = str(stream.socket.getpeername()[0])
+        except OSError:
+            address = ""  # already gone: counted under one name, closed below or soon
+        per_address = self._per_address.get(address, 0)
+        if self.open_connections >= self._max_connections or per_address >= MAX_PER_ADDRESS:
+            # At a cap: closed at once, before anything is read or allocated for it.
             await trio.aclose_forcefully(stream)
             return
         self.open_connections += 1
+        self._per_address[address] = per_address + 1
         try:
             with trio.move_on_after(self._timeout):
                 if self._ssl_context is not None:
@@ -115,12 +132,19 @@ class HttpEndpoint:
             log.exception("metrics endpoint: a connection failed")
         finally:
             self.open_connections -= 1
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
             await trio.aclose_forcefully(stream)
 
     async def _answer(self, stream: trio.abc.Stream) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        request = None
         try:
-            request = await _next_request(connection, stream)
+            with trio.move_on_after(HEAD_TIMEOUT):
+                request = await _next_request(connection, stream)
         except h11.RemoteProtocolError as exc:
             await _send(connection, stream, exc.error_status_hint, f"bad request: {exc}\n")
             await _linger(stream)

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from librorum.server.http import HttpEndpoint, Page
+from librorum.server.http import HEAD_TIMEOUT, MAX_PER_ADDRESS, HttpEndpoint, Page
 
 
 async def _page() -> Page:
@@ -48,6 +48,44 @@ async def test_connections_beyond_the_cap_are_closed_and_a_silent_one_times_out(
             await stream.aclose()
             assert answer.startswith(b"HTTP/1.1 200 ")
             assert answer.endswith(b"\r\n\r\nfigures\n")
+            nursery.cancel_scope.cancel()
+
+
+async def _get(address: tuple[str, int], local: str | None = None) -> bytes:
+    stream = await trio.open_tcp_stream(*address, local_address=local)
+    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while chunk := await stream.receive_some(4096):
+        answer += chunk
+    await stream.aclose()
+    return answer
+
+
+async def test_idle_connections_from_one_address_cannot_keep_scrapes_out() -> None:
+    """One address holds at most MAX_PER_ADDRESS places, and a connection that sends no
+    request head gives its place back after HEAD_TIMEOUT, long before request_timeout."""
+    endpoint = HttpEndpoint(_page, path="/metrics", token=None, request_timeout=60)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(endpoint.serve, "127.0.0.1", 0)
+            idle = [await trio.open_tcp_stream(*address) for _ in range(MAX_PER_ADDRESS)]
+            while endpoint.open_connections < MAX_PER_ADDRESS:
+                await trio.testing.wait_all_tasks_blocked()
+            started = trio.current_time()
+            # One more from the same address: closed at once, unanswered.
+            extra = await trio.open_tcp_stream(*address)
+            assert await extra.receive_some(100) == b""
+            await extra.aclose()
+            # Another address still gets its answer meanwhile.
+            assert (await _get(address, local="127.0.0.2")).startswith(b"HTTP/1.1 200 ")
+            # The idle ones are closed once their head is overdue, not after 60 s.
+            for stream in idle:
+                assert await stream.receive_some(100) == b""
+                await stream.aclose()
+            assert trio.current_time() - started < HEAD_TIMEOUT + 5
+            while endpoint.open_connections:
+                await trio.testing.wait_all_tasks_blocked()
+            assert (await _get(address)).startswith(b"HTTP/1.1 200 ")
             nursery.cancel_scope.cancel()
 
 
