@@ -395,6 +395,14 @@ class ChunkEngine:
                 digest,
                 where,
             )
+        elif self._read_only is not None:
+            # Not quarantined because the store cannot write: the damage must still be seen.
+            log.error(
+                "chunk %s failed verification (%s); the store is read-only, so it stays where "
+                "it is and the files using it cannot be read",
+                digest,
+                where,
+            )
 
     async def _quarantine(
         self, digest: bytes, identity: tuple[int, int], size: int, reason: str

@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 import stat
+import time
 from collections.abc import Collection
 from functools import partial
 from pathlib import Path
@@ -314,7 +315,9 @@ _REFUSALS: Final = LogLimiter()
 
 
 def _log_refusal(uid: int, pid: int, message: str) -> None:
-    held_back = _REFUSALS.allow(f"uid {uid}", trio.current_time())
+    # The process's monotonic clock, not trio's: the limiter outlives one trio.run (an
+    # embedded daemon restarted in the same process), and each run's clock has its own origin.
+    held_back = _REFUSALS.allow(f"uid {uid}", time.monotonic())
     if held_back is None:
         return
     more = f" (and {held_back} more like it since the last report)" if held_back else ""
