@@ -32,30 +32,50 @@ async def test_serve_notifies_the_service_manager_and_stop_ends_it(tmp_path: Pat
     env = environment() | {"NOTIFY_SOCKET": name, "WATCHDOG_USEC": "200000"}
     args = ["serve", "--data-dir", tmp_path / "data", "--socket", socket_path, "--no-remote"]
     messages: list[str] = []
+    arrived = trio.Condition()
 
-    async def until(prefix: str) -> str:
+    async def receive() -> None:
+        # Read every datagram as it comes, as a service manager does: the kernel queues only
+        # a few (net.unix.max_dgram_qlen, 10 by default) and the daemon drops what does not
+        # fit, so a test that stopped reading while WATCHDOG=1 keeps coming would lose
+        # STOPPING=1.
         while True:
             message = (await manager.recv(4096)).decode()
-            messages.append(message)
-            if any(line.startswith(prefix) for line in message.splitlines()):
-                return message
+            async with arrived:
+                messages.append(message)
+                arrived.notify_all()
+
+    async def until(prefix: str, after: int = 0) -> tuple[int, str]:
+        """The first message from index ``after`` on with a line starting with ``prefix``,
+        and the index after it."""
+        async with arrived:
+            while True:
+                for i in range(after, len(messages)):
+                    if any(line.startswith(prefix) for line in messages[i].splitlines()):
+                        return i + 1, messages[i]
+                after = len(messages)
+                await arrived.wait()
 
     with manager, trio.fail_after(60):
         process = await trio.lowlevel.open_process(
             command(*args), stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )
         try:
-            ready = await until("READY=1")
-            assert "STATUS=serving on" in ready
-            # The listener accepts by the time READY=1 is said.
-            assert (await cli("--socket", socket_path, "ping")).returncode == 0
-            await until("WATCHDOG=1")
-            await until("WATCHDOG=1")
-            result = await cli("--socket", socket_path, "stop")
-            assert result.returncode == 0, result
-            assert b"has stopped" in result.stdout
-            assert "STATUS=shutting down" in await until("STOPPING=1")
-            assert await process.wait() == 0
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                seen, ready = await until("READY=1")
+                assert "STATUS=serving on" in ready
+                # The listener accepts by the time READY=1 is said.
+                assert (await cli("--socket", socket_path, "ping")).returncode == 0
+                seen, _ = await until("WATCHDOG=1", seen)
+                seen, _ = await until("WATCHDOG=1", seen)
+                result = await cli("--socket", socket_path, "stop")
+                assert result.returncode == 0, result
+                assert b"has stopped" in result.stdout
+                _, stopping = await until("STOPPING=1", seen)
+                assert "STATUS=shutting down" in stopping
+                assert await process.wait() == 0
+                nursery.cancel_scope.cancel()
         finally:
             if process.returncode is None:
                 process.kill()
