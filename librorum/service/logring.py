@@ -20,6 +20,7 @@ record, outside the lock, in the thread that logged it. Pure Python: no trio.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -326,14 +327,21 @@ class LogRing(logging.Handler):
         self, cursor: int | None, newest_first: bool
     ) -> list[LogEntry] | tuple[LogEntry, ...]:
         """The entries a read from ``cursor`` looks at, in its order (lock held): a copy, so
-        that the scan runs without the lock."""
-        entries = tuple(self._entries)  # one C-level copy; indexing a deque is O(n)
-        first = self._next - len(entries)
+        that the scan runs without the lock, of only the part it looks at. A follower reads
+        from near the newest end on every record: it copies the few records it has not seen,
+        not the whole ring (indexing a deque is O(n); iterating from an end is not)."""
+        entries = self._entries
+        held = len(entries)
+        first = self._next - held
         if newest_first:
-            end = len(entries) if cursor is None else max(0, min(len(entries), cursor - first))
-            return entries[end - 1 :: -1] if end else ()
+            end = held if cursor is None else max(0, min(held, cursor - first))
+            return list(itertools.islice(reversed(entries), held - end, None))
         begin = 0 if cursor is None else max(0, cursor - first)
-        return entries[begin:]
+        if begin == 0:
+            return tuple(entries)  # one C-level copy
+        tail = list(itertools.islice(reversed(entries), held - begin))
+        tail.reverse()
+        return tail
 
     def counts(self) -> LogCounts:
         """The ring's figures (see :class:`LogCounts`)."""
