@@ -277,7 +277,9 @@ async def _check_range(
             progress.bytes_done += size
 
     async with trio.open_nursery() as nursery:
-        for _ in range(max(1, int(engine.io_limiter.total_tokens))):
+        # Half the I/O threads at most: a check of the whole store must leave the clients'
+        # reads and writes room to run meanwhile.
+        for _ in range(max(1, int(engine.io_limiter.total_tokens) // 2)):
             nursery.start_soon(worker)
 
     # Recheck findings a concurrent write or collection could explain. A chunk moved to
