@@ -196,15 +196,22 @@ class Connection:
                 # The transport says why too, where it can (WebSocket: the close code).
                 await self.transport.aclose(error=self.session.error)
             reason = self.session.error
-            # The one INFO line of a connection: who, how long, how much.
-            log.info(
-                "connection from %s closed after %.1f s: %d requests, %d bytes in, %d bytes out%s",
+            # The one INFO line of a connection: who, how long, how much (at DEBUG beyond its
+            # peer's budget of lines; its next INFO line counts those).
+            held_back = self.context.closing_lines.allow(str(peer.key), time.monotonic())
+            log.log(
+                logging.DEBUG if held_back is None else logging.INFO,
+                "connection from %s closed after %.1f s: %d requests, %d bytes in, %d bytes "
+                "out%s%s",
                 peer,
                 trio.current_time() - opened,
                 self.request_count,
                 self.bytes_in,
                 self.bytes_out,
                 f": {reason}" if reason else "",
+                f" ({held_back} more connections of this peer closed since its last line)"
+                if held_back
+                else "",
             )
 
     async def _read_loop(self) -> None:

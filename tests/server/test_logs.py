@@ -32,10 +32,12 @@ from librorum.protocol.messages import (
 from librorum.protocol.session import DataReceived, ErrorReceived, ReplyReceived
 from librorum.server import connection as server_connection
 from librorum.server.app import Server
+from librorum.server.context import CLOSING_LINE_BURST, CLOSING_LINE_INTERVAL
 from librorum.server.logsetup import RefusalLog, log_ring
 from librorum.service.logring import LogRing
 from librorum.store import open_store
 from librorum.testing import memory_transport_pair, test_config
+from librorum.transport import LogLimiter
 from librorum.transport.base import PeerInfo
 
 from .conftest import DEADLINES, Peer
@@ -374,3 +376,27 @@ async def test_a_shutdown_ends_the_stream_with_its_final_reply(
     assert isinstance(final, ReplyReceived)
     assert isinstance(final.message, LogStreamReply)
     assert trio.current_time() - start < DEADLINES["shutdown_grace"]
+
+
+async def test_a_peer_churning_connections_cannot_flood_the_log(
+    logging_server: LoggingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Beyond its burst, a peer's closing lines go to DEBUG (one an interval still at INFO,
+    counting the others): a loop of connections cannot push the warnings out of the ring."""
+    assert (CLOSING_LINE_BURST, CLOSING_LINE_INTERVAL) == (100, 1.0)
+    # The same limiter with a small burst and an interval no test outlasts.
+    logging_server.server.context.closing_lines = LogLimiter(interval=3600.0, burst=5)
+    caplog.set_level(logging.DEBUG, logger="librorum.server")
+    for _ in range(12):
+        peer = await logging_server.connect(uid=os.getuid())
+        await peer.transport.aclose()
+        await logging_server.server.wait_idle()
+    lines = [r for r in caplog.records if "closed after" in r.getMessage()]
+    assert [r.levelno for r in lines] == [logging.INFO] * 5 + [logging.DEBUG] * 7
+    # Another peer still has its own budget.
+    other = await logging_server.connect(uid=os.getuid() + 1)
+    await other.transport.aclose()
+    await logging_server.server.wait_idle()
+    last = [r for r in caplog.records if "closed after" in r.getMessage()][-1]
+    assert last.levelno == logging.INFO
+    assert f"uid={os.getuid() + 1}" in last.getMessage()
