@@ -13,6 +13,7 @@ from librorum.errors import (
     ConnectionClosed as ConnectionClosed,
     CorruptDataError as CorruptDataError,
     ErrorCode as ErrorCode,
+    ForbiddenError as ForbiddenError,
     InvalidPathError as InvalidPathError,
     IsADirectoryError_ as IsADirectoryError_,
     LibrorumError as LibrorumError,

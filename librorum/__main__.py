@@ -2,10 +2,12 @@
 
     librorum serve [--data-dir DIR] [--socket PATH] [--listen HOST:PORT] [--token-file FILE]
                    [--no-remote] [--config FILE] [--log-level LEVEL]
+                   [--log-format text|json] [--log-file FILE] [--metrics HOST:PORT]
     librorum [--socket PATH | --url ws://HOST:PORT] [--token-file FILE]
              [--transport auto|local|remote] COMMAND ...
 
-Exit status: 0 on success, 1 for an operation error (one line on stderr), 2 for a usage error.
+Exit status: 0 on success, 1 for an operation error (one line on stderr), 2 for a usage error
+(and for ``status`` when the node is degraded).
 Client commands use the synchronous client: a one-shot command needs no event loop.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
+import json
 import os
 import sys
 import time
@@ -21,9 +23,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, NoReturn, TextIO
 
+import attrs
+
+from librorum import logs_cli
 from librorum.errors import LibrorumError, NotADirectoryError_
 from librorum.protocol.constants import EntryKind, WriteMode
-from librorum.protocol.messages import DirEntry
+from librorum.protocol.messages import DirEntry, FsckReply, NodeStatusReply
 
 if TYPE_CHECKING:
     from librorum.client.sync import SyncClient
@@ -31,6 +36,9 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+#: ``librorum status``: the daemon answered, but its store is degraded (read-only, or chunks
+#: quarantined).
+EXIT_DEGRADED = 2
 
 
 class UsageError(Exception):
@@ -211,8 +219,10 @@ def cmd_mkdir(client: SyncClient, args: argparse.Namespace) -> int:
 
 
 def cmd_status(client: SyncClient, args: argparse.Namespace) -> int:
-    del args
     status = client.status()
+    if args.json:
+        print(json.dumps(_status_json(status), indent=2, sort_keys=True))
+        return EXIT_DEGRADED if status.degraded else EXIT_OK
     store = status.store
     saved = store.logical_bytes - store.stored_bytes
     data = (
@@ -240,8 +250,136 @@ def cmd_status(client: SyncClient, args: argparse.Namespace) -> int:
         rows.append(["quarantined", f"{store.quarantined:,} corrupt chunks (re-upload to heal)"])
     if store.read_only:
         rows.append(["store", "READ-ONLY: a write to disk failed; restart the daemon"])
+    if status.read_only_reason:
+        since = ""
+        if status.read_only_since_ms is not None:
+            since = f" (since {human_time(status.read_only_since_ms * 1_000_000)})"
+        rows.append(["read-only because", f"{status.read_only_reason}{since}"])
+    rows.append(["errors", f"{status.client_errors:,} client, {status.server_errors:,} server"])
+    if status.python_version:
+        rows.append(["runs on", f"Python {status.python_version}, SQLite {status.sqlite_version}"])
+    rows.append(["health", "DEGRADED" if status.degraded else "ok"])
+    rows.extend(["degraded", reason] for reason in status.degraded)
+    rows += check_rows(status)
     print(table(rows))
+    return EXIT_DEGRADED if status.degraded else EXIT_OK
+
+
+def _status_json(status: NodeStatusReply) -> dict[str, object]:
+    """The status as plain JSON values: every field of the reply, plus ``healthy``."""
+    value = attrs.asdict(status)
+    value["healthy"] = not status.degraded
+    return value
+
+
+#: How much longer than its grace ``librorum stop`` waits for the daemon to exit: closing the
+#: connections and the store after the drain.
+STOP_MARGIN = 10.0
+
+
+def cmd_stop(client: SyncClient, args: argparse.Namespace) -> int:
+    from librorum.client import LocalEndpoint
+
+    endpoint = client.endpoint
+    reply = client.shutdown()
+    timeout = args.timeout if args.timeout is not None else reply.grace_ms / 1000 + STOP_MARGIN
+    deadline = time.monotonic() + timeout
+    if isinstance(endpoint, LocalEndpoint) and reply.pid:
+        # Same machine: the daemon is gone when its process is.
+        while _process_alive(reply.pid):
+            if time.monotonic() > deadline:
+                print(
+                    f"librorum: the daemon (pid {reply.pid}) has not exited within {timeout:g} s",
+                    file=sys.stderr,
+                )
+                return EXIT_ERROR
+            time.sleep(STOP_POLL)
+        print(f"librorum: the daemon (pid {reply.pid}) has stopped")
+        return EXIT_OK
+    # Remote: it is going when it no longer answers (new connections are refused).
+    while True:
+        try:
+            client.ping()
+        except LibrorumError:
+            break
+        if time.monotonic() > deadline:
+            print(f"librorum: the daemon still answers after {timeout:g} s", file=sys.stderr)
+            return EXIT_ERROR
+        time.sleep(STOP_POLL)
+    print("librorum: the daemon is stopping: it no longer accepts connections")
     return EXIT_OK
+
+
+#: Seconds between two looks at whether the daemon is gone (bounded by the deadline).
+STOP_POLL = 0.05
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not reaped yet, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, alive
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    # The state follows the command name in parentheses, which may itself hold any bytes.
+    return stat[stat.rfind(")") + 2 :][:1] != "Z"
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from librorum.config import ConfigError, default_config_file
+    from librorum.config_template import render
+
+    path: Path = args.path or default_config_file()
+    try:
+        text = render()
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    if path.exists() and not args.force:
+        print(f"librorum: {path} exists; use --force to replace it", file=sys.stderr)
+        return EXIT_ERROR
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole under a temporary name, then renamed: never a half-written file.
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+    print(f"librorum: wrote {path}")
+    return EXIT_OK
+
+
+def check_rows(status: NodeStatusReply) -> list[list[str]]:
+    """The rows of ``status`` about fsck and the scrub: one running, the last results."""
+    rows: list[list[str]] = []
+    if status.fsck_phase:
+        rows.append(
+            [
+                "fsck",
+                (
+                    f"running: {status.fsck_phase}, "
+                    f"{status.fsck_chunks_done:,}/{status.fsck_chunks_total:,} chunks"
+                ),
+            ]
+        )
+    if status.last_fsck_ms:
+        result = (
+            "clean"
+            if status.last_fsck_ok
+            else f"{status.last_fsck_problems:,} problems, "
+            f"{status.last_fsck_affected:,} files affected"
+        )
+        rows.append(["last fsck", f"{human_time(status.last_fsck_ms * 1_000_000)}: {result}"])
+    scrub = f"{status.scrub_chunks_verified:,} chunks verified since start"
+    if status.scrub_corrupt_found:
+        scrub += f", {status.scrub_corrupt_found:,} DAMAGED found (quarantined)"
+    if status.last_scrub_ms:
+        scrub += f"; last full pass {human_time(status.last_scrub_ms * 1_000_000)}"
+    if status.scrub_chunks_verified or status.last_scrub_ms or status.scrub_corrupt_found:
+        rows.append(["scrub", scrub])
+    return rows
 
 
 def _duration(seconds: float) -> str:
@@ -257,6 +395,37 @@ def cmd_ping(client: SyncClient, args: argparse.Namespace) -> int:
     for rtt in rtts:
         print(f"pong in {rtt * 1000:.3f} ms")
     return EXIT_OK
+
+
+def cmd_top(client: SyncClient, args: argparse.Namespace) -> int:
+    from librorum import _top
+
+    formats = _top.Formats(human_size, lambda rows, right: table(rows, right=right))
+    return _top.run(
+        lambda: client.requests(limit=args.limit),
+        formats,
+        once=args.once,
+        as_json_lines=args.json,
+    )
+
+
+def cmd_fsck(client: SyncClient, args: argparse.Namespace) -> int:
+    from librorum import _cli_fsck
+
+    progress = None if args.json else Progress("fsck --repair" if args.repair else "fsck")
+
+    def show(reply: FsckReply) -> None:
+        if progress is not None and reply.bytes_total:
+            progress(reply.bytes_done, reply.bytes_total)
+
+    report = client.fsck(repair=args.repair, on_progress=show)
+    if progress is not None:
+        progress.finish()
+    if args.json:
+        print(_cli_fsck.as_json(report))
+    else:
+        print(_cli_fsck.describe(report, human_size))
+    return _cli_fsck.exit_status(report)
 
 
 # --- Parsing ---------------------------------------------------------------------------------
@@ -310,6 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL",
     )
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)",
+    )
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), help="text (default) or JSON lines"
+    )
+    serve.add_argument(
+        "--log-file", type=Path, help="write the log here, rotated by size (default: stderr)"
+    )
 
     put = sub.add_parser("put", help="upload LOCAL (- for stdin) to REMOTE")
     put.add_argument("local")
@@ -351,13 +531,64 @@ def build_parser() -> argparse.ArgumentParser:
     mkdir.add_argument("remote")
     mkdir.set_defaults(func=cmd_mkdir)
 
-    status = sub.add_parser("status", help="the daemon's health and figures")
+    status = sub.add_parser(
+        "status", help="the daemon's health and figures (exit status 2 when degraded)"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     status.set_defaults(func=cmd_status)
 
     ping = sub.add_parser("ping", help="round trip to the daemon")
     ping.add_argument("-c", "--count", type=_count, default=1, help="how many pings")
     ping.set_defaults(func=cmd_ping)
+
+    top = sub.add_parser(
+        "top", help="the requests in flight and what they wait on, refreshed every second"
+    )
+    top.add_argument("--once", action="store_true", help="one snapshot, then exit")
+    top.add_argument(
+        "--json", action="store_true", help="JSON: one document per refresh, one per line"
+    )
+    top.add_argument(
+        "-n", "--limit", type=_listed, default=1000, help="list at most N requests (1-1000)"
+    )
+    top.set_defaults(func=cmd_top)
+    stop = sub.add_parser("stop", help="stop the daemon gracefully (administrators only)")
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for it to exit (default: its grace plus 10)",
+    )
+    stop.set_defaults(func=cmd_stop)
+
+    init = sub.add_parser("init", help="write a configuration file with every default")
+    init.add_argument(
+        "path", nargs="?", type=Path, help="where (default: the configuration file's usual place)"
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+
+    fsck = sub.add_parser(
+        "fsck",
+        help="check the store (administrators): exit 0 when clean, 1 when problems remain",
+    )
+    fsck.add_argument(
+        "--repair",
+        action="store_true",
+        help="quarantine corrupt chunks, drop orphans, fix counts; list files to upload again",
+    )
+    fsck.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
+    fsck.set_defaults(func=cmd_fsck)
+
+    logs_cli.add_parser(sub)
     return parser
+
+
+def _listed(text: str) -> int:
+    value = _count(text)
+    if value > 1000:
+        msg = f"must be at most 1000, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -365,6 +596,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from librorum.config import load_config
     from librorum.server.app import serve
+    from librorum.server.logsetup import configure_logging
 
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
@@ -387,10 +619,18 @@ def run_serve(args: argparse.Namespace) -> int:
         overrides["listen_port"] = int(port)
     if args.log_level is not None:
         overrides["log_level"] = args.log_level
+    if args.metrics is not None:
+        overrides["metrics_listen"] = args.metrics
+    if args.log_format is not None:
+        overrides["log_format"] = args.log_format
+    if args.log_file is not None:
+        overrides["log_file"] = args.log_file
     config = load_config(config_file=args.config, overrides=overrides)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(config)
+    except OSError as exc:
+        print(f"librorum: cannot open the log file: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         trio.run(serve, config)
     except BaseExceptionGroup as group:
@@ -437,6 +677,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return run_serve(args)
+        if args.command == "init":
+            return run_init(args)
         assert func is not None
         with _client(args) as client:
             return func(client, args)

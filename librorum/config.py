@@ -152,6 +152,19 @@ def _not_negative(instance: object, attribute: attrs.Attribute[int], value: int)
         raise ConfigError(msg)
 
 
+def _not_negative_seconds(
+    instance: object, attribute: attrs.Attribute[float], value: float
+) -> None:
+    if not value >= 0:  # also refuses nan
+        msg = f"{attribute.name} must be 0 or more seconds, got {value!r}"
+        raise ConfigError(msg)
+
+
+#: The background scrub's defaults: 50 MB/s, one full pass a week.
+SCRUB_RATE: Final = 50_000_000
+SCRUB_INTERVAL: Final = 7 * 24 * 3600.0
+
+
 def _port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not 0 <= value <= 65535:
         msg = f"{attribute.name} must be 0-65535 (0: any free port), got {value!r}"
@@ -164,7 +177,7 @@ def _uids(instance: object, attribute: attrs.Attribute[tuple[int, ...]], value: 
         or not value
         or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in value)
     ):
-        msg = f"allowed_uids must be a non-empty list of uids (integers >= 0), got {value!r}"
+        msg = f"{attribute.name} must be a non-empty list of uids (integers >= 0), got {value!r}"
         raise ConfigError(msg)
 
 
@@ -175,6 +188,44 @@ def _log_level(instance: object, attribute: attrs.Attribute[str], value: str) ->
 
 
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as the host (without brackets) and the port.
+
+    Raises:
+        ConfigError: ``value`` is not of that form, or the port is not 0-65535.
+    """
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        msg = f"expected HOST:PORT (port 0-65535; [ADDRESS]:PORT for IPv6), got {value!r}"
+        raise ConfigError(msg)
+    return host, int(port)
+
+
+def _host_port(instance: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None:
+        try:
+            split_host_port(value)
+        except ConfigError as exc:
+            msg = f"{attribute.name}: {exc}"
+            raise ConfigError(msg) from None
+
+
+#: The log formats the daemon writes (``log_format``).
+LOG_FORMATS: Final = ("text", "json")
+
+
+def _log_format(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in LOG_FORMATS:
+        msg = f"log_format must be one of {', '.join(LOG_FORMATS)}, got {value!r}"
+        raise ConfigError(msg)
+
+
+def _optional_path(value: object) -> Path | None:
+    return None if value is None else Path(value)  # type: ignore[arg-type]
 
 
 @attrs.frozen(kw_only=True)
@@ -209,6 +260,13 @@ class Config:
     token_file: Path | None = attrs.field(
         default=attrs.Factory(lambda self: self.data_dir / "token", takes_self=True)
     )
+    #: The bearer token a metrics scrape must present (created 0600 on first start with
+    #: ``metrics_listen``). A token of its own, not ``token_file``'s: what a scraper holds
+    #: must not open the store or the administrators' commands to it. ``None`` (an empty
+    #: string in the file): scrapes need no token, refused on a non-loopback host.
+    metrics_token_file: Path | None = attrs.field(
+        default=attrs.Factory(lambda self: self.data_dir / "metrics-token", takes_self=True)
+    )
     #: TLS certificate chain and private key (PEM) for ``wss://``; both or neither.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -216,6 +274,10 @@ class Config:
     allowed_uids: Uids = attrs.field(
         factory=lambda: (os.getuid(),), converter=tuple, validator=_uids
     )
+    #: Uids whose clients may run administrators' commands over the Unix socket (logs, fsck,
+    #: the live view of requests, stop; spec 2.5). Default: our own. Over WebSocket, the
+    #: token is what makes a client an administrator.
+    admin_uids: Uids = attrs.field(factory=lambda: (os.getuid(),), converter=tuple, validator=_uids)
     #: Logging threshold: DEBUG, INFO, WARNING, ERROR or CRITICAL.
     log_level: LogLevel = attrs.field(default="INFO", validator=_log_level)
     #: Clients only: the remote daemon (``ws://`` or ``wss://``); ``None``: the local socket.
@@ -248,22 +310,54 @@ class Config:
     #: room for the metadata to grow and for uploads already under way (see
     #: :data:`librorum.limits.MIN_FREE_SPACE`). 0 refuses new data only when the disk is full.
     min_free_space: int = attrs.field(default=MIN_FREE_SPACE, validator=_not_negative)
+    #: Where to serve Prometheus metrics over HTTP at ``/metrics``, as ``HOST:PORT`` (port 0:
+    #: any free port); ``None`` (an empty string in the file): no metrics listener. A
+    #: non-loopback host needs TLS and a token, as for the WebSocket listener; with a token
+    #: configured, a scrape must send ``Authorization: Bearer <token>``.
+    metrics_listen: str | None = attrs.field(default=None, validator=_host_port)
+    #: The background scrub (see ``librorum/service/checks.py``): bytes it re-verifies per
+    #: second at most (50 MB/s), using only idle time; and seconds between the starts of two
+    #: full passes (one a week). 0 for either turns the scrub off.
+    scrub_rate: int = attrs.field(default=SCRUB_RATE, validator=_not_negative)
+    scrub_interval: float = attrs.field(default=SCRUB_INTERVAL, validator=_not_negative_seconds)
+    #: How the daemon writes its log: "text" (one line per record) or "json" (one JSON
+    #: object per line: time, level, logger, message, and exc when there is a traceback).
+    log_format: str = attrs.field(default="text", validator=_log_format)
+    #: Where the daemon writes its log; ``None``: standard error. Rotated by size.
+    log_file: Path | None = attrs.field(default=None, converter=_optional_path)
+    #: The size at which the log file is rotated, and how many old files are kept
+    #: (``log_file.1`` ... ``log_file.N``).
+    log_file_max_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_positive)
+    log_file_backups: int = attrs.field(default=5, validator=_not_negative)
+    #: Records the daemon keeps in memory for the log commands (spec 5.19).
+    log_ring_size: int = attrs.field(default=10_000, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             msg = "tls_cert and tls_key go together: set both (wss://) or neither"
             raise ConfigError(msg)
-        if self.remote_enabled and not is_loopback(self.listen_host):
+        if self.remote_enabled:
+            self._check_exposure(self.listen_host, "listen", "use the store", "token_file")
+        if self.metrics_listen is not None:
+            host, _ = split_host_port(self.metrics_listen)
+            self._check_exposure(
+                host, "serve metrics", "read the daemon's figures", "metrics_token_file"
+            )
+
+    def _check_exposure(self, host: str, doing: str, could: str, token: str) -> None:
+        """Refuse a listener on a non-loopback ``host`` without both its token (the setting
+        named ``token``) and TLS."""
+        if not is_loopback(host):
             missing = [
                 what
-                for what, value in (("a token_file", self.token_file), ("TLS", self.tls_cert))
+                for what, value in ((f"a {token}", getattr(self, token)), ("TLS", self.tls_cert))
                 if value is None
             ]
             if missing:
                 msg = (
-                    f"refusing to listen on non-loopback host {self.listen_host!r} without "
-                    f"{' and '.join(missing)}: anyone on the network could use the store. "
-                    "Set tls_cert, tls_key and token_file, or listen on 127.0.0.1."
+                    f"refusing to {doing} on non-loopback host {host!r} without "
+                    f"{' and '.join(missing)}: anyone on the network could {could}. "
+                    f"Set tls_cert, tls_key and {token}, or listen on 127.0.0.1."
                 )
                 raise ConfigError(msg)
         if self.url is not None:
@@ -299,6 +393,8 @@ ENV_VARS: Final = types.MappingProxyType(
         "LIBRORUM_SOCKET": "socket_path",
         "LIBRORUM_TOKEN_FILE": "token_file",
         "LIBRORUM_URL": "url",
+        "LIBRORUM_LOG_FORMAT": "log_format",
+        "LIBRORUM_LOG_FILE": "log_file",
     }
 )
 

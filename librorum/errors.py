@@ -49,6 +49,7 @@ class ErrorCode(enum.IntEnum):
     TOO_LARGE = 0x0208
     CONFLICT = 0x0209
     CANCELLED = 0x020A
+    FORBIDDEN = 0x020B
 
     # 0x03xx: server errors (the same request may succeed later).
     INTERNAL = 0x0300
@@ -281,6 +282,13 @@ class CancelledError(RequestError):
     code = ErrorCode.CANCELLED
 
 
+class ForbiddenError(RequestError):
+    """The caller may not run this command: it is for the daemon's administrators (the
+    daemon's own uid or a configured admin uid over a Unix socket, the token on WebSocket)."""
+
+    code = ErrorCode.FORBIDDEN
+
+
 # --- Server errors: the request might succeed later. -------------------------------------------
 
 
@@ -362,6 +370,7 @@ CLASS_BY_CODE: dict[int, type[LibrorumError]] = {
         TooLargeError,
         ConflictError,
         CancelledError,
+        ForbiddenError,
         InternalError,
         BusyError,
         NoSpaceError,

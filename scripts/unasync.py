@@ -81,6 +81,7 @@ NAMES: Final[Mapping[str, str]] = {
     "Client": "SyncClient",
     "ReadStream": "SyncReadStream",
     "ListIterator": "SyncListIterator",
+    "LogFollower": "SyncLogFollower",
     "AsyncConnection": "SyncConnection",
     "AsyncConnections": "SyncConnections",
     "AsyncRequest": "SyncRequest",

@@ -25,6 +25,7 @@ from librorum.config import Config, ConfigError, load_config
         ("remote_enabled", "1", True),
         ("allowed_uids", [1000], (1000,)),
         ("allowed_uids", "0 1000,1001", (0, 1000, 1001)),
+        ("admin_uids", "0 1000", (0, 1000)),
         ("log_level", "warning", "WARNING"),
         ("url", "", None),
     ],
@@ -52,6 +53,7 @@ def test_values_each_source_may_give(
         ("remote_enabled", "maybe", "true or false"),
         ("allowed_uids", 1000, "a list of uids"),
         ("allowed_uids", "me", "a list of uids"),
+        ("admin_uids", "me", "a list of uids"),
         ("listen_host", 127001, "a string"),
         ("url", 7878, "a string"),
         ("log_level", 10, "a log level"),
@@ -135,3 +137,41 @@ def test_every_setting_can_be_given_as_text(tmp_path: Path) -> None:
         field.name: _as_text(getattr(reference, field.name)) for field in attrs.fields(Config)
     }
     assert load_config(env={"HOME": str(tmp_path)}, overrides=overrides) == reference
+
+
+def test_the_metrics_listener_follows_the_websocket_rules(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path)}
+    assert load_config(env=env).metrics_listen is None  # off by default
+    assert load_config(env=env, overrides={"metrics_listen": "[::1]:9100"}).metrics_listen
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        load_config(env=env, overrides={"metrics_listen": "9100"})
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        load_config(env=env, overrides={"metrics_listen": "localhost:99999"})
+    # Off loopback: TLS and a token, or no listener, whatever the WebSocket listener does.
+    public = {"metrics_listen": "0.0.0.0:9100", "remote_enabled": False}
+    with pytest.raises(ConfigError, match="refusing to serve metrics on non-loopback host"):
+        load_config(env=env, overrides=public)
+    with pytest.raises(ConfigError, match="without a metrics_token_file and TLS"):
+        load_config(env=env, overrides={**public, "metrics_token_file": ""})
+    tls = {"tls_cert": tmp_path / "c.pem", "tls_key": tmp_path / "k.pem"}
+    assert load_config(env=env, overrides={**public, **tls}).metrics_listen == "0.0.0.0:9100"
+
+
+def test_the_log_settings_from_the_environment_and_their_checks(tmp_path: Path) -> None:
+    env = {
+        "HOME": str(tmp_path),
+        "LIBRORUM_LOG_FORMAT": "json",
+        "LIBRORUM_LOG_FILE": str(tmp_path / "d.log"),
+    }
+    config = load_config(env=env)
+    assert (config.log_format, config.log_file) == ("json", tmp_path / "d.log")
+    assert (config.log_file_max_bytes, config.log_file_backups, config.log_ring_size) == (
+        10 * 1024 * 1024,
+        5,
+        10_000,
+    )
+    assert load_config(env={"HOME": str(tmp_path)}).log_file is None
+    with pytest.raises(ConfigError, match="log_format must be one of text, json"):
+        load_config(env={"HOME": str(tmp_path)}, overrides={"log_format": "xml"})
+    with pytest.raises(ConfigError):
+        load_config(env={"HOME": str(tmp_path)}, overrides={"log_ring_size": "0"})

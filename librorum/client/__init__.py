@@ -31,5 +31,8 @@ from librorum.protocol.messages import (
     DirEntry as DirEntry,
     FileInfo as FileInfo,
     NodeStatusReply as NodeStatusReply,
+    RequestEntry as RequestEntry,
+    RequestsReply as RequestsReply,
+    ShutdownReply as ShutdownReply,
     UploadStatusReply as UploadStatusReply,
 )

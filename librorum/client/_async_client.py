@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +40,7 @@ from librorum.client._async_primitives import (
     sleep,
     write_file,
 )
-from librorum.client._async_streams import ListIterator, ReadStream
+from librorum.client._async_streams import ListIterator, LogFollower, ReadStream
 from librorum.client._common import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_WINDOW,
@@ -70,7 +70,12 @@ from librorum.errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from librorum.protocol.constants import DEFAULT_LIST_LIMIT, Feature, WriteMode
+from librorum.protocol.constants import (
+    DEFAULT_LIST_LIMIT,
+    MAX_REQUESTS_LISTED,
+    Feature,
+    WriteMode,
+)
 from librorum.protocol.messages import (
     Delete,
     DeleteReply,
@@ -82,7 +87,14 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     FileWriteReply,
+    Fsck,
+    FsckReply,
     HelloReply,
+    LogGet,
+    LogGetReply,
+    LogStats,
+    LogStatsReply,
+    LogStream,
     MakeDirectory,
     MakeDirectoryReply,
     Message,
@@ -92,6 +104,10 @@ from librorum.protocol.messages import (
     PingReply,
     Rename,
     RenameReply,
+    Requests,
+    RequestsReply,
+    Shutdown,
+    ShutdownReply,
     UploadStatus,
     UploadStatusReply,
 )
@@ -420,6 +436,18 @@ class Client:
         """
         return await self._unary(UploadStatus(upload_id), UploadStatusReply)
 
+    async def shutdown(self) -> ShutdownReply:
+        """Ask the daemon to stop gracefully, as on SIGTERM (spec 5.22; administrators only).
+        The reply comes first; then the daemon drains (GOAWAY) and exits.
+
+        Returns:
+            The grace the requests in flight get, and the daemon's pid.
+
+        Raises:
+            ForbiddenError: this client is not an administrator (spec 2.5).
+        """
+        return await self._unary(Shutdown(), ShutdownReply)
+
     # Writing -----------------------------------------------------------------------------------
 
     async def write(
@@ -676,3 +704,124 @@ class Client:
             raise
         assert info is not None  # set on entering the stream
         return info
+
+    # Operating ---------------------------------------------------------------------------------
+
+    async def requests(self, *, limit: int = MAX_REQUESTS_LISTED) -> RequestsReply:
+        """The requests in flight across every connection of the daemon, for the live view
+        (spec 5.21): the oldest ``limit`` (1 to 1000) at most, as many as fit one reply,
+        each with its peer, path, age, bytes moved and what it waits on; and how many there
+        are in all (``total``). For administrators (spec 2.5).
+
+        Raises:
+            ForbiddenError: the caller is not an administrator (another uid than the
+                daemon's or its admin list; over WebSocket, no token).
+            ValueError: ``limit`` is outside 1..1000.
+        """
+        return await self._unary(Requests(limit), RequestsReply)
+
+    async def fsck(
+        self,
+        *,
+        repair: bool = False,
+        on_progress: Callable[[FsckReply], None] | None = None,
+    ) -> FsckReply:
+        """Check the whole store (spec 5.20), or with ``repair`` check and repair it.
+        Administrators only. A check reads everything and may take long: the server sends
+        progress about once a second, handed to ``on_progress`` (the latest only: a caller
+        slower than that misses some), and each one restarts the client's ``timeout``.
+
+        Returns:
+            The report (``ok`` says whether anything is left to do).
+
+        Raises:
+            ForbiddenError: the caller is not an administrator.
+            BusyError: a check or repair is running already.
+            ReadOnlyError: ``repair`` on a store that refuses writes.
+        """
+        async with self._request(Fsck(repair)) as request:
+            while True:
+                await request.wait_reply("FSCK progress or report")
+                if request.finished:
+                    return request.result(FsckReply)
+                # Taken, so that the next wait is for the next reply (only the latest is
+                # kept: progress never piles up here).
+                progress, request.reply = request.reply, None
+                if on_progress is not None and isinstance(progress, FsckReply):
+                    on_progress(progress)
+
+    # The daemon's log (spec 5.19; administrators only) ----------------------------------------
+
+    async def log_get(
+        self,
+        *,
+        min_level: int = 0,
+        logger: str | None = None,
+        grep: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+        cursor: int | None = None,
+    ) -> LogGetReply:
+        """A page of the daemon's recent log records that pass every filter given.
+
+        Args:
+            min_level: The least level (``logging.WARNING``: warnings and worse).
+            logger: A logger name prefix ("librorum.store").
+            grep: A substring of the message.
+            since, until: The time range, seconds since the epoch (until exclusive).
+            limit: Records at most, 1 to 1000 (a reply may hold fewer, to fit a frame).
+            newest_first: Newest first, going back in time.
+            cursor: A previous reply's ``cursor``, to continue from it.
+
+        Raises:
+            ForbiddenError: the caller is not one of the daemon's administrators.
+            BadRequestError: ``limit`` is 0.
+            ValueError: ``limit`` over 1000, a filter over 256 bytes.
+        """
+        message = LogGet(
+            min_level=min_level,
+            logger=logger,
+            grep=grep,
+            since_ms=None if since is None else int(since * 1000),
+            until_ms=None if until is None else int(until * 1000),
+            limit=limit,
+            newest_first=newest_first,
+            cursor=cursor,
+        )
+        return await self._unary(message, LogGetReply)
+
+    async def log_stats(self) -> LogStatsReply:
+        """The figures of the daemon's log: records by level and by logger since it started,
+        and per minute over the last hour.
+
+        Raises:
+            ForbiddenError: the caller is not one of the daemon's administrators.
+        """
+        return await self._unary(LogStats(), LogStatsReply)
+
+    def follow_log(
+        self,
+        *,
+        last: int = 0,
+        min_level: int = 0,
+        logger: str | None = None,
+        grep: str | None = None,
+    ) -> LogFollower:
+        """The daemon's log as it is written: the ``last`` newest records that pass the
+        filters (0 to 1000), then each new one::
+
+            async with client.follow_log(last=10) as follower:
+                async for batch in follower:
+                    for record in batch.records:
+                        ...
+
+        Leaving the block cancels the stream.
+
+        Raises (on entering):
+            ForbiddenError: the caller is not one of the daemon's administrators.
+            ValueError: ``last`` over 1000, a filter over 256 bytes.
+        """
+        message = LogStream(last=last, min_level=min_level, logger=logger, grep=grep)
+        return LogFollower(self._request, message)

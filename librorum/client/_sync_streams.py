@@ -1,6 +1,7 @@
 # GENERATED FILE: do not edit. Generated from librorum/client/_async_streams.py by
 # scripts/unasync.py; edit the source and run `python scripts/unasync.py`.
-"""The client's streams: a READ's content, and a directory's entries page by page.
+"""The client's streams: a READ's content, a directory's entries page by page, and the
+daemon's log as it is written.
 
 Written once, for the async client: ``scripts/unasync.py`` generates the blocking client's
 streams from this module.
@@ -20,7 +21,8 @@ from librorum.client._common import (
     refused_by_goaway,
 )
 from librorum.client._sync_driver import SyncRequest
-from librorum.errors import RemoteProtocolError
+from librorum.errors import ConnectionTimeoutError, RemoteProtocolError
+from librorum.protocol.converter import decode_log_batches
 from librorum.protocol.messages import (
     DirEntry,
     FileInfo,
@@ -28,6 +30,9 @@ from librorum.protocol.messages import (
     FileListReply,
     FileRead,
     FileReadReply,
+    LogBatch,
+    LogStream,
+    LogStreamReply,
     Message,
 )
 
@@ -191,3 +196,101 @@ class SyncListIterator:
             self._cursor = page.next_cursor
             self._done = page.next_cursor is None
         return self._entries.popleft()
+
+
+class SyncLogFollower:
+    """The daemon's log as it is written (LOG_STREAM, spec 5.19): a context manager
+    and, once entered, an iterator of :class:`LogBatch` (records, and how many the
+    daemon overwrote before this client took them). Memory stays bounded by the read window:
+    credit goes back to the daemon as batches are taken, and a client that stops taking them
+    makes the daemon skip records (``missed``) rather than hold them.
+
+    Attributes (once entered):
+        cursor: Where the stream stands: the cursor after the last batch taken.
+
+    The iteration ends when the daemon stops (it ends the stream). Leaving the block (break,
+    an exception, cancellation) cancels the stream on the daemon without waiting.
+    """
+
+    def __init__(self, open_request: RequestOpener, message: LogStream) -> None:
+        self._open_request = open_request
+        self._message = message
+        self._stack: ExitStack | None = None
+        self._request: SyncRequest | None = None
+        self._batches: deque[LogBatch] = deque()
+        self._ungranted = 0
+        self.cursor = 0
+
+    def __enter__(self) -> Self:
+        """Start the stream and wait for its first reply.
+
+        Raises:
+            ForbiddenError: the caller is not one of the daemon's administrators.
+            LibrorumError: ConnectionClosed, ConnectionTimeoutError, or another error of
+                the daemon.
+        """
+        with ExitStack() as stack:
+            request = stack.enter_context(self._open_request(self._message))
+            request.wait_reply("LOG_STREAM reply")
+            self.cursor = request.result(LogStreamReply).cursor
+            self._request = request
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        return stack.__exit__(exc_type, exc, tb)
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> LogBatch:
+        batch = self.receive()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+    def receive(self) -> LogBatch | None:
+        """The next batch, waiting as long as the log is quiet; ``None`` once the daemon
+        ended the stream (it is stopping).
+
+        Raises:
+            LibrorumError: the daemon's error (TimeoutError_ if this client granted no credit
+                for its stream deadline), ConnectionClosed (the daemon went away).
+            MalformedPayloadError: a batch is not one.
+            RuntimeError: the stream is used outside its block.
+        """
+        request = self._request
+        if request is None:
+            msg = "use the log follower inside `with`"
+            raise RuntimeError(msg)
+        while not self._batches:
+            try:
+                request.wait_until(lambda: bool(request.chunks), "log records")
+            except ConnectionTimeoutError:
+                if request.finished:
+                    raise
+                continue  # a quiet log: the request is alive, wait on
+            if request.error is not None:
+                raise request.error
+            chunk = request.take_chunk()
+            if chunk is None:  # the final reply: the daemon ended the stream
+                return None
+            self._batches.extend(decode_log_batches(chunk))
+            self._ungranted += len(chunk)
+            conn = request.conn
+            # As for a READ: credit goes back in halves of the window.
+            if self._ungranted >= max(1, conn.read_window // 2) and not request.finished:
+                conn.session.grant(request.session_id, self._ungranted)
+                self._ungranted = 0
+                conn.flush()
+        batch = self._batches.popleft()
+        self.cursor = batch.cursor
+        return batch

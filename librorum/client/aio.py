@@ -23,7 +23,7 @@ from pathlib import Path
 import trio
 
 from librorum.client._async_client import Client
-from librorum.client._async_streams import ListIterator, ReadStream
+from librorum.client._async_streams import ListIterator, LogFollower, ReadStream
 from librorum.client._common import (
     CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -35,7 +35,7 @@ from librorum.client._common import (
 )
 from librorum.client._endpoints import TransportChoice, resolve_endpoints
 
-__all__ = ["Client", "ListIterator", "ReadStream", "open_client"]
+__all__ = ["Client", "ListIterator", "LogFollower", "ReadStream", "open_client"]
 
 
 @asynccontextmanager

@@ -39,9 +39,9 @@ from librorum.client._common import (
 )
 from librorum.client._endpoints import TransportChoice, resolve_endpoints
 from librorum.client._sync_client import SyncClient
-from librorum.client._sync_streams import SyncListIterator, SyncReadStream
+from librorum.client._sync_streams import SyncListIterator, SyncLogFollower, SyncReadStream
 
-__all__ = ["SyncClient", "SyncListIterator", "SyncReadStream", "connect"]
+__all__ = ["SyncClient", "SyncListIterator", "SyncLogFollower", "SyncReadStream", "connect"]
 
 
 def connect(

@@ -198,7 +198,7 @@ class BaseSession(Generic[_Out]):
         increment = self._decode(Command.WINDOW, flags, payload)
         assert isinstance(increment, WindowUpdate)
         stream = self._streams.get(session_id)
-        if stream is None or stream.command is not self._outbound_data_command:
+        if stream is None or stream.command not in self._outbound_data_commands:
             return None  # a finished stream, or one that sends no DATA: discarded (spec 3.3)
         stream.send_window += increment.increment
         if stream.send_window > MAX_PAYLOAD_SIZE_FIELD:
@@ -232,7 +232,7 @@ class BaseSession(Generic[_Out]):
     #: The states in which the peer may still send DATA (and credit for it counts).
     _peer_data_states: frozenset[StreamState]
     #: The requests whose DATA this side sends (a WINDOW for any other is ignored).
-    _outbound_data_command: Command
+    _outbound_data_commands: frozenset[Command]
 
     def _peer_done(self, stream: Stream) -> bool:
         """Whether the peer sends no more DATA on ``stream`` (it sent END, or never does)."""

@@ -66,6 +66,10 @@ class Command(enum.IntEnum):
     DELETE = 0x07
     RENAME = 0x08
     UPLOAD_STATUS = 0x09
+    #: The daemon's log (spec 5.19): a page of records, follow it, its figures.
+    LOG_GET = 0x0A
+    LOG_STREAM = 0x0B
+    LOG_STATS = 0x0C
 
     HELLO = 0x10
     PING = 0x11
@@ -74,6 +78,11 @@ class Command(enum.IntEnum):
     CANCEL = 0x14
     GOAWAY = 0x15
     ERROR = 0x16
+    #: The requests in flight across the daemon, for the live view (spec 5.21; admin only).
+    REQUESTS = 0x0E
+    SHUTDOWN = 0x0F
+
+    FSCK = 0x0D
 
 
 #: Commands indexed by their byte; ``None`` where the byte is not a command. The decoder looks
@@ -97,8 +106,18 @@ REQUEST_COMMANDS: Final = frozenset(
         Command.UPLOAD_STATUS,
         Command.PING,
         Command.CANCEL,
+        Command.REQUESTS,
+        Command.SHUTDOWN,
+        Command.FSCK,
+        Command.LOG_GET,
+        Command.LOG_STREAM,
+        Command.LOG_STATS,
     }
 )
+
+#: Requests whose reply streams DATA to the client under the client's credit (spec 6): the
+#: first reply, then DATA|REPLY frames.
+STREAMED_REPLY_COMMANDS: Final = frozenset({Command.READ, Command.LOG_STREAM})
 
 
 class Flags(enum.IntFlag):
@@ -169,6 +188,11 @@ DEFAULT_INITIAL_WINDOW: Final = 4 << 20
 MAX_WINDOW: Final = 64 << 20
 #: Longest free-text string (error messages, client/server names) a peer must accept.
 MAX_TEXT_BYTES: Final = 1024
+#: Records one LOG_GET reply carries at most, and one LOG_STREAM asks to replay at most
+#: (spec 5.19); each page also fits a control frame.
+MAX_LOG_RECORDS: Final = 1000
+#: Longest logger prefix or text filter of a log request (spec 5.19).
+MAX_LOG_FILTER_BYTES: Final = 256
 #: Longest PING payload.
 MAX_PING_BYTES: Final = 256
 #: Largest WebSocket message a side accepts with the default limits: one maximal frame, since
@@ -181,3 +205,7 @@ WS_HANDSHAKE_MESSAGE_SIZE: Final = HEADER_SIZE + MAX_HANDSHAKE_PAYLOAD
 assert HEADER_SIZE == 4 + 1 + 1 + 2 + 4 + 8
 assert MIN_MAX_PAYLOAD <= MAX_CONTROL_PAYLOAD <= DEFAULT_MAX_PAYLOAD
 assert MAX_HANDSHAKE_PAYLOAD < MAX_CONTROL_PAYLOAD
+
+#: Most requests one REQUESTS reply lists (spec 5.21); the reply also stays within one control
+#: frame, and says how many there are in all.
+MAX_REQUESTS_LISTED: Final = 1000

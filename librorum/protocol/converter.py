@@ -27,7 +27,7 @@ from cattrs.preconf.msgpack import make_converter
 
 from librorum.errors import LocalProtocolError, MalformedPayloadError
 from librorum.protocol.constants import FLAG_REPLY, Command
-from librorum.protocol.messages import COMMAND_OF, REPLY_TYPES, REQUEST_TYPES, Message
+from librorum.protocol.messages import COMMAND_OF, REPLY_TYPES, REQUEST_TYPES, LogBatch, Message
 
 M = TypeVar("M", bound=Message)
 
@@ -219,12 +219,69 @@ def decode_payload(payload: bytes | bytearray | memoryview, cls: type[M]) -> M:
         raise MalformedPayloadError(msg) from exc
 
 
-for _cls in {*REQUEST_TYPES.values(), *REPLY_TYPES.values()}:
+#: Payloads of DATA frames that are MessagePack maps too (a LOG_STREAM's batches).
+_DATA_RECORDS: Final = (LogBatch,)
+for _cls in {*REQUEST_TYPES.values(), *REPLY_TYPES.values(), *_DATA_RECORDS}:
     attrs.resolve_types(_cls)
 #: Messages whose payload nests maps (records, dicts): decoded with the per-map key check.
 _NESTED: Final = frozenset(
-    cls for cls in {*REQUEST_TYPES.values(), *REPLY_TYPES.values()} if _has_nested_maps(cls)
+    cls
+    for cls in {*REQUEST_TYPES.values(), *REPLY_TYPES.values(), *_DATA_RECORDS}
+    if _has_nested_maps(cls)
 )
+
+
+def encode_log_batch(batch: LogBatch) -> bytes:
+    """The payload of a LOG_STREAM DATA frame (spec 5.19).
+
+    Raises:
+        LocalProtocolError: the batch holds a value MessagePack cannot carry.
+    """
+    return encode_message(typing.cast("Message", batch))
+
+
+def decode_log_batch(payload: bytes | bytearray | memoryview) -> LogBatch:
+    """Decode a LOG_STREAM DATA frame's payload.
+
+    Raises:
+        MalformedPayloadError: the payload is not a LogBatch map.
+    """
+    return typing.cast("LogBatch", decode_payload(payload, typing.cast("type[Message]", LogBatch)))
+
+
+def decode_log_batches(data: bytes | bytearray | memoryview) -> list[LogBatch]:
+    """Decode the LogBatch maps of one or more whole LOG_STREAM DATA payloads laid end to
+    end (a client may merge consecutive payloads; MessagePack maps delimit themselves).
+
+    Raises:
+        MalformedPayloadError: ``data`` is not a sequence of whole LogBatch maps.
+    """
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        strict_map_key=True,
+        object_pairs_hook=_unique_map,
+        max_buffer_size=max(len(data), 1),
+    )
+    try:
+        unpacker.feed(data)
+        batches = []
+        end = 0
+        for raw in unpacker:
+            if type(raw) is not dict:
+                msg = f"payload must be a map, got {type(raw).__name__}"
+                raise TypeError(msg)
+            batches.append(converter.structure(raw, LogBatch))
+            end = unpacker.tell()  # after a failed attempt, tell() is past the partial map
+        if end != len(data):
+            msg = "a LogBatch is cut short"
+            raise ValueError(msg)
+    except _DECODE_ERRORS as exc:
+        msg = f"malformed LogBatch payload: {_describe(exc)}"
+        raise MalformedPayloadError(msg) from exc
+    except RecursionError as exc:
+        msg = "malformed LogBatch payload: nested too deeply"
+        raise MalformedPayloadError(msg) from exc
+    return batches
 
 
 def message_type(command: Command, flags: int) -> type[Message]:

@@ -21,8 +21,11 @@ import attrs
 
 from librorum.protocol.constants import (
     DEFAULT_LIST_LIMIT,
+    MAX_LOG_FILTER_BYTES,
+    MAX_LOG_RECORDS,
     MAX_PAYLOAD_SIZE_FIELD,
     MAX_PING_BYTES,
+    MAX_REQUESTS_LISTED,
     MAX_SESSION_ID,
     MAX_WINDOW,
     CancelOutcome,
@@ -344,6 +347,34 @@ class NodeStatusReply:
     #: Upload bytes held against the global in-flight budget now, and at most (spec 9.2).
     inflight_bytes: int = attrs.field(default=0, validator=_u64)
     inflight_peak_bytes: int = attrs.field(default=0, validator=_u64)
+    #: Why the store refuses writes (null when it does not), and since when (milliseconds
+    #: since the Unix epoch).
+    read_only_reason: str | None = None
+    read_only_since_ms: int | None = attrs.field(default=None, validator=_opt_u64)
+    #: Why the node is degraded, one line each; empty when it is healthy (spec 5.5).
+    degraded: tuple[str, ...] = ()
+    #: Requests ended by a request error (0x02xx) and by a server error (0x03xx) since the
+    #: start (spec 7.1).
+    client_errors: int = attrs.field(default=0, validator=_u64)
+    server_errors: int = attrs.field(default=0, validator=_u64)
+    #: What the daemon runs on.
+    python_version: str = ""
+    sqlite_version: str = ""
+    #: The check running now (spec 5.20): its phase ("" when none runs) and chunks.
+    fsck_phase: str = ""
+    fsck_chunks_done: int = attrs.field(default=0, validator=_u64)
+    fsck_chunks_total: int = attrs.field(default=0, validator=_u64)
+    #: The last check or repair: when it finished (ms since the epoch, 0: none), whether it
+    #: left nothing to do, the defects found and the files affected.
+    last_fsck_ms: int = attrs.field(default=0, validator=_u64)
+    last_fsck_ok: bool = True
+    last_fsck_problems: int = attrs.field(default=0, validator=_u64)
+    last_fsck_affected: int = attrs.field(default=0, validator=_u64)
+    #: The background scrub: when it last finished a pass (ms since the epoch, 0: never),
+    #: chunks verified and damaged chunks found since the start.
+    last_scrub_ms: int = attrs.field(default=0, validator=_u64)
+    scrub_chunks_verified: int = attrs.field(default=0, validator=_u64)
+    scrub_corrupt_found: int = attrs.field(default=0, validator=_u64)
 
 
 # --- Data streams ------------------------------------------------------------------------------
@@ -407,6 +438,262 @@ class UploadStatusReply:
     size: int | None = attrs.field(default=None, validator=_opt_u64)
 
 
+def _requests_limit(_inst: object, _attribute: attrs.Attribute[int], value: int) -> None:
+    if not 1 <= value <= MAX_REQUESTS_LISTED:
+        msg = f"limit must be in 1..{MAX_REQUESTS_LISTED}, got {value}"
+        raise ValueError(msg)
+
+
+@attrs.frozen
+class Requests:
+    """REQUESTS: the requests in flight across every connection of the daemon, for the live
+    view (spec 5.21). Administrators only (spec 2.5)."""
+
+    #: The most entries to list, the oldest first.
+    limit: int = attrs.field(default=MAX_REQUESTS_LISTED, validator=_requests_limit)
+
+
+@attrs.frozen
+class RequestEntry:
+    """One request in flight, in a :class:`RequestsReply` (spec 5.21)."""
+
+    #: The daemon's number for the connection (unique while the daemon runs).
+    connection: int = attrs.field(validator=_u64)
+    #: "uds" or "websocket".
+    transport: str
+    session: int = attrs.field(validator=_u32)
+    #: The command's name, e.g. "WRITE".
+    command: str
+    #: Milliseconds since the request arrived.
+    age_ms: int = attrs.field(validator=_u64)
+    #: Content bytes moved so far: DATA received and stored (WRITE), or sent (READ).
+    moved: int = attrs.field(validator=_u64)
+    #: What it waits on now: "disk", "path lock", "peer credit", "peer", "budget", or
+    #: "running".
+    waiting: str
+    path: str | None = None
+    #: The peer's credentials (Unix socket) or address (WebSocket).
+    uid: int | None = attrs.field(default=None, validator=_opt_u64)
+    pid: int | None = attrs.field(default=None, validator=_opt_u64)
+    address: str | None = None
+
+
+@attrs.frozen
+class RequestsReply:
+    #: How many requests are in flight in all (the entries may be fewer).
+    total: int = attrs.field(validator=_u64)
+    #: The oldest ``limit`` of them at most, oldest first, as many as fit one control frame.
+    requests: tuple[RequestEntry, ...] = ()
+    #: Open connections.
+    connections: int = attrs.field(default=0, validator=_u64)
+
+
+# --- Administration ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Shutdown:
+    """SHUTDOWN: stop the daemon gracefully, as on SIGTERM (spec 5.22; administrators only)."""
+
+
+@attrs.frozen
+class ShutdownReply:
+    #: Milliseconds the requests in flight are given to finish before they are cancelled.
+    grace_ms: int = attrs.field(validator=_u64)
+    #: The daemon's process id (a local client waits for it to exit).
+    pid: int = attrs.field(default=0, validator=_u32)
+
+
+@attrs.frozen
+class Fsck:
+    """FSCK: check the whole store, or with ``repair`` check and repair it (spec 5.20).
+    Administrators only."""
+
+    repair: bool = False
+
+
+@attrs.frozen
+class FsckReply:
+    """An FSCK reply: progress (replies without END, at most about one a second), then the
+    report (the reply with END, ``phase`` "done"). Lists are capped (to 100 items, and to fit
+    one control frame); the ``*_count`` figures are exact."""
+
+    #: "metadata", "chunks", "files", "repair", or "done" in the final reply.
+    phase: str
+    chunks_done: int = attrs.field(default=0, validator=_u64)
+    chunks_total: int = attrs.field(default=0, validator=_u64)
+    bytes_done: int = attrs.field(default=0, validator=_u64)
+    bytes_total: int = attrs.field(default=0, validator=_u64)
+    # The report (final reply only).
+    files: int = attrs.field(default=0, validator=_u64)
+    directories: int = attrs.field(default=0, validator=_u64)
+    corrupt: tuple[str, ...] = ()
+    corrupt_count: int = attrs.field(default=0, validator=_u64)
+    missing: tuple[str, ...] = ()
+    missing_count: int = attrs.field(default=0, validator=_u64)
+    orphans: tuple[str, ...] = ()
+    orphan_count: int = attrs.field(default=0, validator=_u64)
+    refcount_errors: tuple[str, ...] = ()
+    refcount_error_count: int = attrs.field(default=0, validator=_u64)
+    namespace_errors: tuple[str, ...] = ()
+    quarantined: tuple[str, ...] = ()
+    quarantined_count: int = attrs.field(default=0, validator=_u64)
+    #: Files using a corrupt, missing or quarantined chunk, as the check found them.
+    affected: tuple[str, ...] = ()
+    affected_count: int = attrs.field(default=0, validator=_u64)
+    #: A repair ran (the fields below are its outcome).
+    repaired: bool = False
+    orphans_removed: int = attrs.field(default=0, validator=_u64)
+    refcounts_fixed: int = attrs.field(default=0, validator=_u64)
+    #: Files that still use damaged data: upload their content again.
+    reupload: tuple[str, ...] = ()
+    reupload_count: int = attrs.field(default=0, validator=_u64)
+    unrepaired: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Nothing left to do: a clean store, or after a repair, nothing to upload again
+        and nothing unrepaired."""
+        if self.repaired:
+            return not (self.reupload_count or self.unrepaired)
+        return not (
+            self.corrupt_count
+            or self.missing_count
+            or self.orphan_count
+            or self.quarantined_count
+            or self.refcount_error_count
+            or self.namespace_errors
+        )
+
+
+# --- The daemon's log (spec 5.19) -----------------------------------------------------------
+
+
+def _log_limit(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= MAX_LOG_RECORDS:
+        msg = f"{attribute.name} must be in 0..{MAX_LOG_RECORDS}, got {value}"
+        raise ValueError(msg)
+
+
+def _filter_text(_inst: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and len(value.encode()) > MAX_LOG_FILTER_BYTES:
+        msg = f"{attribute.name} must be at most {MAX_LOG_FILTER_BYTES} bytes"
+        raise ValueError(msg)
+
+
+def _opt_i64(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and not -(2**63) <= value < 2**63:
+        msg = f"{attribute.name} must be absent or fit in a signed 64-bit integer, got {value}"
+        raise ValueError(msg)
+
+
+@attrs.frozen
+class LogRecord:
+    """One record of the daemon's log."""
+
+    #: Its sequence number: the cursor that designates it (grows by one per record).
+    seq: int = attrs.field(validator=_u64)
+    #: When it was logged, milliseconds since the epoch (UTC).
+    time_ms: int = attrs.field(validator=_i64)
+    #: The numeric level: 10 DEBUG, 20 INFO, 30 WARNING, 40 ERROR, 50 CRITICAL.
+    level: int = attrs.field(validator=_u32)
+    logger: str
+    message: str
+    #: The traceback, when the record carries one.
+    exc: str | None = None
+
+
+@attrs.frozen
+class LogGet:
+    """LOG_GET: a page of the daemon's log records that pass every filter given."""
+
+    #: The least level.
+    min_level: int = attrs.field(default=0, validator=_u32)
+    #: A logger name prefix ("librorum.store" keeps it and the loggers below it).
+    logger: str | None = attrs.field(default=None, validator=_filter_text)
+    #: A substring of the message (case-sensitive).
+    grep: str | None = attrs.field(default=None, validator=_filter_text)
+    #: The time range, milliseconds since the epoch: since inclusive, until exclusive.
+    since_ms: int | None = attrs.field(default=None, validator=_opt_i64)
+    until_ms: int | None = attrs.field(default=None, validator=_opt_i64)
+    #: Records in the reply at most (1..1000; the reply may hold fewer, to fit a frame).
+    limit: int = attrs.field(default=100, validator=_log_limit)
+    #: Newest first, going back in time; else oldest first.
+    newest_first: bool = False
+    #: Where to continue: the ``cursor`` of a previous reply.
+    cursor: int | None = attrs.field(default=None, validator=_opt_u64)
+
+
+@attrs.frozen
+class LogGetReply:
+    records: tuple[LogRecord, ...]
+    #: Where the next page starts (oldest first: after the records looked at, also when
+    #: there are none yet; newest first: before them), None when the oldest record held
+    #: was reached going back.
+    cursor: int | None = attrs.field(default=None, validator=_opt_u64)
+    #: Records from the cursor asked for on that the daemon no longer holds.
+    missed: int = attrs.field(default=0, validator=_u64)
+
+
+@attrs.frozen
+class LogStream:
+    """LOG_STREAM: the last ``last`` records that pass the filters, then every new one as it
+    is logged, as DATA frames under the client's credit, until the client cancels."""
+
+    last: int = attrs.field(default=0, validator=_log_limit)
+    min_level: int = attrs.field(default=0, validator=_u32)
+    logger: str | None = attrs.field(default=None, validator=_filter_text)
+    grep: str | None = attrs.field(default=None, validator=_filter_text)
+
+
+@attrs.frozen
+class LogStreamReply:
+    """First reply of a LOG_STREAM: where the stream starts. DATA frames follow, each one
+    :class:`LogBatch`."""
+
+    cursor: int = attrs.field(validator=_u64)
+
+
+@attrs.frozen
+class LogBatch:
+    """The payload of one DATA frame of a LOG_STREAM (MessagePack, like a control message;
+    not a message of its own command)."""
+
+    records: tuple[LogRecord, ...]
+    #: The cursor after this batch.
+    cursor: int = attrs.field(validator=_u64)
+    #: Records the daemon overwrote before this stream could send them (its reader was
+    #: slower than the log), just before the records of this batch.
+    missed: int = attrs.field(default=0, validator=_u64)
+
+
+@attrs.frozen
+class LogStats:
+    """LOG_STATS: the figures of the daemon's log."""
+
+
+@attrs.frozen
+class LogMinute:
+    #: The minute's start, milliseconds since the epoch.
+    start_ms: int = attrs.field(validator=_i64)
+    #: Records of that minute, by level name.
+    counts: dict[str, int] = attrs.field(validator=_u64_values)
+
+
+@attrs.frozen
+class LogStatsReply:
+    #: Records since the daemon started, by level name and by logger name.
+    levels: dict[str, int] = attrs.field(validator=_u64_values)
+    loggers: dict[str, int] = attrs.field(validator=_u64_values)
+    #: Records per minute, the last 60 minutes, oldest first, minutes without any left out.
+    trend: tuple[LogMinute, ...]
+    #: Records the daemon keeps at most, and keeps now; the oldest one's cursor, the next.
+    capacity: int = attrs.field(validator=_u64)
+    held: int = attrs.field(validator=_u64)
+    first_cursor: int = attrs.field(validator=_u64)
+    next_cursor: int = attrs.field(validator=_u64)
+
+
 #: Every control message class.
 Message: TypeAlias = (
     Hello
@@ -436,6 +723,18 @@ Message: TypeAlias = (
     | FileReadReply
     | UploadStatus
     | UploadStatusReply
+    | Requests
+    | RequestsReply
+    | Shutdown
+    | ShutdownReply
+    | Fsck
+    | FsckReply
+    | LogGet
+    | LogGetReply
+    | LogStream
+    | LogStreamReply
+    | LogStats
+    | LogStatsReply
 )
 
 #: The class of a request payload (no REPLY flag), by command. DATA has none: raw bytes.
@@ -454,6 +753,12 @@ REQUEST_TYPES: Final[dict[Command, type[Message]]] = {
     Command.WRITE: FileWrite,
     Command.READ: FileRead,
     Command.UPLOAD_STATUS: UploadStatus,
+    Command.REQUESTS: Requests,
+    Command.SHUTDOWN: Shutdown,
+    Command.FSCK: Fsck,
+    Command.LOG_GET: LogGet,
+    Command.LOG_STREAM: LogStream,
+    Command.LOG_STATS: LogStats,
 }
 
 #: The class of a reply payload (REPLY flag set), by command. DATA has none: raw bytes.
@@ -473,6 +778,12 @@ REPLY_TYPES: Final[dict[Command, type[Message]]] = {
     Command.WRITE: FileWriteReply,
     Command.READ: FileReadReply,
     Command.UPLOAD_STATUS: UploadStatusReply,
+    Command.REQUESTS: RequestsReply,
+    Command.SHUTDOWN: ShutdownReply,
+    Command.FSCK: FsckReply,
+    Command.LOG_GET: LogGetReply,
+    Command.LOG_STREAM: LogStreamReply,
+    Command.LOG_STATS: LogStatsReply,
 }
 
 #: The command of each message class, and whether it travels with the REPLY flag. WINDOW and
@@ -494,5 +805,13 @@ UNARY_REQUESTS: Final = frozenset(
         Command.NODE_STATUS,
         Command.UPLOAD_STATUS,
         Command.CANCEL,
+        Command.REQUESTS,
+        Command.SHUTDOWN,
+        Command.LOG_GET,
+        Command.LOG_STATS,
     }
 )
+
+#: Requests answered by any number of progress replies (without END), then one final reply
+#: or ERROR (spec 5.20).
+PROGRESS_REQUESTS: Final = frozenset({Command.FSCK})

@@ -64,6 +64,7 @@ from librorum.protocol.constants import (
     MAX_SESSION_ID,
     MIN_MAX_PAYLOAD,
     REQUEST_COMMANDS,
+    STREAMED_REPLY_COMMANDS,
     SUPPORTED_VERSIONS,
     Command,
     Feature,
@@ -84,6 +85,7 @@ from librorum.protocol.events import (
 from librorum.protocol.framing import FileRegion, Payload
 from librorum.protocol.messages import (
     COMMAND_OF,
+    PROGRESS_REQUESTS,
     ErrorMessage,
     GoAway,
     Hello,
@@ -122,7 +124,7 @@ class ServerSession(BaseSession[Payload | FileRegion]):
 
     _inbound_data = (StreamInput.DATA, StreamInput.DATA_END)
     _peer_data_states = frozenset({StreamState.OPEN})
-    _outbound_data_command = Command.READ
+    _outbound_data_commands = STREAMED_REPLY_COMMANDS
     _direction = FLAG_REPLY
 
     def __init__(self, limits: ServerLimits = ServerLimits(), *, features: int = 0) -> None:
@@ -246,7 +248,7 @@ class ServerSession(BaseSession[Payload | FileRegion]):
                 return None
             self._uploads += 1
             stream.receive_window = 0 if end else self.limits.initial_window
-        elif command is Command.READ:
+        elif command in STREAMED_REPLY_COMMANDS:
             stream.send_window = self.client_window
         self._streams[session_id] = stream
         return RequestReceived(session_id, command, message, end, fd)
@@ -273,11 +275,9 @@ class ServerSession(BaseSession[Payload | FileRegion]):
                 request other than READ.
         """
         stream = self._stream(session_id)
-        state = next_state(
-            stream.state, StreamInput.FINAL_REPLY if end else StreamInput.FIRST_REPLY
-        )
+        state = next_state(stream.state, _reply_input(stream.command, end))
         if state is None:
-            msg = "only a READ's first reply may leave the session open"
+            msg = "only a READ's first reply or a progress reply may leave the session open"
             raise LocalProtocolError(msg)
         stream.state = state
         self._queue_message(message, _REPLY_END if end else FLAG_REPLY, session_id)
@@ -340,7 +340,7 @@ class ClientSession(BaseSession[Payload]):
 
     _inbound_data = (StreamInput.REPLY_DATA, StreamInput.REPLY_DATA_END)
     _peer_data_states = frozenset({StreamState.READ_PENDING, StreamState.STREAMING})
-    _outbound_data_command = Command.WRITE
+    _outbound_data_commands = frozenset({Command.WRITE})
     _direction = 0
 
     def __init__(self) -> None:
@@ -411,7 +411,7 @@ class ClientSession(BaseSession[Payload]):
                 msg = f"{self.server.max_uploads} uploads already in flight"
                 raise LocalProtocolError(msg)
             stream.send_window = 0 if end else self.server.initial_window
-        elif command is Command.READ:
+        elif command in STREAMED_REPLY_COMMANDS:
             stream.receive_window = self.read_window
         session_id = self._allocate_id()
         self._streams[session_id] = stream
@@ -487,9 +487,7 @@ class ClientSession(BaseSession[Payload]):
             msg = f"{command.name} reply on session {session_id}, a {stream.command.name}"
             raise RemoteProtocolError(msg)
         message = self._decode(command, flags, payload)
-        state = next_state(
-            stream.state, StreamInput.FINAL_REPLY if end else StreamInput.FIRST_REPLY
-        )
+        state = next_state(stream.state, _reply_input(stream.command, end))
         if state is None:
             msg = f"non-final {command.name} reply on session {session_id}"
             raise RemoteProtocolError(msg)
@@ -527,3 +525,13 @@ class ClientSession(BaseSession[Payload]):
             return GoAwayReceived(goaway)
         msg = f"unexpected {command.name} on session 0 in state {self.state.value}"
         raise RemoteProtocolError(msg)
+
+
+def _reply_input(command: Command, end: bool) -> StreamInput:
+    """What a reply frame is to the stream: final (END), a progress reply of a request that
+    takes them (spec 5.20), or a READ's first reply."""
+    if end:
+        return StreamInput.FINAL_REPLY
+    if command in PROGRESS_REQUESTS:
+        return StreamInput.PROGRESS_REPLY
+    return StreamInput.FIRST_REPLY

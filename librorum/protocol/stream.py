@@ -26,7 +26,7 @@ from typing import Final
 
 import attrs
 
-from librorum.protocol.constants import Command
+from librorum.protocol.constants import STREAMED_REPLY_COMMANDS, Command
 
 
 class StreamState(enum.Enum):
@@ -72,6 +72,8 @@ class StreamInput(enum.Enum):
     REPLY_DATA_END = "reply-data-end"
     #: A reply with END, or an ERROR: the server's final frame for the request.
     FINAL_REPLY = "final-reply"
+    #: A progress reply, without END, of a request that takes them (FSCK, spec 5.20).
+    PROGRESS_REPLY = "progress-reply"
 
 
 _S = StreamState
@@ -99,6 +101,8 @@ TRANSITIONS: Final[types.MappingProxyType[tuple[StreamState, StreamInput], Strea
             (_S.HALF_CLOSED, _I.FINAL_REPLY): _S.CLOSED,
             (_S.READ_PENDING, _I.FINAL_REPLY): _S.CLOSED,
             (_S.STREAMING, _I.FINAL_REPLY): _S.CLOSED,
+            # Progress replies leave the request awaiting its final reply.
+            (_S.HALF_CLOSED, _I.PROGRESS_REPLY): _S.HALF_CLOSED,
         }
     )
 )
@@ -126,7 +130,7 @@ class Stream:
     def open(cls, command: Command, *, end: bool) -> Stream:
         """The stream a request frame opens: a READ, a WRITE without END (its content
         follows), or any other request, which then awaits its final reply."""
-        if command is Command.READ:
+        if command in STREAMED_REPLY_COMMANDS:
             opening = StreamInput.READ_REQUEST
         elif command is Command.WRITE and not end:
             opening = StreamInput.WRITE_OPEN

@@ -13,6 +13,7 @@ and the store closes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import resource
@@ -25,13 +26,19 @@ import attrs
 import trio
 
 from librorum import limits
-from librorum.config import Config, ConfigError, load_config
+from librorum.config import Config, ConfigError, load_config, split_host_port
 from librorum.protocol.constants import DEFAULT_MAX_FILE_SIZE, Feature
 from librorum.protocol.session import ServerLimits
 from librorum.server.budget import InflightBudget, give_memory_back
 from librorum.server.connection import Connection
 from librorum.server.context import ServerContext, Timeouts
-from librorum.service import Service, Stats
+from librorum.server.http import HttpEndpoint
+from librorum.server.logsetup import log_ring
+from librorum.server.metrics import Metrics
+from librorum.server.node_id import load_or_create_node_id
+from librorum.server.sd_notify import Notifier
+from librorum.service import Admins, ScrubSettings, Service, Stats
+from librorum.service.logring import LogRing
 from librorum.store import open_store
 from librorum.transport import (
     load_or_create_token,
@@ -47,6 +54,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("librorum.server")
 
+#: Where the background scrub keeps its position in the data directory (see
+#: ``service/checks.py``): a restart resumes the pass there.
+SCRUB_STATE_FILE = "scrub.json"
+
 
 class Server:
     """One daemon's LBRU front door: the connections it serves over the service core, what
@@ -58,15 +69,36 @@ class Server:
         store: The open store the service runs over.
         max_file_size: What HELLO announces; ``None`` (the default) for what the service
             enforces, which is the store's limit.
+        node_id: The node's identity (default: a random one; the daemon keeps one in its
+            data directory).
+        logs: The ring of the daemon's log records the log commands read (``serve``
+            installs one; default: an empty one).
     """
 
-    def __init__(self, config: Config, store: Store, *, max_file_size: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        max_file_size: int | None = None,
+        node_id: str | None = None,
+        logs: LogRing | None = None,
+    ) -> None:
         self.config = config
+        self.shutdown_requested = trio.Event()
         #: The daemon's figures (the connections count into them; NODE_STATUS reports them).
         self.stats = Stats()
         #: Upload bytes in flight, across every connection (spec 9.2).
         self.budget = InflightBudget(config.max_inflight_bytes)
-        self.service = Service(store, stats=self.stats, inflight=self.budget)
+        self.service = Service(
+            store,
+            stats=self.stats,
+            inflight=self.budget,
+            admins=Admins(config.admin_uids),
+            node_id=node_id,
+            on_shutdown=self.shutdown_requested.set,
+            logs=logs,
+        )
         offer = ServerLimits(
             max_file_size=self.service.max_file_size if max_file_size is None else max_file_size,
             initial_window=limits.INITIAL_UPLOAD_WINDOW,
@@ -94,7 +126,6 @@ class Server:
         self.connections: set[Connection] = set()
         self._idle = trio.Event()
         self._idle.set()
-        self.shutdown_requested = trio.Event()
 
     @property
     def shutting_down(self) -> bool:
@@ -157,6 +188,7 @@ class Server:
         """Shut down gracefully: GOAWAY everywhere, wait up to ``grace`` for requests in flight,
         cancel the rest, and wait (briefly) for the connections to say goodbye."""
         self.context.shutting_down = True
+        self.context.stopping.set()
         for connection in list(self.connections):
             connection.goaway()
         with trio.move_on_after(self.context.grace):
@@ -165,6 +197,11 @@ class Server:
             connection.cancel_requests()
         with trio.move_on_after(self.context.timeouts.close):
             await self._idle.wait()
+
+    def traffic(self) -> tuple[int, int]:
+        """(requests running in a task now, requests received since the start): what the
+        background scrub yields to (requests answered inline take no time to yield to)."""
+        return sum(len(c.requests) for c in self.connections), self.stats.requests
 
 
 @attrs.frozen
@@ -176,6 +213,8 @@ class RunningServer:
     #: (host, port) of the WebSocket listener, or ``None`` when remote access is off.
     websocket: tuple[str, int] | None
     server: Server = attrs.field(repr=False)
+    #: (host, port) of the metrics endpoint, or ``None`` when it is off.
+    metrics: tuple[str, int] | None = None
 
     @property
     def url(self) -> str | None:
@@ -203,7 +242,12 @@ async def serve(
             config file (:func:`librorum.config.load_config`).
         handle_signals: shut down gracefully on SIGINT/SIGTERM (only possible in the main
             thread; an embedding program that handles signals itself passes ``False``).
-        task_status: receives a :class:`RunningServer` once both listeners accept.
+        task_status: receives a :class:`RunningServer` once both listeners accept (and the
+            metrics endpoint, when configured).
+
+    Under a service manager (``NOTIFY_SOCKET`` set), the daemon says READY=1 at that point,
+    STOPPING=1 when it begins to shut down, and WATCHDOG=1 every half ``WATCHDOG_USEC``
+    (see :mod:`librorum.server.sd_notify`).
 
     Raises:
         AlreadyRunningError: another daemon holds the data directory or the socket.
@@ -220,7 +264,13 @@ async def serve(
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # One value for what the store enforces and what HELLO announces.
     max_file_size = DEFAULT_MAX_FILE_SIZE
-    with single_instance_lock(config.data_dir):
+    notifier = Notifier()
+    with (
+        single_instance_lock(config.data_dir),
+        contextlib.closing(notifier),
+        log_ring(config.log_ring_size, config.log_level) as ring,
+    ):
+        node_id = load_or_create_node_id(config.data_dir)
         async with (
             open_store(
                 config.data_dir / "store",
@@ -229,7 +279,7 @@ async def serve(
             ) as store,
             trio.open_nursery() as handlers,
         ):
-            server = Server(config, store, max_file_size=max_file_size)
+            server = Server(config, store, max_file_size=max_file_size, node_id=node_id, logs=ring)
             async with trio.open_nursery() as listeners:
                 # Connections run in the outer nursery, so stopping the listeners does not
                 # cut the requests in flight: shutdown drains them first.
@@ -246,10 +296,10 @@ async def serve(
                     )
                 )
                 websocket = None
+                token = None
+                if config.token_file is not None and config.remote_enabled:
+                    token = load_or_create_token(config.token_file)
                 if config.remote_enabled:
-                    token = None
-                    if config.token_file is not None:
-                        token = load_or_create_token(config.token_file)
                     websocket = await listeners.start(
                         functools.partial(
                             serve_websocket,
@@ -273,21 +323,50 @@ async def serve(
                             handler_nursery=handlers,
                         )
                     )
-                running = RunningServer(socket_path, websocket, server)
-                log.info(
-                    "librorum %s serving %s on %s%s",
-                    __version__,
-                    config.data_dir,
-                    socket_path,
-                    f" and {running.url}" if running.url else "",
-                )
+                metrics = None
+                if config.metrics_listen is not None:
+                    host, port = split_host_port(config.metrics_listen)
+                    # A token of its own: the WebSocket token makes its holder an
+                    # administrator (spec 2.5), which a scraper must not be.
+                    scrape_token = None
+                    if config.metrics_token_file is not None:
+                        scrape_token = load_or_create_token(config.metrics_token_file)
+                    endpoint = HttpEndpoint(
+                        Metrics(server).render,
+                        path="/metrics",
+                        token=scrape_token,
+                        ssl_context=_server_ssl_context(config),
+                    )
+                    metrics = await listeners.start(endpoint.serve, host, port)
+                running = RunningServer(socket_path, websocket, server, metrics)
+                where = f"{socket_path}{f' and {running.url}' if running.url else ''}"
+                if metrics is not None:
+                    where += f", metrics at {_http_url(config, metrics)}/metrics"
+                log.info("librorum %s serving %s on %s", __version__, config.data_dir, where)
+                notifier.notify(READY="1", STATUS=f"serving on {where}")
+                # In the outer nursery: the watchdog goes on through the drain.
+                handlers.start_soon(notifier.watchdog)
                 if handle_signals:
                     listeners.start_soon(_watch_signals, server)
                 listeners.start_soon(give_memory_back, server.budget)
+                # The scrub stops with the listeners: at shutdown, before the drain.
+                listeners.start_soon(
+                    server.service.checks.run_scrub,
+                    ScrubSettings(
+                        rate=config.scrub_rate,
+                        interval=config.scrub_interval,
+                        state_file=config.data_dir / SCRUB_STATE_FILE,
+                    ),
+                    server.traffic,
+                )
                 task_status.started(running)
                 await server.shutdown_requested.wait()
                 listeners.cancel_scope.cancel()  # stop accepting
             log.info("shutting down: draining %d connections", len(server.connections))
+            notifier.notify(
+                STOPPING="1",
+                STATUS=f"shutting down: draining {len(server.connections)} connections",
+            )
             await server.drain()
             handlers.cancel_scope.cancel()
     log.info("stopped")
@@ -339,6 +418,12 @@ def fit_descriptors(config: Config) -> int:
         wanted,
     )
     return fits
+
+
+def _http_url(config: Config, address: tuple[str, int]) -> str:
+    host, port = address
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if config.tls_enabled else 'http'}://{host}:{port}"
 
 
 def _server_ssl_context(config: Config) -> ssl.SSLContext | None:

@@ -18,6 +18,7 @@ A new command is one message class (``protocol/messages.py``), one service metho
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Generic, TypeVar
 
@@ -40,6 +41,10 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     FileWriteReply,
+    Fsck,
+    LogGet,
+    LogStats,
+    LogStream,
     MakeDirectory,
     MakeDirectoryReply,
     Message,
@@ -49,10 +54,17 @@ from librorum.protocol.messages import (
     PingReply,
     Rename,
     RenameReply,
+    RequestEntry,
+    Requests,
+    RequestsReply,
+    Shutdown,
+    ShutdownReply,
     StoreFigures,
     UploadStatus,
     UploadStatusReply,
 )
+from librorum.server import fsck
+from librorum.server.logcommands import log_get, log_stats, log_stream
 from librorum.server.requests import Driver, RequestState
 from librorum.server.streams import receive_content, send_content
 from librorum.service import INLINE_LIST_LIMIT, DescriptorKind, FileInfo as StoredInfo
@@ -191,6 +203,16 @@ async def node_status(driver: Driver, message: NodeStatus) -> NodeStatusReply:
         ),
         inflight_bytes=report.inflight_bytes,
         inflight_peak_bytes=report.inflight_peak_bytes,
+        read_only_reason=report.read_only_reason,
+        read_only_since_ms=(
+            None if report.read_only_since is None else int(report.read_only_since * 1000)
+        ),
+        degraded=report.degraded,
+        client_errors=report.client_errors,
+        server_errors=report.server_errors,
+        python_version=report.python_version,
+        sqlite_version=report.sqlite_version,
+        **fsck.status_fields(report.checks),
     )
 
 
@@ -301,6 +323,57 @@ def _descriptor_kinds(features: int) -> DescriptorKind:
     return kinds
 
 
+#: Budget for the entries of one REQUESTS reply: the control-frame limit less room for the
+#: map header and the counts (spec 5.21: the reply is one control frame).
+_REQUESTS_BUDGET: Final = MAX_CONTROL_PAYLOAD - 1024
+#: Bytes an entry costs beyond its strings, at most: eleven keys (68 bytes and their
+#: headers), four 9-byte and two 5-byte integers, the strings' headers.
+_REQUEST_OVERHEAD: Final = 160
+
+
+async def requests(driver: Driver, message: Requests) -> RequestsReply:
+    """REQUESTS (spec 5.21): the oldest requests in flight across the daemon, as many as
+    ``limit`` and one control frame allow, and how many there are in all."""
+    snapshot = await driver.service.requests_in_flight(driver.caller, limit=message.limit)
+    entries: list[RequestEntry] = []
+    budget = _REQUESTS_BUDGET
+    for live in snapshot.requests:
+        peer = live.peer
+        cost = _REQUEST_OVERHEAD + sum(
+            len(text.encode())
+            for text in (live.command, live.waiting, peer.transport, live.path, peer.address)
+            if text is not None
+        )
+        if cost > budget:
+            break  # the oldest that fit; ``total`` says how many there are
+        budget -= cost
+        entries.append(
+            RequestEntry(
+                connection=live.connection,
+                transport=peer.transport,
+                session=live.session,
+                command=live.command,
+                age_ms=int(live.age * 1000),
+                moved=live.moved,
+                waiting=live.waiting,
+                path=live.path,
+                uid=peer.uid,
+                pid=peer.pid,
+                address=peer.address,
+            )
+        )
+    return RequestsReply(
+        total=snapshot.total, requests=tuple(entries), connections=snapshot.connections
+    )
+
+
+async def shutdown(driver: Driver, message: Shutdown) -> ShutdownReply:
+    # The reply is queued before the drain starts (no checkpoint in between): the client
+    # learns the daemon is stopping, then gets GOAWAY like every other connection.
+    driver.service.shutdown(driver.caller)
+    return ShutdownReply(grace_ms=driver.context.grace_ms, pid=os.getpid())
+
+
 # --- The table -----------------------------------------------------------------------------------
 
 #: Every request command LBRU serves: one row each.
@@ -316,6 +389,13 @@ ROWS: Final[tuple[Row, ...]] = (
     Unary(Cancel, cancel, Cancellation.NOTHING, inline=_target_idle),
     Streamed(FileRead, read),
     Streamed(FileWrite, write, receives_data=True),
+    # A snapshot of plain dictionaries, no checkpoint: answered by the reader.
+    Unary(Requests, requests, inline=True),
+    Unary(Shutdown, shutdown, inline=True),
+    Streamed(Fsck, fsck.fsck),
+    Unary(LogGet, log_get),
+    Streamed(LogStream, log_stream),
+    Unary(LogStats, log_stats),
 )
 
 #: The rows by request message class: how the connection finds a request's row.

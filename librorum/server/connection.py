@@ -36,25 +36,31 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, cast
 
 import trio
 
+from librorum.activity import bind
 from librorum.errors import (
     BadRequestError,
     CancelledError,
     ConnectionClosed,
     ConnectionLimitError,
     ConnectionTimeoutError,
+    ErrorCode,
+    ForbiddenError,
     InternalError,
     LibrorumError,
     RemoteProtocolError,
     UnavailableError,
 )
 from librorum.limits import SMALL_RECEIVE_SIZE, next_receive_size
+from librorum.protocol.constants import Command
 from librorum.protocol.framing import FileRegion, Payload
-from librorum.protocol.messages import Message
+from librorum.protocol.messages import Message, Rename
 from librorum.protocol.session import (
     ConnectionEnded,
     DataReceived,
@@ -67,14 +73,19 @@ from librorum.protocol.session import (
 )
 from librorum.server.commands import COMMANDS, Row, Unary
 from librorum.server.context import ServerContext
+from librorum.server.logsetup import RefusalLog, failure_level
 from librorum.server.requests import RequestState
-from librorum.transport.base import file_transport
+from librorum.service.caller import Caller
+from librorum.service.live import LiveConnection, Peer
+from librorum.transport.base import PeerInfo, file_transport
 
 if TYPE_CHECKING:
     from librorum.service import Service
     from librorum.transport import FrameParts, FrameTransport
 
 log = logging.getLogger("librorum.server")
+#: Refused administrators' commands: a WARNING per peer and minute at most.
+REFUSALS: Final = RefusalLog(log)
 
 #: Frames the session may hold unsent before a READ producer waits for the writer: bounds a
 #: connection's output buffer (with 1 MiB frames, a few MiB) when the client reads slowly.
@@ -90,6 +101,8 @@ MAX_READER_QUEUED_FRAMES: Final = 1024
 #: cheap requests in one write must not hold the event loop (and every other connection) for
 #: the whole burst. 32 STATs are ~1-2 ms here.
 READER_BATCH_FRAMES: Final = 32
+#: Each command's name, looked up once rather than through the enum on every request.
+COMMAND_NAMES: Final[Mapping[Command, str]] = {command: command.name for command in Command}
 
 
 class Connection:
@@ -100,6 +113,8 @@ class Connection:
         self.context = context
         self.service: Service = context.service
         self.transport = transport
+        #: Who sends this connection's requests, as the service core judges callers.
+        self.caller = caller_of(transport.peer)
         self.session = ServerSession(context.limits, features=context.features_for(transport))
         self.requests: dict[int, RequestState] = {}
         self._doorbell_send, self._doorbell = trio.open_memory_channel[None](1)
@@ -135,9 +150,14 @@ class Connection:
         self._fds_matched = 0
         # Closed by the server to make room under a connection cap (Server.reclaim).
         self.evicted = False
-        # Bytes this connection received (for its closing DEBUG line).
+        # What this connection received, sent and was asked (for its closing line).
         self.bytes_in = 0
+        self.bytes_out = 0
+        self.request_count = 0
         self._loop_scope: trio.CancelScope | None = None
+        # This connection in the daemon's registry of requests in flight (the live view, spec
+        # 5.21), from run() on; its requests that run in a task are listed there.
+        self._live = LiveConnection(0, live_peer(transport.peer))
 
     # --- Top level -------------------------------------------------------------------------
 
@@ -145,8 +165,10 @@ class Connection:
         """Serve until the connection ends. Never raises for anything the peer does; a bug in
         the server is logged with its traceback and ends only this connection."""
         peer = self.transport.peer
-        log.info("connection from %s", peer)
+        opened = trio.current_time()
+        log.debug("connection from %s", peer)
         self.context.stats.connection_opened(self.transport.kind)
+        self._live = self.service.live.open_connection(self._live.peer)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -168,17 +190,28 @@ class Connection:
             log.exception("connection from %s failed", peer)
         finally:
             self.context.stats.connection_closed(self.transport.kind)
+            self.service.live.close_connection(self._live)
             _close_fds(self._fds)
             with trio.CancelScope(shield=True):
                 # The transport says why too, where it can (WebSocket: the close code).
                 await self.transport.aclose(error=self.session.error)
             reason = self.session.error
-            log.info("connection from %s closed%s", peer, f": {reason}" if reason else "")
-            log.debug(
-                "connection from %s: %d frames received, %d bytes in",
+            # The one INFO line of a connection: who, how long, how much (at DEBUG beyond its
+            # peer's budget of lines; its next INFO line counts those).
+            held_back = self.context.closing_lines.allow(str(peer.key), time.monotonic())
+            log.log(
+                logging.DEBUG if held_back is None else logging.INFO,
+                "connection from %s closed after %.1f s: %d requests, %d bytes in, %d bytes "
+                "out%s%s",
                 peer,
-                self.session.frames_received,
+                trio.current_time() - opened,
+                self.request_count,
                 self.bytes_in,
+                self.bytes_out,
+                f": {reason}" if reason else "",
+                f" ({held_back} more connections of this peer closed since its last line)"
+                if held_back
+                else "",
             )
 
     async def _read_loop(self) -> None:
@@ -294,7 +327,7 @@ class Connection:
             self._waiting = None
         self._last_activity = self._last_progress = trio.current_time()
         self._receive_size = next_receive_size(len(data))
-        self.context.stats.bytes_in += len(data)
+        self.context.stats.received(self.transport.kind, len(data))
         self.bytes_in += len(data)
         return data
 
@@ -345,6 +378,7 @@ class Connection:
         session = self.session
         if isinstance(event, RequestReceived):
             self.context.stats.requests += 1
+            self.request_count += 1
             message = event.message
             row = COMMANDS.get(type(message))
             if row is None:
@@ -358,7 +392,7 @@ class Connection:
                 and isinstance(row, Unary)
                 and (inline is True or inline(self, message))
             ):
-                await self._serve_inline(event.session_id, row, message)
+                await self._serve_inline(event.session_id, row, message, event.command)
             else:
                 self._start_request(event, row)
         elif isinstance(event, DataReceived):
@@ -385,22 +419,47 @@ class Connection:
             if self.context.shutting_down:
                 session.goaway("server is shutting down", self.context.grace_ms)
         elif isinstance(event, ConnectionEnded) and event.error is not None:
-            log.info("%s: connection error: %s", self.transport.peer, event.error)
+            # DEBUG: the connection's closing line (INFO) says the same as its reason.
+            log.debug("%s: connection error: %s", self.transport.peer, event.error)
 
-    async def _serve_inline(self, sid: int, row: Unary[Message], message: Message) -> None:
+    async def _serve_inline(
+        self, sid: int, row: Unary[Message], message: Message, command: Command
+    ) -> None:
         """Answer a request the table marks inline from the reader: its reply (or ERROR) is
         queued before the next frame is read. The service answers these without waiting; a
         cancellation (the connection ending) leaves it unanswered, like a request task
         cancelled with its connection."""
         session = self.session
+        # Latency for the metrics: two clock reads, the cheapest figure there is.
+        started = time.perf_counter()
         try:
             reply = await row.handler(self, message)
         except Exception as exc:
             error = self._error_for(exc, type(message).__name__, sid)
-            log.info("%s: %s failed: %s", self.transport.peer, type(message).__name__, error)
+            self._log_failure(type(message).__name__, error)
             session.send_error(sid, error)
+            self.context.stats.request_done(
+                COMMAND_NAMES[command], time.perf_counter() - started, error.code
+            )
         else:
             session.reply(sid, reply)
+            self.context.stats.request_done(COMMAND_NAMES[command], time.perf_counter() - started)
+
+    def _log_failure(self, what: str, error: LibrorumError) -> None:
+        """Log a request's failure at the level its kind deserves (see logsetup.py): a
+        refused caller is a WARNING, at most once per peer and interval."""
+        peer = self.transport.peer
+        if isinstance(error, ForbiddenError):
+            REFUSALS.refused(
+                f"forbidden {peer.key}",
+                trio.current_time(),
+                "%s: %s refused: %s",
+                peer,
+                what,
+                error,
+            )
+            return
+        log.log(failure_level(error), "%s: %s failed: %s", peer, what, error)
 
     def _error_for(self, exc: Exception, what: str, sid: int) -> LibrorumError:
         """What a request's failure tells the client: a LibrorumError as it is; anything
@@ -416,7 +475,9 @@ class Connection:
         if event.fd and fd is None:
             return  # no descriptor came with it: the connection is failing
         state = RequestState(event.session_id, event.command, fd=fd)
+        state.activity.path = path_of(event.message)
         self.requests[event.session_id] = state
+        self._live.requests[event.session_id] = state.activity
         if row.receives_data and fd is None:
             send, receive = trio.open_memory_channel[Payload](UPLOAD_QUEUE_FRAMES)
             state.data_in, state.data_out = send, receive
@@ -435,15 +496,24 @@ class Connection:
         session = self.session
         sid = state.session_id
         error: LibrorumError | None = None
+        # The waits of this task (and of the tasks it starts) record in the request's
+        # activity. The task ends with the request, so nothing needs undoing.
+        bind(state.activity)
+        started = time.perf_counter()
+        # Whether the handler returned (a READ's last DATA frame is its answer) rather than
+        # being cancelled: for the outcome the metrics count.
+        completed = False
         try:
             with state.cancel_scope:
                 reply = await row.run(self, state, message)
                 if reply is not None:
                     state.reply = reply
+                completed = True
         except Exception as exc:
             error = self._error_for(exc, state.command.name, sid)
         finally:
             del self.requests[sid]
+            self._live.requests.pop(sid, None)
             if state.data_out is not None:
                 # Late DATA for an upload that ended is discarded (the reader's send fails).
                 state.data_out.close()
@@ -454,15 +524,23 @@ class Connection:
             if state.fd is not None:
                 os.close(state.fd)
                 state.fd = None
+            outcome: ErrorCode | None = None
             if state.reply is not None:
                 session.reply(sid, state.reply)
             elif error is not None:
-                log.info("%s: %s failed: %s", self.transport.peer, state.command.name, error)
+                self._log_failure(state.command.name, error)
                 session.send_error(sid, error)
+                outcome = error.code
             elif session.is_in_flight(sid):
                 # Cancelled (CANCEL, shutdown deadline or disconnect) before any effect.
                 what = "aborted: no effect" if state.started else "cancelled before it started"
                 session.send_error(sid, CancelledError(what))
+                outcome = ErrorCode.CANCELLED
+            elif not completed:
+                outcome = ErrorCode.CANCELLED  # by a disconnect: no one to tell
+            self.context.stats.request_done(
+                COMMAND_NAMES[state.command], time.perf_counter() - started, outcome
+            )
             state.done.set()
             self.wake_writer()
             if session.closed:
@@ -544,7 +622,7 @@ class Connection:
             scope.shield = True
             await self.wait_until_sent()
         if scope.cancelled_caught:
-            log.info("%s: output not drained in time; closing", self.transport.peer)
+            log.debug("%s: output not drained in time; closing", self.transport.peer)
             with trio.CancelScope(shield=True):
                 await self.transport.aclose()
 
@@ -569,10 +647,12 @@ class Connection:
                     await self.transport.send_frames(cast("list[FrameParts]", frames))
             finally:
                 self._sending -= 1
-            self.context.stats.bytes_out += sum(
+            sent = sum(
                 len(header) + (payload.length if type(payload) is FileRegion else len(payload))
                 for header, payload in frames
             )
+            self.context.stats.sent(self.transport.kind, sent)
+            self.bytes_out += sent
             self._last_progress = trio.current_time()
         self._drained.unpark_all()
 
@@ -607,7 +687,7 @@ class Connection:
         if self.evicted:
             return
         self.evicted = True
-        log.info("%s: %s", self.transport.peer, reason)
+        log.debug("%s: %s", self.transport.peer, reason)  # the closing line gives the reason
         self.session.fail(ConnectionLimitError(reason))
         if self._loop_scope is not None:
             self._loop_scope.cancel()
@@ -636,3 +716,24 @@ class Connection:
 def _close_fds(fds: deque[int]) -> None:
     while fds:
         os.close(fds.popleft())
+
+
+def caller_of(peer: PeerInfo) -> Caller:
+    """The service core's view of ``peer``: its uid (from SO_PEERCRED) on a Unix socket;
+    whether it presented the token on WebSocket (spec 2.5)."""
+    if peer.kind == "websocket":
+        return Caller(token=peer.authenticated)
+    return Caller(uid=peer.uid)
+
+
+def live_peer(peer: PeerInfo) -> Peer:
+    """What the live view shows of ``peer``: uid and pid, or address."""
+    return Peer(transport=peer.kind, uid=peer.uid, pid=peer.pid, address=peer.address)
+
+
+def path_of(message: Message) -> str | None:
+    """The path a request works on, for the live view (RENAME: ``src -> dst``)."""
+    if isinstance(message, Rename):
+        return f"{message.src} -> {message.dst}"
+    path = getattr(message, "path", None)
+    return path if isinstance(path, str) else None

@@ -5,13 +5,21 @@ announces, its deadlines, its figures and the upload budget, and whether it is s
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
+import trio
 
 from librorum import limits
 from librorum.protocol.session import ServerLimits
 from librorum.server.budget import InflightBudget
 from librorum.service import Service, Stats
+from librorum.transport import LogLimiter
 from librorum.transport.base import FrameTransport
+
+#: A peer's closing lines at INFO: this many at once, then one per interval (seconds).
+CLOSING_LINE_BURST: Final = 100
+CLOSING_LINE_INTERVAL: Final = 1.0
 
 
 @attrs.frozen
@@ -48,6 +56,15 @@ class ServerContext:
     grace: float
     #: Set once the daemon drains: a connection that opens meanwhile gets GOAWAY at once.
     shutting_down: bool = False
+    #: Set when the daemon starts to drain: requests that would run on forever (a
+    #: LOG_STREAM following the log) end on it.
+    stopping: trio.Event = attrs.field(factory=trio.Event)
+    #: The connections' closing lines at INFO: 100 at once per peer (uid or address), then
+    #: one a second, the rest at DEBUG, so that a peer opening connections in a loop cannot
+    #: push the daemon's warnings and errors out of the log ring (spec 5.19).
+    closing_lines: LogLimiter = attrs.field(
+        factory=lambda: LogLimiter(interval=CLOSING_LINE_INTERVAL, burst=CLOSING_LINE_BURST)
+    )
 
     @property
     def grace_ms(self) -> int:

@@ -13,12 +13,13 @@ from typing import Protocol
 import attrs
 import trio
 
+from librorum.activity import Activity
 from librorum.protocol.constants import Command
 from librorum.protocol.framing import Payload
 from librorum.protocol.messages import Message
 from librorum.protocol.session import ServerSession
 from librorum.server.context import ServerContext
-from librorum.service import Service
+from librorum.service import Caller, Service
 from librorum.transport.base import FileTransport
 
 
@@ -56,6 +57,11 @@ class RequestState:
     budgeted: bool = False
     #: For WRITE, while the upload waits for budget with no credit out: set when DATA comes.
     wake: trio.Event | None = None
+    #: What the live view shows of the request (spec 5.21): the connection binds it to the
+    #: request's task, and the waits on the way (the store's, the streams') record in it.
+    activity: Activity = attrs.field(
+        default=attrs.Factory(lambda self: Activity(self.command.name), takes_self=True)
+    )
 
 
 class Driver(Protocol):
@@ -68,6 +74,10 @@ class Driver(Protocol):
 
     @property
     def session(self) -> ServerSession: ...
+
+    @property
+    def caller(self) -> Caller:
+        """Who sends this connection's requests (for the service core's admin check)."""
 
     @property
     def context(self) -> ServerContext: ...

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import trio
 
+from librorum.activity import Wait
 from librorum.errors import CancelledError, InternalError, TimeoutError_
 from librorum.protocol.framing import FileRegion, Payload
 from librorum.protocol.messages import FileReadReply
@@ -48,6 +49,7 @@ async def receive_content(
         size = len(piece)
         state.reserved -= size
         state.consumed += size
+        state.activity.moved += size
         budget.give(size)
     if not state.end_received:
         # The channel closed without END: the connection is going away.
@@ -83,7 +85,8 @@ async def _next_piece(
         budget = driver.context.budget
         state.wake = budget.waiter()
         try:
-            await state.wake.wait()
+            with state.activity.waiting(Wait.BUDGET):
+                await state.wake.wait()
         finally:
             budget.forget(state.wake)
             state.wake = None
@@ -123,9 +126,15 @@ async def _wait_for_data(
 
 
 async def wait_on_client(
-    driver: Driver, state: RequestState, what: str, wait: Callable[[], Awaitable[T]]
+    driver: Driver,
+    state: RequestState,
+    what: str,
+    wait: Callable[[], Awaitable[T]],
+    *,
+    on: Wait = Wait.PEER,
 ) -> T:
-    """Wait for the client's side of a stream, at most the stream deadline.
+    """Wait for the client's side of a stream, at most the stream deadline. The live view
+    shows the request waiting ``on`` the peer (or its credit) meanwhile.
 
     Raises:
         TimeoutError_: the deadline passed (the request ends; the connection stays).
@@ -134,7 +143,8 @@ async def wait_on_client(
     with trio.move_on_after(timeout):
         state.waiting_on_peer = True
         try:
-            return await wait()
+            with state.activity.waiting(on):
+                return await wait()
         finally:
             state.waiting_on_peer = False
     msg = f"the client {what} for {timeout:g} s: {state.command.name} aborted"
@@ -197,9 +207,12 @@ async def _send_segments(
             allowed = min(session.send_window(sid), session.max_payload, end - position)
             if allowed == 0:
                 driver.wake_writer()
-                await wait_on_client(driver, state, "granted no credit", state.window.park)
+                await wait_on_client(
+                    driver, state, "granted no credit", state.window.park, on=Wait.PEER_CREDIT
+                )
                 continue
             remaining -= allowed
+            state.activity.moved += allowed
             region = FileRegion(segment.fd, position, allowed)
             session.send_data(sid, region, end=remaining == 0)
             position += allowed
@@ -231,10 +244,13 @@ async def _send_pieces(driver: Driver, state: RequestState, reader: Reader, rema
         while view:
             allowed = min(session.send_window(sid), session.max_payload)
             if allowed == 0:
-                await wait_on_client(driver, state, "granted no credit", state.window.park)
+                await wait_on_client(
+                    driver, state, "granted no credit", state.window.park, on=Wait.PEER_CREDIT
+                )
                 continue
             chunk, view = view[:allowed], view[allowed:]
             remaining -= len(chunk)
+            state.activity.moved += len(chunk)
             session.send_data(sid, chunk, end=remaining == 0)
             driver.wake_writer()
             await wait_on_client(driver, state, "read nothing", driver.wait_for_writer)

@@ -22,21 +22,44 @@ that offers it (for LBRU: ``librorum/server/commands.py``).
 
 from __future__ import annotations
 
+import logging
+import platform
 import re
 import secrets
+import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 
+import attrs
 import trio
 
-from librorum.errors import BadRequestError, ConflictError, NotFoundError
+from librorum.errors import BadRequestError, ConflictError, NotFoundError, UnavailableError
+from librorum.histogram import HistogramSnapshot
+from librorum.service.caller import Admins, Caller
+from librorum.service.checks import Checks
 from librorum.service.descriptors import DescriptorKind, descriptor_kind
 from librorum.service.figures import InflightGauge, NodeReport, Stats
-from librorum.store import FileInfo, ListPage, Reader, Store, Upload, UploadStatus, WriteMode
+from librorum.service.live import MAX_LISTED, LiveRequests, LiveSnapshot
+from librorum.service.logring import LogCounts, LogEntry, LogFilter, LogPage, LogRing
+from librorum.store import (
+    FileInfo,
+    FsckProgress,
+    FsckReport,
+    ListPage,
+    Reader,
+    RepairReport,
+    Store,
+    Upload,
+    UploadStatus,
+    WriteMode,
+)
 from librorum.store.store import DEFAULT_INLINE_LIST_LIMIT
 from librorum.version import __version__
+
+log = logging.getLogger("librorum.service")
 
 #: Spec 5.10: what a client-chosen upload id may look like.
 UPLOAD_ID: Final = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -73,6 +96,12 @@ class Service:
         store: The open store; the service calls its public API only.
         stats: The figures the front doors keep (a new, empty one if omitted).
         inflight: The budget of upload bytes in flight, for :meth:`node_status`.
+        admins: Who may run administrators' commands (default: the daemon's own uid).
+        node_id: The node's stable identity (default: a random one).
+        on_shutdown: Starts the daemon's graceful shutdown (for :meth:`shutdown`); ``None``
+            when nothing runs the service that could stop.
+        logs: The daemon's recent log records (default: an empty ring of its own, which
+            nothing logs into).
 
     Every method runs on the Trio thread. The read-only ones (:meth:`stat`, :meth:`list`
     with a small page, :meth:`upload_status`) complete without a checkpoint: a front door may
@@ -80,14 +109,31 @@ class Service:
     """
 
     def __init__(
-        self, store: Store, *, stats: Stats | None = None, inflight: InflightGauge | None = None
+        self,
+        store: Store,
+        *,
+        stats: Stats | None = None,
+        inflight: InflightGauge | None = None,
+        admins: Admins | None = None,
+        node_id: str | None = None,
+        on_shutdown: Callable[[], None] | None = None,
+        logs: LogRing | None = None,
     ) -> None:
         self._store = store
+        self.admins = admins if admins is not None else Admins()
         self.stats = stats if stats is not None else Stats()
         self._inflight: InflightGauge = inflight if inflight is not None else _NoBudget()
-        #: Random, chosen at start: tells restarts apart in :meth:`node_status`.
-        self.node_id = secrets.token_hex(8)
+        #: The node's identity in :meth:`node_status`: the one kept in the data directory
+        #: (the daemon passes it), else random, chosen at start.
+        self.node_id = node_id if node_id is not None else secrets.token_hex(8)
         self._started_at = time.monotonic()
+        #: The requests in flight across the front doors, for :meth:`requests_in_flight`.
+        self.live = LiveRequests()
+        self._started_wall = time.time()
+        self._on_shutdown = on_shutdown
+        #: fsck, repair and the background scrub, and what they found last.
+        self.checks = Checks(store, self.admins.check)
+        self.logs = logs if logs is not None else LogRing(1)
 
     @property
     def max_file_size(self) -> int:
@@ -341,4 +387,185 @@ class Service:
             store=figures,
             inflight_bytes=self._inflight.used,
             inflight_peak_bytes=self._inflight.peak,
+            read_only_reason=self._store.read_only_reason,
+            read_only_since=self._store.read_only_since,
+            client_errors=stats.client_errors,
+            server_errors=stats.server_errors,
+            python_version=platform.python_version(),
+            sqlite_version=sqlite3.sqlite_version,
+            started_at=self._started_wall,
+            checks=attrs.evolve(self.checks.figures),
         )
+
+    # --- the live view -----------------------------------------------------------------------
+
+    async def requests_in_flight(self, caller: Caller, *, limit: int = MAX_LISTED) -> LiveSnapshot:
+        """The requests in flight across every connection: the ``limit`` oldest (at most
+        :data:`~librorum.service.live.MAX_LISTED`), what each waits on, and the total count
+        (spec 5.21). For administrators only (spec 2.5).
+
+        Cancellation: not interruptible (no checkpoint: a front door may answer it inline).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            ValueError: ``limit`` < 1 (a caller bug).
+        """
+        self.admins.check(caller, "the live view of requests in flight")
+        return self.live.snapshot(limit)
+
+    def shutdown(self, caller: Caller) -> None:
+        """Ask the daemon to shut down gracefully, as on SIGTERM: it stops accepting, tells
+        every connection GOAWAY, lets the requests in flight finish within the grace, and
+        exits. Returns at once (the drain begins at the caller's next checkpoint, so the
+        caller's answer goes out first).
+
+        Cancellation: not interruptible (no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator (spec 2.5).
+            UnavailableError: Nothing that runs this service can stop.
+        """
+        self.admins.check(caller, "stop the daemon")
+        if self._on_shutdown is None:
+            msg = "this service cannot be stopped from a request"
+            raise UnavailableError(msg)
+        who = f"uid {caller.uid}" if caller.uid is not None else "a token holder"
+        log.info("shutdown requested by %s", who)
+        self._on_shutdown()
+
+    def fsync_latency(self) -> HistogramSnapshot:
+        """How long the store's fsyncs have taken since it opened (a histogram, seconds).
+
+        No checkpoint; never raises.
+        """
+        return self._store.fsync_latency()
+
+    def commit_latency(self) -> HistogramSnapshot:
+        """How long the store's metadata commits have taken since it opened (a histogram,
+        seconds).
+
+        No checkpoint; never raises.
+        """
+        return self._store.commit_latency()
+
+    # --- checks (administrators) ---------------------------------------------------------------
+
+    async def fsck(self, caller: Caller, progress: FsckProgress | None = None) -> FsckReport:
+        """Check the whole store (see :meth:`Checks.fsck`); ``progress`` is updated as it
+        goes.
+
+        Cancellation: stops the check at once.
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            BusyError: A check or repair is running.
+            StoreIOError: The metadata could not be read.
+        """
+        return await self.checks.fsck(caller, progress)
+
+    async def repair(self, caller: Caller, progress: FsckProgress | None = None) -> RepairReport:
+        """Check the whole store and repair what can be (see :meth:`Checks.repair`).
+
+        Cancellation: during the check, at once; during the repair, between its steps (a
+        step that began completes).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            BusyError: A check or repair is running.
+            ReadOnlyError: The store refuses writes.
+            StoreIOError, NoSpaceError, TimeoutError_: A repair step failed.
+        """
+        return await self.checks.repair(caller, progress)
+
+    # --- the log (spec 5.19) -----------------------------------------------------------------
+
+    async def read_log(
+        self,
+        caller: Caller,
+        log_filter: LogFilter,
+        *,
+        cursor: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+        budget: Callable[[LogEntry], bool] | None = None,
+    ) -> LogPage:
+        """A page of the daemon's recent log records (see :meth:`LogRing.read`).
+
+        Cancellation: not interruptible (a scan of the ring in memory, no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+            BadRequestError: ``limit`` < 1.
+        """
+        self.admins.check(caller, "reading the log")
+        if limit < 1:
+            msg = f"a page of the log holds at least one record, not {limit}"
+            raise BadRequestError(msg)
+        return self.logs.read(
+            log_filter, cursor=cursor, limit=limit, newest_first=newest_first, budget=budget
+        )
+
+    async def log_counts(self, caller: Caller) -> LogCounts:
+        """The log's figures: records by level and logger, the per-minute trend.
+
+        Cancellation: not interruptible (reads memory, no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+        """
+        self.admins.check(caller, "reading the log")
+        return self.logs.counts()
+
+    async def follow_log(self, caller: Caller, log_filter: LogFilter, last: int) -> int:
+        """Where a follower of the log starts: the cursor of the oldest of the ``last``
+        newest records that pass ``log_filter`` (the next record's when ``last`` is 0 or none
+        does). Read from it with :meth:`read_log`, and wait for more with
+        :meth:`wait_for_log`.
+
+        Cancellation: not interruptible (no checkpoint).
+
+        Raises:
+            ForbiddenError: ``caller`` is not an administrator.
+        """
+        self.admins.check(caller, "following the log")
+        start = self.logs.next_seq
+        if last > 0:
+            page = self.logs.read(log_filter, limit=last, newest_first=True)
+            if page.entries:
+                start = page.entries[-1].seq
+        return start
+
+    async def wait_for_log(self, cursor: int) -> None:
+        """Return once the log holds a record at or after ``cursor`` (at once if it does).
+
+        The wait holds nothing but a listener on the ring: a record logged in any thread
+        wakes it through the Trio token.
+
+        Cancellation: safe at any point.
+        """
+        ring = self.logs
+        if ring.next_seq > cursor:
+            return
+        arrived = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        trio_thread = threading.get_ident()
+
+        def wake() -> None:
+            # Called in the thread that logged. In the Trio thread (a task logged) the event
+            # is set at once: through run_sync_soon it would be set only after the run loop
+            # noticed its wakeup, later than a task that waits on it could expect.
+            if threading.get_ident() == trio_thread:
+                arrived.set()
+                return
+            try:
+                token.run_sync_soon(arrived.set)
+            except trio.RunFinishedError:
+                pass  # the run is over: nobody waits any more
+
+        ring.add_listener(wake)
+        try:
+            if ring.next_seq > cursor:  # logged between the check and the listener
+                return
+            await arrived.wait()
+        finally:
+            ring.remove_listener(wake)

@@ -25,9 +25,12 @@ from librorum.store.store import (
 )
 from librorum.store.types import (
     FileInfo as FileInfo,
+    FsckProgress as FsckProgress,
     FsckReport as FsckReport,
     ListPage as ListPage,
     RecoveryReport as RecoveryReport,
+    RepairReport as RepairReport,
+    ScrubStep as ScrubStep,
     Segment as Segment,
     StoreStatus as StoreStatus,
     UploadStatus as UploadStatus,

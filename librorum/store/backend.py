@@ -20,6 +20,7 @@ from typing import Final
 import attrs
 import trio
 
+from librorum.histogram import LockedHistogram
 from librorum.store.fs import FS
 from librorum.store.meta import MetadataStore
 from librorum.store.objects import LocalChunkStore, ObjectStore
@@ -45,6 +46,10 @@ class BackendContext:
             reserve failed for lack of space; returns whether space was given back.
         check_space: Call (from a worker thread) before storing new data; raises
             NoSpaceError below the free-space floor.
+        fsync_latency: Where a backend records how long each of its fsyncs took (seconds,
+            from any thread): the store's public figures (``Store.fsync_latency``).
+        commit_latency: The same for each metadata commit (which makes its log durable:
+            SQLite's COMMIT fsyncs the WAL); ``Store.commit_latency``.
     """
 
     data_dir: Path
@@ -54,6 +59,8 @@ class BackendContext:
     on_fatal_io: Callable[[BaseException], None]
     release_reserve: Callable[[], bool]
     check_space: Callable[[str], None]
+    fsync_latency: LockedHistogram = attrs.field(factory=LockedHistogram)
+    commit_latency: LockedHistogram = attrs.field(factory=LockedHistogram)
 
 
 #: Opens the metadata store for one open of the store.
@@ -70,6 +77,7 @@ def sqlite_metadata(ctx: BackendContext) -> SqliteMetadataStore:
         on_commit_failure=ctx.on_fatal_io,
         release_reserve=ctx.release_reserve,
         lock_timeout=ctx.lock_timeout,
+        commit_latency=ctx.commit_latency,
     )
 
 
@@ -81,4 +89,5 @@ def local_chunk_files(ctx: BackendContext) -> LocalChunkStore:
         limiter=ctx.io_limiter,
         on_fsync_failure=ctx.on_fatal_io,
         check_space=ctx.check_space,
+        fsync_latency=ctx.fsync_latency,
     )

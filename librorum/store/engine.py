@@ -24,6 +24,7 @@ from typing import Final, ParamSpec, TypeVar
 
 import trio
 
+from librorum.activity import Wait, waiting
 from librorum.errors import (
     BusyError,
     CorruptDataError,
@@ -123,6 +124,10 @@ class ChunkEngine:
             release_reserve=self.space.release_sync,
             check_space=self.space.check_data_sync,
         )
+        #: How long the backend's fsyncs and metadata commits take (recorded from worker
+        #: threads).
+        self.fsync_latency = ctx.fsync_latency
+        self.commit_latency = ctx.commit_latency
         self.meta = metadata(ctx)
         self.objects = objects(ctx)
         # Checked once here rather than per chunk sent (a Protocol isinstance is not free).
@@ -143,6 +148,8 @@ class ChunkEngine:
         self._jobs_running = 0
         self._jobs_idle = trio.Event()
         self._read_only: str | None = None
+        #: When the store turned read-only (seconds since the epoch), if it has.
+        self.read_only_since: float | None = None
         self._closed = False
         self._lock_fd: int | None = None
 
@@ -156,6 +163,7 @@ class ChunkEngine:
         the store turns read-only until reopened. Safe from any thread; never raises."""
         # Called from worker threads: a plain attribute store is atomic.
         if self._read_only is None:
+            self.read_only_since = time.time()
             self._read_only = f"an fsync or metadata commit failed ({exc!r})"
             log.error("store turned read-only: %s", self._read_only)
 
@@ -163,6 +171,11 @@ class ChunkEngine:
     def read_only(self) -> bool:
         """Whether writes are refused (after an fsync failure; reopen to clear)."""
         return self._read_only is not None
+
+    @property
+    def read_only_reason(self) -> str | None:
+        """Why writes are refused (the failure that turned the store read-only), if they are."""
+        return self._read_only
 
     def check_writable(self) -> None:
         """Refuse a write if the store is closed or read-only.
@@ -218,7 +231,8 @@ class ChunkEngine:
             Whatever ``fn`` raises.
         """
         assert not kwargs
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.io_limiter)
+        with waiting(Wait.DISK):
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.io_limiter)
 
     def start_job(self, fn: Callable[[T], Awaitable[None]], job: T) -> None:
         """Start ``fn(job)`` in the background (it must not raise: it records its outcome in
@@ -378,6 +392,14 @@ class ChunkEngine:
             log.error(
                 "chunk %s failed verification (%s): moved to quarantine/; uploading its "
                 "content again heals the files using it",
+                digest,
+                where,
+            )
+        elif self._read_only is not None:
+            # Not quarantined because the store cannot write: the damage must still be seen.
+            log.error(
+                "chunk %s failed verification (%s); the store is read-only, so it stays where "
+                "it is and the files using it cannot be read",
                 digest,
                 where,
             )

@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 
 import trio
 
+from librorum.activity import Wait, waiting
 from librorum.errors import TimeoutError_
 from librorum.store.objects import new_buffer
 
@@ -34,12 +35,16 @@ class LockTable(Generic[K]):
     different keys never contend (no false sharing, which a fixed number of shards would
     cause), and the table holds only the keys of operations in flight, so it is bounded by
     them. On a single-threaded event loop the dictionary itself needs no further sharding.
-    Locks are FIFO-fair (``trio.Lock``).
+    Locks are FIFO-fair (``trio.Lock``). A request waiting for a lock shows it in the live
+    view as ``wait`` (:mod:`librorum.activity`).
     """
 
-    def __init__(self, *, timeout: float) -> None:
+    def __init__(self, *, timeout: float, wait: Wait = Wait.DISK) -> None:
         self._entries: dict[K, _Entry] = {}
         self._timeout = timeout
+        # What a request waiting here waits on, for the live view (spec 5.21): a path lock,
+        # or (chunk locks) another request's chunk I/O.
+        self._wait = wait
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -69,7 +74,7 @@ class LockTable(Generic[K]):
             entries.append(entry)
         acquired: list[_Entry] = []
         try:
-            with trio.move_on_after(self._timeout) as scope:
+            with waiting(self._wait), trio.move_on_after(self._timeout) as scope:
                 for entry in entries:
                     await entry.lock.acquire()
                     acquired.append(entry)

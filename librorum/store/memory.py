@@ -391,6 +391,29 @@ class _MemoryTxn:
         )
         return [r.id for r in rows[:limit]]
 
+    def set_refs(self, digest: bytes, refs: int) -> bool:
+        known = self._db.chunks.get(digest)
+        if known is None:
+            return False
+        if refs > 0:
+            self._put(self._db.chunks, digest, (known[0], refs))
+            return False
+        self._pop(self._db.chunks, digest)
+        self._add("chunk_count", -1)
+        self._add("stored_bytes", -known[0])
+        self.add_pending([digest])
+        return True
+
+    def chunks_after(self, after: bytes | None, limit: int) -> list[tuple[bytes, int]]:
+        start = after if after is not None else b""
+        # A sort per step: fine for the test-sized stores this backend holds.
+        found = sorted(
+            (d, size)
+            for d, (size, _refs) in self._db.chunks.items()
+            if d > start and not self.is_quarantined(d)
+        )
+        return found[:limit]
+
 
 class MemoryMetadataStore:
     """A :class:`~librorum.store.meta.MetadataStore` over :class:`MemoryMetadata`.
@@ -604,13 +627,14 @@ class MemoryObjectStore:
         for key in keys:
             self._state.objects.pop(key, None)
 
-    async def list_all(self) -> dict[str, list[str]]:
+    async def list_all(self, shards: Sequence[str] = SHARDS) -> dict[str, list[str]]:
         """The keys (hex) by shard, as the local store lists its files."""
         await trio.lowlevel.checkpoint()
-        out: dict[str, list[str]] = {shard: [] for shard in SHARDS}
+        out: dict[str, list[str]] = {shard: [] for shard in shards}
         for key in self._state.objects:
             name = key.hex()
-            out[name[:2]].append(name)
+            if name[:2] in out:
+                out[name[:2]].append(name)
         return out
 
     async def is_current(self, key: bytes, identity: Identity) -> bool:

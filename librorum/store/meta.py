@@ -241,6 +241,18 @@ class MetaTxn(Protocol):
         """Up to ``limit`` ids of uploads created before ``created_ns``, oldest first."""
         ...
 
+    def set_refs(self, digest: bytes, refs: int) -> bool:
+        """Set the reference count of a stored chunk (a repair, to the references counted);
+        with 0 the chunk loses its row and is journalled as pending, as by
+        :meth:`drop_refs`. Returns whether it was released so (False also when the chunk has
+        no row: nothing is changed)."""
+        ...
+
+    def chunks_after(self, after: bytes | None, limit: int) -> list[tuple[bytes, int]]:
+        """Up to ``limit`` stored chunks that are not quarantined, as (digest, size), in digest
+        order, after ``after`` (from the first if ``None``)."""
+        ...
+
 
 class MetadataStore(Protocol):
     """Transactions over the metadata.

@@ -45,6 +45,7 @@ import mmap
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol, TypeVar, runtime_checkable
 
@@ -52,7 +53,9 @@ import attrs
 import blake3
 import trio
 
+from librorum.activity import Wait, waiting
 from librorum.errors import CorruptDataError
+from librorum.histogram import LockedHistogram
 from librorum.store._translate import translating
 from librorum.store.fs import FS
 
@@ -181,8 +184,9 @@ class ObjectStore(Protocol):
         """Delete objects (missing ones are ignored), durably by the time this returns."""
         ...
 
-    async def list_all(self) -> dict[str, list[str]]:
-        """The names found in each shard (``SHARDS``): digests in hex, and anything else."""
+    async def list_all(self, shards: Sequence[str] = SHARDS) -> dict[str, list[str]]:
+        """The names found in each of ``shards`` (default: every shard, ``SHARDS``): digests
+        in hex, and anything else."""
         ...
 
     async def is_current(self, key: bytes, identity: Identity) -> bool:
@@ -235,8 +239,11 @@ class LocalChunkStore:
         limiter: trio.CapacityLimiter,
         on_fsync_failure: Callable[[BaseException], None],
         check_space: Callable[[str], None] | None = None,
+        fsync_latency: LockedHistogram | None = None,
     ) -> None:
         self.root = root
+        # Each fsync's duration, for the store's figures (metrics): how slow the disk is.
+        self._fsync_latency = fsync_latency
         # Called before each new chunk file: raises NoSpaceError below the free-space floor.
         self._check_space = check_space
         self.chunk_dir = os.path.join(root, "chunks")
@@ -310,11 +317,15 @@ class LocalChunkStore:
     # --- helpers (worker threads) -------------------------------------------------------------
 
     def _fsync(self, fd: int) -> None:
+        started = time.perf_counter()
         try:
             self._fs.fsync(fd)
         except OSError as exc:
             self._on_fsync_failure(exc)
             raise
+        finally:
+            if self._fsync_latency is not None:
+                self._fsync_latency.observe(time.perf_counter() - started)
 
     def _fsync_dir(self, path: str) -> None:
         fd = self._fs.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -438,7 +449,8 @@ class LocalChunkStore:
 
         async def one(item: T) -> None:
             try:
-                await trio.to_thread.run_sync(fn, item, limiter=self._limiter)
+                with waiting(Wait.DISK):
+                    await trio.to_thread.run_sync(fn, item, limiter=self._limiter)
             except Exception as exc:
                 errors.append(exc)
 
@@ -595,9 +607,10 @@ class LocalChunkStore:
             StoreIOError: The write failed (the temp file, if created, stays with
                 ``staged``: discard it).
         """
-        await trio.to_thread.run_sync(
-            self.stage_piece_sync, staged, buf, length, last, limiter=self._limiter
-        )
+        with waiting(Wait.DISK):
+            await trio.to_thread.run_sync(
+                self.stage_piece_sync, staged, buf, length, last, limiter=self._limiter
+            )
 
     async def publish_many(self, staged: Sequence[Staged]) -> None:
         """Make staged chunks durable under their digests, in one batch: fsync every temp
@@ -630,9 +643,10 @@ class LocalChunkStore:
             except BaseException:
                 await self.discard_many(staged)
                 raise
-            shards = await trio.to_thread.run_sync(
-                self._rename_staged_sync, staged, limiter=self._limiter
-            )
+            with waiting(Wait.DISK):
+                shards = await trio.to_thread.run_sync(
+                    self._rename_staged_sync, staged, limiter=self._limiter
+                )
             await self._in_threads(self._fsync_dir_sync, shards)
 
     async def discard_many(self, staged: Sequence[Staged]) -> None:
@@ -643,7 +657,8 @@ class LocalChunkStore:
                 self._drop_temp(item.temp, item.fd)
                 item.temp, item.fd = "", -1
 
-        await trio.to_thread.run_sync(run, limiter=self._limiter)
+        with waiting(Wait.DISK):
+            await trio.to_thread.run_sync(run, limiter=self._limiter)
 
     async def get(self, key: bytes, into: memoryview, offset: int, verify: Verify) -> None:
         """Read a chunk range into ``into`` and verify it (see :class:`ObjectStore`).
@@ -652,9 +667,10 @@ class LocalChunkStore:
             CorruptChunkError: The chunk is missing, short, or ``verify`` rejects it.
             StoreIOError: The read failed.
         """
-        await trio.to_thread.run_sync(
-            self._get_sync, key, into, offset, verify, limiter=self._limiter
-        )
+        with waiting(Wait.DISK):
+            await trio.to_thread.run_sync(
+                self._get_sync, key, into, offset, verify, limiter=self._limiter
+            )
 
     async def check(self, key: bytes, length: int, also: blake3.blake3 | None = None) -> None:
         """Verify a chunk by hashing a read-only mapping of it (no buffer), and feed its bytes
@@ -664,7 +680,10 @@ class LocalChunkStore:
             CorruptChunkError: The chunk is missing, short or does not match its digest.
             StoreIOError: The open or read failed.
         """
-        await trio.to_thread.run_sync(self._check_sync, key, length, also, limiter=self._limiter)
+        with waiting(Wait.DISK):
+            await trio.to_thread.run_sync(
+                self._check_sync, key, length, also, limiter=self._limiter
+            )
 
     async def delete(self, keys: Sequence[bytes]) -> None:
         """Unlink chunk files and fsync their shards.
@@ -672,16 +691,18 @@ class LocalChunkStore:
         Raises:
             StoreIOError: An unlink or fsync failed (some files may be gone).
         """
-        await trio.to_thread.run_sync(self._delete_sync, keys, limiter=self._limiter)
+        with waiting(Wait.DISK):
+            await trio.to_thread.run_sync(self._delete_sync, keys, limiter=self._limiter)
 
-    async def list_all(self) -> dict[str, list[str]]:
-        """The names in each shard directory (one worker thread call)."""
+    async def list_all(self, shards: Sequence[str] = SHARDS) -> dict[str, list[str]]:
+        """The names in each of ``shards``' directories (one worker thread call)."""
 
         def run() -> dict[str, list[str]]:
             with translating("list chunks"):
-                return {s: self._fs.listdir(f"{self.chunk_dir}/{s}") for s in SHARDS}
+                return {s: self._fs.listdir(f"{self.chunk_dir}/{s}") for s in shards}
 
-        return await trio.to_thread.run_sync(run, limiter=self._limiter)
+        with waiting(Wait.DISK):
+            return await trio.to_thread.run_sync(run, limiter=self._limiter)
 
     async def is_current(self, key: bytes, identity: Identity) -> bool:
         """Whether the chunk's file is still the one found bad (``identity``).
@@ -689,9 +710,10 @@ class LocalChunkStore:
         Raises:
             StoreIOError: The open failed (other than for a missing file).
         """
-        return await trio.to_thread.run_sync(
-            self._is_current_sync, key, identity, limiter=self._limiter
-        )
+        with waiting(Wait.DISK):
+            return await trio.to_thread.run_sync(
+                self._is_current_sync, key, identity, limiter=self._limiter
+            )
 
     async def quarantine(self, key: bytes, identity: Identity) -> bool:
         """Move the chunk file to ``quarantine/`` if it is still the file found bad, and make
@@ -703,9 +725,10 @@ class LocalChunkStore:
         Raises:
             StoreIOError, NoSpaceError: The move or an fsync failed.
         """
-        return await trio.to_thread.run_sync(
-            self._quarantine_sync, key, identity, limiter=self._limiter
-        )
+        with waiting(Wait.DISK):
+            return await trio.to_thread.run_sync(
+                self._quarantine_sync, key, identity, limiter=self._limiter
+            )
 
     async def drop_quarantined(self, keys: Sequence[bytes]) -> None:
         """Remove quarantined copies (missing ones are ignored).
@@ -713,7 +736,8 @@ class LocalChunkStore:
         Raises:
             StoreIOError: An unlink failed.
         """
-        await trio.to_thread.run_sync(self._drop_quarantined_sync, keys, limiter=self._limiter)
+        with waiting(Wait.DISK):
+            await trio.to_thread.run_sync(self._drop_quarantined_sync, keys, limiter=self._limiter)
 
     # --- LocalObjects ---------------------------------------------------------------------------
 

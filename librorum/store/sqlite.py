@@ -35,7 +35,9 @@ from typing import Final, TypeVar
 import attrs
 import trio
 
+from librorum.activity import Wait, waiting
 from librorum.errors import NoSpaceError, StoreIOError, TimeoutError_
+from librorum.histogram import LockedHistogram
 from librorum.store._translate import store_error_for, translating
 from librorum.store.fs import FS
 from librorum.store.meta import (
@@ -443,6 +445,27 @@ class _SqliteTxn:
         )
         return [str(r[0]) for r in cur]
 
+    def set_refs(self, digest: bytes, refs: int) -> bool:
+        row = self._execute("SELECT size FROM chunks WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            return False
+        if refs > 0:
+            self._execute("UPDATE chunks SET refs = ? WHERE digest = ?", (refs, digest))
+            return False
+        self._execute("DELETE FROM chunks WHERE digest = ?", (digest,))
+        self._d_chunks -= 1
+        self._d_stored -= int(row[0])
+        self.add_pending([digest])
+        return True
+
+    def chunks_after(self, after: bytes | None, limit: int) -> list[tuple[bytes, int]]:
+        cur = self._execute(
+            "SELECT digest, size FROM chunks WHERE digest > ?"
+            " AND digest NOT IN (SELECT digest FROM quarantine) ORDER BY digest LIMIT ?",
+            (after if after is not None else b"", limit),
+        )
+        return [(bytes(d), int(s)) for d, s in cur]
+
 
 def _connect(path: str, *, same_thread: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(
@@ -571,6 +594,7 @@ class SqliteMetadataStore:
             store's space reserve, or opening, failed for lack of space: gives the reserve's
             space back and returns whether there was any to give.
         lock_timeout: Longest wait for the writer (seconds) before TimeoutError_.
+        commit_latency: Where each commit's duration is recorded (seconds), if anywhere.
     """
 
     def __init__(
@@ -581,8 +605,10 @@ class SqliteMetadataStore:
         on_commit_failure: Callable[[BaseException], None],
         release_reserve: Callable[[], bool],
         lock_timeout: float,
+        commit_latency: LockedHistogram | None = None,
     ) -> None:
         self._path = path
+        self._commit_latency = commit_latency
         self._release_reserve = release_reserve
         self._lock_timeout = lock_timeout
         self._fs = fs
@@ -723,7 +749,8 @@ class SqliteMetadataStore:
                 finally:
                     conn.close()
 
-        return await trio.to_thread.run_sync(run)
+        with waiting(Wait.DISK):
+            return await trio.to_thread.run_sync(run)
 
     async def write(self, fn: Callable[[MetaTxn], T], *, use_reserve: bool = False) -> T:
         """Run ``fn`` in a write transaction in the writer thread and commit it. With
@@ -740,17 +767,19 @@ class SqliteMetadataStore:
                 reserve could not help).
             TimeoutError_: The writer was busy for longer than the lock timeout.
         """
-        with trio.move_on_after(self._lock_timeout) as scope:
+        # Waiting for another transaction to commit is waiting for the disk too.
+        with waiting(Wait.DISK), trio.move_on_after(self._lock_timeout) as scope:
             await self._write_lock.acquire()
         if scope.cancelled_caught:
             msg = f"metadata writer busy for more than {self._lock_timeout} s"
             raise TimeoutError_(msg)
         try:
-            return await trio.to_thread.run_sync(
-                self._write_sync_reserved if use_reserve else self._write_sync,
-                fn,
-                limiter=self._limiter,
-            )
+            with waiting(Wait.DISK):
+                return await trio.to_thread.run_sync(
+                    self._write_sync_reserved if use_reserve else self._write_sync,
+                    fn,
+                    limiter=self._limiter,
+                )
         finally:
             self._write_lock.release()
 
@@ -787,6 +816,7 @@ class SqliteMetadataStore:
         def commit() -> None:
             conn.execute("COMMIT")
 
+        started = time.perf_counter()
         try:
             self._fs.commit_metadata(commit)
         except BaseException as exc:
@@ -798,6 +828,9 @@ class SqliteMetadataStore:
             if not isinstance(exc, Exception) or not _is_no_space(exc):
                 self._on_commit_failure(exc)
             raise
+        finally:
+            if self._commit_latency is not None:
+                self._commit_latency.observe(time.perf_counter() - started)
         return result
 
 

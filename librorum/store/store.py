@@ -99,10 +99,12 @@ from typing import Final
 
 import trio
 
+from librorum.activity import Wait
 from librorum.domain import DEFAULT_LIST_LIMIT, DEFAULT_MAX_FILE_SIZE, WriteMode
 from librorum.errors import IsADirectoryError_
+from librorum.histogram import HistogramSnapshot
 from librorum.limits import MIN_FREE_SPACE
-from librorum.store import namespace as ns, recovery
+from librorum.store import namespace as ns, recovery, repair
 from librorum.store.backend import (
     MetadataFactory,
     ObjectFactory,
@@ -118,9 +120,12 @@ from librorum.store.paths import normalize
 from librorum.store.reader import Reader, Span
 from librorum.store.types import (
     FileInfo,
+    FsckProgress,
     FsckReport,
     ListPage,
     RecoveryReport,
+    RepairReport,
+    ScrubStep,
     StoreStatus,
     UploadStatus,
 )
@@ -215,6 +220,27 @@ class Store:
     def read_only(self) -> bool:
         """Whether writes are refused (after an fsync failure; reopen to clear)."""
         return self._engine.read_only
+
+    @property
+    def read_only_reason(self) -> str | None:
+        """Why writes are refused (the fsync or commit failure), or ``None`` when they are
+        not."""
+        return self._engine.read_only_reason
+
+    @property
+    def read_only_since(self) -> float | None:
+        """When the store turned read-only (seconds since the epoch), if it has."""
+        return self._engine.read_only_since
+
+    def fsync_latency(self) -> HistogramSnapshot:
+        """How long the chunk files' and directories' fsyncs have taken since the open
+        (seconds; a histogram of fixed buckets). Never raises; no checkpoint."""
+        return self._engine.fsync_latency.snapshot()
+
+    def commit_latency(self) -> HistogramSnapshot:
+        """How long the metadata commits have taken since the open (seconds; each makes the
+        metadata's log durable, with an fsync). Never raises; no checkpoint."""
+        return self._engine.commit_latency.snapshot()
 
     # --- namespace --------------------------------------------------------------------------------
 
@@ -481,22 +507,56 @@ class Store:
             quarantined=quarantined,
         )
 
-    async def fsck(self) -> FsckReport:
+    async def fsck(self, progress: FsckProgress | None = None) -> FsckReport:
         """Check the whole store: rehash every chunk file, recount every reference, check the
-        namespace and the figures, and look for missing and orphan chunk files.
+        namespace and the figures, look for missing and orphan chunk files, and list the
+        files that use a corrupt, missing or quarantined chunk.
 
         Safe on a live store: findings that concurrent activity could explain (a chunk
         written or collected during the scan) are rechecked against the current state
         before being reported. Reports, never repairs; but a chunk found corrupt is
         quarantined, as a read finding it would (logged at ERROR, moved aside, recorded:
-        see :meth:`_on_corrupt`), and listed both as corrupt and as quarantined.
+        see :meth:`ChunkEngine.on_corrupt`), and listed both as corrupt and as quarantined.
+
+        Args:
+            progress: Updated in place as the check goes (read it from another task).
 
         Cancellation: safe at any point (reads only; chunk reads in flight are waited for).
 
         Raises:
             StoreIOError: The metadata could not be read.
         """
-        return await recovery.fsck(self._engine)
+        return await recovery.fsck(self._engine, progress)
+
+    async def repair(self, progress: FsckProgress | None = None) -> RepairReport:
+        """Check the whole store as :meth:`fsck`, then repair what it can: drop orphan chunk
+        files, set wrong reference counts to the references counted, and list the files that
+        still use a quarantined or missing chunk (only their content, uploaded again, heals
+        them). See ``repair.py``.
+
+        Args:
+            progress: Updated in place as the check and the repair go.
+
+        Cancellation: during the check, at any point; during the repair, between its
+        bounded steps (a step that began completes).
+
+        Raises:
+            ReadOnlyError: The store refuses writes.
+            StoreIOError, NoSpaceError, TimeoutError_: A step failed (earlier ones stand).
+        """
+        return await repair.repair(self._engine, progress)
+
+    async def scrub_step(self, after: bytes | None, limit: int) -> ScrubStep:
+        """Verify the next stored chunks after digest ``after`` (``None``: from the first),
+        up to ``limit`` of them, in digest order; a chunk found corrupt is quarantined as a
+        read finding it would. The background scrub calls this in a loop, at its own pace.
+
+        Cancellation: safe at any point (the chunk being verified is waited for).
+
+        Raises:
+            StoreIOError: The metadata could not be read.
+        """
+        return await recovery.scrub_step(self._engine, after, limit)
 
     async def collect_garbage(self) -> int:
         """Collect every unreferenced, unpinned chunk now (:meth:`ChunkEngine.collect_garbage`).
@@ -615,7 +675,7 @@ async def open_store(
         metadata_reserve=metadata_reserve,
     )
     # The namespace's operations and the uploads' commits share the per-path locks.
-    path_locks: LockTable[str] = LockTable(timeout=lock_timeout)
+    path_locks: LockTable[str] = LockTable(timeout=lock_timeout, wait=Wait.PATH_LOCK)
     uploads = UploadRegistry(engine, path_locks)
     store = Store(engine, uploads, path_locks, inline_list_limit=inline_list_limit)
     try:

@@ -156,6 +156,9 @@ class FsckReport:
         quarantined: Hex digests of the chunks in quarantine (found corrupt, by this check or
             earlier, and not healed since).
         quarantined_count: Their number.
+        affected: Paths of the files that use a corrupt, missing or quarantined chunk (they
+            cannot be read whole until their content is uploaded again).
+        affected_count: Their number.
     """
 
     files: int
@@ -175,6 +178,8 @@ class FsckReport:
     temp_files: int
     quarantined: list[str] = attrs.field(factory=list)
     quarantined_count: int = 0
+    affected: list[str] = attrs.field(factory=list)
+    affected_count: int = 0
 
     @property
     def ok(self) -> bool:
@@ -188,3 +193,72 @@ class FsckReport:
             or self.refcount_error_count
             or self.namespace_errors
         )
+
+
+@attrs.define
+class FsckProgress:
+    """How far a running check (or repair) is; the store updates it in place as it goes, and
+    whoever started the check reads it whenever it likes (no callback, so a slow reader
+    never slows the check).
+
+    Attributes:
+        phase: ``"metadata"`` (one pass over the records), ``"chunks"`` (rehashing),
+            ``"files"`` (finding the files affected), ``"repair"``, then ``"done"``.
+        chunks_done: Chunk files rehashed so far.
+        chunks_total: Chunk files to rehash (known once the metadata pass is over).
+        bytes_done: Bytes rehashed so far.
+        bytes_total: Bytes to rehash.
+    """
+
+    phase: str = "metadata"
+    chunks_done: int = 0
+    chunks_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+@attrs.frozen
+class RepairReport:
+    """The result of :meth:`Store.repair`.
+
+    Attributes:
+        check: What the check before the repair found (its corrupt chunks are quarantined).
+        orphans_removed: Chunk files the collection after journalling the orphans deleted
+            (the orphans, and any chunk released meanwhile).
+        refcounts_fixed: Reference counts set to the references counted.
+        reupload: Paths of the files that still use a quarantined or missing chunk: their
+            content must be uploaded again (at most ``FSCK_REPORT_ITEMS``).
+        reupload_count: Their number.
+        unrepaired: What the repair could not fix (namespace errors, counts of chunks with
+            no record), as descriptions.
+    """
+
+    check: FsckReport
+    orphans_removed: int
+    refcounts_fixed: int
+    reupload: list[str]
+    reupload_count: int
+    unrepaired: list[str]
+
+    @property
+    def ok(self) -> bool:
+        """Nothing left to do: no file needs uploading again, nothing left unrepaired."""
+        return not (self.reupload_count or self.unrepaired)
+
+
+@attrs.frozen
+class ScrubStep:
+    """What one step of the background scrub verified (:meth:`Store.scrub_step`).
+
+    Attributes:
+        verified: Chunks verified.
+        size: Their bytes.
+        damaged: Hex digests of the chunks found corrupt (quarantined) or missing.
+        next: Where the next step starts (the last digest verified), ``None`` when the pass
+            reached the last chunk.
+    """
+
+    verified: int
+    size: int
+    damaged: list[str]
+    next: bytes | None

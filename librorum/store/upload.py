@@ -69,6 +69,7 @@ import attrs
 import blake3
 import trio
 
+from librorum.activity import Wait, waiting
 from librorum.domain import WriteMode
 from librorum.errors import ConflictError, InvalidArgumentError, TooLargeError
 from librorum.store._translate import translating
@@ -404,11 +405,12 @@ class Upload:
         try:
             if prev is not None:
                 await prev.slotted.wait()
-            async with engine.io_limiter:
-                piece.slotted.set()
-                await trio.to_thread.run_sync(
-                    self._piece_sync, piece, stage, limiter=engine.held_limiter
-                )
+            with waiting(Wait.DISK):
+                async with engine.io_limiter:
+                    piece.slotted.set()
+                    await trio.to_thread.run_sync(
+                        self._piece_sync, piece, stage, limiter=engine.held_limiter
+                    )
             if prev is not None:
                 await prev.done.wait()
                 if prev.error is not None:

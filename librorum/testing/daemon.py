@@ -70,7 +70,8 @@ def test_config(directory: Path, **overrides: object) -> Config:
     """A configuration confined to ``directory``: data, socket and token live there, the
     WebSocket listener is on 127.0.0.1 with an ephemeral port, and signals are not handled.
     New data is refused only when the disk is full (``min_free_space = 0``): a test's few
-    files should not fail on a machine whose disk happens to be nearly full."""
+    files should not fail on a machine whose disk happens to be nearly full. The background
+    scrub is off (``scrub_interval = 0``)."""
     settings: dict[str, object] = {
         "data_dir": directory / "data",
         "socket_path": directory / "run" / "librorum.sock",
@@ -78,6 +79,9 @@ def test_config(directory: Path, **overrides: object) -> Config:
         "listen_host": "127.0.0.1",
         "listen_port": 0,
         "min_free_space": 0,
+        # No background scrub unless a test asks for one: it would quarantine the chunks
+        # other tests damage on purpose before they look.
+        "scrub_interval": 0,
     }
     settings.update(overrides)
     return load_config(env={}, overrides=settings)

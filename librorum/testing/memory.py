@@ -404,10 +404,10 @@ def memory_transport_pair(
             received before the client's sends wait (one frame always fits).
         capacity_to_client: the same the other way.
         peer: who each end is told is at the other end; an authenticated peer of ``kind``
-            by default.
+            by default (on ``"uds"``, of this process's uid, as the kernel would report it).
     """
     if peer is None:
-        peer = PeerInfo(kind, authenticated=True)
+        peer = PeerInfo(kind, uid=os.getuid() if kind == "uds" else None, authenticated=True)
     to_server, to_client = _Pipe(capacity_to_server), _Pipe(capacity_to_client)
     server_end = MemoryTransport(
         to_client, to_server, kind=kind, carries_files=carries_files, peer=peer

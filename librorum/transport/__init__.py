@@ -12,6 +12,7 @@ directory) live here too, since the listeners depend on them.
 
 from __future__ import annotations
 
+from librorum.transport._throttle import LogLimiter as LogLimiter
 from librorum.transport.base import (
     AlreadyRunningError as AlreadyRunningError,
     BlockingFrameTransport as BlockingFrameTransport,

@@ -128,22 +128,33 @@ class AuthBackoff:
 
 @attrs.define
 class _Logged:
+    #: When ``tokens`` was last brought up to date.
     at: float
+    #: Lines the key may log now (a token bucket: +1 per interval, at most ``burst``).
+    tokens: float
     held_back: int = 0
 
 
 class LogLimiter:
-    """At most one log line per key per ``interval``; counts the lines it held back.
+    """At most ``burst`` log lines per key at once, then one per ``interval`` (a token
+    bucket; with the default burst of 1, one line per key per interval); counts the lines it
+    held back.
 
     Args:
-        interval: seconds between two lines for one key.
+        interval: seconds it takes a key to earn one more line.
+        burst: lines a key may log at once after a quiet spell.
         max_keys: keys remembered at most (a forgotten key may log again early).
     """
 
     def __init__(
-        self, *, interval: float = REFUSAL_LOG_INTERVAL, max_keys: int = AUTH_TRACKED_ADDRESSES
+        self,
+        *,
+        interval: float = REFUSAL_LOG_INTERVAL,
+        burst: int = 1,
+        max_keys: int = AUTH_TRACKED_ADDRESSES,
     ) -> None:
         self.interval = interval
+        self.burst = burst
         self.max_keys = max_keys
         # Least recently logged first. Keys are only dropped for room (not by age), so that a
         # key's next line can still say how many were held back.
@@ -157,16 +168,19 @@ class LogLimiter:
         lines were held back since the last one."""
         table = self._table
         entry = table.get(key)
-        if entry is not None and entry.at + self.interval > now:
-            entry.held_back += 1
-            return None
         if entry is None:
             if len(table) >= self.max_keys:
                 table.popitem(last=False)
-            table[key] = _Logged(now)
+            table[key] = _Logged(now, self.burst - 1)
             return 0
-        held_back = entry.held_back
+        tokens = min(float(self.burst), entry.tokens + (now - entry.at) / self.interval)
         entry.at = now
+        if tokens < 1 - 1e-9:  # (the sum of the fractions earned may round just below 1)
+            entry.tokens = tokens
+            entry.held_back += 1
+            return None
+        entry.tokens = tokens - 1
+        held_back = entry.held_back
         entry.held_back = 0
         table.move_to_end(key)
         return held_back

@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 import stat
+import time
 from collections.abc import Collection
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,7 @@ from librorum.limits import (
     MAX_CONNECTIONS_PER_UID,
     UDS_SOCKET_BUFFER,
 )
+from librorum.transport._throttle import LogLimiter
 from librorum.transport.base import (
     AlreadyRunningError,
     Handler,
@@ -294,7 +296,7 @@ async def _serve_connection(
     refusal = admission.admit(uid, sock.fileno())
     if refusal is not None:
         code, message = refusal
-        logger.warning("refusing local connection from uid %d pid %d: %s", uid, pid, message)
+        _log_refusal(uid, pid, message)
         with connection_guard(f"uds:uid={uid},pid={pid}"):
             await _refuse(stream, code, message, close_grace)
         return
@@ -306,6 +308,20 @@ async def _serve_connection(
     finally:
         admission.release(uid)
         await transport.aclose()
+
+
+#: Refused uids: one WARNING per uid and minute at most, counting the ones held back.
+_REFUSALS: Final = LogLimiter()
+
+
+def _log_refusal(uid: int, pid: int, message: str) -> None:
+    # The process's monotonic clock, not trio's: the limiter outlives one trio.run (an
+    # embedded daemon restarted in the same process), and each run's clock has its own origin.
+    held_back = _REFUSALS.allow(f"uid {uid}", time.monotonic())
+    if held_back is None:
+        return
+    more = f" (and {held_back} more like it since the last report)" if held_back else ""
+    logger.warning("refusing local connection from uid %d pid %d: %s%s", uid, pid, message, more)
 
 
 async def _refuse(stream: trio.SocketStream, code: ErrorCode, message: str, grace: float) -> None:

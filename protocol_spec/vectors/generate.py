@@ -42,7 +42,7 @@ from librorum.protocol.constants import (
     Flags,
     WriteMode,
 )
-from librorum.protocol.converter import encode_message
+from librorum.protocol.converter import encode_log_batch, encode_message
 from librorum.protocol.framing import encode_frame
 from librorum.protocol.messages import (
     Cancel,
@@ -60,9 +60,20 @@ from librorum.protocol.messages import (
     FileStatReply,
     FileWrite,
     FileWriteReply,
+    Fsck,
+    FsckReply,
     GoAway,
     Hello,
     HelloReply,
+    LogBatch,
+    LogGet,
+    LogGetReply,
+    LogMinute,
+    LogRecord,
+    LogStats,
+    LogStatsReply,
+    LogStream,
+    LogStreamReply,
     MakeDirectory,
     MakeDirectoryReply,
     Message,
@@ -72,6 +83,11 @@ from librorum.protocol.messages import (
     PingReply,
     Rename,
     RenameReply,
+    RequestEntry,
+    Requests,
+    RequestsReply,
+    Shutdown,
+    ShutdownReply,
     StoreFigures,
     UploadStatus,
     UploadStatusReply,
@@ -689,6 +705,230 @@ def _valid() -> list[dict[str, Any]]:
         0,
         GoAway(),
     )
+
+    # REQUESTS: the live view (spec 5.21).
+    add(
+        "requests",
+        "REQUESTS with every field at its default (at most 1000 entries): the empty map.",
+        Command.REQUESTS,
+        end,
+        40,
+        Requests(),
+    )
+    add(
+        "requests-reply",
+        "Two requests in flight: a local upload waiting for its client's DATA, and a remote "
+        "READ waiting for credit.",
+        Command.REQUESTS,
+        rend,
+        40,
+        RequestsReply(
+            total=2,
+            requests=(
+                RequestEntry(
+                    connection=7,
+                    transport="uds",
+                    session=3,
+                    command="WRITE",
+                    age_ms=12_500,
+                    moved=3 << 20,
+                    waiting="peer",
+                    path="/backups/db.dump",
+                    uid=1000,
+                    pid=4242,
+                ),
+                RequestEntry(
+                    connection=9,
+                    transport="websocket",
+                    session=5,
+                    command="READ",
+                    age_ms=800,
+                    moved=0,
+                    waiting="peer credit",
+                    path="/docs/report.pdf",
+                    address="192.0.2.10:50412",
+                ),
+            ),
+            connections=2,
+        ),
+    )
+    add(
+        "shutdown",
+        "SHUTDOWN (administrators only): a message without fields, the empty map.",
+        Command.SHUTDOWN,
+        end,
+        30,
+        Shutdown(),
+    )
+    add(
+        "shutdown-reply",
+        "SHUTDOWN reply: the daemon drains for 10 s (GOAWAY follows), then exits.",
+        Command.SHUTDOWN,
+        rend,
+        30,
+        ShutdownReply(grace_ms=10_000, pid=4242),
+    )
+    # FSCK (spec 5.20): progress replies, then the report.
+    add(
+        "fsck",
+        "FSCK: check the store and repair what can be repaired.",
+        Command.FSCK,
+        end,
+        40,
+        Fsck(repair=True),
+    )
+    add(
+        "fsck-progress",
+        "A progress reply (no END): half of the chunks rehashed.",
+        Command.FSCK,
+        reply,
+        40,
+        FsckReply(
+            phase="chunks",
+            chunks_done=512,
+            chunks_total=1024,
+            bytes_done=2 << 30,
+            bytes_total=4 << 30,
+        ),
+    )
+    add(
+        "fsck-report",
+        "The final reply: one corrupt chunk, quarantined; its file must be uploaded again.",
+        Command.FSCK,
+        rend,
+        40,
+        FsckReply(
+            phase="done",
+            chunks_done=1024,
+            chunks_total=1024,
+            bytes_done=4 << 30,
+            bytes_total=4 << 30,
+            files=300,
+            directories=12,
+            corrupt=("9f" * 32,),
+            corrupt_count=1,
+            quarantined=("9f" * 32,),
+            quarantined_count=1,
+            affected=("/photos/2024/beach.jpg",),
+            affected_count=1,
+            repaired=True,
+            reupload=("/photos/2024/beach.jpg",),
+            reupload_count=1,
+        ),
+    )
+    # The daemon's log (spec 5.19).
+    record = LogRecord(
+        seq=41,
+        time_ms=1_765_000_000_123,
+        level=30,
+        logger="librorum.store",
+        message="chunk 3f2a healed: a fresh copy replaced the quarantined one",
+    )
+    add(
+        "log-get",
+        "LOG_GET: warnings and worse of the store's loggers, the newest 50 first.",
+        Command.LOG_GET,
+        end,
+        40,
+        LogGet(min_level=30, logger="librorum.store", limit=50, newest_first=True),
+    )
+    add(
+        "log-get-reply",
+        "LOG_GET reply: one record, and the cursor to go further back from.",
+        Command.LOG_GET,
+        rend,
+        40,
+        LogGetReply(records=(record,), cursor=41),
+    )
+    add(
+        "log-get-range",
+        "LOG_GET of the records containing 'uid' in a time range, oldest first, from a cursor.",
+        Command.LOG_GET,
+        end,
+        41,
+        LogGet(
+            grep="uid",
+            since_ms=1_765_000_000_000,
+            until_ms=1_765_000_600_000,
+            limit=1000,
+            cursor=7,
+        ),
+    )
+    add(
+        "log-get-reply-missed",
+        "LOG_GET reply: nothing new, 12 records from the cursor asked for were overwritten.",
+        Command.LOG_GET,
+        rend,
+        41,
+        LogGetReply(records=(), cursor=19, missed=12),
+    )
+    add(
+        "log-stream",
+        "LOG_STREAM: the last 10 records at INFO or worse, then follow.",
+        Command.LOG_STREAM,
+        end,
+        42,
+        LogStream(last=10, min_level=20),
+    )
+    add(
+        "log-stream-reply",
+        "LOG_STREAM first reply (no END): the stream starts at cursor 32; DATA follows.",
+        Command.LOG_STREAM,
+        reply,
+        42,
+        LogStreamReply(cursor=32),
+    )
+    add(
+        "data-log-batch",
+        "DATA of a LOG_STREAM (REPLY): a LogBatch map with one record, after 3 missed.",
+        Command.DATA,
+        reply,
+        42,
+        encode_log_batch(LogBatch(records=(record,), cursor=42, missed=3)),
+    )
+    add(
+        "log-stream-final-reply",
+        "LOG_STREAM final reply (REPLY|END): the daemon is stopping; the cursor to resume at.",
+        Command.LOG_STREAM,
+        rend,
+        42,
+        LogStreamReply(cursor=42),
+    )
+    add(
+        "log-stats",
+        "LOG_STATS: the empty map.",
+        Command.LOG_STATS,
+        end,
+        43,
+        LogStats(),
+    )
+    add(
+        "log-stats-reply",
+        "LOG_STATS reply: counts by level and logger, one minute of trend.",
+        Command.LOG_STATS,
+        rend,
+        43,
+        LogStatsReply(
+            levels={"INFO": 40, "WARNING": 2},
+            loggers={"librorum.server": 40, "librorum.store": 2},
+            trend=(LogMinute(start_ms=1_764_999_960_000, counts={"INFO": 40, "WARNING": 2}),),
+            capacity=10_000,
+            held=42,
+            first_cursor=0,
+            next_cursor=42,
+        ),
+    )
+    add(
+        "error-forbidden",
+        "ERROR ending a LOG_GET from a uid that is not an administrator (spec 2.5).",
+        Command.ERROR,
+        rend,
+        44,
+        ErrorMessage(
+            code=ErrorCode.FORBIDDEN,
+            message="reading the log is for administrators; uid 1001 is not one",
+        ),
+    )
     return out
 
 
@@ -811,7 +1051,7 @@ def _malformed() -> list[dict[str, Any]]:
         "header",
         limits={**DEFAULT_LIMITS, "expected_version": 2},
     )
-    for byte in (0x00, 0x0A, 0x0F, 0x17, 0x7F, 0xFF):
+    for byte in (0x00, 0x17, 0x1F, 0x7F, 0xFF):
         add(
             f"unknown-command-{byte:02x}",
             "unknown-command",

@@ -79,7 +79,11 @@ async def test_node_status_and_the_cli_report_quarantined_chunks(tmp_path: Path)
                 [sys.executable, "-m", "librorum", "--socket", daemon.socket_path, "status"],
                 capture_stdout=True,
                 stderr=subprocess.DEVNULL,
+                check=False,
             )
             assert b"1 corrupt chunks (re-upload to heal)" in shown.stdout
+            # Files cannot be read meanwhile: the node is degraded, and says why.
+            assert shown.returncode == 2
+            assert b"1 chunks quarantined" in shown.stdout
             await client.write("/g", data)  # heals it
             assert (await client.status()).store.quarantined == 0

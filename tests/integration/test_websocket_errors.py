@@ -66,7 +66,8 @@ async def assert_one_clean_line(daemon: TestDaemon, caplog: pytest.LogCaptureFix
     await daemon.running.server.wait_idle()
     records = [r for r in caplog.records if r.name.startswith("librorum")]
     assert [r for r in records if r.exc_info or r.levelno >= logging.WARNING] == []
-    closed = [r for r in records if "closed: " in r.getMessage()]
+    # The connection's one INFO line, at its end, with the reason after its figures.
+    closed = [r for r in records if "bytes out: " in r.getMessage()]
     assert len(closed) == 1, [r.getMessage() for r in records]
 
 

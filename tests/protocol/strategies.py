@@ -39,6 +39,10 @@ _BY_VALIDATOR: dict[str, st.SearchStrategy[object]] = {
     "_error_code": st.integers(0, 0xFFFF),
     "_version": st.integers(1, 255),
     "_u64_values": st.dictionaries(st.text(max_size=10), U64, max_size=4),
+    "_requests_limit": st.integers(1, 1000),
+    "_log_limit": st.integers(0, 1000),
+    "_filter_text": st.none() | st.text(max_size=40),
+    "_opt_i64": st.none() | I64,
 }
 
 ALL_MESSAGE_TYPES: tuple[type[Message], ...] = tuple(

@@ -41,6 +41,7 @@ from librorum.testing import (
     memory_transport_pair,
     test_config,
 )
+from librorum.transport.base import PeerInfo
 
 T = TypeVar("T")
 
@@ -81,14 +82,17 @@ class ServerUnderTest:
         carries_files: bool = False,
         capacity_to_server: int = MEMORY_CAPACITY,
         capacity_to_client: int = MEMORY_CAPACITY,
+        peer: PeerInfo | None = None,
     ) -> MemoryTransport:
         """A new connection to the server: the client's end of an in-memory pair whose
-        server end the server serves from now on."""
+        server end the server serves from now on (``peer``: who the server is told the
+        client is; by default this process's uid)."""
         server_end, client_end = memory_transport_pair(
             kind=kind,
             carries_files=carries_files,
             capacity_to_server=capacity_to_server,
             capacity_to_client=capacity_to_client,
+            peer=peer,
         )
         self._nursery.start_soon(self._server.handle, server_end)
         return client_end

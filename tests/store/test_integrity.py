@@ -293,3 +293,25 @@ async def test_a_chunk_checked_for_sending_is_hashed_to_its_last_byte(
                 with pytest.raises(CorruptDataError, match=r"failed verification|truncated"):
                     await segments.__anext__()
             assert not path.exists()  # quarantined
+
+
+async def test_a_chunk_found_corrupt_on_a_read_only_store_stays_but_is_logged(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that cannot write cannot quarantine; the damage is still logged at ERROR
+    (and the read still refuses the bad data)."""
+    content = data(2 * CS, seed=11)
+    bad = content[CS:]
+    digest = blake3.blake3(bad).hexdigest()
+    with trio.fail_after(DEADLINE):
+        await store.write_bytes("/f", content)
+        path = chunk_path(store, bad)
+        flip_byte(path, 3)
+        store._engine.on_fatal_io(OSError(5, "injected"))
+        with pytest.raises(CorruptDataError):
+            await store.read_bytes("/f")
+        assert path.exists()  # not moved: the store writes nothing now
+        assert quarantined_files(store) == set()
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and digest in r.message]
+        assert errors, caplog.text
+        assert "read-only" in errors[0].message

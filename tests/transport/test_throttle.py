@@ -94,6 +94,16 @@ def test_log_limiter_one_line_per_key_per_interval_counting_the_rest() -> None:
     assert limiter.allow("a", 120.0) == 1
 
 
+def test_log_limiter_with_a_burst_allows_that_many_then_one_per_interval() -> None:
+    limiter = LogLimiter(interval=1.0, burst=3)
+    assert [limiter.allow("a", 0.0) for _ in range(5)] == [0, 0, 0, None, None]
+    assert limiter.allow("a", 0.5) is None
+    assert limiter.allow("a", 1.0) == 3  # one more earned after an interval
+    assert limiter.allow("a", 1.2) is None
+    # A quiet spell refills the burst, not more.
+    assert [limiter.allow("a", 100.0) for _ in range(4)] == [1, 0, 0, None]
+
+
 def test_log_limiter_is_bounded() -> None:
     limiter = LogLimiter(interval=60.0, max_keys=2)
     for key in "abc":

@@ -444,3 +444,29 @@ async def test_what_a_crash_keeps(new_backend: NewBackend) -> None:
 
 def _raise() -> None:
     raise RollbackError
+
+
+async def test_set_refs_and_chunks_in_order(new_backend: NewBackend) -> None:
+    async with opened(new_backend()) as o:
+        await o.meta.write(lambda t: t.add_refs([(D3, 30), (D1, 10), (D2, 20)]))
+        # In digest order, from the first or after a digest, up to a limit.
+        assert await o.meta.read(lambda t: t.chunks_after(None, 10)) == [
+            (D1, 10),
+            (D2, 20),
+            (D3, 30),
+        ]
+        assert await o.meta.read(lambda t: t.chunks_after(D1, 1)) == [(D2, 20)]
+        assert await o.meta.read(lambda t: t.chunks_after(D3, 10)) == []
+        # Quarantined chunks are left out.
+        await o.meta.write(lambda t: t.add_quarantine(QuarantineRow(D2, 20, 1, "bad")))
+        assert await o.meta.read(lambda t: t.chunks_after(None, 10)) == [(D1, 10), (D3, 30)]
+        # A count set: kept; set to 0: the chunk is released and journalled.
+        assert await o.meta.write(lambda t: t.set_refs(D1, 7)) is False
+        assert await o.meta.read(lambda t: t.refs(D1)) == 7
+        assert await o.meta.write(lambda t: t.set_refs(D3, 0)) is True
+        state = await o.meta.read(lambda t: (t.refs(D3), t.is_pending(D3), t.counters()))
+        assert state[:2] == (0, True)
+        assert (state[2].chunk_count, state[2].stored_bytes) == (2, 30)
+        # No record: nothing changes.
+        assert await o.meta.write(lambda t: t.set_refs(bytes(32), 3)) is False
+        assert await o.meta.read(lambda t: t.refs(bytes(32))) == 0
