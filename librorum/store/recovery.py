@@ -256,6 +256,8 @@ async def _check_range(
     del on_disk, expected
     corrupt: list[bytes] = []
     absent = set(missing)
+    # The sizes of the missing ones, to look for them again at the end (see below).
+    missing_size = {d: stored[d][0] for d in missing}
     todo = [(d, size) for d, (size, _refs) in stored.items() if d not in absent]
     del stored
     total.checked += len(todo)
@@ -268,6 +270,7 @@ async def _check_range(
             except CorruptChunkError as exc:
                 if exc.identity is None:
                     missing.append(digest)  # gone since the listing: rechecked below
+                    missing_size[digest] = size
                 else:
                     corrupt.append(digest)
                     await engine.on_corrupt(exc, size, "fsck")
@@ -292,6 +295,23 @@ async def _check_range(
         )
         orphans = [d for d in orphans if now[d][:2] == (0, False) and not engine.pins.pinned(d)]
         missing = [d for d in missing if now[d][0] > 0 and not now[d][2]]
+    # A chunk collected and published again by an upload between the snapshot of this pass
+    # and its listing of the chunk files is there after all: look for each missing one once
+    # more, on disk.
+    confirmed: list[bytes] = []
+    for digest in missing:
+        size = missing_size[digest]
+        try:
+            await engine.objects.check(digest, size)
+        except CorruptChunkError as exc:
+            if exc.identity is None:
+                confirmed.append(digest)
+            else:
+                corrupt.append(digest)
+                await engine.on_corrupt(exc, size, "fsck")
+        except (CorruptDataError, StoreIOError):
+            corrupt.append(digest)
+    missing = confirmed
     total.corrupt += corrupt
     total.missing += missing
     total.orphans += orphans

@@ -65,10 +65,15 @@ async def repair(engine: ChunkEngine, progress: FsckProgress | None = None) -> R
             removed += await _drop_orphans(engine, step)
 
     fixed = 0
+    # Chunks whose record was gone by the time their count was to be set: files counted as
+    # using them, so their data is lost now (their recorded count was too low and reached 0).
+    vanished: list[bytes] = []
     items = list(findings.refcount_deltas.items())
     for start in range(0, len(items), batch):
         with trio.CancelScope(shield=True):
-            fixed += await _fix_counts(engine, dict(items[start : start + batch]))
+            done, gone = await _fix_counts(engine, dict(items[start : start + batch]))
+        fixed += done
+        vanished += gone
     if removed or fixed:
         log.warning(
             "fsck repair: %d orphan chunk files removed, %d reference counts fixed",
@@ -79,11 +84,15 @@ async def repair(engine: ChunkEngine, progress: FsckProgress | None = None) -> R
     # What remains: every file that uses a chunk quarantined or missing now.
     def bad_now(t: MetaTxn) -> set[bytes]:
         still_missing = {d for d in findings.missing if t.refs(d)}
-        return {row.digest for row in t.quarantined()} | still_missing
+        lost = {d for d in vanished if not t.refs(d)}
+        return {row.digest for row in t.quarantined()} | still_missing | lost
 
     bad = await engine.meta.read(bad_now)
     reupload = await affected_files(engine, bad) if bad else []
     unrepaired = [f"{d.hex()}: referenced but has no record" for d in findings.unrecorded]
+    unrepaired += [
+        f"{d.hex()}: referenced, but collected before its count could be set" for d in vanished
+    ]
     unrepaired += report.namespace_errors
     for path in reupload[:FSCK_REPORT_ITEMS]:
         log.error("fsck repair: %s uses damaged data: upload its content again", path)
@@ -111,25 +120,31 @@ async def _drop_orphans(engine: ChunkEngine, digests: list[bytes]) -> int:
     return await engine.collect_garbage()
 
 
-async def _fix_counts(engine: ChunkEngine, deltas: dict[bytes, tuple[int, int]]) -> int:
+async def _fix_counts(
+    engine: ChunkEngine, deltas: dict[bytes, tuple[int, int]]
+) -> tuple[int, list[bytes]]:
     """Apply the counted-minus-recorded differences to the current records, under the chunks'
     locks; a count that reaches 0 releases the chunk (collected next). Returns how many
-    counts were set."""
+    counts were set, and the chunks that files were counted as using (a positive
+    difference) whose record is gone since the check: nothing to set, their data is lost."""
 
-    def fix(t: MetaTxn) -> tuple[int, list[bytes]]:
+    def fix(t: MetaTxn) -> tuple[int, list[bytes], list[bytes]]:
         done = 0
         released: list[bytes] = []
+        gone: list[bytes] = []
         for digest, (delta, _size) in deltas.items():
             current = t.refs(digest)
             if not current:
+                if delta > 0:
+                    gone.append(digest)
                 continue  # collected since the check: nothing to set
             if t.set_refs(digest, max(0, current + delta)):
                 released.append(digest)
             done += 1
-        return done, released
+        return done, released, gone
 
     async with engine.chunk_locks.hold(list(deltas)):
-        done, released = await engine.meta.write(fix, use_reserve=True)
+        done, released, gone = await engine.meta.write(fix, use_reserve=True)
     if released:
         await engine.collect_garbage()
-    return done
+    return done, gone

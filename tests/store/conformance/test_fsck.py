@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from librorum.store import FsckProgress, Store, WriteMode, namespace as ns, recovery
+from librorum.store import FsckProgress, Store, WriteMode, namespace as ns, recovery, repair
 from librorum.store.meta import MetaTxn
 from librorum.store.objects import SHARDS
 from tests.store.conformance.conftest import NewBackend
@@ -104,6 +104,66 @@ async def test_each_defect_is_found_and_repaired(
         final = await store.fsck()
         assert final.ok, final
         assert await store.read_bytes("/dir/corrupt") == corrupt_content
+
+
+async def test_a_chunk_the_listing_missed_but_present_is_not_missing(
+    new_backend: NewBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk collected and published again by an upload between a pass's snapshot and its
+    listing of the chunk files is absent from the listing though it is there: the check
+    looks for it once more on disk before calling it missing."""
+    async with store_on(new_backend()) as store:
+        engine = store._engine
+        await store.write_bytes("/f", os.urandom(CS))
+        [digest] = await digests_of(store, "/f")
+        list_all = engine.objects.list_all
+
+        async def listing(shards: Sequence[str] = SHARDS) -> dict[str, list[str]]:
+            # The listing as it would be read while the chunk's file was away.
+            found = await list_all(shards)
+            return {
+                shard: [n for n in names if n != digest.hex()] for shard, names in found.items()
+            }
+
+        monkeypatch.setattr(engine.objects, "list_all", listing)
+        report = await store.fsck()
+        assert report.missing == []
+        assert report.ok, report
+        # A chunk really gone is still reported.
+        await engine.objects.delete([digest])
+        report = await store.fsck()
+        assert report.missing == [digest.hex()]
+
+
+async def test_a_count_too_low_whose_chunk_is_collected_before_the_repair_is_reported(
+    new_backend: NewBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two files use a chunk recorded as used once; between the check and the repair the
+    chunk is collected (its count reached 0 as a delete released it): there is nothing left
+    to set, its data is gone, and the repair says so and lists both files for upload."""
+    async with store_on(new_backend()) as store:
+        engine = store._engine
+        content = os.urandom(CS)
+        await store.write_bytes("/a", content)
+        await store.write_bytes("/b", content)
+        [digest] = await digests_of(store, "/a")
+        await engine.meta.write(lambda t: t.set_refs(digest, 1))
+        check = repair.check
+
+        async def check_then_collected(*args: object, **kwargs: object) -> object:
+            found = await check(*args, **kwargs)  # type: ignore[arg-type]
+            await engine.meta.write(lambda t: t.drop_refs([digest]))
+            await engine.objects.delete([digest])
+            return found
+
+        monkeypatch.setattr(repair, "check", check_then_collected)
+        repaired = await store.repair()
+        assert repaired.refcounts_fixed == 0
+        assert repaired.unrepaired == [
+            f"{digest.hex()}: referenced, but collected before its count could be set"
+        ]
+        assert repaired.reupload == ["/a", "/b"]
+        assert not repaired.ok
 
 
 async def test_scrub_steps_cover_every_chunk_and_quarantine(new_backend: NewBackend) -> None:
