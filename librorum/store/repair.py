@@ -62,7 +62,11 @@ async def repair(engine: ChunkEngine, progress: FsckProgress | None = None) -> R
     for start in range(0, len(orphans), batch):
         step = orphans[start : start + batch]
         with trio.CancelScope(shield=True):
-            removed += await _drop_orphans(engine, step)
+            await _journal_orphans(engine, step)
+        # Outside the shield: collection may stop at any point (what is journalled stays
+        # journalled for the next step or the next open), and it runs over the whole
+        # journal, not only this step's chunks.
+        removed += await engine.collect_garbage()
 
     fixed = 0
     # Chunks whose record was gone by the time their count was to be set: files counted as
@@ -71,7 +75,9 @@ async def repair(engine: ChunkEngine, progress: FsckProgress | None = None) -> R
     items = list(findings.refcount_deltas.items())
     for start in range(0, len(items), batch):
         with trio.CancelScope(shield=True):
-            done, gone = await _fix_counts(engine, dict(items[start : start + batch]))
+            done, gone, released = await _fix_counts(engine, dict(items[start : start + batch]))
+        if released:
+            await engine.collect_garbage()  # cancellable, as above
         fixed += done
         vanished += gone
     if removed or fixed:
@@ -107,26 +113,25 @@ async def repair(engine: ChunkEngine, progress: FsckProgress | None = None) -> R
     )
 
 
-async def _drop_orphans(engine: ChunkEngine, digests: list[bytes]) -> int:
-    """Journal ``digests`` as pending (those still unreferenced) and let the collector delete
-    them: it skips a pinned chunk and rechecks each under its lock. Returns the chunk files
-    the collection deleted."""
+async def _journal_orphans(engine: ChunkEngine, digests: list[bytes]) -> None:
+    """Journal ``digests`` as pending (those still unreferenced), for the collector to delete:
+    it skips a pinned chunk and rechecks each under its lock."""
 
     def journal(t: MetaTxn) -> None:
         t.add_pending([d for d in digests if not t.refs(d)])
 
     async with engine.chunk_locks.hold(digests):
         await engine.meta.write(journal, use_reserve=True)
-    return await engine.collect_garbage()
 
 
 async def _fix_counts(
     engine: ChunkEngine, deltas: dict[bytes, tuple[int, int]]
-) -> tuple[int, list[bytes]]:
+) -> tuple[int, list[bytes], bool]:
     """Apply the counted-minus-recorded differences to the current records, under the chunks'
     locks; a count that reaches 0 releases the chunk (collected next). Returns how many
-    counts were set, and the chunks that files were counted as using (a positive
-    difference) whose record is gone since the check: nothing to set, their data is lost."""
+    counts were set, the chunks that files were counted as using (a positive difference)
+    whose record is gone since the check (nothing to set, their data is lost), and whether
+    a count reached 0 (the caller collects)."""
 
     def fix(t: MetaTxn) -> tuple[int, list[bytes], list[bytes]]:
         done = 0
@@ -145,6 +150,4 @@ async def _fix_counts(
 
     async with engine.chunk_locks.hold(list(deltas)):
         done, released, gone = await engine.meta.write(fix, use_reserve=True)
-    if released:
-        await engine.collect_garbage()
-    return done, gone
+    return done, gone, bool(released)
