@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
-import pytest
 import trio
 import trio.testing
 
@@ -87,26 +84,6 @@ async def test_idle_connections_from_one_address_cannot_keep_scrapes_out() -> No
                 await trio.testing.wait_all_tasks_blocked()
             assert (await _get(address)).startswith(b"HTTP/1.1 200 ")
             nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for 127.0.0.1."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )  # fmt: skip
-    return cert, key
 
 
 async def test_over_tls_with_a_token(certificate: tuple[Path, Path]) -> None:

@@ -6,11 +6,9 @@ import hmac
 import inspect
 import logging
 import os
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 from pathlib import Path
 from typing import Any, cast
 
@@ -702,26 +700,6 @@ async def test_port_in_use_is_a_config_error() -> None:
 
 
 # --- TLS ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate for 127.0.0.1."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )  # fmt: skip
-    return cert, key
 
 
 async def test_tls_round_trip(certificate: tuple[Path, Path]) -> None:
