@@ -15,6 +15,7 @@ from typing import Final
 
 import trio
 
+from librorum.activity import Wait
 from librorum.protocol.constants import MAX_CONTROL_PAYLOAD, MAX_LOG_RECORDS
 from librorum.protocol.converter import encode_log_batch
 from librorum.protocol.messages import (
@@ -143,7 +144,9 @@ async def log_stream(driver: Driver, state: RequestState, message: LogStream) ->
             if page.cursor == cursor:
                 # The next record passes the filter but does not fit the credit left.
                 driver.wake_writer()
-                await wait_on_client(driver, state, "granted no credit", state.window.park)
+                await wait_on_client(
+                    driver, state, "granted no credit", state.window.park, on=Wait.PEER_CREDIT
+                )
             cursor = page.cursor
             continue
         assert page.cursor is not None
@@ -152,7 +155,9 @@ async def log_stream(driver: Driver, state: RequestState, message: LogStream) ->
         if len(payload) > window:
             # Never with the budget above (its costs are upper bounds); a batch that would
             # overrun the window must wait rather than break flow control.
-            await wait_on_client(driver, state, "granted no credit", state.window.park)
+            await wait_on_client(
+                driver, state, "granted no credit", state.window.park, on=Wait.PEER_CREDIT
+            )
             continue
         session.send_data(sid, payload)
         cursor = page.cursor

@@ -336,7 +336,8 @@ class LogRing(logging.Handler):
         if newest_first:
             end = held if cursor is None else max(0, min(held, cursor - first))
             return list(itertools.islice(reversed(entries), held - end, None))
-        begin = 0 if cursor is None else max(0, cursor - first)
+        # (A cursor past the newest record looks at nothing.)
+        begin = 0 if cursor is None else min(held, max(0, cursor - first))
         if begin == 0:
             return tuple(entries)  # one C-level copy
         tail = list(itertools.islice(reversed(entries), held - begin))

@@ -69,6 +69,9 @@ def test_oldest_first_pages_continue_from_the_cursor() -> None:
     assert ring.read(cursor=10).entries == ()
     _fill(ring, 1)
     assert [e.seq for e in ring.read(cursor=10).entries] == [10]
+    # A cursor past the newest record (a client's typo) reads nothing, either way.
+    assert ring.read(cursor=50).entries == ()
+    assert [e.seq for e in ring.read(cursor=50, newest_first=True, limit=2).entries] == [10, 9]
 
 
 def test_newest_first_pages_go_back_and_end_with_no_cursor() -> None:
