@@ -160,6 +160,54 @@ class DaemonCollector(Collector):
         return counts[Command.WRITE], counts[Command.READ]
 
 
+def _checks(report: NodeReport) -> Iterator[Metric]:
+    """What fsck and the background scrub found (``NodeReport.checks``)."""
+    checks = report.checks
+    gauges = (
+        ("fsck_running", "1 while a check or repair runs.", checks.fsck_running is not None),
+        (
+            "fsck_last_timestamp_seconds",
+            "When the last check or repair finished (0: none since the start).",
+            checks.last_fsck_ns / 1e9,
+        ),
+        (
+            "fsck_last_ok",
+            "1 when the last check or repair left nothing to do.",
+            checks.last_fsck_ok,
+        ),
+        ("fsck_last_problems", "Defects the last check found.", checks.last_fsck_problems),
+        (
+            "fsck_last_affected_files",
+            "Files the last check found using damaged data.",
+            checks.last_fsck_affected,
+        ),
+        (
+            "scrub_last_pass_timestamp_seconds",
+            "When the scrub last finished a full pass (0: never).",
+            checks.last_scrub_ns / 1e9,
+        ),
+        (
+            "scrub_paused",
+            "1 while the scrub waits for client traffic to stop.",
+            checks.scrub_paused,
+        ),
+    )
+    for name, documentation, value in gauges:
+        yield GaugeMetricFamily(f"{PREFIX}_{name}", documentation, float(value))
+    counters = (
+        ("fsck_chunks_verified", "Chunks rehashed by fsck.", checks.fsck_chunks_verified),
+        ("scrub_chunks_verified", "Chunks the scrub verified.", checks.scrub_chunks_verified),
+        ("scrub_bytes_verified", "Bytes the scrub verified.", checks.scrub_bytes_verified),
+        (
+            "scrub_corrupt_found",
+            "Chunks the scrub found corrupt or missing.",
+            checks.scrub_corrupt_found,
+        ),
+    )
+    for name, documentation, value in counters:
+        yield CounterMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
+
+
 def _node(report: NodeReport) -> Iterator[Metric]:
     store = report.store
     figures = (
@@ -186,6 +234,7 @@ def _node(report: NodeReport) -> Iterator[Metric]:
     )
     for name, documentation, value in figures:
         yield GaugeMetricFamily(f"{PREFIX}_{name}", documentation, float(value))
+    yield from _checks(report)
     info = InfoMetricFamily(f"{PREFIX}_build", "What the daemon is and runs on.")
     info.add_metric(
         [],

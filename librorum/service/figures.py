@@ -166,8 +166,8 @@ class NodeReport:
 @attrs.define
 class CheckFigures:
     """What the checks of the store found last: fsck (run by an administrator) and the
-    background scrub. Kept by the service (``checks.py``); NODE_STATUS shows them, and the
-    metrics are read from them.
+    background scrub. Kept by the service (``checks.py``); NODE_STATUS and the metrics show
+    them.
 
     Attributes:
         fsck_running: The progress of the check or repair running now, if any.

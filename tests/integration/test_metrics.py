@@ -87,6 +87,8 @@ async def test_scraping_a_real_daemon_shows_figures_that_move(tmp_path: Path) ->
                     await client.stat("/missing")
                 await client.stat("/a.bin")
                 assert await client.read("/b.bin") == content
+                report = await client.fsck()
+                assert report.ok
             after = await scrape(daemon)
     in_before = value(before, "librorum_transport_received_bytes_total", transport="uds")
     in_after = value(after, "librorum_transport_received_bytes_total", transport="uds")
@@ -128,6 +130,13 @@ async def test_scraping_a_real_daemon_shows_figures_that_move(tmp_path: Path) ->
         >= value(before, "librorum_metadata_commit_duration_seconds_count") + 2
     )
     assert value(after, "librorum_uploads_in_flight") == 0
+    # The check's figures (spec 5.20): none before, the fsck's after.
+    assert value(before, "librorum_fsck_last_timestamp_seconds") == 0
+    assert value(after, "librorum_fsck_last_timestamp_seconds") > 0
+    assert value(after, "librorum_fsck_last_ok") == 1
+    assert value(after, "librorum_fsck_chunks_verified_total") == report.chunks_done > 0
+    assert value(after, "librorum_fsck_running") == 0
+    assert value(after, "librorum_scrub_corrupt_found_total") == 0
 
 
 async def test_the_endpoint_answers_only_what_it_serves(tmp_path: Path) -> None:
