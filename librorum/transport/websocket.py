@@ -181,7 +181,6 @@ class WsTransport:
     kind: Final = "websocket"
     message_framed: Final = True
     carries_files: Final = False
-    sends_file_regions: Final = True
 
     def __init__(
         self,
@@ -193,6 +192,11 @@ class WsTransport:
         check_frames: bool = True,
     ) -> None:
         self.peer: Final = peer
+        #: File regions are worth passing only where os.sendfile sends them: a server over
+        #: plain TCP. Under TLS (or on a client, which masks) their bytes would be read back
+        #: into memory on the event loop's thread; the server sends pieces it read in a
+        #: worker thread instead.
+        self.sends_file_regions: Final = ws.sends_from_files
         self._ws = ws
         self._close_grace = close_grace
         self._check_frames = check_frames
@@ -624,6 +628,12 @@ class WebSocketConnection:
                 return
             items, ends = _batch(frames)
             await self._send_bytes(*items, ends=ends)
+
+    @property
+    def sends_from_files(self) -> bool:
+        """Whether a file region's bytes go out with ``os.sendfile``: on the server side of a
+        plain TCP connection (a client masks its frames, TLS encrypts them)."""
+        return self._socket is not None and not self._ws.client
 
     @property
     def send_broken(self) -> bool:

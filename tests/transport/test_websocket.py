@@ -702,13 +702,19 @@ async def test_port_in_use_is_a_config_error() -> None:
 # --- TLS ---------------------------------------------------------------------------------------
 
 
+async def tls_echo(transport: FrameTransport) -> None:
+    # Under TLS a file region's bytes cannot go by sendfile: the server sends pieces.
+    assert not transport.sends_file_regions
+    await echo(transport)
+
+
 async def test_tls_round_trip(certificate: tuple[Path, Path]) -> None:
     cert, key = certificate
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
     client_context = ssl.create_default_context(cafile=str(cert))
     with trio.fail_after(DEADLINE):
-        async with ws_server(echo, ssl_context=server_context) as (host, port):
+        async with ws_server(tls_echo, ssl_context=server_context) as (host, port):
             url = f"wss://{host}:{port}/"
             client = await connect_websocket(url, token=TOKEN, ssl_context=client_context)
             assert client.peer.authenticated, "TLS verified the server"
