@@ -73,7 +73,7 @@ from librorum.protocol.session import (
 )
 from librorum.server.commands import COMMANDS, Row, Unary
 from librorum.server.context import ServerContext
-from librorum.server.logsetup import RefusalLog, failure_level
+from librorum.server.logsetup import failure_level
 from librorum.server.requests import RequestState
 from librorum.service.caller import Caller
 from librorum.service.live import LiveConnection, Peer
@@ -84,8 +84,6 @@ if TYPE_CHECKING:
     from librorum.transport import FrameParts, FrameTransport
 
 log = logging.getLogger("librorum.server")
-#: Refused administrators' commands: a WARNING per peer and minute at most.
-REFUSALS: Final = RefusalLog(log)
 
 #: Frames the session may hold unsent before a READ producer waits for the writer: bounds a
 #: connection's output buffer (with 1 MiB frames, a few MiB) when the client reads slowly.
@@ -450,7 +448,7 @@ class Connection:
         refused caller is a WARNING, at most once per peer and interval."""
         peer = self.transport.peer
         if isinstance(error, ForbiddenError):
-            REFUSALS.refused(
+            self.context.refusals.refused(
                 f"forbidden {peer.key}",
                 trio.current_time(),
                 "%s: %s refused: %s",

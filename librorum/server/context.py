@@ -5,6 +5,7 @@ announces, its deadlines, its figures and the upload budget, and whether it is s
 
 from __future__ import annotations
 
+import logging
 from typing import Final
 
 import attrs
@@ -13,9 +14,12 @@ import trio
 from librorum import limits
 from librorum.protocol.session import ServerLimits
 from librorum.server.budget import InflightBudget
+from librorum.server.logsetup import RefusalLog
 from librorum.service import Service, Stats
 from librorum.transport import LogLimiter
 from librorum.transport.base import FrameTransport
+
+_log = logging.getLogger("librorum.server")
 
 #: A peer's closing lines at INFO: this many at once, then one per interval (seconds).
 CLOSING_LINE_BURST: Final = 100
@@ -62,6 +66,9 @@ class ServerContext:
     #: The connections' closing lines at INFO: 100 at once per peer (uid or address), then
     #: one a second, the rest at DEBUG, so that a peer opening connections in a loop cannot
     #: push the daemon's warnings and errors out of the log ring (spec 5.19).
+    #: Refused administrators' commands: a WARNING per peer and minute at most. The
+    #: daemon's own (not the module's): the trio clock it reads is this run's.
+    refusals: RefusalLog = attrs.field(factory=lambda: RefusalLog(_log))
     closing_lines: LogLimiter = attrs.field(
         factory=lambda: LogLimiter(interval=CLOSING_LINE_INTERVAL, burst=CLOSING_LINE_BURST)
     )

@@ -173,7 +173,8 @@ class LogLimiter:
                 table.popitem(last=False)
             table[key] = _Logged(now, self.burst - 1)
             return 0
-        tokens = min(float(self.burst), entry.tokens + (now - entry.at) / self.interval)
+        # (A clock that went back earns nothing rather than a debt.)
+        tokens = min(float(self.burst), entry.tokens + max(0.0, now - entry.at) / self.interval)
         entry.at = now
         if tokens < 1 - 1e-9:  # (the sum of the fractions earned may round just below 1)
             entry.tokens = tokens

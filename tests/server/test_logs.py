@@ -30,10 +30,9 @@ from librorum.protocol.messages import (
     LogStreamReply,
 )
 from librorum.protocol.session import DataReceived, ErrorReceived, ReplyReceived
-from librorum.server import connection as server_connection
 from librorum.server.app import Server
 from librorum.server.context import CLOSING_LINE_BURST, CLOSING_LINE_INTERVAL
-from librorum.server.logsetup import RefusalLog, log_ring
+from librorum.server.logsetup import log_ring
 from librorum.service.logring import LogRing
 from librorum.store import open_store
 from librorum.testing import memory_transport_pair, test_config
@@ -75,16 +74,8 @@ def daemon_logs_at_debug() -> Iterator[None]:
 
 
 @pytest.fixture
-def refusals(monkeypatch: pytest.MonkeyPatch) -> RefusalLog:
-    """A fresh memory of refused callers (the server keeps one for its whole life)."""
-    fresh = RefusalLog(server_connection.log)
-    monkeypatch.setattr(server_connection, "REFUSALS", fresh)
-    return fresh
-
-
-@pytest.fixture
 async def logging_server(
-    tmp_path: Path, clock: MockClock, daemon_logs_at_debug: None, refusals: RefusalLog
+    tmp_path: Path, clock: MockClock, daemon_logs_at_debug: None
 ) -> AsyncIterator[LoggingServer]:
     """A server whose log commands read a ring of 50 records fed by the daemon's loggers,
     as ``serve`` installs it."""

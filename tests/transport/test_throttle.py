@@ -104,6 +104,13 @@ def test_log_limiter_with_a_burst_allows_that_many_then_one_per_interval() -> No
     assert [limiter.allow("a", 100.0) for _ in range(4)] == [1, 0, 0, None]
 
 
+def test_log_limiter_survives_a_clock_that_goes_back() -> None:
+    limiter = LogLimiter(interval=60.0)
+    assert limiter.allow("a", 100.0) == 0
+    assert limiter.allow("a", 50.0) is None  # another clock, behind the first: no debt
+    assert limiter.allow("a", 110.0) == 1
+
+
 def test_log_limiter_is_bounded() -> None:
     limiter = LogLimiter(interval=60.0, max_keys=2)
     for key in "abc":
