@@ -126,14 +126,10 @@ def current() -> Activity | None:
 
 
 def bind(activity: Activity | None) -> Token[Activity | None]:
-    """Make ``activity`` the current task's (and the tasks it starts from now on); undo with
-    :func:`unbind`. A front door calls it at the start of a request's task."""
+    """Make ``activity`` the current task's (and the tasks it starts from now on). A front
+    door calls it at the start of a request's task, which ends with the request: nothing to
+    undo (``contextvars`` can, with the token returned)."""
     return _current.set(activity)
-
-
-def unbind(token: Token[Activity | None]) -> None:
-    """Undo :func:`bind`."""
-    _current.reset(token)
 
 
 #: What :func:`waiting` gives outside a request: nothing to record, nothing allocated.

@@ -219,15 +219,12 @@ def decode_payload(payload: bytes | bytearray | memoryview, cls: type[M]) -> M:
         raise MalformedPayloadError(msg) from exc
 
 
-#: Payloads of DATA frames that are MessagePack maps too (a LOG_STREAM's batches).
-_DATA_RECORDS: Final = (LogBatch,)
-for _cls in {*REQUEST_TYPES.values(), *REPLY_TYPES.values(), *_DATA_RECORDS}:
+# LogBatch: the payload of a LOG_STREAM DATA frame, a MessagePack map too.
+for _cls in {*REQUEST_TYPES.values(), *REPLY_TYPES.values(), LogBatch}:
     attrs.resolve_types(_cls)
 #: Messages whose payload nests maps (records, dicts): decoded with the per-map key check.
 _NESTED: Final = frozenset(
-    cls
-    for cls in {*REQUEST_TYPES.values(), *REPLY_TYPES.values(), *_DATA_RECORDS}
-    if _has_nested_maps(cls)
+    cls for cls in {*REQUEST_TYPES.values(), *REPLY_TYPES.values()} if _has_nested_maps(cls)
 )
 
 
@@ -238,15 +235,6 @@ def encode_log_batch(batch: LogBatch) -> bytes:
         LocalProtocolError: the batch holds a value MessagePack cannot carry.
     """
     return encode_message(typing.cast("Message", batch))
-
-
-def decode_log_batch(payload: bytes | bytearray | memoryview) -> LogBatch:
-    """Decode a LOG_STREAM DATA frame's payload.
-
-    Raises:
-        MalformedPayloadError: the payload is not a LogBatch map.
-    """
-    return typing.cast("LogBatch", decode_payload(payload, typing.cast("type[Message]", LogBatch)))
 
 
 def decode_log_batches(data: bytes | bytearray | memoryview) -> list[LogBatch]:

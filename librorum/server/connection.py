@@ -230,10 +230,8 @@ class Connection:
                     # far more here than the pass.
                     mark = session.frames_received
                     await trio.lowlevel.checkpoint()
-                if session.queued_frames > MAX_READER_QUEUED_FRAMES and not await self._flush(
-                    MAX_READER_QUEUED_FRAMES
-                ):
-                    return
+                if session.queued_frames > MAX_READER_QUEUED_FRAMES:
+                    await self._flush(MAX_READER_QUEUED_FRAMES)
             self._check_fds()
             one_frame = session.frames_received - before == 1 and not session.partial_frame
             if framed and data and not session.closed and not one_frame:
@@ -241,19 +239,21 @@ class Connection:
                 session.fail(RemoteProtocolError(msg))
             if not data or session.closed or self._sending:
                 self.wake_writer()  # a write is under way: the writer takes these next
-            elif session.queued_frames and not await self._flush(0):
-                return
+            elif session.queued_frames:
+                await self._flush(0)
             if not data:
                 return
 
-    async def _flush(self, limit: int) -> bool:
+    async def _flush(self, limit: int) -> None:
         """Bring the unsent frames down to ``limit``: send them from this task when no write
-        is under way (cheaper than waking the writer), else wait for the writer. False (and
-        an ERROR queued) when the client did not take them within the idle deadline: it does
-        not read its replies, and the connection ends."""
+        is under way (cheaper than waking the writer), else wait for the writer.
+
+        Cancellation: when the client does not take them within the idle deadline (it does
+        not read its replies), the deadline task fails the session and cancels the
+        connection's loop, this wait included."""
         session = self.session
         if session.queued_frames <= limit or self._writer_done.is_set():
-            return True
+            return
         self._wait_until(
             trio.current_time() + self.context.timeouts.idle(self.transport.kind),
             "the client did not read its replies",
@@ -268,7 +268,6 @@ class Connection:
                     await self._send_queued()
         finally:
             self._waiting = None
-        return True
 
     async def _receive(self) -> bytes | bytearray | memoryview | None:
         """The next bytes, or ``None`` when a deadline passed or the descriptors that came

@@ -48,10 +48,6 @@ class Notifier:
         if self._address is not None and usec.isdigit() and int(usec) > 0 and ours:
             self.watchdog_interval = int(usec) / 2_000_000
 
-    @property
-    def enabled(self) -> bool:
-        return self._address is not None
-
     def notify(self, **fields: str) -> bool:
         """Send one message: ``notify(READY="1", STATUS="serving")``. A value is kept to its
         first line (the protocol is line-based).

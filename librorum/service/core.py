@@ -129,7 +129,6 @@ class Service:
         self._started_at = time.monotonic()
         #: The requests in flight across the front doors, for :meth:`requests_in_flight`.
         self.live = LiveRequests()
-        self._started_wall = time.time()
         self._on_shutdown = on_shutdown
         #: fsck, repair and the background scrub, and what they found last.
         self.checks = Checks(store, self.admins.check)
@@ -393,7 +392,6 @@ class Service:
             server_errors=stats.server_errors,
             python_version=platform.python_version(),
             sqlite_version=sqlite3.sqlite_version,
-            started_at=self._started_wall,
             checks=attrs.evolve(self.checks.figures),
         )
 

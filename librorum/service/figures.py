@@ -124,7 +124,6 @@ class NodeReport:
         client_errors: Requests ended by an error of the request's (0x02xx) since the start.
         server_errors: Requests ended by an error of the server's (0x03xx) since the start.
         python_version, sqlite_version: What the daemon runs on.
-        started_at: When the service started (seconds since the epoch).
         checks: What fsck and the scrub found last.
     """
 
@@ -144,7 +143,6 @@ class NodeReport:
     server_errors: int = 0
     python_version: str = ""
     sqlite_version: str = ""
-    started_at: float = 0.0
 
     @property
     def degraded(self) -> tuple[str, ...]:

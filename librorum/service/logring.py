@@ -42,20 +42,6 @@ OTHER_LOGGERS: Final = "(other)"
 #: Minutes of per-minute trend kept.
 TREND_MINUTES: Final = 60
 
-#: Level names as the log commands and the CLI spell them.
-LEVELS: Final = {
-    "DEBUG": logging.DEBUG,
-    "INFO": logging.INFO,
-    "WARNING": logging.WARNING,
-    "ERROR": logging.ERROR,
-    "CRITICAL": logging.CRITICAL,
-}
-
-
-def level_name(level: int) -> str:
-    """The name of a numeric level (``"LEVEL 15"`` for one between the named ones)."""
-    return logging.getLevelName(level)
-
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -221,7 +207,7 @@ class LogRing(logging.Handler):
             exc_text = _clip(self._formatter.formatException(record.exc_info), MAX_EXC_CHARS)
         elif record.exc_text:
             exc_text = _clip(record.exc_text, MAX_EXC_CHARS)
-        name = level_name(record.levelno)
+        name = logging.getLevelName(record.levelno)  # "LEVEL 15" between named ones
         with self._ring_lock:
             entry = LogEntry(
                 self._next,
