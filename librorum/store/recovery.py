@@ -101,16 +101,16 @@ class Findings:
 
     Attributes:
         orphans: Chunk files nothing references and no journal entry explains.
-        refcount_deltas: For each chunk with a record whose count is wrong: (counted -
-            recorded, its size). Counted in one consistent snapshot, so the difference stays
-            true while later commits add and drop references.
+        refcount_deltas: For each chunk with a record whose count is wrong: counted -
+            recorded. Counted in one consistent snapshot, so the difference stays true while
+            later commits add and drop references.
         unrecorded: Chunks referenced that have no record (a count the repair cannot set:
             it does not know their size).
         missing: Referenced chunks with no data (and not quarantined).
     """
 
     orphans: list[bytes]
-    refcount_deltas: dict[bytes, tuple[int, int]]
+    refcount_deltas: dict[bytes, int]
     unrecorded: list[bytes]
     missing: list[bytes]
 
@@ -159,7 +159,6 @@ async def check(
     for start in range(0, len(SHARDS), width):
         await _check_range(engine, progress, range(start, start + width), total)
     corrupt, missing, orphans = total.corrupt, total.missing, total.orphans
-    checked_bytes = progress.bytes_done
     quarantined_rows = await engine.meta.read(lambda t: t.quarantined())
     quarantined = sorted(row.digest.hex() for row in quarantined_rows)
     progress.phase = "files"
@@ -174,7 +173,7 @@ async def check(
         files=shape.files,
         directories=shape.dirs,
         chunks_checked=total.checked,
-        bytes_checked=checked_bytes,
+        bytes_checked=total.bytes,
         corrupt=sorted(d.hex() for d in corrupt)[:cap],
         corrupt_count=len(corrupt),
         missing=sorted(d.hex() for d in missing)[:cap],
@@ -208,7 +207,9 @@ class _Totals:
         self.missing: list[bytes] = []
         self.orphans: list[bytes] = []
         self.refcount_errors: list[str] = []
-        self.deltas: dict[bytes, tuple[int, int]] = {}
+        self.deltas: dict[bytes, int] = {}
+        #: Bytes of the chunks rehashed.
+        self.bytes = 0
         self.unrecorded: list[bytes] = []
         self.foreign: list[str] = []
         self.pending = 0
@@ -231,9 +232,7 @@ async def _check_range(
         f"{d.hex()}: recorded {stored.get(d, (0, 0))[1]}, counted {expected.get(d, 0)}"
         for d in wrong
     ]
-    total.deltas.update(
-        {d: (expected.get(d, 0) - stored[d][1], stored[d][0]) for d in wrong if d in stored}
-    )
+    total.deltas.update({d: expected.get(d, 0) - stored[d][1] for d in wrong if d in stored})
     total.unrecorded += [d for d in wrong if d not in stored]
     total.pending += len(scan.pending)
     on_disk: set[bytes] = set()
@@ -278,6 +277,7 @@ async def _check_range(
                 corrupt.append(digest)
             progress.chunks_done += 1
             progress.bytes_done += size
+            total.bytes += size
 
     async with trio.open_nursery() as nursery:
         # Half the I/O threads at most: a check of the whole store must leave the clients'

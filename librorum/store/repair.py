@@ -77,7 +77,7 @@ async def repair(engine: ChunkEngine, progress: FsckProgress | None = None) -> R
         with trio.CancelScope(shield=True):
             done, gone, released = await _fix_counts(engine, dict(items[start : start + batch]))
         if released:
-            await engine.collect_garbage()  # cancellable, as above
+            removed += await engine.collect_garbage()  # cancellable, as above
         fixed += done
         vanished += gone
     if removed or fixed:
@@ -125,7 +125,7 @@ async def _journal_orphans(engine: ChunkEngine, digests: list[bytes]) -> None:
 
 
 async def _fix_counts(
-    engine: ChunkEngine, deltas: dict[bytes, tuple[int, int]]
+    engine: ChunkEngine, deltas: dict[bytes, int]
 ) -> tuple[int, list[bytes], bool]:
     """Apply the counted-minus-recorded differences to the current records, under the chunks'
     locks; a count that reaches 0 releases the chunk (collected next). Returns how many
@@ -137,7 +137,7 @@ async def _fix_counts(
         done = 0
         released: list[bytes] = []
         gone: list[bytes] = []
-        for digest, (delta, _size) in deltas.items():
+        for digest, delta in deltas.items():
             current = t.refs(digest)
             if not current:
                 if delta > 0:
