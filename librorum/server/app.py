@@ -187,7 +187,6 @@ class Server:
     async def drain(self) -> None:
         """Shut down gracefully: GOAWAY everywhere, wait up to ``grace`` for requests in flight,
         cancel the rest, and wait (briefly) for the connections to say goodbye."""
-        self.context.shutting_down = True
         self.context.stopping.set()
         for connection in list(self.connections):
             connection.goaway()
@@ -296,10 +295,13 @@ async def serve(
                     )
                 )
                 websocket = None
-                token = None
-                if config.token_file is not None and config.remote_enabled:
-                    token = load_or_create_token(config.token_file)
+                # One TLS context for the listeners that speak TLS (the certificate is read
+                # once).
+                ssl_context = _server_ssl_context(config)
                 if config.remote_enabled:
+                    token = None
+                    if config.token_file is not None:
+                        token = load_or_create_token(config.token_file)
                     websocket = await listeners.start(
                         functools.partial(
                             serve_websocket,
@@ -307,7 +309,7 @@ async def serve(
                             config.listen_host,
                             config.listen_port,
                             token=token,
-                            ssl_context=_server_ssl_context(config),
+                            ssl_context=ssl_context,
                             max_connections=max_connections,
                             max_per_ip=min(config.max_connections_per_ip, max_connections),
                             max_unauthenticated=min(config.max_unauthenticated, max_connections),
@@ -335,7 +337,7 @@ async def serve(
                         Metrics(server).render,
                         path="/metrics",
                         token=scrape_token,
-                        ssl_context=_server_ssl_context(config),
+                        ssl_context=ssl_context,
                     )
                     metrics = await listeners.start(endpoint.serve, host, port)
                 running = RunningServer(socket_path, websocket, server, metrics)

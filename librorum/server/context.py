@@ -58,8 +58,6 @@ class ServerContext:
     budget: InflightBudget
     #: Seconds requests in flight get to finish after GOAWAY.
     grace: float
-    #: Set once the daemon drains: a connection that opens meanwhile gets GOAWAY at once.
-    shutting_down: bool = False
     #: Set when the daemon starts to drain: requests that would run on forever (a
     #: LOG_STREAM following the log) end on it.
     stopping: trio.Event = attrs.field(factory=trio.Event)
@@ -72,6 +70,11 @@ class ServerContext:
     closing_lines: LogLimiter = attrs.field(
         factory=lambda: LogLimiter(interval=CLOSING_LINE_INTERVAL, burst=CLOSING_LINE_BURST)
     )
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether the daemon drains: a connection that opens meanwhile gets GOAWAY at once."""
+        return self.stopping.is_set()
 
     @property
     def grace_ms(self) -> int:
