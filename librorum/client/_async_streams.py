@@ -273,13 +273,16 @@ class LogFollower:
             try:
                 await request.wait_until(lambda: bool(request.chunks), "log records")
             except ConnectionTimeoutError:
-                if request.finished:
-                    raise
-                continue  # a quiet log: the request is alive, wait on
+                # A quiet log: wait on. (Had the request finished meanwhile, the next wait
+                # returns at once and its outcome is handled below.)
+                continue
             if request.error is not None:
                 raise request.error
             chunk = request.take_chunk()
             if chunk is None:  # the final reply: the daemon ended the stream
+                if isinstance(request.reply, LogStreamReply):
+                    # Where to resume: past records it skipped for the filters, too (5.19).
+                    self.cursor = request.reply.cursor
                 return None
             self._batches.extend(decode_log_batches(chunk))
             self._ungranted += len(chunk)

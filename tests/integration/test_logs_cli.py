@@ -173,3 +173,23 @@ async def test_the_async_client_reads_and_follows_the_log(tmp_path: Path) -> Non
                         assert follower.cursor == batch.cursor
                     # Leaving cancelled the stream; the connection serves on.
                     assert await client.ping() >= 0
+
+
+async def test_a_follower_ended_by_the_daemon_resumes_past_what_its_filter_skipped(
+    tmp_path: Path,
+) -> None:
+    """The daemon's final reply carries the cursor to resume from (spec 5.19): past the
+    records logged since the last batch that the filter left out."""
+    marker = logging.getLogger("librorum.logtest")
+    with trio.fail_after(60):
+        async with (
+            open_test_daemon(tmp_path / "d") as daemon,
+            daemon.client() as client,
+            client.follow_log(logger="librorum.logtest") as follower,
+        ):
+            marker.warning("one for the follower")
+            batch = await follower.__anext__()
+            logging.getLogger("librorum.other").warning("not for the follower")
+            daemon.shutdown()
+            assert await follower.receive() is None
+            assert follower.cursor > batch.cursor
