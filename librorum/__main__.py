@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, BinaryIO, NoReturn, TextIO
 import attrs
 
 from librorum import logs_cli
+from librorum.config import LOG_LEVELS
 from librorum.errors import LibrorumError, NotADirectoryError_
-from librorum.protocol.constants import EntryKind, WriteMode
+from librorum.protocol.constants import MAX_REQUESTS_LISTED, EntryKind, WriteMode
 from librorum.protocol.messages import DirEntry, FsckReply, NodeStatusReply
 
 if TYPE_CHECKING:
@@ -476,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level",
         type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        choices=LOG_LEVELS,
         help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL",
     )
     serve.add_argument(
@@ -585,8 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _listed(text: str) -> int:
     value = _count(text)
-    if value > 1000:
-        msg = f"must be at most 1000, got {value}"
+    if value > MAX_REQUESTS_LISTED:
+        msg = f"must be at most {MAX_REQUESTS_LISTED}, got {value}"
         raise argparse.ArgumentTypeError(msg)
     return value
 

@@ -182,12 +182,13 @@ def _uids(instance: object, attribute: attrs.Attribute[tuple[int, ...]], value: 
 
 
 def _log_level(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in _LOG_LEVELS:
-        msg = f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {value!r}"
+    if value not in LOG_LEVELS:
+        msg = f"log_level must be one of {', '.join(LOG_LEVELS)}, got {value!r}"
         raise ConfigError(msg)
 
 
-_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The log levels by name (``log_level``, ``librorum logs --level``).
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def split_host_port(value: str) -> tuple[str, int]:

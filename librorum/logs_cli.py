@@ -18,6 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from librorum.config import LOG_LEVELS
 from librorum.protocol.constants import MAX_LOG_RECORDS
 from librorum.protocol.messages import LogRecord
 
@@ -30,7 +31,6 @@ _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: Records ``logs`` shows without ``-n``.
 DEFAULT_LINES: Final = 10
-LEVEL_NAMES: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def parse_since(text: str, *, now: float | None = None) -> float:
@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     )
     logs.add_argument("-f", "--follow", action="store_true", help="then follow new records")
     logs.add_argument(
-        "--level", type=str.upper, choices=LEVEL_NAMES, help="the least level (e.g. WARNING)"
+        "--level", type=str.upper, choices=LOG_LEVELS, help="the least level (e.g. WARNING)"
     )
     logs.add_argument("--logger", help="only this logger and those below it (librorum.store)")
     logs.add_argument("--since", type=parse_since, help="from T on: 10m, 2h, or an ISO time")

@@ -271,13 +271,17 @@ class ServerSession(BaseSession[Payload | FileRegion]):
         """Queue a reply on ``session_id``; ``end`` (the default) completes the request.
 
         Raises:
-            LocalProtocolError: the session is not in flight, or a non-final reply for a
-                request other than READ.
+            LocalProtocolError: the session is not in flight, or a non-final reply where the
+                command has none (only the first reply of a READ or a LOG_STREAM, and the
+                progress replies of an FSCK, leave the session open).
         """
         stream = self._stream(session_id)
         state = next_state(stream.state, _reply_input(stream.command, end))
         if state is None:
-            msg = "only a READ's first reply or a progress reply may leave the session open"
+            msg = (
+                "only a READ's first reply (or LOG_STREAM's) or a progress reply may leave the "
+                "session open"
+            )
             raise LocalProtocolError(msg)
         stream.state = state
         self._queue_message(message, _REPLY_END if end else FLAG_REPLY, session_id)

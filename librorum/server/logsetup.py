@@ -127,8 +127,9 @@ def log_ring(capacity: int, level: str | int | None = None) -> Iterator[LogRing]
 def failure_level(error: LibrorumError) -> int:
     """The level a request's failure is logged at: DEBUG for what the client asked wrong
     (not found, exists, bad request, ...) and for the server's load (busy, no space,
-    timeout); WARNING for the daemon's own faults (internal, corrupt data, I/O, read-only),
-    whose cause the store logged at ERROR."""
+    timeout); INFO for a connection-class error (the connection ends with it); WARNING for
+    the daemon's own faults (internal, corrupt data, I/O, read-only), whose cause the store
+    logged at ERROR."""
     code = error.wire_code
     if code in _SERVER_FAULTS:
         return logging.WARNING

@@ -196,8 +196,8 @@ class LogRing(logging.Handler):
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Keep ``record`` (and tell the listeners). Never raises: a record that cannot be
-        formatted is kept with the formatting error as its message."""
+        """Keep ``record`` (and tell the listeners, which must not raise). A record that
+        cannot be formatted is kept with the formatting error as its message."""
         try:
             message = record.getMessage()
         except Exception as exc:  # a bad format string in a log call must not lose the record
