@@ -15,7 +15,6 @@ a few idle connections cannot keep the scrapes out for long: they are gone after
 
 from __future__ import annotations
 
-import hmac
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,8 @@ from typing import Final
 import attrs
 import h11
 import trio
+
+from librorum.transport.base import bearer_token_matches
 
 log = logging.getLogger("librorum.server.http")
 
@@ -78,7 +79,7 @@ class HttpEndpoint:
     ) -> None:
         self._render = render
         self._path = path.encode()
-        self._expected = None if token is None else f"Bearer {token}".encode()
+        self._token = None if token is None else token.encode()
         self._ssl_context = ssl_context
         self._max_connections = max_connections
         self._timeout = request_timeout
@@ -183,13 +184,8 @@ class HttpEndpoint:
             )
 
     def _authorized(self, request: h11.Request) -> bool:
-        if self._expected is None:
-            return True
-        for name, value in request.headers:
-            if name == b"authorization":
-                # Constant time: the comparison must not tell how much of a guess was right.
-                return hmac.compare_digest(value, self._expected)
-        return False
+        # As the WebSocket listener checks its token (one header, the scheme in any case).
+        return self._token is None or bearer_token_matches(request.headers, self._token)
 
 
 async def _linger(stream: trio.abc.Stream) -> None:

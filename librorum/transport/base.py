@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hmac
 import logging
 import os
 import resource
@@ -336,6 +337,17 @@ async def sendfile_some(sock: trio.socket.SocketType, region: FileRegion, skip: 
             continue
         await trio.lowlevel.cancel_shielded_checkpoint()
         return done
+
+
+def bearer_token_matches(headers: Sequence[tuple[bytes, bytes]], token: bytes) -> bool:
+    """Whether HTTP ``headers`` (names lower-case, as h11 and wsproto give them) carry
+    exactly one ``Authorization: Bearer <token>`` with ``token`` (the scheme in any case).
+    Compared in constant time: the time taken must not tell how much of a guess matched."""
+    values = [value for name, value in headers if name == b"authorization"]
+    if len(values) != 1:
+        return False
+    scheme, _, credentials = values[0].strip().partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)
 
 
 def fd_headroom(fd: int, reserve: int) -> bool:

@@ -12,7 +12,6 @@ Each accepted connection becomes a :class:`~librorum.transport.websocket.WsTrans
 from __future__ import annotations
 
 import contextlib
-import hmac
 import http
 import logging
 import math
@@ -63,6 +62,7 @@ from librorum.transport.base import (
     Handler,
     PeerInfo,
     Reclaim,
+    bearer_token_matches,
     connection_guard,
     fd_headroom,
     logger,
@@ -578,14 +578,9 @@ def _authorize(
 ) -> tuple[int, str] | None:
     """(HTTP status, reason) to reject the upgrade request with, or None to accept it."""
     if settings.token is not None:
-        values = [value for name, value in headers if name == b"authorization"]
-        if len(values) != 1:
+        if sum(name == b"authorization" for name, _ in headers) != 1:
             return 401, "a bearer token is required (Authorization: Bearer TOKEN)"
-        scheme, _, credentials = values[0].strip().partition(b" ")
-        # compare_digest: the time taken must not tell an attacker how much of a guess matched.
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(
-            credentials.strip(), settings.token
-        ):
+        if not bearer_token_matches(headers, settings.token):
             return 401, "invalid token"
     origins = [value for name, value in headers if name == b"origin"]
     if origins and not all(

@@ -167,6 +167,13 @@ async def test_the_endpoint_answers_only_what_it_serves(tmp_path: Path) -> None:
             assert (await http(address, b"nonsense\r\n\r\n"))[0] == 400
             # A query string is no other page.
             assert (await http(address, get("/metrics?x=1", token)))[0] == 200
+            # The scheme in any case, as for the WebSocket token; two tokens are none.
+            lower = f"GET /metrics HTTP/1.1\r\nHost: x\r\nauthorization: bearer {token}\r\n\r\n"
+            assert (await http(address, lower.encode()))[0] == 200
+            twice = get("/metrics", token).replace(
+                b"\r\n\r\n", f"\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+            )
+            assert (await http(address, twice))[0] == 401
 
 
 async def test_without_a_token_the_endpoint_is_open_and_off_by_default(tmp_path: Path) -> None:
